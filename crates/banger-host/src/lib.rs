@@ -1,0 +1,1 @@
+//! Host capability detection (filled in by the doctor work).

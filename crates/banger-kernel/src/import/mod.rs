@@ -1,0 +1,1 @@
+//! Importing a kernel from files on the host (filled in by the import work).
