@@ -1,0 +1,234 @@
+//! A typed client for `bangerd`'s HTTP API over its unix socket. The CLI
+//! and the tests use it; so can any Rust program.
+
+mod events;
+
+use std::path::{Path, PathBuf};
+
+use banger_api::{
+    ApiError, CatalogListing, DoctorReport, Health, Kernel, KernelImportRequest, KernelPullRequest, Operation,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+pub use events::EventStream;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers on the socket.
+    #[error("cannot reach bangerd at {}", socket.display())]
+    Unreachable {
+        /// The socket tried.
+        socket: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Api(ApiError),
+    /// The exchange itself failed.
+    #[error("talking to bangerd failed")]
+    Http(#[source] hyper::Error),
+    /// The daemon answered something this client does not understand.
+    #[error("unexpected answer from bangerd: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The API error, when the daemon sent one.
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            ClientError::Api(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The client's result type.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// A client bound to one socket. Cheap to clone; each call opens its own
+/// connection, so calls may run concurrently.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client for the daemon listening on `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client { socket: socket.into() }
+    }
+
+    /// The socket it talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<Health> {
+        self.get("/v1/health").await
+    }
+
+    /// `GET /v1/doctor`.
+    pub async fn doctor(&self) -> Result<DoctorReport> {
+        self.get("/v1/doctor").await
+    }
+
+    /// `GET /v1/openapi.json`, as untyped JSON.
+    pub async fn openapi(&self) -> Result<serde_json::Value> {
+        self.get("/v1/openapi.json").await
+    }
+
+    /// `GET /v1/kernels`.
+    pub async fn kernels(&self) -> Result<Vec<Kernel>> {
+        self.get("/v1/kernels").await
+    }
+
+    /// `GET /v1/kernels/{name}`.
+    pub async fn kernel(&self, name: &str) -> Result<Kernel> {
+        self.get(&format!("/v1/kernels/{}", segment(name))).await
+    }
+
+    /// `GET /v1/kernels/catalog`.
+    pub async fn kernel_catalog(&self) -> Result<Vec<CatalogListing>> {
+        self.get("/v1/kernels/catalog").await
+    }
+
+    /// `POST /v1/kernels/pull`: starts a pull and returns its operation.
+    pub async fn pull_kernel(&self, request: &KernelPullRequest) -> Result<Operation> {
+        self.send_json(Method::POST, "/v1/kernels/pull", Some(request)).await
+    }
+
+    /// `POST /v1/kernels/import`: starts an import and returns its operation.
+    pub async fn import_kernel(&self, request: &KernelImportRequest) -> Result<Operation> {
+        self.send_json(Method::POST, "/v1/kernels/import", Some(request)).await
+    }
+
+    /// `DELETE /v1/kernels/{name}`.
+    pub async fn remove_kernel(&self, name: &str) -> Result<()> {
+        let response = self.request(Method::DELETE, &format!("/v1/kernels/{}", segment(name)), None).await?;
+        expect_success(response).await.map(drop)
+    }
+
+    /// `GET /v1/kernels/{name}/bundle`: the bundle's body, to be read in chunks.
+    pub async fn kernel_bundle(&self, name: &str) -> Result<Incoming> {
+        let response = self.request(Method::GET, &format!("/v1/kernels/{}/bundle", segment(name)), None).await?;
+        let response = check_status(response).await?;
+        Ok(response.into_body())
+    }
+
+    /// `GET /v1/operations`.
+    pub async fn operations(&self) -> Result<Vec<Operation>> {
+        self.get("/v1/operations").await
+    }
+
+    /// `GET /v1/operations/{id}`.
+    pub async fn operation(&self, id: &str) -> Result<Operation> {
+        self.get(&format!("/v1/operations/{}", segment(id))).await
+    }
+
+    /// `GET /v1/events`, optionally only about one operation.
+    pub async fn events(&self, operation: Option<&str>) -> Result<EventStream> {
+        let path = match operation {
+            Some(id) => format!("/v1/events?operation={}", segment(id)),
+            None => "/v1/events".to_owned(),
+        };
+        let response = check_status(self.request(Method::GET, &path, None).await?).await?;
+        Ok(EventStream::new(response.into_body()))
+    }
+
+    /// Follows an operation until it ends, calling `on_update` with each
+    /// state it passes through, and returns its final state (which may be
+    /// a failure: check `state`).
+    pub async fn wait(&self, id: &str, mut on_update: impl FnMut(&Operation)) -> Result<Operation> {
+        // Subscribe first, then read: no update can fall between the two.
+        let mut events = self.events(Some(id)).await?;
+        let current = self.operation(id).await?;
+        on_update(&current);
+        if current.state.is_terminal() {
+            return Ok(current);
+        }
+        while let Some(event) = events.next().await? {
+            if let banger_api::Event::Operation { operation } = event {
+                on_update(&operation);
+                if operation.state.is_terminal() {
+                    return Ok(operation);
+                }
+            }
+        }
+        Err(ClientError::Protocol(format!("event stream ended before operation {id} finished (did bangerd stop?)")))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send_json::<(), T>(Method::GET, path, None).await
+    }
+
+    async fn send_json<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
+        let body = body
+            .map(|b| serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string())))
+            .transpose()?;
+        let bytes = expect_success(self.request(method, path, body).await?).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
+    }
+
+    async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Response<Incoming>> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Unreachable { socket: self.socket.clone(), source })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ClientError::Http)?;
+        tokio::spawn(async move {
+            // Errors surface on the request side; the connection just ends.
+            let _ = connection.await;
+        });
+        let mut request = Request::builder().method(method).uri(path).header("host", "bangerd");
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        sender.send_request(request).await.map_err(ClientError::Http)
+    }
+}
+
+/// Percent-encodes what could break a path segment; names are DNS-like, so
+/// this rarely changes anything.
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn check_status(response: Response<Incoming>) -> Result<Response<Incoming>> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let bytes = response.into_body().collect().await.map_err(ClientError::Http)?.to_bytes();
+    Err(api_error(status, &bytes))
+}
+
+async fn expect_success(response: Response<Incoming>) -> Result<Bytes> {
+    let response = check_status(response).await?;
+    Ok(response.into_body().collect().await.map_err(ClientError::Http)?.to_bytes())
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(error) => ClientError::Api(error),
+        Err(_) => ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim())),
+    }
+}

@@ -1,0 +1,136 @@
+//! Kernel routes: the store, the catalogs, pulls and imports (both
+//! operations), and bundles streamed back to the client.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use banger_api::{
+    ApiError, CatalogListing, Event, Kernel, KernelImportRequest, KernelPullRequest, ObjectKind, Operation,
+    OperationKind,
+};
+use banger_kernel::catalog;
+use futures::future::BoxFuture;
+
+use crate::error::{Error, Result};
+use crate::kernel;
+use crate::operations::OperationHandle;
+use crate::Daemon;
+
+/// Kernels in the local store.
+#[utoipa::path(get, path = "/v1/kernels", tag = "kernels",
+    responses((status = 200, body = Vec<Kernel>), (status = 500, body = ApiError)))]
+pub async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Json<Vec<Kernel>>> {
+    Ok(Json(daemon.kernels.list()?))
+}
+
+/// Every catalog entry, marked pulled or available.
+#[utoipa::path(get, path = "/v1/kernels/catalog", tag = "kernels",
+    responses((status = 200, body = Vec<CatalogListing>), (status = 400, body = ApiError), (status = 502, body = ApiError)))]
+pub async fn catalog(State(daemon): State<Arc<Daemon>>) -> Result<Json<Vec<CatalogListing>>> {
+    let entries = kernel::catalog::load(&daemon.http, &daemon.config.catalogs).await?;
+    let local: BTreeSet<String> = daemon.kernels.list()?.into_iter().map(|k| k.name).collect();
+    Ok(Json(catalog::annotate(&entries, &local)))
+}
+
+/// One stored kernel.
+#[utoipa::path(get, path = "/v1/kernels/{name}", tag = "kernels",
+    params(("name" = String, Path, description = "Kernel name")),
+    responses((status = 200, body = Kernel), (status = 404, body = ApiError)))]
+pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Kernel>> {
+    Ok(Json(daemon.kernels.get(&name)?))
+}
+
+/// Removes a stored kernel.
+#[utoipa::path(delete, path = "/v1/kernels/{name}", tag = "kernels",
+    params(("name" = String, Path, description = "Kernel name")),
+    responses((status = 204, description = "Removed"), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn remove(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<StatusCode> {
+    let d = Arc::clone(&daemon);
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || d.kernels.remove(&n))
+        .await
+        .map_err(|e| Error::Internal(format!("remove task: {e}")))??;
+    tracing::info!(kernel = %name, "kernel removed");
+    daemon.events.publish(Event::Deleted { kind: ObjectKind::Kernel, name });
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts pulling a catalog kernel; answers with the operation at once.
+#[utoipa::path(post, path = "/v1/kernels/pull", tag = "kernels", request_body = KernelPullRequest,
+    responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn pull(
+    State(daemon): State<Arc<Daemon>>,
+    Json(request): Json<KernelPullRequest>,
+) -> Result<(StatusCode, Json<Operation>)> {
+    catalog::validate_name(&request.name).map_err(Error::InvalidArgument)?;
+    let entries = kernel::catalog::load(&daemon.http, &daemon.config.catalogs).await?;
+    let entry = catalog::lookup(&entries, &request.name)?.clone();
+    let lock = daemon.kernels.lock(&request.name)?;
+    daemon.kernels.check_replace(&request.name, request.force)?;
+    let op = daemon.ops.start(OperationKind::KernelPull, &request.name, 2, "download")?;
+    Ok(spawn(daemon, op, move |daemon, op| Box::pin(kernel::fetch::pull(daemon, op, entry, lock))))
+}
+
+/// Starts importing a kernel from files on the daemon's host.
+#[utoipa::path(post, path = "/v1/kernels/import", tag = "kernels", request_body = KernelImportRequest,
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn import(
+    State(daemon): State<Arc<Daemon>>,
+    Json(request): Json<KernelImportRequest>,
+) -> Result<(StatusCode, Json<Operation>)> {
+    catalog::validate_name(&request.name).map_err(Error::InvalidArgument)?;
+    kernel::import::validate(&request)?;
+    let lock = daemon.kernels.lock(&request.name)?;
+    daemon.kernels.check_replace(&request.name, request.force)?;
+    let op = daemon.ops.start(OperationKind::KernelImport, &request.name, 4, "extract")?;
+    Ok(spawn(daemon, op, move |daemon, op| Box::pin(kernel::import::import(daemon, op, request, lock))))
+}
+
+/// Runs a kernel operation in the background and answers 202 with its
+/// state. On success the kernel is the operation's result and a `created`
+/// event goes out.
+fn spawn<F>(daemon: Arc<Daemon>, op: OperationHandle, work: F) -> (StatusCode, Json<Operation>)
+where
+    F: for<'a> FnOnce(Arc<Daemon>, &'a OperationHandle) -> BoxFuture<'a, Result<Kernel>> + Send + 'static,
+{
+    let snapshot = op.snapshot();
+    let events = daemon.events.clone();
+    tokio::spawn(async move {
+        match work(daemon, &op).await {
+            Ok(kernel) => {
+                let name = kernel.name.clone();
+                op.finish(Ok(serde_json::to_value(&kernel).unwrap_or_default()));
+                events.publish(Event::Created { kind: ObjectKind::Kernel, name });
+            }
+            Err(error) => op.finish(Err(&error)),
+        }
+    });
+    (StatusCode::ACCEPTED, Json(snapshot.expect("a just-started operation is running")))
+}
+
+/// Streams a stored kernel as a `.tar.zst` bundle; `kernel bundle` writes
+/// it to a file and prints the catalog entry.
+#[utoipa::path(get, path = "/v1/kernels/{name}/bundle", tag = "kernels",
+    params(("name" = String, Path, description = "Kernel name")),
+    responses((status = 200, description = "The bundle", content_type = "application/zstd"), (status = 404, body = ApiError)))]
+pub async fn bundle(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Response> {
+    daemon.kernels.get(&name)?;
+    let lock = daemon.kernels.lock(&name)?;
+    let dir = daemon.kernels.dir(&name);
+    let (writer, reader) = tokio::io::duplex(1 << 20);
+    tokio::task::spawn_blocking(move || {
+        let _lock = lock;
+        let writer = tokio_util::io::SyncIoBridge::new(writer);
+        if let Err(e) = banger_kernel::bundle::create(&dir, writer, 3) {
+            // The client sees a truncated body; the log says why.
+            tracing::error!(kernel = %name, error = %e, "bundle failed");
+        }
+    });
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    Ok(([(header::CONTENT_TYPE, "application/zstd")], body).into_response())
+}

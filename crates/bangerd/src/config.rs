@@ -1,0 +1,145 @@
+//! Daemon configuration: defaults, `/etc/banger/config.toml`, environment
+//! and flags, in rising precedence. The same file serves the CLI, which
+//! reads only the socket path from it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default limit on a kernel bundle's decompressed size.
+pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 4 << 30;
+
+/// Everything the daemon needs to run. Tests build one directly.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Path of the API socket.
+    pub socket: PathBuf,
+    /// State root: database, kernels, images, VMs.
+    pub state_dir: PathBuf,
+    /// Extra kernel catalogs (URLs or paths), after the embedded one.
+    pub catalogs: Vec<String>,
+    /// Largest decompressed kernel bundle a pull accepts.
+    pub max_bundle_bytes: u64,
+    /// Static busybox put into the initramfs of imported kernels.
+    pub busybox: PathBuf,
+}
+
+impl Config {
+    /// A configuration with every default, rooted at `state_dir` and `socket`.
+    pub fn new(state_dir: impl Into<PathBuf>, socket: impl Into<PathBuf>) -> Config {
+        Config {
+            socket: socket.into(),
+            state_dir: state_dir.into(),
+            catalogs: Vec::new(),
+            max_bundle_bytes: DEFAULT_MAX_BUNDLE_BYTES,
+            busybox: PathBuf::from("/bin/busybox"),
+        }
+    }
+
+    /// Applies a parsed config file over this configuration.
+    pub fn apply_file(&mut self, file: ConfigFile) {
+        if let Some(socket) = file.socket {
+            self.socket = socket;
+        }
+        if let Some(state_dir) = file.state_dir {
+            self.state_dir = state_dir;
+        }
+        if let Some(kernels) = file.kernels {
+            self.catalogs.extend(kernels.catalogs);
+            if let Some(max) = kernels.max_bundle_bytes {
+                self.max_bundle_bytes = max;
+            }
+            if let Some(busybox) = kernels.busybox {
+                self.busybox = busybox;
+            }
+        }
+    }
+}
+
+/// `/etc/banger/config.toml`. Unknown keys are refused, so a typo is an
+/// error rather than a silently ignored setting.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Path of the API socket.
+    pub socket: Option<PathBuf>,
+    /// State root.
+    pub state_dir: Option<PathBuf>,
+    /// `[kernels]` settings.
+    pub kernels: Option<KernelsSection>,
+}
+
+/// The `[kernels]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelsSection {
+    /// Extra catalogs, URLs or paths.
+    #[serde(default)]
+    pub catalogs: Vec<String>,
+    /// Largest decompressed bundle a pull accepts.
+    pub max_bundle_bytes: Option<u64>,
+    /// Static busybox for imported kernels' initramfs.
+    pub busybox: Option<PathBuf>,
+}
+
+/// Why the config file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid config file {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+/// Reads a config file; a missing file is an empty one.
+pub fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
+        Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
+    };
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults() {
+        let file: ConfigFile = toml::from_str(
+            "state_dir = \"/srv/banger\"\n[kernels]\ncatalogs = [\"http://x/c.json\"]\nmax_bundle_bytes = 10\n",
+        )
+        .unwrap();
+        let mut config = Config::new("/var/lib/banger", "/run/banger/bangerd.sock");
+        config.apply_file(file);
+        assert_eq!(config.state_dir, Path::new("/srv/banger"));
+        assert_eq!(config.catalogs, ["http://x/c.json"]);
+        assert_eq!(config.max_bundle_bytes, 10);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<ConfigFile>("stat_dir = \"/x\"").is_err());
+    }
+
+    #[test]
+    fn missing_file_is_empty() {
+        let file = read_file(Path::new("/nonexistent/banger.toml")).unwrap();
+        assert!(file.socket.is_none());
+    }
+}

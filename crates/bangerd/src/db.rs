@@ -1,0 +1,186 @@
+//! The state database: one SQLite file under the state root, written only
+//! by this daemon. Schema changes are numbered migrations tracked in
+//! SQLite's `user_version`.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use banger_api::Operation;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::Result;
+
+/// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE kernels (
+        name TEXT PRIMARY KEY,
+        kernel_version TEXT,
+        vmlinux_sha256 TEXT NOT NULL,
+        source TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        has_initrd INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE operations (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );",
+];
+
+/// The open database.
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+/// A kernel's row, without the paths the store derives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRow {
+    /// Name.
+    pub name: String,
+    /// Kernel release.
+    pub kernel_version: Option<String>,
+    /// SHA-256 of vmlinux.
+    pub vmlinux_sha256: String,
+    /// `pull:<url>` or `import:<path>`.
+    pub source: String,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// Whether it has an initramfs.
+    pub has_initrd: bool,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Db> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&conn)?;
+        Ok(Db { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every
+        // write is one statement or a transaction), so the poison is moot.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Inserts or replaces a kernel.
+    pub fn put_kernel(&self, k: &KernelRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO kernels
+             (name, kernel_version, vmlinux_sha256, source, size_bytes, has_initrd, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![k.name, k.kernel_version, k.vmlinux_sha256, k.source, k.size_bytes, k.has_initrd, k.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// Every kernel, by name.
+    pub fn kernels(&self) -> Result<Vec<KernelRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, kernel_version, vmlinux_sha256, source, size_bytes, has_initrd, created_at
+             FROM kernels ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], kernel_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// One kernel.
+    pub fn kernel(&self, name: &str) -> Result<Option<KernelRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT name, kernel_version, vmlinux_sha256, source, size_bytes, has_initrd, created_at
+                 FROM kernels WHERE name = ?1",
+                [name],
+                kernel_row,
+            )
+            .optional()?)
+    }
+
+    /// Deletes a kernel's row; true if there was one.
+    pub fn delete_kernel(&self, name: &str) -> Result<bool> {
+        Ok(self.conn().execute("DELETE FROM kernels WHERE name = ?1", [name])? > 0)
+    }
+
+    /// Records an operation's latest state.
+    pub fn put_operation(&self, op: &Operation) -> Result<()> {
+        let body = serde_json::to_string(op).map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+        self.conn().execute(
+            "INSERT OR REPLACE INTO operations (id, body, created_at) VALUES (?1, ?2, ?3)",
+            params![op.id, body, op.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// Recorded operations, newest first, at most `limit`.
+    pub fn operations(&self, limit: u32) -> Result<Vec<Operation>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT body FROM operations ORDER BY created_at DESC, rowid DESC LIMIT ?1")?;
+        let bodies = stmt.query_map([limit], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(bodies.iter().filter_map(|b| serde_json::from_str(b).ok()).collect())
+    }
+}
+
+fn kernel_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KernelRow> {
+    Ok(KernelRow {
+        name: row.get(0)?,
+        kernel_version: row.get(1)?,
+        vmlinux_sha256: row.get(2)?,
+        source: row.get(3)?,
+        size_bytes: row.get(4)?,
+        has_initrd: row.get(5)?,
+        created_at: row.get(6)?,
+    })
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str) -> KernelRow {
+        KernelRow {
+            name: name.into(),
+            kernel_version: Some("6.1".into()),
+            vmlinux_sha256: "ab".into(),
+            source: "import:/x".into(),
+            size_bytes: 3,
+            has_initrd: true,
+            created_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn migrates_once_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("banger.db");
+        let db = Db::open(&path).unwrap();
+        db.put_kernel(&row("b")).unwrap();
+        db.put_kernel(&row("a")).unwrap();
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        let names: Vec<_> = db.kernels().unwrap().into_iter().map(|k| k.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(db.kernel("a").unwrap(), Some(row("a")));
+        assert!(db.delete_kernel("a").unwrap());
+        assert!(!db.delete_kernel("a").unwrap());
+        assert_eq!(db.kernel("a").unwrap(), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! The daemon's error type, its stable code, and the one place that maps a
+//! code to an HTTP status.
+
+use std::path::PathBuf;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use banger_api::{ApiError, ErrorCode};
+use banger_kernel::bundle::BundleError;
+use banger_kernel::catalog::CatalogError;
+use banger_kernel::import::ImportError;
+
+/// Everything that can go wrong serving a request or running an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such object.
+    #[error("no {kind} named {name:?}")]
+    NotFound {
+        /// What kind of object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// An object of that name exists.
+    #[error("{kind} {name:?} already exists{hint}")]
+    AlreadyExists {
+        /// What kind of object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// How to get past it, starting with "; ".
+        hint: &'static str,
+    },
+    /// Another operation holds the object.
+    #[error("{kind} {name:?} is busy: another operation on it is running")]
+    Busy {
+        /// What kind of object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A catalog problem.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A bundle could not be extracted.
+    #[error("cannot extract kernel bundle")]
+    Bundle(#[from] BundleError),
+    /// A kernel could not be imported.
+    #[error("cannot import kernel")]
+    Import(#[from] ImportError),
+    /// A download failed.
+    #[error("download of {url} failed: {reason}")]
+    Download {
+        /// What was fetched.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A download's SHA-256 was not the expected one.
+    #[error("checksum mismatch for {url}: expected sha256 {expected}, got {actual}")]
+    ChecksumMismatch {
+        /// What was fetched.
+        url: String,
+        /// The catalog's digest.
+        expected: String,
+        /// The digest of what arrived.
+        actual: String,
+    },
+    /// The state database failed.
+    #[error("state database error")]
+    Db(#[from] rusqlite::Error),
+    /// A host file operation failed.
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done ("cannot create").
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A constructor for `Io` that reads well in `map_err`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { action, path, source }
+    }
+
+    /// The stable code clients see.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::NotFound { .. } => ErrorCode::NotFound,
+            Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+            Error::Busy { .. } => ErrorCode::Conflict,
+            Error::Catalog(CatalogError::NotFound { .. }) => ErrorCode::NotFound,
+            Error::Catalog(_) => ErrorCode::InvalidArgument,
+            Error::Bundle(BundleError::TooLarge { .. }) => ErrorCode::TooLarge,
+            Error::Bundle(BundleError::Io { .. }) => ErrorCode::Internal,
+            Error::Bundle(_) => ErrorCode::BadArchive,
+            Error::Import(ImportError::Io { .. }) => ErrorCode::Internal,
+            Error::Import(ImportError::Busybox { .. }) => ErrorCode::Unsupported,
+            Error::Import(_) => ErrorCode::BadArchive,
+            Error::Download { .. } => ErrorCode::DownloadFailed,
+            Error::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
+            Error::Db(_) | Error::Io { .. } | Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The wire form: the code and the whole cause chain as one message.
+    pub fn to_api(&self) -> ApiError {
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ApiError { code: self.code(), message }
+    }
+}
+
+/// The HTTP status for each error code; the only such mapping.
+pub fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidArgument | ErrorCode::BadArchive => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::AlreadyExists | ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::ChecksumMismatch | ErrorCode::DownloadFailed => StatusCode::BAD_GATEWAY,
+        ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = self.to_api();
+        if body.code == ErrorCode::Internal {
+            tracing::error!(error = %body.message, "request failed");
+        }
+        (status_for(body.code), axum::Json(body)).into_response()
+    }
+}
+
+/// The daemon's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,6 @@
+//! Kernels: the store, catalogs, pulls and imports.
+
+pub mod catalog;
+pub mod fetch;
+pub mod import;
+pub mod store;

@@ -1,0 +1,143 @@
+//! `bangerd`, the banger daemon, as a library: [`prepare`] takes the state
+//! root and binds the API socket, [`Prepared::serve`] answers requests until
+//! shutdown. The binary is a thin `main` around these; tests run the whole
+//! daemon in-process under a temporary root.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod kernel;
+pub mod operations;
+mod socket;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+use db::Db;
+use kernel::store::KernelStore;
+use operations::{Events, Operations};
+
+/// The daemon's shared state; request handlers and operations hold an `Arc`.
+pub struct Daemon {
+    /// The configuration it started with.
+    pub config: Config,
+    /// The state database.
+    pub db: Arc<Db>,
+    /// The event bus.
+    pub events: Events,
+    /// Running and recorded operations.
+    pub ops: Arc<Operations>,
+    /// The kernel store.
+    pub kernels: KernelStore,
+    /// HTTP client for catalogs and pulls.
+    pub http: reqwest::Client,
+    shutdown: watch::Receiver<bool>,
+    _state_lock: std::fs::File,
+}
+
+impl Daemon {
+    /// Resolves once the daemon begins shutting down.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another bangerd holds the state root.
+    #[error("another bangerd is already using the state directory {0}")]
+    AlreadyRunning(PathBuf),
+    /// Another process listens on the socket.
+    #[error("another process is already listening on {0}")]
+    SocketInUse(PathBuf),
+    /// The state root could not be prepared.
+    #[error("cannot open the state directory")]
+    State(#[from] error::Error),
+    /// The socket could not be bound.
+    #[error("cannot listen on {path}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A daemon with its state open and its socket bound, ready to serve.
+pub struct Prepared {
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    stop: watch::Sender<bool>,
+}
+
+/// Takes the state root (a single-instance lock), opens the database,
+/// reconciles the stores and binds the socket. Call it inside a Tokio runtime.
+pub fn prepare(config: Config) -> Result<Prepared, StartError> {
+    let state_dir = &config.state_dir;
+    std::fs::create_dir_all(state_dir).map_err(error::Error::io("cannot create", state_dir))?;
+    let lock_path = state_dir.join("bangerd.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(error::Error::io("cannot create", &lock_path))?;
+    if lock.try_lock().is_err() {
+        return Err(StartError::AlreadyRunning(state_dir.clone()));
+    }
+    let db = Arc::new(Db::open(&state_dir.join("banger.db"))?);
+    let events = Events::new();
+    let ops = Operations::open(Arc::clone(&db), events.clone())?;
+    let kernels = KernelStore::open(state_dir, Arc::clone(&db))?;
+    let listener = socket::bind(&config.socket)?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("banger/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| error::Error::Internal(format!("http client: {e}")))?;
+    let (stop, shutdown) = watch::channel(false);
+    let daemon = Daemon { config, db, events, ops, kernels, http, shutdown, _state_lock: lock };
+    tracing::info!(
+        socket = %daemon.config.socket.display(),
+        state_dir = %daemon.config.state_dir.display(),
+        "bangerd ready"
+    );
+    Ok(Prepared { daemon: Arc::new(daemon), listener, stop })
+}
+
+impl Prepared {
+    /// The daemon's state, for tests that look inside.
+    pub fn daemon(&self) -> &Arc<Daemon> {
+        &self.daemon
+    }
+
+    /// Serves the API until `shutdown` resolves, then ends event streams,
+    /// lets requests in flight finish, and removes the socket.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let Prepared { daemon, listener, stop } = self;
+        let socket = daemon.config.socket.clone();
+        let app = api::router(Arc::clone(&daemon));
+        let stopping = {
+            let daemon = Arc::clone(&daemon);
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                let _ = stop.send(true);
+                daemon.shutting_down().await;
+            }
+        };
+        let result = axum::serve(listener, app).with_graceful_shutdown(stopping).await;
+        let _ = std::fs::remove_file(&socket);
+        result
+    }
+}
+
+/// Prepares and serves in one call.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    prepare(config)?.serve(shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! The API socket: refuses to steal a live daemon's socket, replaces a
+//! stale one, and is created 0660, owned by group `banger` when it exists.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use tokio::net::UnixListener;
+
+use crate::StartError;
+
+/// Group whose members may use the API.
+const SOCKET_GROUP: &str = "banger";
+
+pub fn bind(path: &Path) -> Result<UnixListener, StartError> {
+    let bind_err = |source| StartError::Bind { path: path.to_owned(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(bind_err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(StartError::SocketInUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    if let Some(gid) = group_id(SOCKET_GROUP) {
+        if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
+            tracing::warn!(error = %e, "cannot give the socket to group {SOCKET_GROUP}");
+        }
+    }
+    Ok(listener)
+}
+
+/// A group's id from /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
