@@ -1,0 +1,225 @@
+//! Imports Debian's real cloud kernel package: downloaded with `apt-get
+//! download` (cached under `CARGO_TARGET_TMPDIR`), skipped loudly where the
+//! machine has no apt.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use banger_kernel::import::{self, bzimage, modinfo, ImportOptions, SourceKind};
+
+const METAPACKAGE: &str = "linux-image-cloud-amd64";
+
+fn skip(why: &str) {
+    eprintln!("\n*** SKIP: {why} ***\n");
+}
+
+/// The versioned package the metapackage depends on, from `apt-cache depends`.
+fn versioned_package() -> Option<String> {
+    let out = Command::new("apt-cache")
+        .args(["depends", METAPACKAGE])
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "apt-cache depends {METAPACKAGE} failed"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let package = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-cloud-amd64"))
+        .unwrap_or_else(|| panic!("no linux-image-*-cloud-amd64 in:\n{text}"));
+    Some(package.to_string())
+}
+
+/// The cached or freshly downloaded `.deb`, or `None` without apt. Tests
+/// in this file run in parallel; one downloads, the others wait.
+fn kernel_deb() -> Option<PathBuf> {
+    static DOWNLOAD: Mutex<()> = Mutex::new(());
+    let _guard = DOWNLOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(package) = versioned_package() else {
+        skip("apt-cache is not available; the real Debian kernel import is NOT tested");
+        return None;
+    };
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-kernel");
+    fs::create_dir_all(&cache).unwrap();
+    let find = || {
+        fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
+            })
+    };
+    if let Some(deb) = find() {
+        return Some(deb);
+    }
+    // Download into a scratch directory so a half-written file is never cached.
+    let scratch = tempfile::tempdir_in(&cache).unwrap();
+    let status = match Command::new("apt-get")
+        .arg("download")
+        .arg(&package)
+        .current_dir(scratch.path())
+        .status()
+    {
+        Ok(status) => status,
+        Err(_) => {
+            skip("apt-get is not available; the real Debian kernel import is NOT tested");
+            return None;
+        }
+    };
+    assert!(status.success(), "apt-get download {package} failed");
+    for entry in fs::read_dir(scratch.path()).unwrap() {
+        let path = entry.unwrap().path();
+        fs::rename(&path, cache.join(path.file_name().unwrap())).unwrap();
+    }
+    Some(find().expect("apt-get download produced no .deb"))
+}
+
+struct CpioEntry {
+    name: String,
+    data: Vec<u8>,
+}
+
+fn read_cpio(mut data: &[u8]) -> Vec<CpioEntry> {
+    let mut entries = Vec::new();
+    loop {
+        assert_eq!(&data[..6], b"070701");
+        let field = |i: usize| {
+            let hex = std::str::from_utf8(&data[6 + 8 * i..14 + 8 * i]).unwrap();
+            usize::from_str_radix(hex, 16).unwrap()
+        };
+        let (size, namesize) = (field(6), field(11));
+        let name = String::from_utf8(data[110..110 + namesize - 1].to_vec()).unwrap();
+        let start = (110 + namesize).next_multiple_of(4);
+        if name == "TRAILER!!!" {
+            return entries;
+        }
+        entries.push(CpioEntry {
+            name,
+            data: data[start..start + size].to_vec(),
+        });
+        data = &data[(start + size).next_multiple_of(4)..];
+    }
+}
+
+#[test]
+fn import_real_debian_cloud_kernel() {
+    let Some(deb) = kernel_deb() else { return };
+    assert_eq!(import::detect_kind(&deb).unwrap(), SourceKind::Deb);
+
+    let dest = tempfile::tempdir().unwrap();
+    let mut steps = Vec::new();
+    let imported = import::import(
+        &deb,
+        SourceKind::Deb,
+        &ImportOptions::default(),
+        dest.path(),
+        &mut |s| steps.push(s.to_string()),
+    )
+    .unwrap();
+    eprintln!("imported: {imported:?}\nsteps: {steps:?}");
+
+    let vmlinux = fs::read(dest.path().join("vmlinux")).unwrap();
+    assert_eq!(&vmlinux[..4], b"\x7fELF");
+    assert_eq!(vmlinux[4], 2, "ELF64");
+    assert_eq!(u16::from_le_bytes([vmlinux[16], vmlinux[17]]), 2, "ET_EXEC");
+    assert_eq!(
+        u16::from_le_bytes([vmlinux[18], vmlinux[19]]),
+        0x3e,
+        "x86_64"
+    );
+
+    let version = imported.kernel_version.clone().unwrap();
+    let number = version
+        .strip_prefix("6.1.0-")
+        .and_then(|v| v.strip_suffix("-cloud-amd64"))
+        .unwrap_or_else(|| panic!("unexpected version {version}"));
+    assert!(
+        number.parse::<u32>().is_ok(),
+        "unexpected version {version}"
+    );
+    let modules_root = dest.path().join("modules").join(&version);
+    assert!(modules_root.join("modules.builtin").is_file());
+
+    assert!(imported.has_initrd);
+    let initrd = fs::read(dest.path().join("initrd.img")).unwrap();
+    assert_eq!(&initrd[..2], &[0x1f, 0x8b], "initrd.img is gzip");
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&initrd[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let entries = read_cpio(&raw);
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    for needed in ["init", "bin/busybox"] {
+        assert!(names.contains(&needed), "{needed} missing from {names:?}");
+    }
+    for module in [
+        "virtio_blk",
+        "virtio_pci",
+        "virtio_console",
+        "virtio_mmio",
+        "vmw_vsock_virtio_transport",
+    ] {
+        let path = format!("lib/modules/{module}.ko");
+        assert!(
+            names.contains(&path.as_str()),
+            "{path} missing from {names:?}"
+        );
+    }
+
+    // Every module's dependencies come before it, in the load-order list and
+    // in `imported.modules` alike.
+    let order_file = entries
+        .iter()
+        .find(|e| e.name == "lib/modules/load-order")
+        .unwrap();
+    let order: Vec<&str> = std::str::from_utf8(&order_file.data)
+        .unwrap()
+        .lines()
+        .collect();
+    assert_eq!(order, imported.modules);
+    let position: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, m)| (*m, i)).collect();
+    for (i, module) in order.iter().enumerate() {
+        let ko = &entries
+            .iter()
+            .find(|e| e.name == format!("lib/modules/{module}.ko"))
+            .unwrap()
+            .data;
+        let info = modinfo::parse_modinfo(ko).unwrap();
+        for dep in &info.depends {
+            let at = position
+                .get(dep.as_str())
+                .unwrap_or_else(|| panic!("{module} needs {dep}, not in {order:?}"));
+            assert!(*at < i, "{dep} must load before {module}: {order:?}");
+        }
+    }
+}
+
+#[test]
+fn import_bzimage_from_real_debian_package_is_lz4() {
+    let Some(deb) = kernel_deb() else { return };
+    let pkg = import::deb::read_kernel_package(&deb, None).unwrap();
+    let header = bzimage::parse_header(&pkg.vmlinuz).unwrap();
+    let start = header.protected_mode_offset + header.payload_offset;
+    assert_eq!(
+        bzimage::Compression::detect(&pkg.vmlinuz[start..]),
+        Some(bzimage::Compression::Lz4Legacy)
+    );
+    assert_eq!(
+        bzimage::kernel_version(&pkg.vmlinuz).as_deref(),
+        Some(pkg.release.as_str())
+    );
+    let vmlinux = bzimage::extract_vmlinux(&pkg.vmlinuz).unwrap();
+    assert_eq!(&vmlinux[..4], b"\x7fELF");
+    // The size the build appended after the payload matches.
+    let end = start + header.payload_length;
+    let appended = u32::from_le_bytes(pkg.vmlinuz[end - 4..end].try_into().unwrap());
+    assert_eq!(appended as usize, vmlinux.len());
+}

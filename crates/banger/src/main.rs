@@ -1,0 +1,124 @@
+//! `banger`: the command-line client. It parses the command line, asks the
+//! daemon, and prints tables for people or JSON for programs. It never
+//! touches state itself.
+
+mod commands;
+mod output;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use banger_api::ErrorCode;
+use banger_client::{Client, ClientError};
+use clap::{Parser, Subcommand};
+
+/// Throwaway Linux microVMs on your own machine.
+#[derive(Debug, Parser)]
+#[command(name = "banger", version, about, propagate_version = true)]
+pub struct Cli {
+    /// bangerd's API socket [default: from BANGER_SOCKET, /etc/banger/config.toml, or /run/banger/bangerd.sock].
+    #[arg(long, global = true, env = "BANGER_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Print JSON instead of tables and progress bars.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Kernels: list, pull from a catalog, import, bundle, remove.
+    #[command(subcommand)]
+    Kernel(commands::kernel::KernelCommand),
+    /// Check what this host can run and how to fix what it cannot.
+    Doctor,
+    /// Long-running work the daemon is doing or has done.
+    #[command(subcommand, alias = "op")]
+    Operation(commands::operation::OperationCommand),
+    /// The daemon itself.
+    #[command(subcommand)]
+    Daemon(commands::daemon::DaemonCommand),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// What every command gets: the client and the output mode.
+pub struct Context {
+    client: Client,
+    json: bool,
+}
+
+/// Exit codes a script can rely on.
+mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const INVALID: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+    pub const CONFLICT: u8 = 4;
+    pub const UNREACHABLE: u8 = 5;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        commands::completions::print(shell);
+        return ExitCode::SUCCESS;
+    }
+    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let ctx = Context { client: Client::new(socket), json: cli.json };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli.command, &ctx)) {
+        Ok(code) => code,
+        Err(error) => report(&error),
+    }
+}
+
+async fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Kernel(cmd) => commands::kernel::run(cmd, ctx).await,
+        Command::Doctor => commands::doctor::run(ctx).await,
+        Command::Operation(cmd) => commands::operation::run(cmd, ctx).await,
+        Command::Daemon(cmd) => commands::daemon::run(cmd, ctx).await,
+        Command::Completions { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// Prints an error with its causes and picks the exit code.
+fn report(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    let client_error = error.chain().find_map(|e| e.downcast_ref::<ClientError>());
+    let code = match client_error {
+        Some(ClientError::Unreachable { .. }) => {
+            eprintln!("hint: is bangerd running? Start it with `sudo bangerd` or `sudo systemctl start bangerd`");
+            exit::UNREACHABLE
+        }
+        Some(ClientError::Api(api)) => match api.code {
+            ErrorCode::InvalidArgument => exit::INVALID,
+            ErrorCode::NotFound => exit::NOT_FOUND,
+            ErrorCode::AlreadyExists | ErrorCode::Conflict => exit::CONFLICT,
+            _ => exit::FAILURE,
+        },
+        _ => exit::FAILURE,
+    };
+    ExitCode::from(code)
+}
+
+/// The socket from the config file, else the default.
+fn default_socket() -> PathBuf {
+    let config = std::env::var_os("BANGER_CONFIG").map(PathBuf::from).unwrap_or_else(|| banger_api::DEFAULT_CONFIG.into());
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| table.get("socket")?.as_str().map(PathBuf::from))
+        .unwrap_or_else(|| banger_api::DEFAULT_SOCKET.into())
+}
