@@ -168,6 +168,11 @@ impl Client {
         Err(ClientError::Protocol(format!("event stream ended before operation {id} finished (did bangerd stop?)")))
     }
 
+    /// `GET` any API path, as untyped JSON (for tools and tests that walk the API).
+    pub async fn openapi_get(&self, path: &str) -> Result<serde_json::Value> {
+        self.get(path).await
+    }
+
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send_json::<(), T>(Method::GET, path, None).await
     }

@@ -122,15 +122,33 @@ pub async fn bundle(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>)
     daemon.kernels.get(&name)?;
     let lock = daemon.kernels.lock(&name)?;
     let dir = daemon.kernels.dir(&name);
-    let (writer, reader) = tokio::io::duplex(1 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(16);
     tokio::task::spawn_blocking(move || {
         let _lock = lock;
-        let writer = tokio_util::io::SyncIoBridge::new(writer);
+        let writer = std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter(tx.clone()));
         if let Err(e) = banger_kernel::bundle::create(&dir, writer, 3) {
-            // The client sees a truncated body; the log says why.
             tracing::error!(kernel = %name, error = %e, "bundle failed");
+            // An error item aborts the response, so the client sees a
+            // broken transfer rather than a short, valid-looking file.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(([(header::CONTENT_TYPE, "application/zstd")], body).into_response())
+}
+
+/// A blocking writer that hands its bytes to the response body.
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

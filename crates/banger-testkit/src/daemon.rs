@@ -1,0 +1,106 @@
+//! A whole daemon in-process, on a temporary socket and state root.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use banger_api::{CatalogEntry, KernelCatalog};
+use banger_client::Client;
+use bangerd::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running daemon; dropping it stops it and removes its root.
+pub struct TestDaemon {
+    /// Root of everything it owns: `state/`, `bangerd.sock`, `catalog.json`.
+    pub root: tempfile::TempDir,
+    /// Its configuration.
+    pub config: Config,
+    /// A client for it.
+    pub client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestDaemon {
+    /// Starts a daemon whose only extra catalog is `<root>/catalog.json`
+    /// (initially empty; see [`TestDaemon::set_catalog`]).
+    pub async fn start() -> TestDaemon {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a daemon after `adjust` has changed its configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestDaemon {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::new(root.path().join("state"), root.path().join("bangerd.sock"));
+        let catalog = root.path().join("catalog.json");
+        config.catalogs.push(catalog.display().to_string());
+        adjust(&mut config);
+        let mut daemon = TestDaemon { client: Client::new(&config.socket), root, config, stop: None, task: None };
+        daemon.set_catalog(Vec::new());
+        daemon.launch();
+        daemon
+    }
+
+    /// Starts a second daemon on the same root (after `stop`).
+    pub fn restart(&mut self) {
+        assert!(self.task.is_none(), "stop the daemon first");
+        self.launch();
+    }
+
+    fn launch(&mut self) {
+        let prepared = bangerd::prepare(self.config.clone()).expect("daemon starts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.task = Some(tokio::spawn(prepared.serve(async move {
+            let _ = stopped.await;
+        })));
+        self.stop = Some(stop);
+    }
+
+    /// Stops the daemon gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("daemon stops within 30 s")
+                .expect("daemon task")
+                .expect("daemon serves without error");
+        }
+    }
+
+    /// Replaces the test catalog's entries.
+    pub fn set_catalog(&self, entries: Vec<CatalogEntry>) {
+        let catalog = KernelCatalog { version: 1, entries };
+        std::fs::write(self.catalog_path(), serde_json::to_vec_pretty(&catalog).unwrap()).unwrap();
+    }
+
+    /// The test catalog file.
+    pub fn catalog_path(&self) -> PathBuf {
+        self.root.path().join("catalog.json")
+    }
+
+    /// The state root.
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    /// Names of everything in `<state>/kernels`, hidden entries included,
+    /// sorted: what a failed pull must leave untouched.
+    pub fn kernel_dir_entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.state_dir().join("kernels"))
+            .map(|dir| dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
