@@ -60,7 +60,11 @@ impl DaemonProcess {
                 bail!("bangerd exited ({status}) before listening; its log:\n{}", self.log_tail());
             }
             if Instant::now() > deadline {
-                bail!("bangerd did not listen on {} within {START_TIMEOUT:?}; its log:\n{}", socket.display(), self.log_tail());
+                bail!(
+                    "bangerd did not listen on {} within {START_TIMEOUT:?}; its log:\n{}",
+                    socket.display(),
+                    self.log_tail()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -98,8 +102,5 @@ impl Drop for DaemonProcess {
 /// Keeps the host's banger configuration out of a benchmark process:
 /// `no_config` is a config path that does not exist.
 pub fn isolate(command: &mut Command, no_config: &Path) {
-    command
-        .env("BANGER_CONFIG", no_config)
-        .env_remove("BANGER_SOCKET")
-        .env_remove("BANGER_STATE_DIR");
+    command.env("BANGER_CONFIG", no_config).env_remove("BANGER_SOCKET").env_remove("BANGER_STATE_DIR");
 }

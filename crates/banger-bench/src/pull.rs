@@ -109,12 +109,14 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     write_catalog(&layout.catalog, &server.url(), &bundle.sha256, compressed)?;
 
     fs::create_dir(&layout.state).context("cannot create the state directory")?;
-    let daemon = DaemonProcess::start(&bangerd, &layout.socket, &layout.state, &layout.catalog, &layout.log, &layout.no_config)?;
+    let daemon =
+        DaemonProcess::start(&bangerd, &layout.socket, &layout.state, &layout.catalog, &layout.log, &layout.no_config)?;
 
     let mut rounds = Vec::with_capacity(args.rounds);
     for round in 1..=args.rounds {
         eprintln!("round {round}/{}...", args.rounds);
-        let banger_secs = time_banger(&banger, &layout, round > 1).with_context(|| format!("bangerd log:\n{}", daemon.log_tail()))?;
+        let banger_secs =
+            time_banger(&banger, &layout, round > 1).with_context(|| format!("bangerd log:\n{}", daemon.log_tail()))?;
         let pipeline_secs = time_pipeline(&layout, round, &server.url(), &bundle.sha256)?;
         rounds.push(Round {
             round,
@@ -229,6 +231,5 @@ fn check(command: &mut Command, what: &str) -> anyhow::Result<()> {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }

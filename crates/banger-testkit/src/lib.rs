@@ -5,6 +5,7 @@
 
 pub mod bundles;
 pub mod daemon;
+pub mod debian;
 pub mod http;
 
 pub use daemon::TestDaemon;
