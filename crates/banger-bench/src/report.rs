@@ -82,7 +82,7 @@ impl PullReport {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if mid * 2 == values.len() {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
