@@ -9,6 +9,10 @@ use crate::Operation;
 pub enum ObjectKind {
     /// A kernel in the local store.
     Kernel,
+    /// An image in the local store.
+    Image,
+    /// A VM.
+    Vm,
 }
 
 /// Something that happened in the daemon, as `GET /v1/events` streams it.
@@ -22,6 +26,13 @@ pub enum Event {
     },
     /// An object was created.
     Created {
+        /// Its kind.
+        kind: ObjectKind,
+        /// Its name.
+        name: String,
+    },
+    /// An object changed (a VM's state, say).
+    Updated {
         /// Its kind.
         kind: ObjectKind,
         /// Its name.

@@ -5,17 +5,23 @@
 mod error;
 mod event;
 mod host;
+mod image;
 mod kernel;
 mod operation;
+mod vm;
 
 pub use error::{ApiError, ErrorCode};
 pub use event::{Event, ObjectKind};
 pub use host::{Check, CheckStatus, DoctorReport};
+pub use image::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest};
 pub use kernel::{
-    BundleInfo, CatalogEntry, CatalogEntryState, CatalogListing, Kernel, KernelCatalog, KernelImportKind,
-    KernelImportRequest, KernelPullRequest,
+    BundleInfo, CatalogEntry, CatalogEntryState, CatalogListing, Kernel, KernelCatalog,
+    KernelImportKind, KernelImportRequest, KernelPullRequest,
 };
 pub use operation::{Operation, OperationKind, OperationState, Progress};
+pub use vm::{
+    DiskResizeRequest, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice, EXEC_UPGRADE,
+};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

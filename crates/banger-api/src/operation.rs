@@ -11,6 +11,14 @@ pub enum OperationKind {
     KernelPull,
     /// `kernel import`.
     KernelImport,
+    /// `image build`.
+    ImageBuild,
+    /// `image register`.
+    ImageRegister,
+    /// `vm create`.
+    VmCreate,
+    /// `vm start`.
+    VmStart,
 }
 
 /// Where an operation is in its life.

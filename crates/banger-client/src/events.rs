@@ -15,7 +15,10 @@ pub struct EventStream {
 
 impl EventStream {
     pub(crate) fn new(body: Incoming) -> EventStream {
-        EventStream { body, buffer: BytesMut::new() }
+        EventStream {
+            body,
+            buffer: BytesMut::new(),
+        }
     }
 
     /// The next event, or `None` when the daemon closes the stream.
@@ -69,7 +72,15 @@ mod tests {
     #[test]
     fn parses_data_and_skips_comments() {
         assert!(parse_block(b": keep-alive").unwrap().is_none());
-        let event = parse_block(br#"data: {"type":"deleted","kind":"kernel","name":"k"}"#).unwrap().unwrap();
-        assert_eq!(event, Event::Deleted { kind: banger_api::ObjectKind::Kernel, name: "k".into() });
+        let event = parse_block(br#"data: {"type":"deleted","kind":"kernel","name":"k"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            event,
+            Event::Deleted {
+                kind: banger_api::ObjectKind::Kernel,
+                name: "k".into()
+            }
+        );
     }
 }

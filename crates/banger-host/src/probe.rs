@@ -40,7 +40,9 @@ pub(crate) fn kvm_at(root: &Path) -> Kvm {
     }
     match OpenOptions::new().read(true).write(true).open(&dev) {
         Ok(_) => Kvm::Usable,
-        Err(e) => Kvm::NoAccess { reason: e.to_string() },
+        Err(e) => Kvm::NoAccess {
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -100,7 +102,10 @@ fn first_line_of(path: &Path, arg: &str) -> Option<String> {
     }
     let mut out = String::new();
     child.stdout.take()?.read_to_string(&mut out).ok()?;
-    out.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
+    out.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
 }
 
 /// The version to show for a tool, from the first line of `--version`:
@@ -235,10 +240,16 @@ mod tests {
     #[test]
     fn device_mapper_from_any_sign() {
         assert!(!device_mapper_at(fake_root(&[]).path()));
-        assert!(device_mapper_at(fake_root(&["sys/class/misc/device-mapper"]).path()));
+        assert!(device_mapper_at(
+            fake_root(&["sys/class/misc/device-mapper"]).path()
+        ));
         assert!(device_mapper_at(fake_root(&["dev/mapper/control"]).path()));
         let root = fake_root(&["proc"]);
-        fs::write(root.path().join("proc/misc"), "232 kvm\n236 device-mapper\n").unwrap();
+        fs::write(
+            root.path().join("proc/misc"),
+            "232 kvm\n236 device-mapper\n",
+        )
+        .unwrap();
         assert!(device_mapper_at(root.path()));
         fs::write(root.path().join("proc/misc"), "232 kvm\n237 loop-control\n").unwrap();
         assert!(!device_mapper_at(root.path()));

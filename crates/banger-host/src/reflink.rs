@@ -45,7 +45,11 @@ fn try_clone(scratch: &Scratch) -> io::Result<io::Result<()>> {
 }
 
 fn create_new(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).write(true).create_new(true).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
 }
 
 /// Turns the outcome of the test clone into a verdict: the errors a
@@ -239,8 +243,17 @@ mod tests {
         }
         let mount = XfsMount::new();
         let state = mount.mountpoint.join("state");
-        assert_eq!(probe(&state), Reflink::Supported { fs: "xfs".to_string() });
-        assert_eq!(fs::read_dir(&state).unwrap().count(), 0, "scratch files left behind");
+        assert_eq!(
+            probe(&state),
+            Reflink::Supported {
+                fs: "xfs".to_string()
+            }
+        );
+        assert_eq!(
+            fs::read_dir(&state).unwrap().count(),
+            0,
+            "scratch files left behind"
+        );
     }
 
     fn is_root() -> bool {

@@ -39,7 +39,10 @@ impl fmt::Display for Vmm {
 /// installed and KVM runs ordinary kernels, else QEMU, with KVM when usable.
 pub fn preferred_vmm(c: &Capabilities) -> (Vmm, String) {
     match (&c.firecracker, &c.kvm) {
-        (Some(_), Kvm::Usable) => (Vmm::Firecracker, "firecracker is installed and KVM is usable".into()),
+        (Some(_), Kvm::Usable) => (
+            Vmm::Firecracker,
+            "firecracker is installed and KVM is usable".into(),
+        ),
         (None, Kvm::Usable) => (
             Vmm::Qemu { kvm: true },
             "KVM is usable but firecracker is not installed".into(),
@@ -258,7 +261,11 @@ fn disk_check(disk: Option<DiskSpace>, c: &Capabilities) -> Check {
     let Some(d) = disk else {
         return warn(NAME, format!("Free space at {dir} could not be read"), fix);
     };
-    let detail = format!("{} free of {} at {dir}", gib(d.free_bytes), gib(d.total_bytes));
+    let detail = format!(
+        "{} free of {} at {dir}",
+        gib(d.free_bytes),
+        gib(d.total_bytes)
+    );
     if d.free_bytes < DISK_FAIL_BYTES {
         fail(NAME, detail, fix)
     } else if d.free_bytes < DISK_WARN_BYTES {
@@ -370,7 +377,11 @@ mod tests {
         let checks = checks(&c);
         let vmm = check(&checks, "vmm");
         assert_eq!(vmm.status, CheckStatus::Pass);
-        assert!(vmm.detail.starts_with("QEMU with TCG emulation"), "{}", vmm.detail);
+        assert!(
+            vmm.detail.starts_with("QEMU with TCG emulation"),
+            "{}",
+            vmm.detail
+        );
         assert!(check(&checks, "firecracker").detail.contains("unused"));
     }
 
@@ -458,7 +469,11 @@ mod tests {
             ("device_mapper", CheckStatus::Warn, "modprobe dm_snapshot"),
             ("reflink", CheckStatus::Warn, "mkfs.xfs -m reflink=1"),
             ("nftables", CheckStatus::Fail, "apt-get install nftables"),
-            ("resolved", CheckStatus::Warn, "systemctl enable --now systemd-resolved"),
+            (
+                "resolved",
+                CheckStatus::Warn,
+                "systemctl enable --now systemd-resolved",
+            ),
         ];
         for (name, status, fix) in want {
             let got = check(&checks, name);
@@ -466,7 +481,9 @@ mod tests {
             assert!(got.fix.as_deref().unwrap().contains(fix), "{got:?}");
         }
         assert!(check(&checks, "reflink").detail.contains("ext4"));
-        assert!(check(&checks, "resolved").detail.contains("/etc/resolv.conf"));
+        assert!(check(&checks, "resolved")
+            .detail
+            .contains("/etc/resolv.conf"));
     }
 
     #[test]
@@ -513,7 +530,10 @@ mod tests {
                 .fix
                 .as_deref()
                 .unwrap_or_else(|| panic!("{} has no fix", check.name));
-            assert!(!fix.contains('\n') && !check.detail.contains('\n'), "{check:?}");
+            assert!(
+                !fix.contains('\n') && !check.detail.contains('\n'),
+                "{check:?}"
+            );
         }
     }
 }

@@ -105,7 +105,10 @@ pub fn merge(catalogs: impl IntoIterator<Item = KernelCatalog>) -> Vec<CatalogEn
 }
 
 /// Finds an entry by name.
-pub fn lookup<'a>(entries: &'a [CatalogEntry], name: &str) -> Result<&'a CatalogEntry, CatalogError> {
+pub fn lookup<'a>(
+    entries: &'a [CatalogEntry],
+    name: &str,
+) -> Result<&'a CatalogEntry, CatalogError> {
     entries
         .iter()
         .find(|e| e.name == name)
@@ -139,7 +142,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err(format!("name {name:?} must be 1 to 63 characters"));
     }
     if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
-        return Err(format!("name {name:?} must start with a lowercase letter or digit"));
+        return Err(format!(
+            "name {name:?} must start with a lowercase letter or digit"
+        ));
     }
     if !name.chars().all(ok_char) {
         return Err(format!(
@@ -151,7 +156,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 /// Whether `s` is a SHA-256 digest in lowercase hex.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    s.len() == 64
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 #[cfg(test)]
@@ -172,7 +179,11 @@ mod tests {
     }
 
     fn doc(entries: Vec<CatalogEntry>) -> String {
-        serde_json::to_string(&KernelCatalog { version: 1, entries }).unwrap()
+        serde_json::to_string(&KernelCatalog {
+            version: 1,
+            entries,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -182,7 +193,11 @@ mod tests {
 
     #[test]
     fn parses_and_looks_up() {
-        let cat = parse("t", &doc(vec![entry("a", "http://x/a"), entry("b", "http://x/b")])).unwrap();
+        let cat = parse(
+            "t",
+            &doc(vec![entry("a", "http://x/a"), entry("b", "http://x/b")]),
+        )
+        .unwrap();
         let entries = merge([cat]);
         assert_eq!(lookup(&entries, "b").unwrap().tarball_url, "http://x/b");
         let err = lookup(&entries, "zz").unwrap_err();
@@ -197,10 +212,16 @@ mod tests {
             Err(CatalogError::Version { version: 2, .. })
         ));
         let unknown = r#"{"version":1,"entries":[],"extra":1}"#;
-        assert!(matches!(parse("t", unknown), Err(CatalogError::Parse { .. })));
+        assert!(matches!(
+            parse("t", unknown),
+            Err(CatalogError::Parse { .. })
+        ));
         let mut bad_sha = entry("a", "u");
         bad_sha.tarball_sha256 = "xyz".into();
-        assert!(matches!(parse("t", &doc(vec![bad_sha])), Err(CatalogError::Entry { .. })));
+        assert!(matches!(
+            parse("t", &doc(vec![bad_sha])),
+            Err(CatalogError::Entry { .. })
+        ));
         let dup = doc(vec![entry("a", "u"), entry("a", "v")]);
         assert!(parse("t", &dup).unwrap_err().to_string().contains("twice"));
         assert!(parse("t", &doc(vec![entry("../x", "u")])).is_err());
@@ -208,8 +229,14 @@ mod tests {
 
     #[test]
     fn later_catalogs_override_earlier() {
-        let a = KernelCatalog { version: 1, entries: vec![entry("k", "old"), entry("j", "j")] };
-        let b = KernelCatalog { version: 1, entries: vec![entry("k", "new")] };
+        let a = KernelCatalog {
+            version: 1,
+            entries: vec![entry("k", "old"), entry("j", "j")],
+        };
+        let b = KernelCatalog {
+            version: 1,
+            entries: vec![entry("k", "new")],
+        };
         let merged = merge([a, b]);
         assert_eq!(merged.len(), 2);
         assert_eq!(lookup(&merged, "k").unwrap().tarball_url, "new");

@@ -32,10 +32,17 @@ impl TestDaemon {
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestDaemon {
         let root = tempfile::tempdir().expect("temp dir");
         let mut config = Config::new(root.path().join("state"), root.path().join("bangerd.sock"));
+        config.run_dir = root.path().join("run");
         let catalog = root.path().join("catalog.json");
         config.catalogs.push(catalog.display().to_string());
         adjust(&mut config);
-        let mut daemon = TestDaemon { client: Client::new(&config.socket), root, config, stop: None, task: None };
+        let mut daemon = TestDaemon {
+            client: Client::new(&config.socket),
+            root,
+            config,
+            stop: None,
+            task: None,
+        };
         daemon.set_catalog(Vec::new());
         daemon.launch();
         daemon
@@ -72,8 +79,15 @@ impl TestDaemon {
 
     /// Replaces the test catalog's entries.
     pub fn set_catalog(&self, entries: Vec<CatalogEntry>) {
-        let catalog = KernelCatalog { version: 1, entries };
-        std::fs::write(self.catalog_path(), serde_json::to_vec_pretty(&catalog).unwrap()).unwrap();
+        let catalog = KernelCatalog {
+            version: 1,
+            entries,
+        };
+        std::fs::write(
+            self.catalog_path(),
+            serde_json::to_vec_pretty(&catalog).unwrap(),
+        )
+        .unwrap();
     }
 
     /// The test catalog file.
@@ -90,7 +104,10 @@ impl TestDaemon {
     /// sorted: what a failed pull must leave untouched.
     pub fn kernel_dir_entries(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.state_dir().join("kernels"))
-            .map(|dir| dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .map(|dir| {
+                dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         names

@@ -6,7 +6,9 @@
 pub mod bundles;
 pub mod daemon;
 pub mod debian;
+pub mod guest;
 pub mod http;
+pub mod loopfs;
 
 pub use daemon::TestDaemon;
 pub use http::{Canned, HttpServer};
@@ -14,5 +16,8 @@ pub use http::{Canned, HttpServer};
 /// SHA-256 of bytes, lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

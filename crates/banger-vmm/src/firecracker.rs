@@ -1,30 +1,319 @@
-//! The Firecracker driver (being written).
+//! The Firecracker driver: spawns `firecracker` detached in its own session,
+//! configures and boots the guest over the REST API on its unix socket, and
+//! stops it with Ctrl+Alt+Del, then SIGKILL. Request building ([`api`]) and
+//! command lines ([`command`]) are pure; this file holds the host effects.
 
+pub mod api;
+pub mod command;
+mod http;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::net::UnixStream;
+use tokio::process::Child;
+
+pub use api::{requests, ActionType, ApiRequest, RunFiles};
+
+use crate::process::{pid_alive, read_pid, signal, wait_gone};
 use crate::{AgentEndpoint, VmSpec, VmmError};
+
+/// How long Firecracker has to open its API socket after it is spawned.
+const API_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a SIGKILLed Firecracker has to disappear.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lines of the VMM's output quoted when it exits during start.
+const LOG_TAIL_LINES: usize = 20;
 
 /// Firecracker, optionally under its jailer.
 #[derive(Debug, Clone)]
 pub struct Firecracker {
-    /// The firecracker binary.
+    /// The firecracker binary (a path, or a name looked up in `PATH`).
     pub binary: PathBuf,
+    /// The jailer binary, to run Firecracker in a chroot. Starting under
+    /// the jailer is not supported yet: [`Firecracker::start`] refuses it.
+    pub jailer: Option<PathBuf>,
 }
 
 impl Firecracker {
-    /// Starts the VM.
-    pub async fn start(&self, _spec: &VmSpec) -> Result<u32, VmmError> {
-        Err(VmmError::MissingBinary { binary: self.binary.display().to_string() })
+    /// Firecracker at `binary`, without the jailer.
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        Firecracker {
+            binary: binary.into(),
+            jailer: None,
+        }
     }
 
-    /// Stops the VM.
-    pub async fn stop(&self, run_dir: &Path, _timeout: Duration) -> Result<(), VmmError> {
-        crate::process::kill(run_dir, &run_dir.join("vmm.pid")).await
+    /// Starts the VM: spawns Firecracker detached (its stdout, the serial
+    /// console, to `console.log`; its stderr to `vmm.log`), writes
+    /// `vmm.pid`, configures the VM over the API and boots it. Returns the
+    /// pid; on error nothing is left running.
+    pub async fn start(&self, spec: &VmSpec) -> Result<u32, VmmError> {
+        if self.jailer.is_some() {
+            return Err(VmmError::InvalidSpec(
+                "starting Firecracker under the jailer is not supported yet".into(),
+            ));
+        }
+        check_kernel(&spec.kernel)?;
+        // Refuse a spec Firecracker cannot take before anything is spawned.
+        requests(spec)?;
+        let files = RunFiles::new(&spec.run_dir);
+        remove_runtime_files(&files);
+        let mut child = self.spawn(spec, &files)?;
+        let Some(pid) = child.id() else {
+            let log_tail = log_tail(&files);
+            return Err(VmmError::ExitedEarly { log_tail });
+        };
+        let started = async {
+            std::fs::write(&files.pid, format!("{pid}\n")).map_err(|source| VmmError::Process {
+                action: "record the pid of",
+                source,
+            })?;
+            wait_for_api(&mut child, &files).await?;
+            self.configure(&files.api_sock, spec).await
+        };
+        match started.await {
+            Ok(()) => {
+                tracing::info!(vm = %spec.name, pid, "firecracker started");
+                Ok(pid)
+            }
+            Err(e) => {
+                tracing::debug!(vm = %spec.name, pid, error = %e, "firecracker start failed, killing it");
+                kill_now(pid).await;
+                remove_runtime_files(&files);
+                Err(e)
+            }
+        }
+    }
+
+    /// Configures and boots the VM of `spec` through the Firecracker API at
+    /// `api_sock`: the requests of [`requests`], in order, stopping at the
+    /// first refused one. Creates the log and metrics files Firecracker
+    /// needs to exist.
+    pub async fn configure(&self, api_sock: &Path, spec: &VmSpec) -> Result<(), VmmError> {
+        let requests = requests(spec)?;
+        let files = RunFiles::new(&spec.run_dir);
+        for path in [&files.log, &files.metrics] {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| VmmError::Process {
+                    action: "create the log files of",
+                    source,
+                })?;
+        }
+        for request in &requests {
+            tracing::debug!(vm = %spec.name, request = %request.describe(), "firecracker API");
+            http::send(api_sock, request).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the VM: sends Ctrl+Alt+Del (with `reboot=k` the guest's
+    /// reboot ends Firecracker), waits up to `timeout`, then SIGKILLs it.
+    /// Removes the sockets and the pid file.
+    pub async fn stop(&self, run_dir: &Path, timeout: Duration) -> Result<(), VmmError> {
+        let files = RunFiles::new(run_dir);
+        if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
+            let graceful = async {
+                match http::send(
+                    &files.api_sock,
+                    &ApiRequest::action(ActionType::SendCtrlAltDel),
+                )
+                .await
+                {
+                    Ok(()) => wait_gone(pid, timeout).await,
+                    Err(e) => {
+                        tracing::debug!(pid, error = %e, "cannot ask the guest to shut down");
+                        false
+                    }
+                }
+            };
+            let exited = tokio::time::timeout(timeout, graceful)
+                .await
+                .unwrap_or(false);
+            if !exited {
+                tracing::info!(
+                    pid,
+                    ?timeout,
+                    "firecracker did not stop in time, killing it"
+                );
+                crate::process::kill(run_dir, &files.pid).await?;
+            }
+        }
+        remove_runtime_files(&files);
+        Ok(())
+    }
+
+    /// Spawns Firecracker in its own session, so it outlives the daemon.
+    #[allow(unsafe_code)]
+    fn spawn(&self, spec: &VmSpec, files: &RunFiles) -> Result<Child, VmmError> {
+        let log_error = |source| VmmError::Process {
+            action: "create the log files of",
+            source,
+        };
+        let console = std::fs::File::create(&files.console).map_err(log_error)?;
+        let vmm_log = std::fs::File::create(&files.vmm_log).map_err(log_error)?;
+        let line = command::firecracker(
+            &self.binary,
+            &files.api_sock,
+            &command::instance_id(&spec.name),
+        );
+        let mut cmd = tokio::process::Command::new(&line.program);
+        cmd.args(&line.args)
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(vmm_log)
+            .kill_on_drop(false);
+        // SAFETY: the closure runs in the child between fork and exec, and
+        // only calls setsid(2), which is async-signal-safe and allocates
+        // nothing.
+        unsafe {
+            cmd.pre_exec(|| match libc::setsid() {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            });
+        }
+        cmd.spawn().map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => VmmError::MissingBinary {
+                binary: self.binary.display().to_string(),
+            },
+            _ => VmmError::Process {
+                action: "spawn",
+                source,
+            },
+        })
     }
 }
 
 /// Where the guest agent is reached.
 pub fn agent_endpoint(run_dir: &Path) -> AgentEndpoint {
-    AgentEndpoint::FirecrackerVsock { uds: run_dir.join("vsock.sock"), port: banger_agent_proto::VSOCK_PORT }
+    AgentEndpoint::FirecrackerVsock {
+        uds: RunFiles::new(run_dir).vsock,
+        port: banger_agent_proto::VSOCK_PORT,
+    }
+}
+
+/// Refuses a kernel Firecracker cannot boot: it takes an ELF vmlinux only.
+fn check_kernel(kernel: &Path) -> Result<(), VmmError> {
+    let mut header = Vec::with_capacity(command::KERNEL_HEADER_LEN);
+    std::fs::File::open(kernel)
+        .and_then(|f| {
+            f.take(command::KERNEL_HEADER_LEN as u64)
+                .read_to_end(&mut header)
+        })
+        .map_err(|e| {
+            VmmError::InvalidSpec(format!("cannot read the kernel {}: {e}", kernel.display()))
+        })?;
+    let what = match command::kernel_format(&header) {
+        command::KernelFormat::Elf => return Ok(()),
+        command::KernelFormat::BzImage => "a bzImage",
+        command::KernelFormat::Unknown => "not an ELF image",
+    };
+    Err(VmmError::InvalidSpec(format!(
+        "the kernel {} is {what}; Firecracker boots an uncompressed ELF vmlinux only",
+        kernel.display()
+    )))
+}
+
+/// Waits until the API socket accepts a connection, the process exits, or
+/// [`API_SOCKET_TIMEOUT`] passes.
+async fn wait_for_api(child: &mut Child, files: &RunFiles) -> Result<(), VmmError> {
+    let deadline = tokio::time::Instant::now() + API_SOCKET_TIMEOUT;
+    loop {
+        let exited = child.try_wait().map_err(|source| VmmError::Process {
+            action: "wait for",
+            source,
+        })?;
+        if let Some(status) = exited {
+            return Err(VmmError::ExitedEarly {
+                log_tail: format!("{status}: {}", log_tail(files)),
+            });
+        }
+        if UnixStream::connect(&files.api_sock).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(VmmError::Timeout(
+                API_SOCKET_TIMEOUT,
+                "Firecracker's API socket",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGKILLs `pid` and waits for it to go; used on a failed start, where
+/// there is no error left to report but the first.
+async fn kill_now(pid: u32) {
+    if pid_alive(pid) {
+        if let Err(e) = signal(pid, libc::SIGKILL) {
+            tracing::warn!(pid, error = %e, "cannot kill firecracker");
+        }
+        if !wait_gone(pid, KILL_TIMEOUT).await {
+            tracing::warn!(pid, "firecracker survived SIGKILL");
+        }
+    }
+}
+
+/// Removes the sockets and the pid file of a VM that does not run (or
+/// stale ones before a start: Firecracker cannot bind over them).
+fn remove_runtime_files(files: &RunFiles) {
+    for path in [&files.api_sock, &files.vsock, &files.pid] {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a firecracker file")
+            }
+        }
+    }
+}
+
+/// The last lines of Firecracker's stderr and stdout, which is where it
+/// says why it exited before its logger is configured.
+fn log_tail(files: &RunFiles) -> String {
+    let tails: Vec<String> = [&files.vmm_log, &files.console]
+        .into_iter()
+        .filter_map(|path| std::fs::read(path).ok())
+        .map(|bytes| last_lines(&String::from_utf8_lossy(&bytes), LOG_TAIL_LINES))
+        .filter(|tail| !tail.is_empty())
+        .collect();
+    if tails.is_empty() {
+        "no output".into()
+    } else {
+        tails.join("\n")
+    }
+}
+
+/// The last `n` non-empty lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_lines_keeps_the_end() {
+        assert_eq!(last_lines("a\n\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("a\n", 5), "a");
+        assert_eq!(last_lines("", 5), "");
+    }
+
+    #[test]
+    fn agent_endpoint_is_the_vsock_socket_sent_to_firecracker() {
+        let run_dir = Path::new("/run/banger/vms/a");
+        let AgentEndpoint::FirecrackerVsock { uds, .. } = agent_endpoint(run_dir) else {
+            panic!("not vsock")
+        };
+        assert_eq!(uds, RunFiles::new(run_dir).vsock);
+    }
 }

@@ -6,8 +6,8 @@
 //! finds them again from the path alone.
 
 pub mod firecracker;
-pub mod qemu;
 mod process;
+pub mod qemu;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,7 +79,9 @@ impl AgentEndpoint {
             AgentEndpoint::Unix(path) => tokio::net::UnixStream::connect(path).await,
             AgentEndpoint::FirecrackerVsock { uds, port } => {
                 let mut stream = tokio::net::UnixStream::connect(uds).await?;
-                stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+                stream
+                    .write_all(format!("CONNECT {port}\n").as_bytes())
+                    .await?;
                 // Read the "OK <n>\n" line a byte at a time so nothing of the
                 // agent's stream is consumed by a buffer.
                 let mut line = Vec::new();
@@ -94,7 +96,10 @@ impl AgentEndpoint {
                 if !line.starts_with(b"OK ") {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::ConnectionRefused,
-                        format!("vsock CONNECT refused: {:?}", String::from_utf8_lossy(&line)),
+                        format!(
+                            "vsock CONNECT refused: {:?}",
+                            String::from_utf8_lossy(&line)
+                        ),
                     ));
                 }
                 Ok(stream)
@@ -193,7 +198,16 @@ impl Vmm {
 
     /// Kills the VMM at once.
     pub async fn kill(&self, run_dir: &Path) -> Result<(), VmmError> {
-        process::kill(run_dir, &self.pid_file(run_dir)).await
+        match self {
+            Vmm::Firecracker(_) => {
+                process::kill(run_dir, &self.pid_file(run_dir)).await?;
+                for file in ["firecracker.sock", "vsock.sock", "vmm.pid"] {
+                    let _ = std::fs::remove_file(run_dir.join(file));
+                }
+                Ok(())
+            }
+            Vmm::Qemu(d) => d.kill(run_dir).await,
+        }
     }
 
     /// Whether the VMM of the VM whose run directory this is still runs.

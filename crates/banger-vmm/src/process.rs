@@ -17,7 +17,11 @@ pub fn read_pid(path: &Path) -> Option<u32> {
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
@@ -47,18 +51,28 @@ pub async fn wait_gone(pid: u32, timeout: Duration) -> bool {
 
 /// SIGKILLs the VMM named by the pid file and waits for it to go.
 pub async fn kill(_run_dir: &Path, pid_file: &Path) -> Result<(), VmmError> {
-    let Some(pid) = read_pid(pid_file) else { return Ok(()) };
+    let Some(pid) = read_pid(pid_file) else {
+        return Ok(());
+    };
     if !pid_alive(pid) {
         return Ok(());
     }
     match signal(pid, libc::SIGKILL) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
-        Err(source) => return Err(VmmError::Process { action: "kill", source }),
+        Err(source) => {
+            return Err(VmmError::Process {
+                action: "kill",
+                source,
+            })
+        }
     }
     if wait_gone(pid, Duration::from_secs(10)).await {
         Ok(())
     } else {
-        Err(VmmError::Timeout(Duration::from_secs(10), "the VMM to die after SIGKILL"))
+        Err(VmmError::Timeout(
+            Duration::from_secs(10),
+            "the VMM to die after SIGKILL",
+        ))
     }
 }

@@ -1,9 +1,28 @@
-//! The QEMU driver (being written).
+//! The QEMU driver: builds QEMU's command line from a [`VmSpec`], starts it
+//! with `-daemonize` (QEMU forks into its own session once initialised, so
+//! the VM outlives the daemon), and stops it through QMP with a kill as the
+//! last resort. Under KVM it uses `microvm` with virtio-mmio devices; under
+//! TCG `pc` with virtio-pci, because `microvm` hangs in timer set-up there.
+
+mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::process::{pid_alive, read_pid, wait_gone};
 use crate::{AgentEndpoint, VmSpec, VmmError};
+use qmp::Qmp;
+
+/// How long QEMU may take to initialise before its parent process exits.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long QEMU may take to exit after QMP `quit`.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
+/// The name of the guest's virtio-serial port for the agent.
+pub const AGENT_PORT_NAME: &str = "banger.agent";
+/// Lines of QEMU's log quoted in [`VmmError::ExitedEarly`].
+const LOG_TAIL_LINES: usize = 20;
+/// `sun_path` holds 108 bytes, including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
 
 /// QEMU, with KVM or TCG.
 #[derive(Debug, Clone)]
@@ -14,19 +33,493 @@ pub struct Qemu {
     pub kvm: bool,
 }
 
-impl Qemu {
-    /// Starts the VM.
-    pub async fn start(&self, _spec: &VmSpec) -> Result<u32, VmmError> {
-        Err(VmmError::MissingBinary { binary: self.binary.display().to_string() })
+/// The files QEMU keeps in a VM's run directory.
+struct RunFiles {
+    dir: PathBuf,
+    pid: PathBuf,
+    log: PathBuf,
+    console: PathBuf,
+    qmp: PathBuf,
+    agent: PathBuf,
+}
+
+impl RunFiles {
+    fn new(run_dir: &Path) -> Self {
+        Self {
+            dir: run_dir.to_path_buf(),
+            pid: run_dir.join("vmm.pid"),
+            log: run_dir.join("vmm.log"),
+            console: run_dir.join("console.log"),
+            qmp: run_dir.join("qmp.sock"),
+            agent: run_dir.join("agent.sock"),
+        }
     }
 
-    /// Stops the VM.
-    pub async fn stop(&self, run_dir: &Path, _timeout: Duration) -> Result<(), VmmError> {
-        crate::process::kill(run_dir, &run_dir.join("vmm.pid")).await
+    /// Removes what a QEMU that is gone may have left: its sockets and its
+    /// pid file (which would otherwise name a pid that may be reused).
+    fn remove_runtime_files(&self) {
+        for path in [&self.qmp, &self.agent, &self.pid] {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a QEMU runtime file");
+                }
+            }
+        }
     }
+}
+
+impl Qemu {
+    /// QEMU's arguments for `spec`. Pure, so the KVM path, which cannot be
+    /// exercised on every machine, is checked by unit tests.
+    pub fn args(&self, spec: &VmSpec) -> Vec<String> {
+        let files = RunFiles::new(&spec.run_dir);
+        let (machine, bus) = if self.kvm {
+            (
+                ["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host"],
+                "device",
+            )
+        } else {
+            (["-M", "pc", "-accel", "tcg", "-cpu", "max"], "pci")
+        };
+        let mut args: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+
+        push(&["-name", &escape(&spec.name)]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-daemonize",
+        ]);
+        push(&[
+            "-pidfile",
+            &spec.run_dir.join("vmm.pid").display().to_string(),
+        ]);
+        push(&machine);
+        push(&[
+            "-smp",
+            &spec.cpus.to_string(),
+            "-m",
+            &spec.memory_mib.to_string(),
+        ]);
+
+        push(&["-kernel", &spec.kernel.display().to_string()]);
+        if let Some(initrd) = &spec.initrd {
+            push(&["-initrd", &initrd.display().to_string()]);
+        }
+        let cmdline = format!("{} console=ttyS0", spec.cmdline.trim());
+        push(&["-append", cmdline.trim_start()]);
+
+        for (i, disk) in spec.disks.iter().enumerate() {
+            let readonly = if disk.read_only { ",readonly=on" } else { "" };
+            let drive = format!(
+                "file={},if=none,id=disk{i},format=raw{readonly}",
+                escape_path(&disk.path)
+            );
+            push(&[
+                "-drive",
+                &drive,
+                "-device",
+                &format!("virtio-blk-{bus},drive=disk{i}"),
+            ]);
+        }
+
+        push(&["-device", &format!("virtio-serial-{bus}")]);
+        let agent = format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            escape_path(&files.agent)
+        );
+        push(&["-chardev", &agent]);
+        push(&[
+            "-device",
+            &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
+        ]);
+
+        push(&[
+            "-chardev",
+            &format!("file,id=console,path={}", escape_path(&files.console)),
+        ]);
+        push(&["-serial", "chardev:console"]);
+
+        // `-chardev` + `-mon` rather than `-qmp unix:...`: the same thing,
+        // but a path with a comma can be escaped.
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                escape_path(&files.qmp)
+            ),
+        ]);
+        push(&["-mon", "chardev=qmp,mode=control"]);
+        args
+    }
+
+    /// Starts QEMU detached and returns its pid once QEMU has initialised
+    /// (the guest is then booting). On error nothing is left running.
+    pub async fn start(&self, spec: &VmSpec) -> Result<u32, VmmError> {
+        check_spec(spec)?;
+        let files = RunFiles::new(&spec.run_dir);
+        if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
+            return Err(VmmError::InvalidSpec(format!(
+                "a VMM already runs in {} (pid {pid})",
+                spec.run_dir.display()
+            )));
+        }
+        files.remove_runtime_files();
+
+        let args = self.args(spec);
+        tracing::debug!(vm = %spec.name, binary = %self.binary.display(), ?args, "starting QEMU");
+        let log = std::fs::File::create(&files.log).map_err(|source| VmmError::Process {
+            action: "log",
+            source,
+        })?;
+        let stdout = log.try_clone().map_err(|source| VmmError::Process {
+            action: "log",
+            source,
+        })?;
+        let mut child = tokio::process::Command::new(&self.binary)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(log)
+            .spawn()
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => VmmError::MissingBinary {
+                    binary: self.binary.display().to_string(),
+                },
+                _ => VmmError::Process {
+                    action: "spawn",
+                    source,
+                },
+            })?;
+
+        // With -daemonize the process we spawned exits once the daemonised
+        // QEMU has initialised, with status 0 only if that succeeded.
+        let status = match tokio::time::timeout(START_TIMEOUT, child.wait()).await {
+            Ok(status) => status.map_err(|source| VmmError::Process {
+                action: "wait for",
+                source,
+            }),
+            Err(_) => {
+                let _ = child.kill().await;
+                Err(VmmError::Timeout(START_TIMEOUT, "QEMU to initialise"))
+            }
+        };
+        let started = match status {
+            Ok(status) if status.success() => {
+                match read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
+                    Some(pid) => Ok(pid),
+                    None => Err(VmmError::ExitedEarly {
+                        log_tail: log_tail(&files.log, "QEMU exited after starting"),
+                    }),
+                }
+            }
+            Ok(status) => Err(VmmError::ExitedEarly {
+                log_tail: log_tail(&files.log, &format!("QEMU {status}")),
+            }),
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(pid) => {
+                tracing::info!(vm = %spec.name, pid, kvm = self.kvm, "QEMU started");
+                Ok(pid)
+            }
+            Err(e) => {
+                // The daemonised QEMU may still run (after a timeout) or
+                // have left its files behind.
+                if let Err(kill_err) = crate::process::kill(&spec.run_dir, &files.pid).await {
+                    tracing::warn!(vm = %spec.name, error = %kill_err, "cannot kill QEMU after a failed start");
+                }
+                files.remove_runtime_files();
+                Err(e)
+            }
+        }
+    }
+
+    /// Presses the ACPI power button, waits up to `timeout` for QEMU to
+    /// exit, then asks QEMU to quit, then kills it. Afterwards nothing runs
+    /// and QEMU's sockets and pid file are gone.
+    pub async fn stop(&self, run_dir: &Path, timeout: Duration) -> Result<(), VmmError> {
+        let files = RunFiles::new(run_dir);
+        if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
+            shut_down(pid, &files, timeout).await?;
+        }
+        files.remove_runtime_files();
+        Ok(())
+    }
+}
+
+impl Qemu {
+    /// Kills QEMU at once (SIGKILL) and removes its sockets and pid file,
+    /// which a killed QEMU leaves behind.
+    pub async fn kill(&self, run_dir: &Path) -> Result<(), VmmError> {
+        let files = RunFiles::new(run_dir);
+        crate::process::kill(run_dir, &files.pid).await?;
+        files.remove_runtime_files();
+        Ok(())
+    }
+}
+
+/// Stops the QEMU with this pid, each step only if the previous one failed.
+async fn shut_down(pid: u32, files: &RunFiles, timeout: Duration) -> Result<(), VmmError> {
+    let mut qmp = match Qmp::connect(&files.qmp).await {
+        Ok(qmp) => Some(qmp),
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "QMP unavailable; killing QEMU");
+            None
+        }
+    };
+    if let Some(qmp) = &mut qmp {
+        match qmp.execute("system_powerdown").await {
+            Ok(_) if wait_gone(pid, timeout).await => return Ok(()),
+            Ok(_) => tracing::debug!(
+                pid,
+                ?timeout,
+                "the guest ignored the power button; quitting QEMU"
+            ),
+            Err(e) => tracing::warn!(pid, error = %e, "QMP system_powerdown failed"),
+        }
+        // QEMU may close the connection before its answer arrives: whether
+        // it went is what counts.
+        if let Err(e) = qmp.execute("quit").await {
+            tracing::debug!(pid, error = %e, "QMP quit");
+        }
+        if wait_gone(pid, QUIT_GRACE).await {
+            return Ok(());
+        }
+        tracing::warn!(pid, "QEMU ignored QMP quit; killing it");
+    }
+    crate::process::kill(&files.dir, &files.pid).await
+}
+
+/// Rejects what QEMU would fail on less clearly, or not at all.
+fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
+    let invalid = |why: String| Err(VmmError::InvalidSpec(why));
+    if !spec.run_dir.is_dir() {
+        return invalid(format!(
+            "run directory {} does not exist",
+            spec.run_dir.display()
+        ));
+    }
+    let socket = spec.run_dir.join("agent.sock");
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return invalid(format!(
+            "run directory {} is too long for a unix socket path",
+            spec.run_dir.display()
+        ));
+    }
+    if spec.cpus == 0 || spec.memory_mib == 0 {
+        return invalid("a VM needs at least one vCPU and some memory".into());
+    }
+    let files = std::iter::once(("kernel", &spec.kernel))
+        .chain(spec.initrd.iter().map(|p| ("initrd", p)))
+        .chain(spec.disks.iter().map(|d| ("disk", &d.path)));
+    for (what, path) in files {
+        if path.to_str().is_none() {
+            return invalid(format!("{what} path {} is not UTF-8", path.display()));
+        }
+        if !path.is_file() {
+            return invalid(format!("{what} {} does not exist", path.display()));
+        }
+    }
+    if spec.run_dir.to_str().is_none() {
+        return invalid(format!(
+            "run directory {} is not UTF-8",
+            spec.run_dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Escapes a value inside a QEMU `key=value,...` option: commas double.
+fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn escape_path(path: &Path) -> String {
+    escape(&path.display().to_string())
+}
+
+/// The last lines of QEMU's log, or `fallback` when it is empty.
+fn log_tail(log: &Path, fallback: &str) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return format!("{fallback}, with nothing in {}", log.display());
+    }
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
 /// Where the guest agent is reached.
 pub fn agent_endpoint(run_dir: &Path) -> AgentEndpoint {
     AgentEndpoint::Unix(run_dir.join("agent.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DiskSpec;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "dev".into(),
+            run_dir: PathBuf::from("/run/banger/vms/dev"),
+            kernel: PathBuf::from("/k/vmlinux"),
+            initrd: Some(PathBuf::from("/k/initrd.img")),
+            cmdline: "root=/dev/vda rw panic=-1".into(),
+            cpus: 2,
+            memory_mib: 1024,
+            disks: vec![
+                DiskSpec {
+                    path: PathBuf::from("/d/root.ext4"),
+                    read_only: false,
+                },
+                DiskSpec {
+                    path: PathBuf::from("/d/seed,1.ext4"),
+                    read_only: true,
+                },
+            ],
+        }
+    }
+
+    fn joined(qemu: &Qemu, spec: &VmSpec) -> String {
+        qemu.args(spec).join(" ")
+    }
+
+    const COMMON: &[&str] = &[
+        "-name dev -nodefaults -no-user-config -display none -no-reboot -daemonize -pidfile /run/banger/vms/dev/vmm.pid",
+        "-smp 2 -m 1024 -kernel /k/vmlinux -initrd /k/initrd.img",
+        "-chardev socket,id=agent,path=/run/banger/vms/dev/agent.sock,server=on,wait=off",
+        "-device virtserialport,chardev=agent,name=banger.agent",
+        "-chardev file,id=console,path=/run/banger/vms/dev/console.log -serial chardev:console",
+        "-chardev socket,id=qmp,path=/run/banger/vms/dev/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control",
+    ];
+
+    #[test]
+    fn tcg_uses_pc_with_virtio_pci() {
+        let qemu = Qemu {
+            binary: "qemu-system-x86_64".into(),
+            kvm: false,
+        };
+        let line = joined(&qemu, &spec());
+        for part in COMMON {
+            assert!(line.contains(part), "missing {part:?} in {line}");
+        }
+        assert!(line.contains("-M pc -accel tcg -cpu max"), "{line}");
+        assert!(line.contains(
+            "-drive file=/d/root.ext4,if=none,id=disk0,format=raw -device virtio-blk-pci,drive=disk0 \
+             -drive file=/d/seed,,1.ext4,if=none,id=disk1,format=raw,readonly=on -device virtio-blk-pci,drive=disk1"
+        ));
+        assert!(
+            line.contains("-device virtio-serial-pci -chardev socket,id=agent"),
+            "{line}"
+        );
+        assert!(!line.contains("kvm") && !line.contains("microvm"), "{line}");
+    }
+
+    #[test]
+    fn kvm_uses_microvm_with_virtio_mmio() {
+        let qemu = Qemu {
+            binary: "qemu-system-x86_64".into(),
+            kvm: true,
+        };
+        let line = joined(&qemu, &spec());
+        for part in COMMON {
+            assert!(line.contains(part), "missing {part:?} in {line}");
+        }
+        assert!(
+            line.contains("-M microvm,acpi=on -accel kvm -cpu host"),
+            "{line}"
+        );
+        assert!(line.contains(
+            "-drive file=/d/root.ext4,if=none,id=disk0,format=raw -device virtio-blk-device,drive=disk0 \
+             -drive file=/d/seed,,1.ext4,if=none,id=disk1,format=raw,readonly=on -device virtio-blk-device,drive=disk1"
+        ));
+        assert!(
+            line.contains("-device virtio-serial-device -chardev socket,id=agent"),
+            "{line}"
+        );
+        assert!(!line.contains("-pci") && !line.contains("tcg"), "{line}");
+    }
+
+    #[test]
+    fn the_command_line_is_one_argument_with_the_console_appended() {
+        let qemu = Qemu {
+            binary: "qemu-system-x86_64".into(),
+            kvm: false,
+        };
+        let args = qemu.args(&spec());
+        let at = args.iter().position(|a| a == "-append").unwrap();
+        assert_eq!(args[at + 1], "root=/dev/vda rw panic=-1 console=ttyS0");
+
+        let bare = VmSpec {
+            cmdline: String::new(),
+            initrd: None,
+            ..spec()
+        };
+        let args = qemu.args(&bare);
+        let at = args.iter().position(|a| a == "-append").unwrap();
+        assert_eq!(args[at + 1], "console=ttyS0");
+        assert!(!args.iter().any(|a| a == "-initrd"));
+    }
+
+    #[test]
+    fn the_agent_socket_in_the_args_is_the_endpoint() {
+        let qemu = Qemu {
+            binary: "qemu-system-x86_64".into(),
+            kvm: false,
+        };
+        let spec = spec();
+        let AgentEndpoint::Unix(path) = agent_endpoint(&spec.run_dir) else {
+            panic!("not a unix endpoint")
+        };
+        let chardev = format!("socket,id=agent,path={},server=on,wait=off", path.display());
+        assert!(qemu.args(&spec).contains(&chardev));
+    }
+
+    #[test]
+    fn spec_checks_name_the_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = VmSpec {
+            run_dir: dir.path().to_path_buf(),
+            ..spec()
+        };
+        let err = check_spec(&spec).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid VM spec: kernel /k/vmlinux does not exist"
+        );
+
+        let long_dir = dir.path().join("x".repeat(100));
+        std::fs::create_dir(&long_dir).unwrap();
+        let long = VmSpec {
+            run_dir: long_dir,
+            ..spec.clone()
+        };
+        assert!(check_spec(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("too long for a unix socket path"));
+
+        let no_cpus = VmSpec { cpus: 0, ..spec };
+        assert!(matches!(
+            check_spec(&no_cpus),
+            Err(VmmError::InvalidSpec(_))
+        ));
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("vmm.log");
+        assert!(log_tail(&log, "QEMU exit status: 1")
+            .starts_with("QEMU exit status: 1, with nothing in"));
+        let text: String = (0..30).map(|i| format!("line {i}\n\n")).collect();
+        std::fs::write(&log, text).unwrap();
+        let tail = log_tail(&log, "unused");
+        assert_eq!(tail.lines().count(), LOG_TAIL_LINES);
+        assert!(tail.starts_with("line 10\n") && tail.ends_with("line 29"));
+    }
 }

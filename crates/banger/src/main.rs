@@ -5,6 +5,7 @@
 mod commands;
 mod output;
 mod progress;
+mod size;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,12 @@ enum Command {
     /// Kernels: list, pull from a catalog, import, bundle, remove.
     #[command(subcommand)]
     Kernel(commands::kernel::KernelCommand),
+    /// Root filesystem images: build, register, list, remove.
+    #[command(subcommand)]
+    Image(commands::image::ImageCommand),
+    /// Virtual machines: create, run commands in, stop, remove.
+    #[command(subcommand)]
+    Vm(commands::vm::VmCommand),
     /// Check what this host can run and how to fix what it cannot.
     Doctor,
     /// Long-running work the daemon is doing or has done.
@@ -69,8 +76,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
-    let ctx = Context { client: Client::new(socket), json: cli.json };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let ctx = Context {
+        client: Client::new(socket),
+        json: cli.json,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -86,6 +99,8 @@ fn main() -> ExitCode {
 async fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
     match command {
         Command::Kernel(cmd) => commands::kernel::run(cmd, ctx).await,
+        Command::Image(cmd) => commands::image::run(cmd, ctx).await,
+        Command::Vm(cmd) => commands::vm::run(cmd, ctx).await,
         Command::Doctor => commands::doctor::run(ctx).await,
         Command::Operation(cmd) => commands::operation::run(cmd, ctx).await,
         Command::Daemon(cmd) => commands::daemon::run(cmd, ctx).await,
@@ -115,7 +130,9 @@ fn report(error: &anyhow::Error) -> ExitCode {
 
 /// The socket from the config file, else the default.
 fn default_socket() -> PathBuf {
-    let config = std::env::var_os("BANGER_CONFIG").map(PathBuf::from).unwrap_or_else(|| banger_api::DEFAULT_CONFIG.into());
+    let config = std::env::var_os("BANGER_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| banger_api::DEFAULT_CONFIG.into());
     std::fs::read_to_string(config)
         .ok()
         .and_then(|text| text.parse::<toml::Table>().ok())

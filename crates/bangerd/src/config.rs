@@ -20,11 +20,31 @@ pub struct Config {
     pub catalogs: Vec<String>,
     /// Largest decompressed kernel bundle a pull accepts.
     pub max_bundle_bytes: u64,
-    /// Static busybox put into the initramfs of imported kernels.
+    /// Static busybox put into the initramfs of imported kernels and tiny images.
     pub busybox: PathBuf,
+    /// Runtime files: VM sockets, pid files, consoles.
+    pub run_dir: PathBuf,
+    /// The static guest agent put into images (default: `banger-agent`
+    /// beside the daemon's executable, else /usr/local/lib/banger/banger-agent).
+    pub agent_binary: Option<PathBuf>,
+    /// Force a VMM instead of choosing from the host's capabilities.
+    pub vmm: Option<banger_api::VmmChoice>,
+    /// How long a boot may take until the agent answers.
+    pub boot_timeout: std::time::Duration,
 }
 
 impl Config {
+    /// The guest agent binary: configured, or found beside the daemon, or installed.
+    pub fn agent_binary(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.agent_binary {
+            return Some(path.clone());
+        }
+        let beside = std::env::current_exe().ok()?.with_file_name("banger-agent");
+        [beside, PathBuf::from("/usr/local/lib/banger/banger-agent")]
+            .into_iter()
+            .find(|p| p.is_file())
+    }
+
     /// A configuration with every default, rooted at `state_dir` and `socket`.
     pub fn new(state_dir: impl Into<PathBuf>, socket: impl Into<PathBuf>) -> Config {
         Config {
@@ -33,6 +53,10 @@ impl Config {
             catalogs: Vec::new(),
             max_bundle_bytes: DEFAULT_MAX_BUNDLE_BYTES,
             busybox: PathBuf::from("/bin/busybox"),
+            run_dir: PathBuf::from("/run/banger"),
+            agent_binary: None,
+            vmm: None,
+            boot_timeout: std::time::Duration::from_secs(180),
         }
     }
 
@@ -43,6 +67,20 @@ impl Config {
         }
         if let Some(state_dir) = file.state_dir {
             self.state_dir = state_dir;
+        }
+        if let Some(run_dir) = file.run_dir {
+            self.run_dir = run_dir;
+        }
+        if let Some(vms) = file.vms {
+            if let Some(agent) = vms.agent_binary {
+                self.agent_binary = Some(agent);
+            }
+            if let Some(vmm) = vms.vmm {
+                self.vmm = Some(vmm);
+            }
+            if let Some(secs) = vms.boot_timeout_secs {
+                self.boot_timeout = std::time::Duration::from_secs(secs);
+            }
         }
         if let Some(kernels) = file.kernels {
             self.catalogs.extend(kernels.catalogs);
@@ -65,8 +103,24 @@ pub struct ConfigFile {
     pub socket: Option<PathBuf>,
     /// State root.
     pub state_dir: Option<PathBuf>,
+    /// Runtime directory.
+    pub run_dir: Option<PathBuf>,
     /// `[kernels]` settings.
     pub kernels: Option<KernelsSection>,
+    /// `[vms]` settings.
+    pub vms: Option<VmsSection>,
+}
+
+/// The `[vms]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmsSection {
+    /// The static guest agent binary put into images.
+    pub agent_binary: Option<PathBuf>,
+    /// Force a VMM: "firecracker" or "qemu".
+    pub vmm: Option<banger_api::VmmChoice>,
+    /// Seconds a boot may take until the agent answers.
+    pub boot_timeout_secs: Option<u64>,
 }
 
 /// The `[kernels]` table.
@@ -110,9 +164,17 @@ pub fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
-        Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
-    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -83,6 +83,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The request conflicts with the state of things (an image in use, say).
+    #[error("{0}")]
+    Conflict(String),
+    /// The host lacks something the request needs.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The object is not in a state that allows the request.
+    #[error("VM {name:?} is {state:?}; it must be {wanted}")]
+    InvalidState {
+        /// The VM.
+        name: String,
+        /// Its state.
+        state: banger_api::VmState,
+        /// The state the request needs.
+        wanted: &'static str,
+    },
+    /// An image could not be built.
+    #[error("cannot build image")]
+    Image(#[from] banger_image::ImageError),
+    /// A disk could not be cloned or resized.
+    #[error("disk operation failed")]
+    Storage(#[from] banger_storage::StorageError),
+    /// The VMM failed.
+    #[error("VMM failed")]
+    Vmm(#[from] banger_vmm::VmmError),
+    /// The guest agent failed.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,9 +118,16 @@ pub enum Error {
 
 impl Error {
     /// A constructor for `Io` that reads well in `map_err`.
-    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { action, path, source }
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
     }
 
     /// The stable code clients see.
@@ -112,6 +147,13 @@ impl Error {
             Error::Import(_) => ErrorCode::BadArchive,
             Error::Download { .. } => ErrorCode::DownloadFailed,
             Error::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
+            Error::Unsupported(_) => ErrorCode::Unsupported,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::InvalidState { .. } => ErrorCode::Conflict,
+            Error::Image(e) => image_code(e),
+            Error::Storage(e) => storage_code(e),
+            Error::Vmm(banger_vmm::VmmError::MissingBinary { .. }) => ErrorCode::Unsupported,
+            Error::Vmm(_) | Error::Agent(_) => ErrorCode::Internal,
             Error::Db(_) | Error::Io { .. } | Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -125,7 +167,37 @@ impl Error {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
-        ApiError { code: self.code(), message }
+        ApiError {
+            code: self.code(),
+            message,
+        }
+    }
+}
+
+fn image_code(e: &banger_image::ImageError) -> ErrorCode {
+    use banger_image::ImageError as E;
+    match e {
+        E::BusyboxMissing(_)
+        | E::BusyboxNotStatic(_)
+        | E::AgentMissing(_)
+        | E::AgentNotStatic(_)
+        | E::BadSource { .. }
+        | E::UnsafeTarMember { .. }
+        | E::TooSmall { .. }
+        | E::InvalidSeedSize { .. } => ErrorCode::InvalidArgument,
+        E::MissingTool { .. } | E::NotRoot => ErrorCode::Unsupported,
+        _ => ErrorCode::Internal,
+    }
+}
+
+fn storage_code(e: &banger_storage::StorageError) -> ErrorCode {
+    use banger_storage::StorageError as E;
+    match e {
+        E::ReflinkUnsupported { .. } | E::DeviceMapperUnavailable | E::MissingTool { .. } => {
+            ErrorCode::Unsupported
+        }
+        E::Shrink { .. } => ErrorCode::InvalidArgument,
+        _ => ErrorCode::Internal,
     }
 }
 

@@ -3,13 +3,17 @@
 //! shutdown. The binary is a thin `main` around these; tests run the whole
 //! daemon in-process under a temporary root.
 
+pub mod agent;
 pub mod api;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod image;
 pub mod kernel;
 pub mod operations;
 mod socket;
+pub mod staging;
+pub mod vm;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -35,13 +39,29 @@ pub struct Daemon {
     pub ops: Arc<Operations>,
     /// The kernel store.
     pub kernels: KernelStore,
+    /// The image store.
+    pub images: image::ImageStore,
+    /// VM locks and live agent connections.
+    pub vms: vm::VmManager,
+    /// What the host can do, probed at start.
+    pub caps: banger_host::Capabilities,
     /// HTTP client for catalogs and pulls.
     pub http: reqwest::Client,
     shutdown: watch::Receiver<bool>,
-    _state_lock: std::fs::File,
+    /// Held while serving; released at the end of `serve` so a new daemon
+    /// may take the state root even while old tasks finish.
+    state_lock: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl Daemon {
+    /// How VM disks are cloned on this host.
+    pub fn cow_strategy(&self) -> banger_storage::CowStrategy {
+        banger_storage::choose(
+            matches!(self.caps.reflink, banger_host::Reflink::Supported { .. }),
+            self.caps.device_mapper,
+        )
+    }
+
     /// Resolves once the daemon begins shutting down.
     pub async fn shutting_down(&self) {
         let mut rx = self.shutdown.clone();
@@ -85,7 +105,8 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     let state_dir = &config.state_dir;
     std::fs::create_dir_all(state_dir).map_err(error::Error::io("cannot create", state_dir))?;
     let lock_path = state_dir.join("bangerd.lock");
-    let lock = std::fs::File::create(&lock_path).map_err(error::Error::io("cannot create", &lock_path))?;
+    let lock =
+        std::fs::File::create(&lock_path).map_err(error::Error::io("cannot create", &lock_path))?;
     if lock.try_lock().is_err() {
         return Err(StartError::AlreadyRunning(state_dir.clone()));
     }
@@ -93,6 +114,10 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     let events = Events::new();
     let ops = Operations::open(Arc::clone(&db), events.clone())?;
     let kernels = KernelStore::open(state_dir, Arc::clone(&db))?;
+    let images = image::ImageStore::open(state_dir, Arc::clone(&db))?;
+    let vms_dir = state_dir.join("vms");
+    std::fs::create_dir_all(&vms_dir).map_err(error::Error::io("cannot create", &vms_dir))?;
+    let caps = banger_host::Capabilities::probe(state_dir);
     let listener = socket::bind(&config.socket)?;
     let http = reqwest::Client::builder()
         .user_agent(concat!("banger/", env!("CARGO_PKG_VERSION")))
@@ -100,13 +125,31 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
         .build()
         .map_err(|e| error::Error::Internal(format!("http client: {e}")))?;
     let (stop, shutdown) = watch::channel(false);
-    let daemon = Daemon { config, db, events, ops, kernels, http, shutdown, _state_lock: lock };
+    let daemon = Daemon {
+        config,
+        db,
+        events,
+        ops,
+        kernels,
+        images,
+        vms: vm::VmManager::default(),
+        caps,
+        http,
+        shutdown,
+        state_lock: std::sync::Mutex::new(Some(lock)),
+    };
     tracing::info!(
         socket = %daemon.config.socket.display(),
         state_dir = %daemon.config.state_dir.display(),
         "bangerd ready"
     );
-    Ok(Prepared { daemon: Arc::new(daemon), listener, stop })
+    let daemon = Arc::new(daemon);
+    vm::supervise::adopt_all(&daemon)?;
+    Ok(Prepared {
+        daemon,
+        listener,
+        stop,
+    })
 }
 
 impl Prepared {
@@ -117,8 +160,15 @@ impl Prepared {
 
     /// Serves the API until `shutdown` resolves, then ends event streams,
     /// lets requests in flight finish, and removes the socket.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Prepared { daemon, listener, stop } = self;
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Prepared {
+            daemon,
+            listener,
+            stop,
+        } = self;
         let socket = daemon.config.socket.clone();
         let app = api::router(Arc::clone(&daemon));
         let stopping = {
@@ -130,14 +180,25 @@ impl Prepared {
                 daemon.shutting_down().await;
             }
         };
-        let result = axum::serve(listener, app).with_graceful_shutdown(stopping).await;
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(stopping)
+            .await;
         let _ = std::fs::remove_file(&socket);
+        daemon.vms.drop_all_agents();
+        daemon
+            .state_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         result
     }
 }
 
 /// Prepares and serves in one call.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     prepare(config)?.serve(shutdown).await?;
     Ok(())
 }

@@ -29,7 +29,9 @@ pub struct Events {
 impl Events {
     /// A bus with no subscribers yet.
     pub fn new() -> Events {
-        Events { tx: broadcast::channel(EVENT_BUFFER).0 }
+        Events {
+            tx: broadcast::channel(EVENT_BUFFER).0,
+        }
     }
 
     /// Sends an event to every current subscriber.
@@ -77,7 +79,11 @@ impl Operations {
                 db.put_operation(&op)?;
             }
         }
-        Ok(Arc::new(Operations { running: Mutex::new(HashMap::new()), events, db }))
+        Ok(Arc::new(Operations {
+            running: Mutex::new(HashMap::new()),
+            events,
+            db,
+        }))
     }
 
     /// Starts tracking an operation with `steps_total` steps, the first named `first_step`.
@@ -107,10 +113,21 @@ impl Operations {
         };
         self.db.put_operation(&op)?;
         tracing::info!(op = %op.id, kind = ?kind, target, "operation started");
-        self.events.publish(Event::Operation { operation: op.clone() });
+        self.events.publish(Event::Operation {
+            operation: op.clone(),
+        });
         let id = op.id.clone();
-        self.lock().insert(id.clone(), Tracked { op, last_published: Instant::now() });
-        Ok(OperationHandle { ops: Arc::clone(self), id })
+        self.lock().insert(
+            id.clone(),
+            Tracked {
+                op,
+                last_published: Instant::now(),
+            },
+        );
+        Ok(OperationHandle {
+            ops: Arc::clone(self),
+            id,
+        })
     }
 
     /// An operation by id, running or recorded.
@@ -118,7 +135,11 @@ impl Operations {
         if let Some(t) = self.lock().get(id) {
             return Ok(Some(t.op.clone()));
         }
-        Ok(self.db.operations(u32::MAX)?.into_iter().find(|op| op.id == id))
+        Ok(self
+            .db
+            .operations(u32::MAX)?
+            .into_iter()
+            .find(|op| op.id == id))
     }
 
     /// Recent operations, newest first, running ones with their live progress.
@@ -139,16 +160,22 @@ impl Operations {
 
     fn update(&self, id: &str, force_publish: bool, change: impl FnOnce(&mut Operation)) {
         let mut running = self.lock();
-        let Some(tracked) = running.get_mut(id) else { return };
+        let Some(tracked) = running.get_mut(id) else {
+            return;
+        };
         change(&mut tracked.op);
         if force_publish || tracked.last_published.elapsed() >= PROGRESS_INTERVAL {
             tracked.last_published = Instant::now();
-            self.events.publish(Event::Operation { operation: tracked.op.clone() });
+            self.events.publish(Event::Operation {
+                operation: tracked.op.clone(),
+            });
         }
     }
 
     fn finish(&self, id: &str, outcome: Result<serde_json::Value, banger_api::ApiError>) {
-        let Some(Tracked { mut op, .. }) = self.lock().remove(id) else { return };
+        let Some(Tracked { mut op, .. }) = self.lock().remove(id) else {
+            return;
+        };
         op.finished_at = Some(now_rfc3339());
         match outcome {
             Ok(result) => {
@@ -191,7 +218,10 @@ impl OperationHandle {
 
     /// A cloneable reporter for work running on another thread.
     pub fn progress_reporter(&self) -> ProgressReporter {
-        ProgressReporter { ops: Arc::clone(&self.ops), id: self.id.clone() }
+        ProgressReporter {
+            ops: Arc::clone(&self.ops),
+            id: self.id.clone(),
+        }
     }
 
     /// Moves on to the next step.

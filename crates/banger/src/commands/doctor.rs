@@ -24,5 +24,9 @@ pub async fn run(ctx: &Context) -> anyhow::Result<ExitCode> {
         }
     }
     let failed = report.checks.iter().any(|c| c.status == CheckStatus::Fail);
-    Ok(if failed { ExitCode::from(crate::exit::FAILURE) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(crate::exit::FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

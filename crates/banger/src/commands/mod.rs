@@ -3,5 +3,7 @@
 pub mod completions;
 pub mod daemon;
 pub mod doctor;
+pub mod image;
 pub mod kernel;
 pub mod operation;
+pub mod vm;

@@ -10,15 +10,14 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use banger_api::{
-    ApiError, CatalogListing, Event, Kernel, KernelImportRequest, KernelPullRequest, ObjectKind, Operation,
-    OperationKind,
+    ApiError, CatalogListing, Event, Kernel, KernelImportRequest, KernelPullRequest, ObjectKind,
+    Operation, OperationKind,
 };
 use banger_kernel::catalog;
-use futures::future::BoxFuture;
 
+use super::spawn;
 use crate::error::{Error, Result};
 use crate::kernel;
-use crate::operations::OperationHandle;
 use crate::Daemon;
 
 /// Kernels in the local store.
@@ -41,7 +40,10 @@ pub async fn catalog(State(daemon): State<Arc<Daemon>>) -> Result<Json<Vec<Catal
 #[utoipa::path(get, path = "/v1/kernels/{name}", tag = "kernels",
     params(("name" = String, Path, description = "Kernel name")),
     responses((status = 200, body = Kernel), (status = 404, body = ApiError)))]
-pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Kernel>> {
+pub async fn show(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<Json<Kernel>> {
     Ok(Json(daemon.kernels.get(&name)?))
 }
 
@@ -49,14 +51,20 @@ pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -
 #[utoipa::path(delete, path = "/v1/kernels/{name}", tag = "kernels",
     params(("name" = String, Path, description = "Kernel name")),
     responses((status = 204, description = "Removed"), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-pub async fn remove(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<StatusCode> {
+pub async fn remove(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
     let d = Arc::clone(&daemon);
     let n = name.clone();
     tokio::task::spawn_blocking(move || d.kernels.remove(&n))
         .await
         .map_err(|e| Error::Internal(format!("remove task: {e}")))??;
     tracing::info!(kernel = %name, "kernel removed");
-    daemon.events.publish(Event::Deleted { kind: ObjectKind::Kernel, name });
+    daemon.events.publish(Event::Deleted {
+        kind: ObjectKind::Kernel,
+        name,
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -72,8 +80,13 @@ pub async fn pull(
     let entry = catalog::lookup(&entries, &request.name)?.clone();
     let lock = daemon.kernels.lock(&request.name)?;
     daemon.kernels.check_replace(&request.name, request.force)?;
-    let op = daemon.ops.start(OperationKind::KernelPull, &request.name, 2, "download")?;
-    Ok(spawn(daemon, op, move |daemon, op| Box::pin(kernel::fetch::pull(daemon, op, entry, lock))))
+    let op = daemon
+        .ops
+        .start(OperationKind::KernelPull, &request.name, 2, "download")?;
+    let created = Some((ObjectKind::Kernel, request.name.clone()));
+    Ok(spawn(daemon, op, created, move |daemon, op| {
+        Box::pin(kernel::fetch::pull(daemon, op, entry, lock))
+    }))
 }
 
 /// Starts importing a kernel from files on the daemon's host.
@@ -87,30 +100,13 @@ pub async fn import(
     kernel::import::validate(&request)?;
     let lock = daemon.kernels.lock(&request.name)?;
     daemon.kernels.check_replace(&request.name, request.force)?;
-    let op = daemon.ops.start(OperationKind::KernelImport, &request.name, 4, "extract")?;
-    Ok(spawn(daemon, op, move |daemon, op| Box::pin(kernel::import::import(daemon, op, request, lock))))
-}
-
-/// Runs a kernel operation in the background and answers 202 with its
-/// state. On success the kernel is the operation's result and a `created`
-/// event goes out.
-fn spawn<F>(daemon: Arc<Daemon>, op: OperationHandle, work: F) -> (StatusCode, Json<Operation>)
-where
-    F: for<'a> FnOnce(Arc<Daemon>, &'a OperationHandle) -> BoxFuture<'a, Result<Kernel>> + Send + 'static,
-{
-    let snapshot = op.snapshot();
-    let events = daemon.events.clone();
-    tokio::spawn(async move {
-        match work(daemon, &op).await {
-            Ok(kernel) => {
-                let name = kernel.name.clone();
-                op.finish(Ok(serde_json::to_value(&kernel).unwrap_or_default()));
-                events.publish(Event::Created { kind: ObjectKind::Kernel, name });
-            }
-            Err(error) => op.finish(Err(&error)),
-        }
-    });
-    (StatusCode::ACCEPTED, Json(snapshot.expect("a just-started operation is running")))
+    let op = daemon
+        .ops
+        .start(OperationKind::KernelImport, &request.name, 4, "extract")?;
+    let created = Some((ObjectKind::Kernel, request.name.clone()));
+    Ok(spawn(daemon, op, created, move |daemon, op| {
+        Box::pin(kernel::import::import(daemon, op, request, lock))
+    }))
 }
 
 /// Streams a stored kernel as a `.tar.zst` bundle; `kernel bundle` writes
@@ -118,7 +114,10 @@ where
 #[utoipa::path(get, path = "/v1/kernels/{name}/bundle", tag = "kernels",
     params(("name" = String, Path, description = "Kernel name")),
     responses((status = 200, description = "The bundle", content_type = "application/zstd"), (status = 404, body = ApiError)))]
-pub async fn bundle(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Response> {
+pub async fn bundle(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<Response> {
     daemon.kernels.get(&name)?;
     let lock = daemon.kernels.lock(&name)?;
     let dir = daemon.kernels.dir(&name);
@@ -144,7 +143,9 @@ impl std::io::Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0
             .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })?;
         Ok(buf.len())
     }
 

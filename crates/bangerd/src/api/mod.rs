@@ -2,17 +2,24 @@
 //! description, through `utoipa-axum`, so the served document cannot miss a
 //! route.
 
+mod images;
 mod kernels;
 mod operations;
 mod system;
+mod vms;
 
 use std::sync::{Arc, OnceLock};
 
-use axum::Router;
+use axum::http::StatusCode;
+use axum::{Json, Router};
+use banger_api::{Event, ObjectKind, Operation};
+use futures::future::BoxFuture;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::error::Result;
+use crate::operations::OperationHandle;
 use crate::Daemon;
 
 #[derive(OpenApi)]
@@ -22,6 +29,8 @@ use crate::Daemon;
         (name = "system", description = "Health, host checks and this document"),
         (name = "operations", description = "Long work and the event stream"),
         (name = "kernels", description = "The kernel store and catalogs"),
+        (name = "images", description = "Root filesystem images"),
+        (name = "vms", description = "Virtual machines"),
     )
 )]
 struct ApiDoc;
@@ -40,6 +49,53 @@ fn api() -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(kernels::import))
         .routes(routes!(kernels::show, kernels::remove))
         .routes(routes!(kernels::bundle))
+        .routes(routes!(images::list))
+        .routes(routes!(images::build))
+        .routes(routes!(images::register))
+        .routes(routes!(images::show, images::remove))
+        .routes(routes!(vms::list, vms::create))
+        .routes(routes!(vms::show, vms::remove, vms::set))
+        .routes(routes!(vms::start))
+        .routes(routes!(vms::stop))
+        .routes(routes!(vms::restart))
+        .routes(routes!(vms::kill))
+        .routes(routes!(vms::resize_disk))
+        .routes(routes!(vms::logs))
+        .routes(routes!(vms::exec))
+}
+
+/// Runs an operation's work in the background and answers 202 with the
+/// operation. On success the work's value is the operation's result, and
+/// `created` (if any) is announced.
+fn spawn<T, F>(
+    daemon: Arc<Daemon>,
+    op: OperationHandle,
+    created: Option<(ObjectKind, String)>,
+    work: F,
+) -> (StatusCode, Json<Operation>)
+where
+    T: serde::Serialize,
+    F: for<'a> FnOnce(Arc<Daemon>, &'a OperationHandle) -> BoxFuture<'a, Result<T>>
+        + Send
+        + 'static,
+{
+    let snapshot = op.snapshot();
+    let events = daemon.events.clone();
+    tokio::spawn(async move {
+        match work(daemon, &op).await {
+            Ok(value) => {
+                op.finish(Ok(serde_json::to_value(&value).unwrap_or_default()));
+                if let Some((kind, name)) = created {
+                    events.publish(Event::Created { kind, name });
+                }
+            }
+            Err(error) => op.finish(Err(&error)),
+        }
+    });
+    (
+        StatusCode::ACCEPTED,
+        Json(snapshot.expect("a just-started operation is running")),
+    )
 }
 
 /// The router, ready to serve.

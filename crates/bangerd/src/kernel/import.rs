@@ -17,7 +17,9 @@ use crate::Daemon;
 pub fn validate(request: &KernelImportRequest) -> Result<()> {
     for path in std::iter::once(&request.path).chain(&request.modules_dir) {
         if !Path::new(path).is_absolute() {
-            return Err(Error::InvalidArgument(format!("path {path:?} must be absolute")));
+            return Err(Error::InvalidArgument(format!(
+                "path {path:?} must be absolute"
+            )));
         }
         if !Path::new(path).exists() {
             return Err(Error::InvalidArgument(format!("{path} does not exist")));
@@ -27,7 +29,12 @@ pub fn validate(request: &KernelImportRequest) -> Result<()> {
 }
 
 /// Runs the import; blocking work happens off the async runtime.
-pub async fn import(daemon: Arc<Daemon>, op: &OperationHandle, request: KernelImportRequest, lock: KernelLock) -> Result<Kernel> {
+pub async fn import(
+    daemon: Arc<Daemon>,
+    op: &OperationHandle,
+    request: KernelImportRequest,
+    lock: KernelLock,
+) -> Result<Kernel> {
     let staging = daemon.kernels.staging(&request.name, op.id())?;
     let path = PathBuf::from(&request.path);
     let options = ImportOptions {
@@ -42,7 +49,9 @@ pub async fn import(daemon: Arc<Daemon>, op: &OperationHandle, request: KernelIm
             Some(kind) => source_kind(kind),
             None => import::detect_kind(&path)?,
         };
-        import::import(&path, kind, &options, &dest, &mut |step: &str| progress_op.step(step))
+        import::import(&path, kind, &options, &dest, &mut |step: &str| {
+            progress_op.step(step)
+        })
     })
     .await
     .map_err(|e| Error::Internal(format!("import task: {e}")))??;
@@ -50,7 +59,13 @@ pub async fn import(daemon: Arc<Daemon>, op: &OperationHandle, request: KernelIm
     op.step("install");
     let source = format!("import:{}", request.path);
     tokio::task::spawn_blocking(move || {
-        daemon.kernels.install(&lock, &request.name, staging, imported.kernel_version, source)
+        daemon.kernels.install(
+            &lock,
+            &request.name,
+            staging,
+            imported.kernel_version,
+            source,
+        )
     })
     .await
     .map_err(|e| Error::Internal(format!("install task: {e}")))?

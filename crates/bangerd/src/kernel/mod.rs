@@ -3,4 +3,5 @@
 pub mod catalog;
 pub mod fetch;
 pub mod import;
+pub mod resolve;
 pub mod store;

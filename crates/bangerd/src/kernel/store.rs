@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use banger_api::Kernel;
 use serde::{Deserialize, Serialize};
@@ -14,9 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::db::{Db, KernelRow};
 use crate::error::{Error, Result};
+use crate::staging::{NameLock, NameLocks, Staging};
 
-/// Prefix of staging and retired directories; never a valid kernel name.
-const TEMP_PREFIX: &str = ".tmp-";
+/// Holds a kernel name against concurrent pulls, imports and removals.
+pub type KernelLock = NameLock;
 
 /// `manifest.json`, written beside every kernel for people and tools.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,44 +43,7 @@ pub struct Manifest {
 pub struct KernelStore {
     root: PathBuf,
     db: Arc<Db>,
-    busy: Arc<Mutex<HashSet<String>>>,
-}
-
-/// Holds a kernel name against concurrent pulls, imports and removals.
-pub struct KernelLock {
-    name: String,
-    busy: Arc<Mutex<HashSet<String>>>,
-}
-
-impl Drop for KernelLock {
-    fn drop(&mut self) {
-        self.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
-    }
-}
-
-/// A directory that is removed when dropped unless it was installed.
-pub struct Staging {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Staging {
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.keep {
-            if let Err(e) = fs::remove_dir_all(&self.path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove staging directory");
-                }
-            }
-        }
-    }
+    locks: NameLocks,
 }
 
 impl KernelStore {
@@ -88,7 +52,11 @@ impl KernelStore {
     pub fn open(state_dir: &Path, db: Arc<Db>) -> Result<KernelStore> {
         let root = state_dir.join("kernels");
         fs::create_dir_all(&root).map_err(Error::io("cannot create", &root))?;
-        let store = KernelStore { root, db, busy: Arc::default() };
+        let store = KernelStore {
+            root,
+            db,
+            locks: NameLocks::new("kernel"),
+        };
         store.reconcile()?;
         Ok(store)
     }
@@ -100,11 +68,7 @@ impl KernelStore {
 
     /// Takes the per-name lock, or says the kernel is busy.
     pub fn lock(&self, name: &str) -> Result<KernelLock> {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        if !busy.insert(name.to_owned()) {
-            return Err(Error::Busy { kind: "kernel", name: name.to_owned() });
-        }
-        Ok(KernelLock { name: name.to_owned(), busy: Arc::clone(&self.busy) })
+        self.locks.try_lock(name)
     }
 
     /// Refuses to go on if `name` is stored and `force` is not set.
@@ -121,9 +85,7 @@ impl KernelStore {
 
     /// A fresh, empty staging directory for building kernel `name`.
     pub fn staging(&self, name: &str, op_id: &str) -> Result<Staging> {
-        let path = self.root.join(format!("{TEMP_PREFIX}{name}-{op_id}"));
-        fs::create_dir(&path).map_err(Error::io("cannot create", &path))?;
-        Ok(Staging { path, keep: false })
+        Staging::create(&self.root, name, op_id)
     }
 
     /// Moves a finished staging directory into place as kernel `name`,
@@ -133,46 +95,33 @@ impl KernelStore {
         &self,
         _lock: &KernelLock,
         name: &str,
-        mut staging: Staging,
+        staging: Staging,
         kernel_version: Option<String>,
         source: String,
     ) -> Result<Kernel> {
-        let vmlinux = staging.path.join("vmlinux");
+        let vmlinux = staging.path().join("vmlinux");
         let row = KernelRow {
             name: name.to_owned(),
             kernel_version,
             vmlinux_sha256: sha256_file(&vmlinux)?,
             source,
-            size_bytes: dir_size(&staging.path)?,
-            has_initrd: staging.path.join("initrd.img").is_file(),
+            size_bytes: dir_size(staging.path())?,
+            has_initrd: staging.path().join("initrd.img").is_file(),
             created_at: crate::operations::now_rfc3339(),
         };
-        write_manifest(&staging.path, &row)?;
-        let dest = self.dir(name);
-        let retired = self.root.join(format!("{TEMP_PREFIX}{name}-old-{}", std::process::id()));
-        let replacing = dest.exists();
-        if replacing {
-            fs::rename(&dest, &retired).map_err(Error::io("cannot move aside", &dest))?;
-        }
-        if let Err(e) = fs::rename(&staging.path, &dest) {
-            if replacing {
-                let _ = fs::rename(&retired, &dest);
-            }
-            return Err(Error::Io { action: "cannot install", path: dest, source: e });
-        }
-        staging.keep = true;
-        self.db.put_kernel(&row)?;
-        if replacing {
-            if let Err(e) = fs::remove_dir_all(&retired) {
-                tracing::warn!(path = %retired.display(), error = %e, "cannot remove replaced kernel");
-            }
-        }
+        write_manifest(staging.path(), &row)?;
+        staging.install(&self.dir(name), || self.db.put_kernel(&row))?;
         Ok(self.to_api(row))
     }
 
     /// Every stored kernel.
     pub fn list(&self) -> Result<Vec<Kernel>> {
-        Ok(self.db.kernels()?.into_iter().map(|row| self.to_api(row)).collect())
+        Ok(self
+            .db
+            .kernels()?
+            .into_iter()
+            .map(|row| self.to_api(row))
+            .collect())
     }
 
     /// One stored kernel.
@@ -180,7 +129,10 @@ impl KernelStore {
         self.db
             .kernel(name)?
             .map(|row| self.to_api(row))
-            .ok_or_else(|| Error::NotFound { kind: "kernel", name: name.to_owned() })
+            .ok_or_else(|| Error::NotFound {
+                kind: "kernel",
+                name: name.to_owned(),
+            })
     }
 
     /// Removes a kernel, files and row.
@@ -188,18 +140,16 @@ impl KernelStore {
         let _lock = self.lock(name)?;
         self.get(name)?;
         let dir = self.dir(name);
-        let retired = self.root.join(format!("{TEMP_PREFIX}{name}-rm-{}", std::process::id()));
-        fs::rename(&dir, &retired).map_err(Error::io("cannot remove", &dir))?;
-        self.db.delete_kernel(name)?;
-        fs::remove_dir_all(&retired).map_err(Error::io("cannot remove", &retired))?;
-        Ok(())
+        crate::staging::remove_dir(&dir, || self.db.delete_kernel(name).map(drop))
     }
 
     fn to_api(&self, row: KernelRow) -> Kernel {
         let dir = self.dir(&row.name);
         Kernel {
             vmlinux_path: dir.join("vmlinux").display().to_string(),
-            initrd_path: row.has_initrd.then(|| dir.join("initrd.img").display().to_string()),
+            initrd_path: row
+                .has_initrd
+                .then(|| dir.join("initrd.img").display().to_string()),
             name: row.name,
             kernel_version: row.kernel_version,
             vmlinux_sha256: row.vmlinux_sha256,
@@ -220,7 +170,7 @@ impl KernelStore {
             let entry = entry.map_err(Error::io("cannot read", &self.root))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.starts_with(TEMP_PREFIX) {
+            if name.starts_with(crate::staging::TEMP_PREFIX) {
                 tracing::info!(path = %path.display(), "removing leftover staging directory");
                 fs::remove_dir_all(&path).map_err(Error::io("cannot remove", &path))?;
             } else if banger_kernel::bundle::is_elf(&path.join("vmlinux")) {
@@ -247,7 +197,9 @@ impl KernelStore {
                         created_at: m.created_at,
                     })?;
                 }
-                _ => tracing::warn!(kernel = %name, "kernel directory without a valid manifest; leaving it alone"),
+                _ => {
+                    tracing::warn!(kernel = %name, "kernel directory without a valid manifest; leaving it alone")
+                }
             }
         }
         Ok(())
@@ -265,7 +217,8 @@ fn write_manifest(dir: &Path, row: &KernelRow) -> Result<()> {
         created_at: row.created_at.clone(),
     };
     let path = dir.join("manifest.json");
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
     fs::write(&path, text + "\n").map_err(Error::io("cannot write", &path))
 }
 
@@ -279,7 +232,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(Error::io("cannot read", path))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(Error::io("cannot read", path))?;
         if n == 0 {
             break;
         }
@@ -298,7 +253,9 @@ fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir).map_err(Error::io("cannot read", dir))? {
         let entry = entry.map_err(Error::io("cannot read", dir))?;
-        let meta = entry.metadata().map_err(Error::io("cannot stat", entry.path()))?;
+        let meta = entry
+            .metadata()
+            .map_err(Error::io("cannot stat", entry.path()))?;
         if meta.is_dir() {
             total += dir_size(&entry.path())?;
         } else if meta.is_file() {

@@ -1,0 +1,209 @@
+//! Serving one channel: frames are read and decoded in one loop, which
+//! answers the handshake, starts commands, routes stdin and signals, and
+//! leaves everything written to the host to the channel's writer task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_agent_proto::{
+    ExecRequest, Frame, FrameKind, Reply, Request, CONTROL_STREAM, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::decoder::{Decoded, FrameDecoder};
+use crate::exec::{self, Running, Streams};
+use crate::init;
+use crate::log::log;
+use crate::outbox::Writer;
+use crate::reaper::Reaper;
+
+/// How often a port with no host connected is read again.
+const HOST_POLL: Duration = Duration::from_millis(100);
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What every connection shares.
+pub(crate) struct Agent {
+    pub(crate) reaper: Reaper,
+    /// The agent is the guest's init, so it may power the machine off.
+    pub(crate) is_init: bool,
+}
+
+/// How the channel behaves when the host goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// A socket connection: end of stream ends it.
+    Connection,
+    /// A virtio-serial port: end of stream means no host is connected now;
+    /// one may connect later and starts again with a hello.
+    Port,
+}
+
+/// Serves one channel until it ends (a [`Transport::Port`] never does).
+pub(crate) async fn serve<R, W>(mut reader: R, writer: W, transport: Transport, agent: Arc<Agent>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut session = Session {
+        agent,
+        writer: Writer::start(writer, transport == Transport::Port),
+        streams: Streams::default(),
+    };
+    let mut decoder = FrameDecoder::default();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut host_present = false;
+    loop {
+        while let Some(decoded) = decoder.next() {
+            match decoded {
+                Decoded::Frame(frame) => session.handle(frame).await,
+                Decoded::Skipped(n) => log!("skipped {n} bytes that are not a frame"),
+            }
+        }
+        match (reader.read(&mut buf).await, transport) {
+            (Ok(n), _) if n > 0 => {
+                host_present = true;
+                decoder.push(&buf[..n]);
+            }
+            (Ok(_), Transport::Connection) => return,
+            (Err(e), Transport::Connection) => {
+                log!("reading from the host failed: {e}");
+                return;
+            }
+            (result, Transport::Port) => {
+                if let Err(e) = result {
+                    log!("reading the port failed: {e}");
+                } else if host_present {
+                    log!("the host disconnected from the port");
+                }
+                host_present = false;
+                // A frame cut short by a departed host must not swallow the next host's hello.
+                decoder.clear();
+                tokio::time::sleep(HOST_POLL).await;
+            }
+        }
+    }
+}
+
+/// The state of the channel as the host sees it.
+struct Session {
+    agent: Arc<Agent>,
+    writer: Writer,
+    streams: Streams,
+}
+
+impl Session {
+    async fn handle(&mut self, frame: Frame) {
+        let stream = frame.stream;
+        match frame.kind {
+            FrameKind::Control => match serde_json::from_slice::<Request>(&frame.payload) {
+                Ok(Request::Hello { protocol }) => self.hello(stream, protocol).await,
+                Ok(Request::Exec(req)) => self.exec(stream, req).await,
+                Ok(Request::Signal { signal }) => self.signal(stream, signal).await,
+                Ok(Request::Poweroff) => self.power_off(stream).await,
+                Err(e) => {
+                    self.reply(
+                        stream,
+                        Reply::Error {
+                            message: format!("bad request: {e}"),
+                        },
+                    )
+                    .await
+                }
+            },
+            FrameKind::Stdin => {
+                if let Some(running) = self.streams.lock().get(&stream) {
+                    // A closed receiver means the process stopped reading: drop the input.
+                    let _ = running.stdin.send(frame.payload);
+                }
+            }
+            FrameKind::Stdout | FrameKind::Stderr => {
+                log!("ignoring an output frame from the host on stream {stream}")
+            }
+        }
+    }
+
+    async fn reply(&self, stream: u32, reply: Reply) {
+        self.writer
+            .outbox()
+            .send(Frame::control(stream, &reply))
+            .await;
+    }
+
+    /// A hello starts a new host connection. Commands of the previous one keep
+    /// running (their stdin stays open), but their output is dropped.
+    async fn hello(&mut self, stream: u32, protocol: u32) {
+        if protocol != PROTOCOL_VERSION {
+            log!("the host speaks protocol {protocol}, this agent {PROTOCOL_VERSION}");
+        }
+        self.writer.next_generation();
+        self.streams = Streams::default();
+        let reply = Reply::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        self.reply(stream, reply).await;
+    }
+
+    async fn exec(&mut self, stream: u32, req: ExecRequest) {
+        let refusal = if stream == CONTROL_STREAM {
+            Some("stream 0 is for the handshake; run commands on a new stream".to_string())
+        } else if self.streams.lock().contains_key(&stream) {
+            Some(format!("stream {stream} is already running a command"))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            return self.reply(stream, Reply::Error { message }).await;
+        }
+        match exec::spawn(&req, &self.agent.reaper) {
+            Ok(spawned) => {
+                let (stdin, stdin_rx) = mpsc::unbounded_channel();
+                self.streams.lock().insert(
+                    stream,
+                    Running {
+                        pid: spawned.pid,
+                        stdin: stdin.clone(),
+                    },
+                );
+                let (outbox, streams) = (self.writer.outbox(), self.streams.clone());
+                tokio::spawn(exec::supervise(
+                    stream,
+                    spawned,
+                    (stdin, stdin_rx),
+                    outbox,
+                    streams,
+                ));
+            }
+            Err(message) => self.reply(stream, Reply::Error { message }).await,
+        }
+    }
+
+    async fn signal(&self, stream: u32, signal: i32) {
+        let Some(pid) = self.streams.lock().get(&stream).map(|r| r.pid) else {
+            return; // The command already ended; its Exited is on the way.
+        };
+        match self.agent.reaper.signal(pid, signal) {
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                let message = format!("cannot send signal {signal} to process {pid}: {e}");
+                self.reply(stream, Reply::Error { message }).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn power_off(&self, stream: u32) {
+        if !self.agent.is_init {
+            let message =
+                "the agent is not the guest's init, so it does not power the machine off".into();
+            return self.reply(stream, Reply::Error { message }).await;
+        }
+        let message = match tokio::task::spawn_blocking(init::power_off).await {
+            Ok(e) => format!("cannot power off: {e}"),
+            Err(e) => format!("cannot power off: {e}"),
+        };
+        log!("{message}");
+        self.reply(stream, Reply::Error { message }).await;
+    }
+}

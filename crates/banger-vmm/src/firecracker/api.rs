@@ -1,0 +1,348 @@
+//! Firecracker's REST API as typed requests, and the pure step that turns a
+//! [`VmSpec`] into the requests that configure and boot it. Field names are
+//! the ones of Firecracker's API description (`firecracker-v1.16.1.yaml`);
+//! a test validates every request built here against it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{VmSpec, VmmError};
+
+/// Console and reboot settings the driver appends to the spec's command
+/// line: the serial console is Firecracker's stdout, and a guest reboot or
+/// panic makes Firecracker exit instead of hanging.
+pub const BOOT_ARGS_SUFFIX: &str = "console=ttyS0 reboot=k panic=1";
+
+/// The vsock context id of the guest (0-2 are reserved).
+pub const GUEST_CID: u32 = 3;
+
+/// `PUT /logger`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    /// File Firecracker appends its log to; must exist.
+    pub log_path: String,
+    /// Log level.
+    pub level: LogLevel,
+}
+
+/// Firecracker's log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warning,
+    /// The default.
+    Info,
+    /// Verbose.
+    Debug,
+}
+
+/// `PUT /metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// File Firecracker flushes its JSON metrics to; must exist.
+    pub metrics_path: String,
+}
+
+/// `PUT /machine-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfiguration {
+    /// vCPUs, 1 to 32.
+    pub vcpu_count: u32,
+    /// Guest memory in MiB.
+    pub mem_size_mib: u32,
+    /// Simultaneous multithreading.
+    pub smt: bool,
+}
+
+/// `PUT /boot-source`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    /// ELF vmlinux on the host.
+    pub kernel_image_path: String,
+    /// Initramfs on the host.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub initrd_path: Option<String>,
+    /// Kernel command line.
+    pub boot_args: String,
+}
+
+/// `PUT /drives/{drive_id}` (a virtio-block drive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    /// The drive's id, also in the path.
+    pub drive_id: String,
+    /// Disk image on the host.
+    pub path_on_host: String,
+    /// Whether the kernel's `root=` is this drive (Firecracker adds it).
+    pub is_root_device: bool,
+    /// Attach read-only.
+    pub is_read_only: bool,
+}
+
+/// `PUT /vsock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// Guest context id, at least 3.
+    pub guest_cid: u32,
+    /// Host-side unix socket Firecracker listens on.
+    pub uds_path: String,
+}
+
+/// `PUT /actions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceActionInfo {
+    /// The action.
+    pub action_type: ActionType,
+}
+
+/// What `PUT /actions` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    /// Boot the configured guest.
+    InstanceStart,
+    /// Press Ctrl+Alt+Del in the guest (a graceful reboot, which with
+    /// `reboot=k` makes Firecracker exit).
+    SendCtrlAltDel,
+    /// Write the metrics now.
+    FlushMetrics,
+}
+
+/// One request to Firecracker's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `PUT /logger`.
+    Logger(Logger),
+    /// `PUT /metrics`.
+    Metrics(Metrics),
+    /// `PUT /machine-config`.
+    MachineConfig(MachineConfiguration),
+    /// `PUT /boot-source`.
+    BootSource(BootSource),
+    /// `PUT /drives/{drive_id}`.
+    Drive(Drive),
+    /// `PUT /vsock`.
+    Vsock(Vsock),
+    /// `PUT /actions`.
+    Action(InstanceActionInfo),
+}
+
+impl ApiRequest {
+    /// `PUT /actions` with this action.
+    pub fn action(action_type: ActionType) -> Self {
+        ApiRequest::Action(InstanceActionInfo { action_type })
+    }
+
+    /// The HTTP method.
+    pub fn method(&self) -> &'static str {
+        "PUT"
+    }
+
+    /// The request path.
+    pub fn path(&self) -> String {
+        match self {
+            ApiRequest::Logger(_) => "/logger".into(),
+            ApiRequest::Metrics(_) => "/metrics".into(),
+            ApiRequest::MachineConfig(_) => "/machine-config".into(),
+            ApiRequest::BootSource(_) => "/boot-source".into(),
+            ApiRequest::Drive(drive) => format!("/drives/{}", drive.drive_id),
+            ApiRequest::Vsock(_) => "/vsock".into(),
+            ApiRequest::Action(_) => "/actions".into(),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let body = match self {
+            ApiRequest::Logger(b) => serde_json::to_value(b),
+            ApiRequest::Metrics(b) => serde_json::to_value(b),
+            ApiRequest::MachineConfig(b) => serde_json::to_value(b),
+            ApiRequest::BootSource(b) => serde_json::to_value(b),
+            ApiRequest::Drive(b) => serde_json::to_value(b),
+            ApiRequest::Vsock(b) => serde_json::to_value(b),
+            ApiRequest::Action(b) => serde_json::to_value(b),
+        };
+        // Plain structs of strings, integers and booleans always serialize.
+        body.expect("API request bodies serialize")
+    }
+
+    /// `METHOD /path`, for errors and logs.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.method(), self.path())
+    }
+}
+
+/// The files of a VM's run directory that Firecracker uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFiles {
+    /// The API socket.
+    pub api_sock: PathBuf,
+    /// The host side of the guest's vsock.
+    pub vsock: PathBuf,
+    /// Firecracker's own log (`PUT /logger`).
+    pub log: PathBuf,
+    /// Firecracker's metrics (`PUT /metrics`).
+    pub metrics: PathBuf,
+    /// The serial console (Firecracker's stdout).
+    pub console: PathBuf,
+    /// Firecracker's stderr.
+    pub vmm_log: PathBuf,
+    /// The pid file.
+    pub pid: PathBuf,
+}
+
+impl RunFiles {
+    /// The files in `run_dir`.
+    pub fn new(run_dir: &Path) -> Self {
+        RunFiles {
+            api_sock: run_dir.join("firecracker.sock"),
+            vsock: run_dir.join("vsock.sock"),
+            log: run_dir.join("firecracker.log"),
+            metrics: run_dir.join("metrics.json"),
+            console: run_dir.join("console.log"),
+            vmm_log: run_dir.join("vmm.log"),
+            pid: run_dir.join("vmm.pid"),
+        }
+    }
+}
+
+/// The requests that configure and boot `spec`, in the order they must be
+/// sent: logger and metrics first (so later errors are logged),
+/// `InstanceStart` last.
+pub fn requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
+    if !(1..=32).contains(&spec.cpus) {
+        return Err(VmmError::InvalidSpec(format!(
+            "Firecracker runs 1 to 32 vCPUs, not {}",
+            spec.cpus
+        )));
+    }
+    if spec.memory_mib == 0 {
+        return Err(VmmError::InvalidSpec("the VM needs some memory".into()));
+    }
+    let files = RunFiles::new(&spec.run_dir);
+    let boot_args = match spec.cmdline.trim() {
+        "" => BOOT_ARGS_SUFFIX.to_string(),
+        cmdline => format!("{cmdline} {BOOT_ARGS_SUFFIX}"),
+    };
+    let mut requests = vec![
+        ApiRequest::Logger(Logger {
+            log_path: utf8(&files.log)?,
+            level: LogLevel::Info,
+        }),
+        ApiRequest::Metrics(Metrics {
+            metrics_path: utf8(&files.metrics)?,
+        }),
+        ApiRequest::MachineConfig(MachineConfiguration {
+            vcpu_count: spec.cpus,
+            mem_size_mib: spec.memory_mib,
+            smt: false,
+        }),
+        ApiRequest::BootSource(BootSource {
+            kernel_image_path: utf8(&spec.kernel)?,
+            initrd_path: spec.initrd.as_deref().map(utf8).transpose()?,
+            boot_args,
+        }),
+    ];
+    for (index, disk) in spec.disks.iter().enumerate() {
+        requests.push(ApiRequest::Drive(Drive {
+            drive_id: drive_id(index),
+            path_on_host: utf8(&disk.path)?,
+            is_root_device: index == 0,
+            is_read_only: disk.read_only,
+        }));
+    }
+    requests.push(ApiRequest::Vsock(Vsock {
+        guest_cid: GUEST_CID,
+        uds_path: utf8(&files.vsock)?,
+    }));
+    requests.push(ApiRequest::action(ActionType::InstanceStart));
+    Ok(requests)
+}
+
+/// `rootfs` for the first disk, `disk1`, `disk2`... for the others.
+pub fn drive_id(index: usize) -> String {
+    match index {
+        0 => "rootfs".into(),
+        n => format!("disk{n}"),
+    }
+}
+
+/// Firecracker's API takes paths as JSON strings.
+fn utf8(path: &Path) -> Result<String, VmmError> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| VmmError::InvalidSpec(format!("path {} is not UTF-8", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DiskSpec;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "t".into(),
+            run_dir: "/run/vm".into(),
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            cmdline: "  ".into(),
+            cpus: 1,
+            memory_mib: 256,
+            disks: vec![DiskSpec {
+                path: "/d/root.ext4".into(),
+                read_only: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn empty_cmdline_gets_only_the_console_settings() {
+        let requests = requests(&spec()).unwrap();
+        let boot = requests.iter().find_map(|r| match r {
+            ApiRequest::BootSource(b) => Some(b),
+            _ => None,
+        });
+        assert_eq!(boot.unwrap().boot_args, BOOT_ARGS_SUFFIX);
+        assert_eq!(boot.unwrap().initrd_path, None);
+        assert!(!requests[3]
+            .body()
+            .as_object()
+            .unwrap()
+            .contains_key("initrd_path"));
+    }
+
+    #[test]
+    fn vcpu_count_outside_firecrackers_range_is_refused() {
+        for cpus in [0, 33] {
+            let err = requests(&VmSpec { cpus, ..spec() }).unwrap_err();
+            assert!(matches!(err, VmmError::InvalidSpec(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn drive_ids_name_the_root_disk() {
+        assert_eq!(
+            [drive_id(0), drive_id(1), drive_id(2)],
+            ["rootfs", "disk1", "disk2"]
+        );
+    }
+
+    #[test]
+    fn non_utf8_paths_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let kernel = std::ffi::OsStr::from_bytes(b"/k/\xff").into();
+        assert!(matches!(
+            requests(&VmSpec { kernel, ..spec() }),
+            Err(VmmError::InvalidSpec(_))
+        ));
+    }
+}

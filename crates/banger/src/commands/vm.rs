@@ -1,0 +1,379 @@
+//! `banger vm create|list|show|start|stop|restart|kill|rm|set|disk|logs|exec`.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use banger_api::{Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice};
+use banger_client::exec::{self, ExecEvent};
+use clap::{Subcommand, ValueEnum};
+use http_body_util::BodyExt;
+use tokio::io::AsyncReadExt;
+
+use crate::{output, progress, size, Context};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum VmmArg {
+    /// Firecracker (needs KVM).
+    Firecracker,
+    /// QEMU (KVM when usable, else TCG emulation).
+    Qemu,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM and boot it.
+    Create {
+        /// Name: lowercase letters, digits and hyphens (a DNS label).
+        name: String,
+        /// The image to clone its root disk from.
+        #[arg(long)]
+        image: String,
+        /// A kernel other than the image's.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// vCPUs [default: 1].
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory, e.g. 512M or 1G [default: 512M].
+        #[arg(long, value_parser = size::parse_mib)]
+        memory: Option<u32>,
+        /// Root disk size, e.g. 8G [default: the image's size].
+        #[arg(long, value_parser = size::parse)]
+        disk_size: Option<u64>,
+        /// A writable work disk of this size, mounted at /work.
+        #[arg(long, value_parser = size::parse)]
+        work_disk: Option<u64>,
+        /// The VMM [default: chosen from what the host can do; see `banger doctor`].
+        #[arg(long, value_enum)]
+        vmm: Option<VmmArg>,
+        /// Make it, but do not boot it.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Every VM.
+    #[command(alias = "ls")]
+    List,
+    /// One VM's details.
+    Show {
+        /// VM name.
+        name: String,
+    },
+    /// Boot a stopped VM.
+    Start {
+        /// VM name.
+        name: String,
+    },
+    /// Shut a VM down (the guest powers off; after 10 s its VMM is killed).
+    Stop {
+        /// VM name.
+        name: String,
+    },
+    /// Stop, then start.
+    Restart {
+        /// VM name.
+        name: String,
+    },
+    /// Kill a VM's VMM at once.
+    Kill {
+        /// VM name.
+        name: String,
+    },
+    /// Remove a VM and its disks.
+    #[command(alias = "remove")]
+    Rm {
+        /// VM name.
+        name: String,
+        /// Stop it first if it runs.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change a stopped VM's vCPUs or memory.
+    Set {
+        /// VM name.
+        name: String,
+        /// vCPUs.
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory, e.g. 1G.
+        #[arg(long, value_parser = size::parse_mib)]
+        memory: Option<u32>,
+    },
+    /// A VM's disks.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// The VM's console output.
+    Logs {
+        /// VM name.
+        name: String,
+        /// Keep following it.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a VM; its exit code becomes banger's.
+    Exec {
+        /// VM name.
+        name: String,
+        /// Forward stdin even when it is a terminal.
+        #[arg(short, long)]
+        interactive: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// Grow a stopped VM's root disk and its filesystem.
+    Resize {
+        /// VM name.
+        name: String,
+        /// New size, e.g. 16G.
+        #[arg(value_parser = size::parse)]
+        size: u64,
+    },
+}
+
+pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match command {
+        VmCommand::Create {
+            name,
+            image,
+            kernel,
+            cpus,
+            memory,
+            disk_size,
+            work_disk,
+            vmm,
+            no_start,
+        } => {
+            let request = VmCreateRequest {
+                name,
+                image,
+                kernel,
+                cpus,
+                memory_mib: memory,
+                disk_size_bytes: disk_size,
+                work_disk_bytes: work_disk,
+                vmm: vmm.map(|v| match v {
+                    VmmArg::Firecracker => VmmChoice::Firecracker,
+                    VmmArg::Qemu => VmmChoice::Qemu,
+                }),
+                no_start,
+            };
+            let op = ctx.client.create_vm(&request).await?;
+            finish(ctx, &op).await?;
+        }
+        VmCommand::List => {
+            let vms = ctx.client.vms().await?;
+            if ctx.json {
+                return output::json(&vms).map(|_| ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = vms
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.name.clone(),
+                        state(v.state).into(),
+                        v.image.clone(),
+                        v.cpus.to_string(),
+                        format!("{} MiB", v.memory_mib),
+                        output::size(v.disk_size_bytes),
+                        vmm(v),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "DISK", "VMM"],
+                &rows,
+            );
+        }
+        VmCommand::Show { name } => show(ctx, &ctx.client.vm(&name).await?)?,
+        VmCommand::Start { name } => finish(ctx, &ctx.client.start_vm(&name, false).await?).await?,
+        VmCommand::Restart { name } => {
+            finish(ctx, &ctx.client.start_vm(&name, true).await?).await?
+        }
+        VmCommand::Stop { name } => done(ctx, &ctx.client.stop_vm(&name, false).await?, "stopped")?,
+        VmCommand::Kill { name } => done(ctx, &ctx.client.stop_vm(&name, true).await?, "killed")?,
+        VmCommand::Rm { name, force } => {
+            ctx.client.remove_vm(&name, force).await?;
+            if ctx.json {
+                output::json(&serde_json::json!({ "removed": name }))?;
+            } else {
+                println!("removed VM {name}");
+            }
+        }
+        VmCommand::Set { name, cpus, memory } => {
+            let vm = ctx
+                .client
+                .set_vm(
+                    &name,
+                    &VmSetRequest {
+                        cpus,
+                        memory_mib: memory,
+                    },
+                )
+                .await?;
+            show(ctx, &vm)?;
+        }
+        VmCommand::Disk(DiskCommand::Resize { name, size }) => {
+            let vm = ctx.client.resize_vm_disk(&name, size).await?;
+            done(
+                ctx,
+                &vm,
+                &format!("root disk is now {}", output::size(vm.disk_size_bytes)),
+            )?;
+        }
+        VmCommand::Logs { name, follow } => {
+            let mut body = ctx.client.vm_logs(&name, follow).await?;
+            let mut stdout = std::io::stdout();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    stdout.write_all(&data)?;
+                    stdout.flush()?;
+                }
+            }
+        }
+        VmCommand::Exec {
+            name,
+            interactive,
+            command,
+        } => return exec_command(ctx, &name, interactive, command).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one command, relaying stdin, stdout and stderr, and Ctrl-C as SIGINT.
+async fn exec_command(
+    ctx: &Context,
+    name: &str,
+    interactive: bool,
+    argv: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let channel = ctx.client.exec_channel(name).await?;
+    let (mut reader, writer) = tokio::io::split(channel);
+    let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
+    exec::start(
+        &mut *writer.lock().await,
+        banger_agent_proto::ExecRequest {
+            argv,
+            env: Vec::new(),
+            cwd: None,
+        },
+    )
+    .await?;
+
+    let forward_stdin = interactive || !std::io::stdin().is_terminal();
+    let stdin_writer = std::sync::Arc::clone(&writer);
+    let stdin_task = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        while forward_stdin {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if exec::send_stdin(&mut *stdin_writer.lock().await, buf[..n].to_vec())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = exec::send_stdin(&mut *stdin_writer.lock().await, Vec::new()).await;
+    });
+    let signal_writer = std::sync::Arc::clone(&writer);
+    let signal_task = tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            let _ = exec::send_signal(&mut *signal_writer.lock().await, 2).await;
+        }
+    });
+
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let code = loop {
+        match exec::next_event(&mut reader).await? {
+            ExecEvent::Started => {}
+            ExecEvent::Stdout(data) => {
+                stdout.write_all(&data)?;
+                stdout.flush()?;
+            }
+            ExecEvent::Stderr(data) => {
+                stderr.write_all(&data)?;
+                stderr.flush()?;
+            }
+            ExecEvent::Exited { code, signal } => {
+                break code.unwrap_or_else(|| 128 + signal.unwrap_or(0))
+            }
+        }
+    };
+    stdin_task.abort();
+    signal_task.abort();
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+async fn finish(ctx: &Context, op: &banger_api::Operation) -> anyhow::Result<()> {
+    let done = progress::follow(ctx, op).await?;
+    let vm: Vm = serde_json::from_value(done.result.unwrap_or_default())?;
+    let what = if vm.state == VmState::Running {
+        "running"
+    } else {
+        "created"
+    };
+    self::done(ctx, &vm, what)
+}
+
+fn done(ctx: &Context, vm: &Vm, what: &str) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json(vm);
+    }
+    println!("VM {} {what} ({})", vm.name, vmm(vm));
+    Ok(())
+}
+
+fn show(ctx: &Context, v: &Vm) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json(v);
+    }
+    println!("name:      {}", v.name);
+    println!("state:     {}", state(v.state));
+    println!("image:     {}", v.image);
+    println!("kernel:    {}", v.kernel);
+    println!("vmm:       {}", vmm(v));
+    println!("cpus:      {}", v.cpus);
+    println!("memory:    {} MiB", v.memory_mib);
+    println!(
+        "disk:      {} ({})",
+        output::size(v.disk_size_bytes),
+        v.disk_strategy
+    );
+    if let Some(work) = v.work_disk_bytes {
+        println!("work disk: {} at /work", output::size(work));
+    }
+    if let Some(pid) = v.pid {
+        println!("pid:       {pid}");
+    }
+    if let Some(agent) = &v.agent_version {
+        println!("agent:     {agent}");
+    }
+    println!("created:   {}", v.created_at);
+    Ok(())
+}
+
+fn state(s: VmState) -> &'static str {
+    match s {
+        VmState::Created => "created",
+        VmState::Starting => "starting",
+        VmState::Running => "running",
+        VmState::Stopping => "stopping",
+        VmState::Stopped => "stopped",
+    }
+}
+
+fn vmm(v: &Vm) -> String {
+    match (v.vmm, v.kvm) {
+        (VmmChoice::Firecracker, _) => "firecracker".into(),
+        (VmmChoice::Qemu, true) => "qemu (kvm)".into(),
+        (VmmChoice::Qemu, false) => "qemu (tcg)".into(),
+    }
+}

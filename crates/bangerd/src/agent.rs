@@ -1,0 +1,299 @@
+//! The host side of the guest agent protocol: one connection per VM (a
+//! virtio-serial chardev accepts a single client), multiplexed by stream
+//! id so execs run side by side. The handshake checks the protocol version.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use banger_agent_proto::{self as proto, Frame, Reply, Request, CONTROL_STREAM, PROTOCOL_VERSION};
+use banger_vmm::AgentEndpoint;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+/// How long one hello waits for an answer before it is sent again.
+const HELLO_RETRY: Duration = Duration::from_secs(2);
+
+/// Why the agent could not be reached or spoken to.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No answer in time.
+    #[error("the guest agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The agent speaks another protocol version.
+    #[error("the guest agent speaks protocol version {agent}, bangerd speaks {ours}: rebuild the image with this banger's agent")]
+    Version {
+        /// The agent's version.
+        agent: u32,
+        /// Ours.
+        ours: u32,
+    },
+    /// The connection broke.
+    #[error("the connection to the guest agent closed")]
+    Closed,
+    /// A frame could not be read or written.
+    #[error("guest agent protocol error")]
+    Protocol(#[from] proto::ProtocolError),
+}
+
+/// A live, handshaken connection to one guest's agent.
+pub struct AgentConn {
+    writer: mpsc::Sender<Frame>,
+    streams: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>>,
+    next_stream: AtomicU32,
+    closed: Arc<AtomicBool>,
+    reader: tokio::task::AbortHandle,
+    /// The agent's build version.
+    pub agent_version: String,
+}
+
+impl Drop for AgentConn {
+    /// Closes the connection: the reader task owns the socket's read half,
+    /// and a VMM's chardev serves one client at a time, so it must go.
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// One logical stream on the connection.
+pub struct AgentStream {
+    /// Its id.
+    pub id: u32,
+    /// Frames the agent sends on it.
+    pub frames: mpsc::UnboundedReceiver<Frame>,
+}
+
+impl AgentConn {
+    /// Connects and handshakes, retrying until `timeout` (the guest may
+    /// still be booting, or the VMM still creating its socket).
+    pub async fn connect(
+        endpoint: &AgentEndpoint,
+        timeout: Duration,
+    ) -> Result<Arc<AgentConn>, AgentError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let stream = match endpoint.connect().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::debug!(error = %e, "agent socket never accepted");
+                        return Err(AgentError::Timeout(timeout));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match Self::handshake(stream, deadline, timeout).await {
+                Err(AgentError::Closed) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn handshake<S>(
+        stream: S,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Arc<AgentConn>, AgentError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let hello = Frame::control(
+            CONTROL_STREAM,
+            &Request::Hello {
+                protocol: PROTOCOL_VERSION,
+            },
+        );
+        let agent_version = loop {
+            proto::write_frame(&mut writer, &hello).await?;
+            let wait =
+                HELLO_RETRY.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, read_hello(&mut reader)).await {
+                Ok(result) => break result?,
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(AgentError::Timeout(timeout))
+                }
+                Err(_) => continue,
+            }
+        };
+        let (tx, mut rx) = mpsc::channel::<Frame>(256);
+        let streams: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>> = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let routes = Arc::clone(&streams);
+        let reader_closed = Arc::clone(&closed);
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(frame)) = proto::read_frame(&mut reader).await {
+                let route = routes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&frame.stream)
+                    .cloned();
+                if let Some(route) = route {
+                    let _ = route.send(frame);
+                }
+            }
+            reader_closed.store(true, Ordering::SeqCst);
+            // Dropping the senders ends every open stream.
+            routes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        });
+        let writer_closed = Arc::clone(&closed);
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if proto::write_frame(&mut writer, &frame).await.is_err() {
+                    break;
+                }
+            }
+            writer_closed.store(true, Ordering::SeqCst);
+        });
+        Ok(Arc::new(AgentConn {
+            writer: tx,
+            streams,
+            next_stream: AtomicU32::new(1),
+            closed,
+            reader: reader.abort_handle(),
+            agent_version,
+        }))
+    }
+
+    /// Whether the connection has broken.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Opens a new logical stream.
+    pub fn open(&self) -> AgentStream {
+        let id = self.next_stream.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        AgentStream { id, frames: rx }
+    }
+
+    /// Forgets a stream once its exchange is over.
+    pub fn close(&self, id: u32) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Asks the guest to power off; the VM ends without a reply.
+    pub async fn poweroff(&self) {
+        let stream = self.open();
+        let _ = self
+            .send(Frame::control(stream.id, &Request::Poweroff))
+            .await;
+        self.close(stream.id);
+    }
+
+    /// Sends a frame.
+    pub async fn send(&self, frame: Frame) -> Result<(), AgentError> {
+        self.writer
+            .send(frame)
+            .await
+            .map_err(|_| AgentError::Closed)
+    }
+}
+
+async fn read_hello<R: AsyncRead + Unpin>(reader: &mut R) -> Result<String, AgentError> {
+    loop {
+        let frame = proto::read_frame(reader).await?.ok_or(AgentError::Closed)?;
+        if frame.stream != CONTROL_STREAM {
+            continue;
+        }
+        if let Ok(Reply::Hello {
+            protocol,
+            agent_version,
+        }) = frame.message::<Reply>()
+        {
+            if protocol != PROTOCOL_VERSION {
+                return Err(AgentError::Version {
+                    agent: protocol,
+                    ours: PROTOCOL_VERSION,
+                });
+            }
+            return Ok(agent_version);
+        }
+    }
+}
+
+/// Relays one exec between a client connection (which speaks the frame
+/// protocol as a host would: an `exec` control frame first, then stdin and
+/// signals) and the agent, renumbering streams both ways. Ends when the
+/// agent reports the process exited or failed.
+pub async fn relay_exec<C>(agent: Arc<AgentConn>, client: C) -> Result<(), AgentError>
+where
+    C: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let first = proto::read_frame(&mut client_rx)
+        .await?
+        .ok_or(AgentError::Closed)?;
+    let client_stream = first.stream;
+    if !matches!(first.message::<Request>(), Ok(Request::Exec(_))) {
+        let error = Reply::Error {
+            message: "the first frame must be an exec request".into(),
+        };
+        proto::write_frame(&mut client_tx, &Frame::control(client_stream, &error)).await?;
+        return Ok(());
+    }
+    let mut stream = agent.open();
+    let agent_stream = stream.id;
+    agent
+        .send(Frame {
+            stream: agent_stream,
+            ..first
+        })
+        .await?;
+
+    let upstream_agent = Arc::clone(&agent);
+    let upstream = tokio::spawn(async move {
+        while let Ok(Some(frame)) = proto::read_frame(&mut client_rx).await {
+            if upstream_agent
+                .send(Frame {
+                    stream: agent_stream,
+                    ..frame
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let result = async {
+        while let Some(frame) = stream.frames.recv().await {
+            let last = frame.kind == proto::FrameKind::Control
+                && matches!(
+                    frame.message::<Reply>(),
+                    Ok(Reply::Exited { .. } | Reply::Error { .. })
+                );
+            proto::write_frame(
+                &mut client_tx,
+                &Frame {
+                    stream: client_stream,
+                    ..frame
+                },
+            )
+            .await?;
+            if last {
+                return Ok(());
+            }
+        }
+        let error = Reply::Error {
+            message: "the connection to the guest agent closed".into(),
+        };
+        proto::write_frame(&mut client_tx, &Frame::control(client_stream, &error)).await?;
+        Err(AgentError::Closed)
+    }
+    .await;
+    upstream.abort();
+    agent.close(agent_stream);
+    result
+}

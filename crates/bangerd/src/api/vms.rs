@@ -1,0 +1,268 @@
+//! VM routes: create and start (operations), the lifecycle, logs, and
+//! exec (an upgraded connection speaking the agent's frame protocol).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use banger_api::{
+    ApiError, DiskResizeRequest, ObjectKind, Operation, OperationKind, Vm, VmCreateRequest,
+    VmSetRequest, VmState, EXEC_UPGRADE,
+};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::spawn;
+use crate::error::{Error, Result};
+use crate::vm::{create, lifecycle};
+use crate::Daemon;
+
+/// Every VM.
+#[utoipa::path(get, path = "/v1/vms", tag = "vms", responses((status = 200, body = Vec<Vm>), (status = 500, body = ApiError)))]
+pub async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Json<Vec<Vm>>> {
+    Ok(Json(daemon.vm_rows()?.into_iter().map(|r| r.vm).collect()))
+}
+
+/// One VM.
+#[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
+pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Vm>> {
+    Ok(Json(daemon.vm_row(&name)?.vm))
+}
+
+/// Starts creating (and booting) a VM.
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = VmCreateRequest,
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn create(
+    State(daemon): State<Arc<Daemon>>,
+    Json(request): Json<VmCreateRequest>,
+) -> Result<(StatusCode, Json<Operation>)> {
+    let guard = daemon.vms.lock(&request.name).await;
+    create::validate(&daemon, &request)?;
+    let steps = if request.no_start { 3 } else { 5 };
+    let op = daemon.ops.start(
+        OperationKind::VmCreate,
+        &request.name,
+        steps,
+        "resolve image and kernel",
+    )?;
+    let created = Some((ObjectKind::Vm, request.name.clone()));
+    Ok(spawn(daemon, op, created, move |daemon, op| {
+        Box::pin(create::create(daemon, op, request, guard))
+    }))
+}
+
+/// Starts a stopped VM.
+#[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn start(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Operation>)> {
+    daemon.vm_row(&name)?;
+    let op = daemon.ops.start(OperationKind::VmStart, &name, 2, "boot")?;
+    Ok(spawn(daemon, op, None, move |daemon, op| {
+        Box::pin(lifecycle::start(daemon, op, name))
+    }))
+}
+
+/// Restarts a VM: stop (if running), then start.
+#[utoipa::path(post, path = "/v1/vms/{name}/restart", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 202, body = Operation), (status = 404, body = ApiError)))]
+pub async fn restart(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Operation>)> {
+    daemon.vm_row(&name)?;
+    let op = daemon.ops.start(OperationKind::VmStart, &name, 3, "stop")?;
+    Ok(spawn(daemon, op, None, move |daemon, op| {
+        Box::pin(async move {
+            lifecycle::stop(&daemon, &name).await?;
+            lifecycle::start(daemon, op, name).await
+        })
+    }))
+}
+
+/// Stops a VM: the guest is asked to power off, then the VMM is stopped, then killed.
+#[utoipa::path(post, path = "/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
+pub async fn stop(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Vm>> {
+    Ok(Json(lifecycle::stop(&daemon, &name).await?))
+}
+
+/// Kills a VM's VMM at once.
+#[utoipa::path(post, path = "/v1/vms/{name}/kill", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
+pub async fn kill(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Vm>> {
+    Ok(Json(lifecycle::kill(&daemon, &name).await?))
+}
+
+/// Query of `DELETE /v1/vms/{name}`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RemoveQuery {
+    /// Stop a running VM first instead of refusing.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Removes a VM and its disks.
+#[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name"), RemoveQuery),
+    responses((status = 204, description = "Removed"), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn remove(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    Query(query): Query<RemoveQuery>,
+) -> Result<StatusCode> {
+    lifecycle::remove(&daemon, &name, query.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes a stopped VM's vCPUs or memory.
+#[utoipa::path(patch, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    request_body = VmSetRequest, responses((status = 200, body = Vm), (status = 409, body = ApiError)))]
+pub async fn set(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    Json(request): Json<VmSetRequest>,
+) -> Result<Json<Vm>> {
+    Ok(Json(lifecycle::set(&daemon, &name, request).await?))
+}
+
+/// Grows a stopped VM's root disk.
+#[utoipa::path(post, path = "/v1/vms/{name}/disk/resize", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    request_body = DiskResizeRequest, responses((status = 200, body = Vm), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn resize_disk(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    Json(request): Json<DiskResizeRequest>,
+) -> Result<Json<Vm>> {
+    Ok(Json(
+        lifecycle::resize_disk(&daemon, &name, request.size_bytes).await?,
+    ))
+}
+
+/// Query of `GET /v1/vms/{name}/logs`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LogsQuery {
+    /// Keep streaming as the console writes, until the VM stops.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The VM's console output.
+#[utoipa::path(get, path = "/v1/vms/{name}/logs", tag = "vms", params(("name" = String, Path, description = "VM name"), LogsQuery),
+    responses((status = 200, description = "Console output", content_type = "text/plain"), (status = 404, body = ApiError)))]
+pub async fn logs(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response> {
+    let row = daemon.vm_row(&name)?;
+    let path = daemon
+        .driver(&row.vm)?
+        .console_log(&daemon.vm_run_dir(&name));
+    let stream = async_stream(daemon, name, path, query.follow);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The console file from the start, then (when following) what is appended
+/// to it, until the VM stops or the daemon shuts down.
+fn async_stream(
+    daemon: Arc<Daemon>,
+    name: String,
+    path: std::path::PathBuf,
+    follow: bool,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures::stream::unfold((0u64, false), move |(offset, done)| {
+        let (daemon, name, path) = (Arc::clone(&daemon), name.clone(), path.clone());
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                let chunk = read_from(&path, offset).await;
+                if !chunk.is_empty() {
+                    let next = offset + chunk.len() as u64;
+                    return Some((Ok(bytes::Bytes::from(chunk)), (next, false)));
+                }
+                let running = daemon
+                    .vm_row(&name)
+                    .map(|r| r.vm.state != VmState::Stopped)
+                    .unwrap_or(false);
+                if !follow || !running {
+                    return None;
+                }
+                tokio::select! {
+                    _ = daemon.shutting_down() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    })
+}
+
+async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
+        return Vec::new();
+    };
+    if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    let _ = (&mut file).take(1 << 20).read_to_end(&mut buf).await;
+    buf
+}
+
+/// Runs a command in the VM. The request must ask to upgrade the
+/// connection to `banger-exec/1`; after the `101` answer both sides speak
+/// the agent's frame protocol: the client sends an `exec` control frame,
+/// then stdin frames (empty for end of input) and `signal` requests; the
+/// daemon relays stdout, stderr and finally `exited` or `error`.
+#[utoipa::path(get, path = "/v1/vms/{name}/exec", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 101, description = "Switching to the banger-exec/1 frame protocol"), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn exec(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    mut request: Request,
+) -> Result<Response> {
+    let wants = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        == Some(EXEC_UPGRADE);
+    if !wants {
+        return Err(Error::InvalidArgument(format!(
+            "exec needs `Connection: upgrade` and `Upgrade: {EXEC_UPGRADE}`"
+        )));
+    }
+    let agent = lifecycle::agent(&daemon, &name).await?;
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                if let Err(e) = crate::agent::relay_exec(agent, TokioIo::new(upgraded)).await {
+                    tracing::warn!(vm = %name, error = %e, "exec relay ended with an error");
+                }
+            }
+            Err(e) => tracing::warn!(vm = %name, error = %e, "exec upgrade failed"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response
+        .headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(EXEC_UPGRADE));
+    Ok(response)
+}

@@ -1,0 +1,236 @@
+//! The image store: `<state>/images/<name>/{rootfs.ext4,manifest.json}`, a
+//! row per image, and the build and register operations that fill it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_api::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest};
+use banger_image::{BuildOptions, Recipe, ROOTFS_FILE};
+
+use crate::db::{Db, ObjectTable};
+use crate::error::{Error, Result};
+use crate::operations::{now_rfc3339, OperationHandle};
+use crate::staging::{NameLock, NameLocks, Staging};
+use crate::Daemon;
+
+/// The image store.
+pub struct ImageStore {
+    root: PathBuf,
+    db: Arc<Db>,
+    locks: NameLocks,
+}
+
+impl ImageStore {
+    /// Opens the store, removing half-built images a crash left behind.
+    pub fn open(state_dir: &Path, db: Arc<Db>) -> Result<ImageStore> {
+        let root = state_dir.join("images");
+        std::fs::create_dir_all(&root).map_err(Error::io("cannot create", &root))?;
+        crate::staging::sweep(&root)?;
+        for image in db.objects::<Image>(ObjectTable::Images)? {
+            if !Path::new(&image.rootfs_path).is_file() {
+                tracing::warn!(image = %image.name, "image file is gone; forgetting it");
+                db.delete_object(ObjectTable::Images, &image.name)?;
+            }
+        }
+        Ok(ImageStore {
+            root,
+            db,
+            locks: NameLocks::new("image"),
+        })
+    }
+
+    /// Where work-disk seeds live.
+    pub fn seeds_dir(&self) -> PathBuf {
+        self.root.join(".seeds")
+    }
+
+    /// Every image.
+    pub fn list(&self) -> Result<Vec<Image>> {
+        self.db.objects(ObjectTable::Images)
+    }
+
+    /// One image.
+    pub fn get(&self, name: &str) -> Result<Image> {
+        self.db
+            .object(ObjectTable::Images, name)?
+            .ok_or_else(|| Error::NotFound {
+                kind: "image",
+                name: name.to_owned(),
+            })
+    }
+
+    /// Takes the name for a build or register, refusing to replace an image unless `force`.
+    pub fn claim(&self, name: &str, force: bool) -> Result<NameLock> {
+        crate::vm::validate_name(name)?;
+        let lock = self.locks.try_lock(name)?;
+        if !force
+            && self
+                .db
+                .object::<Image>(ObjectTable::Images, name)?
+                .is_some()
+        {
+            return Err(Error::AlreadyExists {
+                kind: "image",
+                name: name.to_owned(),
+                hint: "; use --force to replace it",
+            });
+        }
+        Ok(lock)
+    }
+
+    /// Removes an image. VMs keep their own cloned disks.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let _lock = self.locks.try_lock(name)?;
+        self.get(name)?;
+        crate::staging::remove_dir(&self.root.join(name), || {
+            self.db.delete_object(ObjectTable::Images, name).map(drop)
+        })
+    }
+
+    fn install(&self, _lock: &NameLock, staging: Staging, image: &Image) -> Result<()> {
+        let manifest = staging.path().join("manifest.json");
+        let text =
+            serde_json::to_string_pretty(image).map_err(|e| Error::Internal(e.to_string()))?;
+        std::fs::write(&manifest, text + "\n").map_err(Error::io("cannot write", &manifest))?;
+        staging.install(&self.root.join(&image.name), || {
+            self.db.put_object(ObjectTable::Images, &image.name, image)
+        })
+    }
+}
+
+/// Checks a build request before its operation starts.
+pub fn validate_build(request: &ImageBuildRequest) -> Result<()> {
+    let sources = [
+        request.recipe.is_some(),
+        request.from_dir.is_some(),
+        request.from_tar.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(Error::InvalidArgument(
+            "give exactly one of a recipe, --from-dir or --from-tar".into(),
+        ));
+    }
+    for path in request.from_dir.iter().chain(&request.from_tar) {
+        if !Path::new(path).is_absolute() || !Path::new(path).exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{path} must be an absolute path that exists"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Builds an image (an operation's work).
+pub async fn build(
+    daemon: Arc<Daemon>,
+    op: &OperationHandle,
+    request: ImageBuildRequest,
+    lock: NameLock,
+) -> Result<Image> {
+    op.step("resolve kernel");
+    let kernel = crate::kernel::resolve::resolve(&daemon, &request.kernel, op).await?;
+    let agent = daemon.config.agent_binary().ok_or_else(|| {
+        Error::Unsupported("the guest agent binary is missing: run scripts/build-agent, or set [vms] agent_binary in the config".into())
+    })?;
+    let (recipe, source) = match (&request.recipe, &request.from_dir, &request.from_tar) {
+        (Some(ImageRecipe::Tiny), ..) => (Recipe::Tiny, "recipe:tiny".to_owned()),
+        (Some(ImageRecipe::Debian), ..) => (Recipe::debian(), "recipe:debian".to_owned()),
+        (_, Some(dir), _) => (Recipe::FromDir(dir.into()), format!("dir:{dir}")),
+        (_, _, Some(tar)) => (Recipe::FromTar(tar.into()), format!("tar:{tar}")),
+        _ => return Err(Error::InvalidArgument("no image source".into())),
+    };
+    let staging = daemon.images.staging(&request.name, op.id())?;
+    let options = BuildOptions {
+        agent,
+        busybox: daemon.config.busybox.clone(),
+        size_bytes: request.size_bytes,
+    };
+    let dest = staging.path().to_path_buf();
+    let reporter = op.progress_reporter();
+    op.step("build root filesystem");
+    let built = tokio::task::spawn_blocking(move || {
+        banger_image::build(recipe, &options, &dest, &mut |s: &str| reporter.step(s))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("build task: {e}")))??;
+    let image = Image {
+        name: request.name.clone(),
+        kernel: kernel.name,
+        source,
+        init: built.init,
+        size_bytes: built.size_bytes,
+        rootfs_path: daemon
+            .images
+            .root
+            .join(&request.name)
+            .join(ROOTFS_FILE)
+            .display()
+            .to_string(),
+        created_at: now_rfc3339(),
+    };
+    op.step("install");
+    daemon.images.install(&lock, staging, &image)?;
+    Ok(image)
+}
+
+/// Checks a register request before its operation starts.
+pub fn validate_register(request: &ImageRegisterRequest) -> Result<()> {
+    let path = Path::new(&request.rootfs);
+    if !path.is_absolute() || !path.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{} must be an absolute path to an ext4 file",
+            request.rootfs
+        )));
+    }
+    Ok(())
+}
+
+/// Registers an existing ext4 root filesystem (an operation's work): it is
+/// cloned into the store, copy-on-write where the filesystem allows.
+pub async fn register(
+    daemon: Arc<Daemon>,
+    op: &OperationHandle,
+    request: ImageRegisterRequest,
+    lock: NameLock,
+) -> Result<Image> {
+    op.step("resolve kernel");
+    let kernel = crate::kernel::resolve::resolve(&daemon, &request.kernel, op).await?;
+    let staging = daemon.images.staging(&request.name, op.id())?;
+    let dest = staging.path().join(ROOTFS_FILE);
+    let source = PathBuf::from(&request.rootfs);
+    let strategy = daemon.cow_strategy();
+    op.step("copy root filesystem");
+    let dest_copy = dest.clone();
+    tokio::task::spawn_blocking(move || {
+        banger_storage::clone_disk(strategy, &source, &dest_copy, None)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("copy task: {e}")))??;
+    let size_bytes = std::fs::metadata(&dest)
+        .map_err(Error::io("cannot stat", &dest))?
+        .len();
+    let image = Image {
+        name: request.name.clone(),
+        kernel: kernel.name,
+        source: format!("register:{}", request.rootfs),
+        init: request.init.clone().unwrap_or_else(|| "/sbin/init".into()),
+        size_bytes,
+        rootfs_path: daemon
+            .images
+            .root
+            .join(&request.name)
+            .join(ROOTFS_FILE)
+            .display()
+            .to_string(),
+        created_at: now_rfc3339(),
+    };
+    op.step("install");
+    daemon.images.install(&lock, staging, &image)?;
+    Ok(image)
+}
+
+impl ImageStore {
+    fn staging(&self, name: &str, op_id: &str) -> Result<Staging> {
+        Staging::create(&self.root, name, op_id)
+    }
+}

@@ -1,0 +1,34 @@
+//! Resolving a kernel reference: a kernel in the store, else a catalog
+//! entry of that name, pulled as part of the calling operation.
+
+use std::sync::Arc;
+
+use banger_api::Kernel;
+
+use crate::error::{Error, Result};
+use crate::operations::OperationHandle;
+use crate::Daemon;
+
+/// The kernel named `name`, pulling it from the catalog if it is not stored.
+pub async fn resolve(daemon: &Arc<Daemon>, name: &str, op: &OperationHandle) -> Result<Kernel> {
+    match daemon.kernels.get(name) {
+        Ok(kernel) => return Ok(kernel),
+        Err(Error::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let entries = super::catalog::load(&daemon.http, &daemon.config.catalogs).await?;
+    let entry = banger_kernel::catalog::lookup(&entries, name)
+        .map_err(|_| Error::NotFound {
+            kind: "kernel (locally or in the catalog)",
+            name: name.to_owned(),
+        })?
+        .clone();
+    let lock = daemon.kernels.lock(name)?;
+    op.step("pull kernel");
+    let kernel = super::fetch::pull(Arc::clone(daemon), op, entry, lock).await?;
+    daemon.events.publish(banger_api::Event::Created {
+        kind: banger_api::ObjectKind::Kernel,
+        name: name.to_owned(),
+    });
+    Ok(kernel)
+}

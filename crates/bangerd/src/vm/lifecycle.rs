@@ -1,0 +1,298 @@
+//! Booting, stopping, killing, removing and changing VMs. Every function
+//! that changes a VM holds its lock for the whole change.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_api::{Vm, VmSetRequest, VmState};
+use banger_vmm::{DiskSpec, VmSpec, VmmState};
+
+use super::VmRow;
+use crate::agent::AgentConn;
+use crate::db::ObjectTable;
+use crate::error::{Error, Result};
+use crate::operations::OperationHandle;
+use crate::Daemon;
+
+/// How long a guest gets to shut down before its VMM is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Boots a VM from its disks and waits for its agent. The caller holds the
+/// VM's lock. On failure the VMM is killed and the VM is left stopped.
+pub async fn boot(
+    daemon: &Arc<Daemon>,
+    row: &mut VmRow,
+    op: Option<&OperationHandle>,
+) -> Result<()> {
+    let name = row.vm.name.clone();
+    let kernel = daemon.kernels.get(&row.vm.kernel)?;
+    let driver = daemon.driver(&row.vm)?;
+    let run_dir = daemon.vm_run_dir(&name);
+    std::fs::create_dir_all(&run_dir).map_err(Error::io("cannot create", &run_dir))?;
+    let dir = daemon.vm_dir(&name);
+    let mut disks = vec![DiskSpec {
+        path: dir.join("root.ext4"),
+        read_only: false,
+    }];
+    let mut cmdline = format!(
+        "root=/dev/vda rw init={} banger.hostname={name} panic=-1 quiet",
+        row.init
+    );
+    if row.vm.work_disk_bytes.is_some() {
+        disks.push(DiskSpec {
+            path: dir.join("work.ext4"),
+            read_only: false,
+        });
+        cmdline.push_str(" banger.work=/dev/vdb");
+    }
+    let spec = VmSpec {
+        name: name.clone(),
+        run_dir: run_dir.clone(),
+        kernel: kernel.vmlinux_path.into(),
+        initrd: kernel.initrd_path.map(Into::into),
+        cmdline,
+        cpus: row.vm.cpus,
+        memory_mib: row.vm.memory_mib,
+        disks,
+    };
+
+    if let Some(op) = op {
+        op.step("boot");
+    }
+    row.vm.state = VmState::Starting;
+    daemon.save_vm(row)?;
+    let pid = match driver.start(&spec).await {
+        Ok(pid) => pid,
+        Err(e) => {
+            mark_stopped(daemon, row)?;
+            return Err(e.into());
+        }
+    };
+    row.vm.pid = Some(pid);
+    daemon.save_vm(row)?;
+    tracing::info!(vm = %name, pid, vmm = ?row.vm.vmm, "VMM started");
+
+    if let Some(op) = op {
+        op.step("wait for agent");
+    }
+    match AgentConn::connect(&driver.agent_endpoint(&run_dir), daemon.config.boot_timeout).await {
+        Ok(agent) => {
+            row.vm.state = VmState::Running;
+            row.vm.agent_version = Some(agent.agent_version.clone());
+            daemon.save_vm(row)?;
+            daemon.vms.set_agent(&name, agent);
+            super::supervise::watch(Arc::clone(daemon), name.clone(), pid);
+            tracing::info!(vm = %name, "VM running");
+            Ok(())
+        }
+        Err(e) => {
+            if let Err(kill) = driver.kill(&run_dir).await {
+                tracing::warn!(vm = %name, error = %kill, "cannot kill the VMM after a failed boot");
+            }
+            mark_stopped(daemon, row)?;
+            Err(Error::Agent(e))
+        }
+    }
+}
+
+/// Records a VM as stopped and releases what it held while running.
+pub fn mark_stopped(daemon: &Daemon, row: &mut VmRow) -> Result<()> {
+    daemon.vms.drop_agent(&row.vm.name);
+    release_runtime(&daemon.vm_run_dir(&row.vm.name));
+    row.vm.state = VmState::Stopped;
+    row.vm.pid = None;
+    daemon.save_vm(row)
+}
+
+/// Removes a stopped VM's sockets and pid file; the console log stays for `vm logs`.
+fn release_runtime(run_dir: &Path) {
+    for file in [
+        "agent.sock",
+        "qmp.sock",
+        "firecracker.sock",
+        "vsock.sock",
+        "vmm.pid",
+    ] {
+        let _ = std::fs::remove_file(run_dir.join(file));
+    }
+}
+
+/// Starts a stopped VM (an operation's work).
+pub async fn start(daemon: Arc<Daemon>, op: &OperationHandle, name: String) -> Result<Vm> {
+    let _guard = daemon.vms.lock(&name).await;
+    let mut row = daemon.vm_row(&name)?;
+    match row.vm.state {
+        VmState::Stopped | VmState::Created => {}
+        VmState::Running => return Ok(row.vm),
+        state => {
+            return Err(Error::InvalidState {
+                name,
+                state,
+                wanted: "stopped",
+            })
+        }
+    }
+    boot(&daemon, &mut row, Some(op)).await?;
+    Ok(row.vm)
+}
+
+/// Stops a VM: asks the guest to power off, then the VMM, then kills it.
+pub async fn stop(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
+    let _guard = daemon.vms.lock(name).await;
+    stop_locked(daemon, name).await
+}
+
+async fn stop_locked(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
+    let mut row = daemon.vm_row(name)?;
+    let driver = daemon.driver(&row.vm)?;
+    let run_dir = daemon.vm_run_dir(name);
+    if driver.state(&run_dir) == VmmState::Stopped {
+        if row.vm.state != VmState::Created {
+            mark_stopped(daemon, &mut row)?;
+        }
+        return Ok(row.vm);
+    }
+    row.vm.state = VmState::Stopping;
+    daemon.save_vm(&row)?;
+    if let Some(agent) = daemon.vms.agent(name) {
+        agent.poweroff().await;
+    }
+    let result = driver.stop(&run_dir, STOP_TIMEOUT).await;
+    mark_stopped(daemon, &mut row)?;
+    result?;
+    tracing::info!(vm = %name, "VM stopped");
+    Ok(row.vm)
+}
+
+/// Kills a VM's VMM at once.
+pub async fn kill(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
+    let _guard = daemon.vms.lock(name).await;
+    let mut row = daemon.vm_row(name)?;
+    let driver = daemon.driver(&row.vm)?;
+    driver.kill(&daemon.vm_run_dir(name)).await?;
+    if row.vm.state != VmState::Created {
+        mark_stopped(daemon, &mut row)?;
+    }
+    Ok(row.vm)
+}
+
+/// Removes a VM and its disks. A running VM is refused unless `force`,
+/// which stops it first.
+pub async fn remove(daemon: &Arc<Daemon>, name: &str, force: bool) -> Result<()> {
+    let _guard = daemon.vms.lock(name).await;
+    let row = daemon.vm_row(name)?;
+    if !matches!(row.vm.state, VmState::Stopped | VmState::Created) {
+        if !force {
+            return Err(Error::InvalidState {
+                name: name.to_owned(),
+                state: row.vm.state,
+                wanted: "stopped (or use --force)",
+            });
+        }
+        stop_locked(daemon, name).await?;
+    }
+    // Make sure nothing runs even if the record was stale.
+    if let Ok(driver) = daemon.driver(&row.vm) {
+        driver.kill(&daemon.vm_run_dir(name)).await?;
+    }
+    daemon.db.delete_object(ObjectTable::Vms, name)?;
+    for dir in [daemon.vm_dir(name), daemon.vm_run_dir(name)] {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Error::Io {
+                    action: "cannot remove",
+                    path: dir,
+                    source: e,
+                });
+            }
+        }
+    }
+    daemon.events.publish(banger_api::Event::Deleted {
+        kind: banger_api::ObjectKind::Vm,
+        name: name.to_owned(),
+    });
+    tracing::info!(vm = %name, "VM removed");
+    Ok(())
+}
+
+/// Changes a stopped VM's vCPUs or memory.
+pub async fn set(daemon: &Arc<Daemon>, name: &str, request: VmSetRequest) -> Result<Vm> {
+    let _guard = daemon.vms.lock(name).await;
+    let mut row = daemon.vm_row(name)?;
+    if !matches!(row.vm.state, VmState::Stopped | VmState::Created) {
+        return Err(Error::InvalidState {
+            name: name.to_owned(),
+            state: row.vm.state,
+            wanted: "stopped",
+        });
+    }
+    if let Some(cpus) = request.cpus {
+        if cpus == 0 || cpus > 64 {
+            return Err(Error::InvalidArgument(
+                "--cpus must be between 1 and 64".into(),
+            ));
+        }
+        row.vm.cpus = cpus;
+    }
+    if let Some(memory) = request.memory_mib {
+        if memory < 64 {
+            return Err(Error::InvalidArgument(
+                "--memory must be at least 64 MiB".into(),
+            ));
+        }
+        row.vm.memory_mib = memory;
+    }
+    daemon.save_vm(&row)?;
+    Ok(row.vm)
+}
+
+/// Grows a stopped VM's root disk (and its filesystem).
+pub async fn resize_disk(daemon: &Arc<Daemon>, name: &str, size_bytes: u64) -> Result<Vm> {
+    let _guard = daemon.vms.lock(name).await;
+    let mut row = daemon.vm_row(name)?;
+    if !matches!(row.vm.state, VmState::Stopped | VmState::Created) {
+        return Err(Error::InvalidState {
+            name: name.to_owned(),
+            state: row.vm.state,
+            wanted: "stopped",
+        });
+    }
+    if size_bytes < row.vm.disk_size_bytes {
+        return Err(Error::InvalidArgument(format!(
+            "disks only grow: {name} has {} bytes, asked for {size_bytes}",
+            row.vm.disk_size_bytes
+        )));
+    }
+    let path = daemon.vm_dir(name).join("root.ext4");
+    tokio::task::spawn_blocking(move || banger_storage::grow_disk(&path, size_bytes))
+        .await
+        .map_err(|e| Error::Internal(format!("resize task: {e}")))??;
+    row.vm.disk_size_bytes = size_bytes;
+    daemon.save_vm(&row)?;
+    Ok(row.vm)
+}
+
+/// The VM's agent connection, reconnecting if the cached one broke (after
+/// a daemon restart, say).
+pub async fn agent(daemon: &Arc<Daemon>, name: &str) -> Result<Arc<AgentConn>> {
+    if let Some(agent) = daemon.vms.agent(name) {
+        return Ok(agent);
+    }
+    let row = daemon.vm_row(name)?;
+    if row.vm.state != VmState::Running {
+        return Err(Error::InvalidState {
+            name: name.to_owned(),
+            state: row.vm.state,
+            wanted: "running",
+        });
+    }
+    let driver = daemon.driver(&row.vm)?;
+    let agent = AgentConn::connect(
+        &driver.agent_endpoint(&daemon.vm_run_dir(name)),
+        Duration::from_secs(10),
+    )
+    .await?;
+    daemon.vms.set_agent(name, Arc::clone(&agent));
+    Ok(agent)
+}

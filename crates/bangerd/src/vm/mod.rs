@@ -1,0 +1,187 @@
+//! VMs: their records, per-VM locks, the live agent connections, and the
+//! choice of VMM. Creation, the lifecycle and supervision live in their own
+//! modules.
+
+pub mod create;
+pub mod lifecycle;
+pub mod supervise;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use banger_api::{Vm, VmmChoice};
+use banger_vmm::{firecracker::Firecracker, qemu::Qemu, Vmm};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentConn;
+use crate::db::ObjectTable;
+use crate::error::{Error, Result};
+use crate::Daemon;
+
+/// What the database keeps for a VM: what clients see, and what a boot needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRow {
+    /// The client-visible record.
+    pub vm: Vm,
+    /// The `init=` to boot (from the image, kept in case the image goes).
+    pub init: String,
+}
+
+/// Per-VM serialization and live connections.
+#[derive(Default)]
+pub struct VmManager {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    agents: Mutex<HashMap<String, Arc<AgentConn>>>,
+}
+
+impl VmManager {
+    /// Serializes operations on one VM: the guard is held for the whole operation.
+    pub async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = Arc::clone(
+            self.locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(name.to_owned())
+                .or_default(),
+        );
+        lock.lock_owned().await
+    }
+
+    /// The cached agent connection, if it is still open.
+    pub fn agent(&self, name: &str) -> Option<Arc<AgentConn>> {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        agents.get(name).filter(|a| !a.is_closed()).cloned()
+    }
+
+    /// Remembers a VM's agent connection.
+    pub fn set_agent(&self, name: &str, agent: Arc<AgentConn>) {
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), agent);
+    }
+
+    /// Closes every agent connection (the daemon is stopping).
+    pub fn drop_all_agents(&self) {
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Forgets a VM's agent connection (it stopped).
+    pub fn drop_agent(&self, name: &str) {
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+}
+
+/// Checks a VM (or image) name is a DNS label: 1 to 63 lowercase letters,
+/// digits and hyphens, not starting or ending with a hyphen.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid name {name:?}: use 1 to 63 lowercase letters, digits and hyphens, not starting or ending with a hyphen"
+        )))
+    }
+}
+
+impl Daemon {
+    /// A VM's record.
+    pub fn vm_row(&self, name: &str) -> Result<VmRow> {
+        self.db
+            .object(ObjectTable::Vms, name)?
+            .ok_or_else(|| Error::NotFound {
+                kind: "VM",
+                name: name.to_owned(),
+            })
+    }
+
+    /// Every VM's record.
+    pub fn vm_rows(&self) -> Result<Vec<VmRow>> {
+        self.db.objects(ObjectTable::Vms)
+    }
+
+    /// Saves a VM's record and tells subscribers.
+    pub fn save_vm(&self, row: &VmRow) -> Result<()> {
+        self.db.put_object(ObjectTable::Vms, &row.vm.name, row)?;
+        self.events.publish(banger_api::Event::Updated {
+            kind: banger_api::ObjectKind::Vm,
+            name: row.vm.name.clone(),
+        });
+        Ok(())
+    }
+
+    /// The directory holding a VM's disks.
+    pub fn vm_dir(&self, name: &str) -> PathBuf {
+        self.config.state_dir.join("vms").join(name)
+    }
+
+    /// The directory holding a VM's sockets, pid file and console log.
+    pub fn vm_run_dir(&self, name: &str) -> PathBuf {
+        self.config.run_dir.join("vms").join(name)
+    }
+
+    /// The VMM to use for a new VM: the request's, the config's, or the host's best.
+    pub fn choose_vmm(&self, requested: Option<VmmChoice>) -> (VmmChoice, bool) {
+        let kvm = self.caps.kvm.is_usable();
+        match requested.or(self.config.vmm) {
+            Some(choice) => (choice, kvm),
+            None => match banger_host::preferred_vmm(&self.caps).0 {
+                banger_host::Vmm::Firecracker => (VmmChoice::Firecracker, true),
+                banger_host::Vmm::Qemu { kvm } => (VmmChoice::Qemu, kvm),
+            },
+        }
+    }
+
+    /// The driver for a VM.
+    pub fn driver(&self, vm: &Vm) -> Result<Vmm> {
+        match vm.vmm {
+            VmmChoice::Firecracker => {
+                let binary = self
+                    .caps
+                    .firecracker
+                    .as_ref()
+                    .map(|t| t.path.clone())
+                    .ok_or_else(|| {
+                        Error::Unsupported(
+                            "firecracker is not installed (see `banger doctor`)".into(),
+                        )
+                    })?;
+                Ok(Vmm::Firecracker(Firecracker {
+                    binary,
+                    jailer: None,
+                }))
+            }
+            VmmChoice::Qemu => {
+                let binary = self
+                    .caps
+                    .qemu
+                    .as_ref()
+                    .map(|t| t.path.clone())
+                    .ok_or_else(|| {
+                        Error::Unsupported(
+                            "qemu-system-x86_64 is not installed: apt-get install qemu-system-x86"
+                                .into(),
+                        )
+                    })?;
+                Ok(Vmm::Qemu(Qemu {
+                    binary,
+                    kvm: vm.kvm,
+                }))
+            }
+        }
+    }
+}

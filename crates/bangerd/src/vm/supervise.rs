@@ -1,0 +1,71 @@
+//! Watching VMM processes: a VM whose VMM dies (killed from outside, or a
+//! guest that powered off) is marked stopped and its runtime files are
+//! released; at daemon start, VMs still running are adopted and the rest
+//! marked stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_api::VmState;
+use banger_vmm::VmmState;
+
+use crate::error::Result;
+use crate::Daemon;
+
+/// How often a VMM's liveness is checked.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Watches the VMM `pid` of VM `name` until it exits or the daemon stops.
+pub fn watch(daemon: Arc<Daemon>, name: String, pid: u32) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = daemon.shutting_down() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            if !banger_vmm::pid_alive(pid) {
+                break;
+            }
+        }
+        let _guard = daemon.vms.lock(&name).await;
+        // The VM may have been stopped, restarted or removed meanwhile.
+        let Ok(mut row) = daemon.vm_row(&name) else {
+            return;
+        };
+        if row.vm.pid == Some(pid) {
+            tracing::info!(vm = %name, pid, "VMM exited; marking the VM stopped");
+            if let Err(e) = super::lifecycle::mark_stopped(&daemon, &mut row) {
+                tracing::error!(vm = %name, error = %e, "cannot record the VM as stopped");
+            }
+        }
+    });
+}
+
+/// At daemon start: VMs whose VMM still runs are adopted (watched again,
+/// their agent reconnected on first use); the others are marked stopped.
+pub fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
+    for mut row in daemon.vm_rows()? {
+        if matches!(row.vm.state, VmState::Stopped | VmState::Created) {
+            continue;
+        }
+        let name = row.vm.name.clone();
+        let running = daemon
+            .driver(&row.vm)
+            .ok()
+            .map(|d| d.state(&daemon.vm_run_dir(&name)));
+        match running {
+            Some(VmmState::Running { pid }) => {
+                tracing::info!(vm = %name, pid, "adopting running VM");
+                row.vm.state = VmState::Running;
+                row.vm.pid = Some(pid);
+                daemon.save_vm(&row)?;
+                watch(Arc::clone(daemon), name, pid);
+            }
+            _ => {
+                tracing::info!(vm = %name, "VM is no longer running; marking it stopped");
+                super::lifecycle::mark_stopped(daemon, &mut row)?;
+            }
+        }
+    }
+    Ok(())
+}
