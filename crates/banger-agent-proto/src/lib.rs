@@ -79,20 +79,12 @@ impl Frame {
     /// A control frame holding `message` as JSON.
     pub fn control<T: Serialize>(stream: u32, message: &T) -> Frame {
         let payload = serde_json::to_vec(message).expect("protocol messages always serialize");
-        Frame {
-            stream,
-            kind: FrameKind::Control,
-            payload,
-        }
+        Frame { stream, kind: FrameKind::Control, payload }
     }
 
     /// A data frame.
     pub fn data(stream: u32, kind: FrameKind, payload: Vec<u8>) -> Frame {
-        Frame {
-            stream,
-            kind,
-            payload,
-        }
+        Frame { stream, kind, payload }
     }
 
     /// Decodes a control frame's JSON.
@@ -154,9 +146,7 @@ pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(FrameKind, u32, u32), 
 }
 
 /// Reads one frame; `None` at a clean end of stream (between frames).
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<Option<Frame>, ProtocolError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, ProtocolError> {
     let mut header = [0u8; HEADER_LEN];
     match reader.read_exact(&mut header).await {
         Ok(_) => {}
@@ -166,18 +156,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let (kind, stream, len) = parse_header(&header)?;
     let mut payload = vec![0u8; len as usize];
     reader.read_exact(&mut payload).await?;
-    Ok(Some(Frame {
-        stream,
-        kind,
-        payload,
-    }))
+    Ok(Some(Frame { stream, kind, payload }))
 }
 
 /// Writes one frame and flushes it.
-pub async fn write_frame<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    frame: &Frame,
-) -> Result<(), ProtocolError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> Result<(), ProtocolError> {
     writer.write_all(&frame.encode()).await?;
     writer.flush().await?;
     Ok(())
@@ -254,12 +237,7 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip() {
         let frames = vec![
-            Frame::control(
-                0,
-                &Request::Hello {
-                    protocol: PROTOCOL_VERSION,
-                },
-            ),
+            Frame::control(0, &Request::Hello { protocol: PROTOCOL_VERSION }),
             Frame::data(7, FrameKind::Stdout, b"hello\n".to_vec()),
             Frame::data(7, FrameKind::Stdin, Vec::new()),
         ];
@@ -278,16 +256,10 @@ mod tests {
     async fn bad_headers_are_refused() {
         let mut bad = Frame::data(1, FrameKind::Stdout, vec![1]).encode();
         bad[0] = b'X';
-        assert!(matches!(
-            read_frame(&mut &bad[..]).await,
-            Err(ProtocolError::BadMagic(_))
-        ));
+        assert!(matches!(read_frame(&mut &bad[..]).await, Err(ProtocolError::BadMagic(_))));
         let mut big = Frame::data(1, FrameKind::Stdout, vec![]).encode();
         big[8..12].copy_from_slice(&(MAX_PAYLOAD + 1).to_be_bytes());
-        assert!(matches!(
-            read_frame(&mut &big[..]).await,
-            Err(ProtocolError::TooLarge(_))
-        ));
+        assert!(matches!(read_frame(&mut &big[..]).await, Err(ProtocolError::TooLarge(_))));
     }
 
     /// The wire form of each message, checked in: changing it breaks
@@ -305,25 +277,12 @@ mod tests {
             .unwrap(),
             serde_json::to_string(&Request::Signal { signal: 15 }).unwrap(),
             serde_json::to_string(&Request::Poweroff).unwrap(),
-            serde_json::to_string(&Reply::Hello {
-                protocol: 1,
-                agent_version: "0.1.0".into(),
-            })
-            .unwrap(),
+            serde_json::to_string(&Reply::Hello { protocol: 1, agent_version: "0.1.0".into() }).unwrap(),
             serde_json::to_string(&Reply::Started { pid: 42 }).unwrap(),
-            serde_json::to_string(&Reply::Exited {
-                code: Some(3),
-                signal: None,
-            })
-            .unwrap(),
-            serde_json::to_string(&Reply::Error {
-                message: "no such program".into(),
-            })
-            .unwrap(),
+            serde_json::to_string(&Reply::Exited { code: Some(3), signal: None }).unwrap(),
+            serde_json::to_string(&Reply::Error { message: "no such program".into() }).unwrap(),
         ];
-        let expected = include_str!("../schema.snapshot")
-            .lines()
-            .collect::<Vec<_>>();
+        let expected = include_str!("../schema.snapshot").lines().collect::<Vec<_>>();
         assert_eq!(samples.to_vec(), expected);
     }
 }

@@ -60,9 +60,7 @@ fn find_port(sys: &Path, dev: &Path) -> Option<PathBuf> {
     fs::read_dir(sys.join("class/virtio-ports"))
         .ok()?
         .flatten()
-        .find(|entry| {
-            fs::read_to_string(entry.path().join("name")).is_ok_and(|name| name.trim() == PORT_NAME)
-        })
+        .find(|entry| fs::read_to_string(entry.path().join("name")).is_ok_and(|name| name.trim() == PORT_NAME))
         .map(|entry| dev.join(entry.file_name()))
 }
 
@@ -70,9 +68,7 @@ fn has_virtio_vsock(sys: &Path) -> bool {
     let Ok(devices) = fs::read_dir(sys.join("bus/virtio/devices")) else {
         return false;
     };
-    devices.flatten().any(|d| {
-        fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == VIRTIO_ID_VSOCK)
-    })
+    devices.flatten().any(|d| fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == VIRTIO_ID_VSOCK))
 }
 
 /// Serves a virtio-serial port for good: hosts come and go on it.
@@ -84,13 +80,7 @@ pub(crate) async fn serve_port(path: &Path, agent: Arc<Agent>) -> io::Result<()>
     let port = fs::OpenOptions::new().read(true).write(true).open(path)?;
     let writer = tokio::fs::File::from_std(port.try_clone()?);
     log!("serving on {}", path.display());
-    serve(
-        tokio::fs::File::from_std(port),
-        writer,
-        Transport::Port,
-        agent,
-    )
-    .await;
+    serve(tokio::fs::File::from_std(port), writer, Transport::Port, agent).await;
     Ok(())
 }
 
@@ -133,11 +123,7 @@ pub(crate) async fn serve_vsock(agent: Arc<Agent>) -> io::Result<()> {
 struct FdStream(AsyncFd<fs::File>);
 
 impl AsyncRead for FdStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
             let mut ready = ready!(self.0.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
@@ -154,11 +140,7 @@ impl AsyncRead for FdStream {
 }
 
 impl AsyncWrite for FdStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             let mut ready = ready!(self.0.poll_write_ready(cx))?;
             match ready.try_io(|fd| fd.get_ref().write(buf)) {
@@ -186,18 +168,12 @@ mod tests {
         let sys = tempfile::tempdir().unwrap();
         let ports = sys.path().join("class/virtio-ports");
         assert_eq!(find_port(sys.path(), Path::new("/dev")), None);
-        for (dir, name) in [
-            ("vport0p0", "org.qemu.guest_agent.0\n"),
-            ("vport1p1", "banger.agent\n"),
-        ] {
+        for (dir, name) in [("vport0p0", "org.qemu.guest_agent.0\n"), ("vport1p1", "banger.agent\n")] {
             fs::create_dir_all(ports.join(dir)).unwrap();
             fs::write(ports.join(dir).join("name"), name).unwrap();
         }
         fs::create_dir_all(ports.join("vport2p0")).unwrap(); // a port without a name
-        assert_eq!(
-            find_port(sys.path(), Path::new("/dev")),
-            Some(PathBuf::from("/dev/vport1p1"))
-        );
+        assert_eq!(find_port(sys.path(), Path::new("/dev")), Some(PathBuf::from("/dev/vport1p1")));
     }
 
     #[test]

@@ -44,8 +44,7 @@ impl FrameDecoder {
         if self.buf.len() < HEADER_LEN {
             return None;
         }
-        let header: &[u8; HEADER_LEN] =
-            self.buf[..HEADER_LEN].try_into().expect("HEADER_LEN bytes");
+        let header: &[u8; HEADER_LEN] = self.buf[..HEADER_LEN].try_into().expect("HEADER_LEN bytes");
         match parse_header(header) {
             Ok((kind, stream, len)) => {
                 let end = HEADER_LEN + len as usize;
@@ -54,11 +53,7 @@ impl FrameDecoder {
                 }
                 let payload = self.buf[HEADER_LEN..end].to_vec();
                 self.buf.drain(..end);
-                Some(Decoded::Frame(Frame {
-                    stream,
-                    kind,
-                    payload,
-                }))
+                Some(Decoded::Frame(Frame { stream, kind, payload }))
             }
             // The magic was a coincidence inside garbage: look past it.
             Err(_) => self.skip(1),
@@ -93,10 +88,7 @@ mod tests {
             decoder.push(std::slice::from_ref(byte));
             out.extend(drain(&mut decoder));
         }
-        assert_eq!(
-            out,
-            vec![Decoded::Frame(frame.clone()), Decoded::Frame(frame)]
-        );
+        assert_eq!(out, vec![Decoded::Frame(frame.clone()), Decoded::Frame(frame)]);
     }
 
     #[test]

@@ -69,9 +69,7 @@ pub(crate) fn spawn(req: &ExecRequest, reaper: &Reaper) -> Result<Spawned, Strin
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let (mut child, exit) = reaper
-        .spawn(&mut command)
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let (mut child, exit) = reaper.spawn(&mut command).map_err(|e| format!("cannot run {program}: {e}"))?;
     let pid = child.id();
     let pipes = (|| -> io::Result<_> {
         let taken = |fd: Option<OwnedFd>| fd.ok_or_else(|| io::Error::other("pipe missing"));
@@ -82,18 +80,10 @@ pub(crate) fn spawn(req: &ExecRequest, reaper: &Reaper) -> Result<Spawned, Strin
         ))
     })();
     match pipes {
-        Ok((stdin, stdout, stderr)) => Ok(Spawned {
-            pid,
-            stdin,
-            stdout,
-            stderr,
-            exit,
-        }),
+        Ok((stdin, stdout, stderr)) => Ok(Spawned { pid, stdin, stdout, stderr, exit }),
         Err(e) => {
             let _ = reaper.signal(pid, libc::SIGKILL);
-            Err(format!(
-                "cannot run {program}: cannot set up its pipes: {e}"
-            ))
+            Err(format!("cannot run {program}: cannot set up its pipes: {e}"))
         }
     }
 }
@@ -109,17 +99,9 @@ pub(crate) async fn supervise(
     outbox: Outbox,
     streams: Streams,
 ) {
-    let Spawned {
-        pid,
-        stdin: stdin_pipe,
-        stdout,
-        stderr,
-        exit,
-    } = spawned;
+    let Spawned { pid, stdin: stdin_pipe, stdout, stderr, exit } = spawned;
     let (keep_stdin_open, stdin_rx) = stdin;
-    outbox
-        .send(Frame::control(stream, &Reply::Started { pid }))
-        .await;
+    outbox.send(Frame::control(stream, &Reply::Started { pid })).await;
     tokio::spawn(feed_stdin(stdin_pipe, stdin_rx));
     let (_, _, status) = tokio::join!(
         pump(stream, FrameKind::Stdout, stdout, &outbox),
@@ -134,13 +116,8 @@ pub(crate) async fn supervise(
         }
     }
     let reply = match status {
-        Ok(status) => Reply::Exited {
-            code: status.code(),
-            signal: status.signal(),
-        },
-        Err(_) => Reply::Error {
-            message: format!("lost track of process {pid}"),
-        },
+        Ok(status) => Reply::Exited { code: status.code(), signal: status.signal() },
+        Err(_) => Reply::Error { message: format!("lost track of process {pid}") },
     };
     outbox.send(Frame::control(stream, &reply)).await;
 }
@@ -164,9 +141,7 @@ async fn pump(stream: u32, kind: FrameKind, mut pipe: pipe::Receiver, outbox: &O
             Ok(0) => return,
             Ok(n) => {
                 if !host_gone {
-                    host_gone = !outbox
-                        .send(Frame::data(stream, kind, buf[..n].to_vec()))
-                        .await;
+                    host_gone = !outbox.send(Frame::data(stream, kind, buf[..n].to_vec())).await;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

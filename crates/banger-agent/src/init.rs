@@ -29,42 +29,17 @@ struct Mount {
 
 /// In order: `/dev/pts` lives inside `/dev`.
 const MOUNTS: &[Mount] = &[
-    Mount {
-        fstype: "proc",
-        target: "/proc",
-        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        data: "",
-    },
-    Mount {
-        fstype: "sysfs",
-        target: "/sys",
-        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        data: "",
-    },
-    Mount {
-        fstype: "devtmpfs",
-        target: "/dev",
-        flags: libc::MS_NOSUID,
-        data: "mode=0755",
-    },
+    Mount { fstype: "proc", target: "/proc", flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, data: "" },
+    Mount { fstype: "sysfs", target: "/sys", flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, data: "" },
+    Mount { fstype: "devtmpfs", target: "/dev", flags: libc::MS_NOSUID, data: "mode=0755" },
     Mount {
         fstype: "devpts",
         target: "/dev/pts",
         flags: libc::MS_NOSUID | libc::MS_NOEXEC,
         data: "gid=5,mode=620,ptmxmode=666",
     },
-    Mount {
-        fstype: "tmpfs",
-        target: "/run",
-        flags: libc::MS_NOSUID | libc::MS_NODEV,
-        data: "mode=0755",
-    },
-    Mount {
-        fstype: "tmpfs",
-        target: "/tmp",
-        flags: libc::MS_NOSUID | libc::MS_NODEV,
-        data: "mode=1777",
-    },
+    Mount { fstype: "tmpfs", target: "/run", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=0755" },
+    Mount { fstype: "tmpfs", target: "/tmp", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=1777" },
 ];
 
 /// What banger passes on the kernel command line.
@@ -141,10 +116,7 @@ fn mount_work(device: &Path) -> io::Result<()> {
     let deadline = std::time::Instant::now() + WORK_DEVICE_WAIT;
     while !device.exists() {
         if std::time::Instant::now() > deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the device did not appear",
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, "the device did not appear"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -197,20 +169,9 @@ mod tests {
 
     #[test]
     fn boot_params_come_from_the_command_line() {
-        let params = BootParams::parse(
-            "console=ttyS0 root=/dev/vda rw banger.hostname=dev banger.work=/dev/vdb\n",
-        );
-        assert_eq!(
-            params,
-            BootParams {
-                hostname: Some("dev".into()),
-                work_device: Some("/dev/vdb".into())
-            }
-        );
-        assert_eq!(
-            BootParams::parse("quiet banger.hostname= panic=-1"),
-            BootParams::default()
-        );
+        let params = BootParams::parse("console=ttyS0 root=/dev/vda rw banger.hostname=dev banger.work=/dev/vdb\n");
+        assert_eq!(params, BootParams { hostname: Some("dev".into()), work_device: Some("/dev/vdb".into()) });
+        assert_eq!(BootParams::parse("quiet banger.hostname= panic=-1"), BootParams::default());
         assert_eq!(BootParams::parse("banger.hostnamex=a").hostname, None);
     }
 

@@ -42,11 +42,7 @@ enum Mode {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, String> {
     let mut mode = Mode::Discover;
     while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .map(PathBuf::from)
-                .ok_or(format!("{arg} needs a path"))
-        };
+        let mut value = || args.next().map(PathBuf::from).ok_or(format!("{arg} needs a path"));
         mode = match arg.as_str() {
             "--port" => Mode::Port(value()?),
             "--listen-unix" => Mode::ListenUnix(value()?),
@@ -78,10 +74,7 @@ fn main() {
     if is_init {
         init::setup();
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             log!("cannot start the runtime: {e}");
@@ -108,10 +101,7 @@ fn keep_init_alive(is_init: bool) {
 }
 
 async fn run(mode: Mode, is_init: bool) -> std::io::Result<()> {
-    let agent = Arc::new(Agent {
-        reaper: Reaper::start()?,
-        is_init,
-    });
+    let agent = Arc::new(Agent { reaper: Reaper::start()?, is_init });
     if is_init {
         tokio::spawn(power_off_on_signal());
     }
@@ -134,10 +124,7 @@ async fn run(mode: Mode, is_init: bool) -> std::io::Result<()> {
 /// Firecracker's SendCtrlAltDel reaches init as SIGINT (ctrl-alt-del is set
 /// to 0); an ordinary `kill` as SIGTERM. Either powers the guest off.
 async fn power_off_on_signal() {
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(term), Ok(int)) => (term, int),
         (Err(e), _) | (_, Err(e)) => return log!("cannot watch for shutdown signals: {e}"),
     };
@@ -162,14 +149,8 @@ mod tests {
     #[test]
     fn arguments_choose_the_channel() {
         assert_eq!(parse(&[]), Ok(Mode::Discover));
-        assert_eq!(
-            parse(&["--port", "/dev/vport1p1"]),
-            Ok(Mode::Port("/dev/vport1p1".into()))
-        );
-        assert_eq!(
-            parse(&["--listen-unix", "/tmp/a.sock"]),
-            Ok(Mode::ListenUnix("/tmp/a.sock".into()))
-        );
+        assert_eq!(parse(&["--port", "/dev/vport1p1"]), Ok(Mode::Port("/dev/vport1p1".into())));
+        assert_eq!(parse(&["--listen-unix", "/tmp/a.sock"]), Ok(Mode::ListenUnix("/tmp/a.sock".into())));
         assert!(parse(&["--port"]).is_err());
         assert!(parse(&["single"]).is_err());
     }

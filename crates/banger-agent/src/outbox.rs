@@ -32,13 +32,7 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// Queues a frame; false when the writer is gone (the host disconnected).
     pub(crate) async fn send(&self, frame: Frame) -> bool {
-        self.tx
-            .send(Outgoing {
-                generation: self.generation,
-                frame,
-            })
-            .await
-            .is_ok()
+        self.tx.send(Outgoing { generation: self.generation, frame }).await.is_ok()
     }
 }
 
@@ -78,10 +72,7 @@ impl Writer {
 
     /// An outbox for the current host connection.
     pub(crate) fn outbox(&self) -> Outbox {
-        Outbox {
-            tx: self.tx.clone(),
-            generation: self.current.load(Ordering::Relaxed),
-        }
+        Outbox { tx: self.tx.clone(), generation: self.current.load(Ordering::Relaxed) }
     }
 
     /// A new host connection begins: frames queued for older ones are dropped.

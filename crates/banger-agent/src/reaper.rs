@@ -31,9 +31,7 @@ impl Reaper {
     /// Installs the SIGCHLD handler and starts reaping; call inside the runtime.
     pub(crate) fn start() -> io::Result<Reaper> {
         let mut sigchld = signal(SignalKind::child())?;
-        let reaper = Reaper {
-            waiting: Arc::default(),
-        };
+        let reaper = Reaper { waiting: Arc::default() };
         let this = reaper.clone();
         tokio::spawn(async move {
             loop {
@@ -51,10 +49,7 @@ impl Reaper {
     }
 
     /// Spawns `command`; the receiver gets its exit status once it is reaped.
-    pub(crate) fn spawn(
-        &self,
-        command: &mut Command,
-    ) -> io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
+    pub(crate) fn spawn(&self, command: &mut Command) -> io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
         let mut waiting = self.lock();
         let child = command.spawn()?;
         let (tx, rx) = oneshot::channel();
@@ -103,8 +98,7 @@ mod tests {
         let mut receivers = Vec::new();
         for code in 0..5 {
             let mut cmd = Command::new("sh");
-            cmd.args(["-c", &format!("exit {code}")])
-                .stdin(Stdio::null());
+            cmd.args(["-c", &format!("exit {code}")]).stdin(Stdio::null());
             receivers.push((code, reaper.spawn(&mut cmd).unwrap().1));
         }
         for (code, rx) in receivers {

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use banger_agent_proto::{
-    ExecRequest, Frame, FrameKind, Reply, Request, CONTROL_STREAM, PROTOCOL_VERSION,
-};
+use banger_agent_proto::{ExecRequest, Frame, FrameKind, Reply, Request, CONTROL_STREAM, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -46,11 +44,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut session = Session {
-        agent,
-        writer: Writer::start(writer, transport == Transport::Port),
-        streams: Streams::default(),
-    };
+    let mut session =
+        Session { agent, writer: Writer::start(writer, transport == Transport::Port), streams: Streams::default() };
     let mut decoder = FrameDecoder::default();
     let mut buf = vec![0u8; READ_CHUNK];
     let mut host_present = false;
@@ -102,15 +97,7 @@ impl Session {
                 Ok(Request::Exec(req)) => self.exec(stream, req).await,
                 Ok(Request::Signal { signal }) => self.signal(stream, signal).await,
                 Ok(Request::Poweroff) => self.power_off(stream).await,
-                Err(e) => {
-                    self.reply(
-                        stream,
-                        Reply::Error {
-                            message: format!("bad request: {e}"),
-                        },
-                    )
-                    .await
-                }
+                Err(e) => self.reply(stream, Reply::Error { message: format!("bad request: {e}") }).await,
             },
             FrameKind::Stdin => {
                 if let Some(running) = self.streams.lock().get(&stream) {
@@ -125,10 +112,7 @@ impl Session {
     }
 
     async fn reply(&self, stream: u32, reply: Reply) {
-        self.writer
-            .outbox()
-            .send(Frame::control(stream, &reply))
-            .await;
+        self.writer.outbox().send(Frame::control(stream, &reply)).await;
     }
 
     /// A hello starts a new host connection. Commands of the previous one keep
@@ -139,10 +123,7 @@ impl Session {
         }
         self.writer.next_generation();
         self.streams = Streams::default();
-        let reply = Reply::Hello {
-            protocol: PROTOCOL_VERSION,
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-        };
+        let reply = Reply::Hello { protocol: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").into() };
         self.reply(stream, reply).await;
     }
 
@@ -160,21 +141,9 @@ impl Session {
         match exec::spawn(&req, &self.agent.reaper) {
             Ok(spawned) => {
                 let (stdin, stdin_rx) = mpsc::unbounded_channel();
-                self.streams.lock().insert(
-                    stream,
-                    Running {
-                        pid: spawned.pid,
-                        stdin: stdin.clone(),
-                    },
-                );
+                self.streams.lock().insert(stream, Running { pid: spawned.pid, stdin: stdin.clone() });
                 let (outbox, streams) = (self.writer.outbox(), self.streams.clone());
-                tokio::spawn(exec::supervise(
-                    stream,
-                    spawned,
-                    (stdin, stdin_rx),
-                    outbox,
-                    streams,
-                ));
+                tokio::spawn(exec::supervise(stream, spawned, (stdin, stdin_rx), outbox, streams));
             }
             Err(message) => self.reply(stream, Reply::Error { message }).await,
         }
@@ -195,8 +164,7 @@ impl Session {
 
     async fn power_off(&self, stream: u32) {
         if !self.agent.is_init {
-            let message =
-                "the agent is not the guest's init, so it does not power the machine off".into();
+            let message = "the agent is not the guest's init, so it does not power the machine off".into();
             return self.reply(stream, Reply::Error { message }).await;
         }
         let message = match tokio::task::spawn_blocking(init::power_off).await {

@@ -15,8 +15,7 @@ fn c_path(path: &Path) -> io::Result<CString> {
 }
 
 fn c_str(s: &str) -> io::Result<CString> {
-    CString::new(s)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string contains a NUL byte"))
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string contains a NUL byte"))
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -56,30 +55,11 @@ pub(crate) fn reap_one() -> io::Result<Option<(u32, i32)>> {
 }
 
 /// mount(2).
-pub(crate) fn mount(
-    source: &str,
-    target: &Path,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> io::Result<()> {
-    let (source, target, fstype, data) = (
-        c_str(source)?,
-        c_path(target)?,
-        c_str(fstype)?,
-        c_str(data)?,
-    );
+pub(crate) fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+    let (source, target, fstype, data) = (c_str(source)?, c_path(target)?, c_str(fstype)?, c_str(data)?);
     // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    check(unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    })
-    .map(drop)
+    check(unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) })
+        .map(drop)
 }
 
 /// sethostname(2).
@@ -105,11 +85,7 @@ pub(crate) fn reboot(cmd: libc::c_int) -> io::Error {
 pub(crate) fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     // SAFETY: socket takes plain integers; a non-negative result is a new fd we own.
     let fd = check(unsafe {
-        libc::socket(
-            libc::AF_VSOCK,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
+        libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0)
     })?;
     // SAFETY: `fd` was just returned by socket and nothing else owns it.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -120,13 +96,7 @@ pub(crate) fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     addr.svm_cid = libc::VMADDR_CID_ANY;
     let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
     // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes for the call.
-    check(unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&addr as *const libc::sockaddr_vm).cast(),
-            len,
-        )
-    })?;
+    check(unsafe { libc::bind(socket.as_raw_fd(), (&addr as *const libc::sockaddr_vm).cast(), len) })?;
     // SAFETY: listen takes a valid fd and an integer.
     check(unsafe { libc::listen(socket.as_raw_fd(), 16) })?;
     Ok(socket)
@@ -148,9 +118,7 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 }
 
 /// Registers an fd with tokio's reactor, wrapped as `T` (`OwnedFd`, `File`).
-pub(crate) fn async_fd<T: AsRawFd + From<OwnedFd>>(
-    fd: OwnedFd,
-) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+pub(crate) fn async_fd<T: AsRawFd + From<OwnedFd>>(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<T>> {
     // SAFETY: `T` is built from the OwnedFd, so it owns the fd, and the AsyncFd
     // owns `T`: nothing can close or replace the fd while it is registered.
     Ok(unsafe { tokio::io::unix::AsyncFd::register(T::from(fd)) }?)

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use banger_agent_proto::{
-    read_frame, write_frame, ExecRequest, Frame, FrameKind, Reply, Request, PROTOCOL_VERSION,
-};
+use banger_agent_proto::{read_frame, write_frame, ExecRequest, Frame, FrameKind, Reply, Request, PROTOCOL_VERSION};
 use banger_kernel::import::{self, ImportOptions, SourceKind};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -19,23 +17,14 @@ use tokio::net::UnixStream;
 /// The whole boot-and-talk part of the test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 const TARGET: &str = "x86_64-unknown-linux-gnu";
-const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "uname", "ls", "sleep", "hostname", "mount", "head", "wc",
-];
+const BUSYBOX_APPLETS: &[&str] = &["sh", "cat", "echo", "uname", "ls", "sleep", "hostname", "mount", "head", "wc"];
 
 /// Builds the static agent with a nested cargo (the outer one has released
 /// its lock while tests run) and returns its path.
 fn build_static_agent() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args([
-            "build",
-            "-p",
-            "banger-agent",
-            "--release",
-            "--target",
-            TARGET,
-        ])
+        .args(["build", "-p", "banger-agent", "--release", "--target", TARGET])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
@@ -44,24 +33,16 @@ fn build_static_agent() -> PathBuf {
     // CARGO_TARGET_TMPDIR is <target dir>/tmp.
     let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
     let agent = target_dir.join(TARGET).join("release/banger-agent");
-    let file = Command::new("file")
-        .arg(&agent)
-        .output()
-        .expect("cannot run file");
+    let file = Command::new("file").arg(&agent).output().expect("cannot run file");
     let description = String::from_utf8_lossy(&file.stdout).into_owned();
-    assert!(
-        description.contains("static"),
-        "the agent is not statically linked: {description}"
-    );
+    assert!(description.contains("static"), "the agent is not statically linked: {description}");
     agent
 }
 
 /// A root filesystem image: busybox, its applets, the agent as init.
 fn make_root(dir: &Path, agent: &Path) -> PathBuf {
     let root = dir.join("root");
-    for sub in [
-        "bin", "sbin", "proc", "sys", "dev", "run", "tmp", "work", "etc",
-    ] {
+    for sub in ["bin", "sbin", "proc", "sys", "dev", "run", "tmp", "work", "etc"] {
         fs::create_dir_all(root.join(sub)).unwrap();
     }
     fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
@@ -154,33 +135,17 @@ impl Host {
     }
 
     async fn recv(&mut self) -> Frame {
-        read_frame(&mut self.reader)
-            .await
-            .unwrap()
-            .expect("the channel closed")
+        read_frame(&mut self.reader).await.unwrap().expect("the channel closed")
     }
 
     /// Says hello; returns the agent's version and the frames that came
     /// before its answer (output for an earlier host connection).
     async fn hello(&mut self) -> (String, Vec<Frame>) {
-        self.send(Frame::control(
-            0,
-            &Request::Hello {
-                protocol: PROTOCOL_VERSION,
-            },
-        ))
-        .await;
+        self.send(Frame::control(0, &Request::Hello { protocol: PROTOCOL_VERSION })).await;
         let mut earlier = Vec::new();
         loop {
             let frame = self.recv().await;
-            if let (
-                0,
-                Ok(Reply::Hello {
-                    protocol,
-                    agent_version,
-                }),
-            ) = (frame.stream, frame.message::<Reply>())
-            {
+            if let (0, Ok(Reply::Hello { protocol, agent_version })) = (frame.stream, frame.message::<Reply>()) {
                 assert_eq!(protocol, PROTOCOL_VERSION);
                 return (agent_version, earlier);
             }
@@ -189,42 +154,24 @@ impl Host {
     }
 
     /// Runs a command, feeding it `stdin` (then EOF); returns (stdout, stderr, exit code).
-    async fn run(
-        &mut self,
-        stream: u32,
-        argv: &[&str],
-        stdin: Option<&[u8]>,
-    ) -> (String, String, Option<i32>) {
-        let req = ExecRequest {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: vec![],
-            cwd: None,
-        };
+    async fn run(&mut self, stream: u32, argv: &[&str], stdin: Option<&[u8]>) -> (String, String, Option<i32>) {
+        let req = ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), env: vec![], cwd: None };
         self.send(Frame::control(stream, &Request::Exec(req))).await;
         if let Some(input) = stdin {
-            self.send(Frame::data(stream, FrameKind::Stdin, input.to_vec()))
-                .await;
-            self.send(Frame::data(stream, FrameKind::Stdin, Vec::new()))
-                .await;
+            self.send(Frame::data(stream, FrameKind::Stdin, input.to_vec())).await;
+            self.send(Frame::data(stream, FrameKind::Stdin, Vec::new())).await;
         }
         let (mut out, mut err) = (Vec::new(), Vec::new());
         loop {
             let frame = self.recv().await;
-            assert_eq!(
-                frame.stream, stream,
-                "a frame for another stream: {frame:?}"
-            );
+            assert_eq!(frame.stream, stream, "a frame for another stream: {frame:?}");
             match frame.kind {
                 FrameKind::Stdout => out.extend(frame.payload),
                 FrameKind::Stderr => err.extend(frame.payload),
                 _ => match frame.message::<Reply>().unwrap() {
                     Reply::Started { .. } => {}
                     Reply::Exited { code, .. } => {
-                        return (
-                            String::from_utf8(out).unwrap(),
-                            String::from_utf8(err).unwrap(),
-                            code,
-                        )
+                        return (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap(), code)
                     }
                     other => panic!("{argv:?}: {other:?}"),
                 },
@@ -249,22 +196,10 @@ impl Prepared {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("kernel");
         fs::create_dir(&kernel).unwrap();
-        let imported = import::import(
-            &deb,
-            SourceKind::Deb,
-            &ImportOptions::default(),
-            &kernel,
-            &mut |_| {},
-        )
-        .unwrap();
+        let imported = import::import(&deb, SourceKind::Deb, &ImportOptions::default(), &kernel, &mut |_| {}).unwrap();
         let release = imported.kernel_version.expect("the kernel release");
         let root = make_root(dir.path(), &agent);
-        Some(Prepared {
-            dir,
-            kernel,
-            root,
-            release,
-        })
+        Some(Prepared { dir, kernel, root, release })
     }
 
     fn boot(&self) -> Guest {
@@ -278,15 +213,8 @@ impl Prepared {
 
 /// Runs `test` on a fresh runtime, failing after [`TEST_TIMEOUT`].
 fn with_timeout(test: impl std::future::Future<Output = ()>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        tokio::time::timeout(TEST_TIMEOUT, test)
-            .await
-            .expect("the guest test timed out")
-    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async { tokio::time::timeout(TEST_TIMEOUT, test).await.expect("the guest test timed out") });
 }
 
 /// Waits for QEMU to exit by itself; returns how long that took.
@@ -304,15 +232,8 @@ async fn wait_for_exit(guest: &mut Guest) -> Duration {
 /// The agent's lines on the guest console.
 fn agent_log(guest: &Guest) -> String {
     let console = fs::read_to_string(&guest.console).unwrap_or_default();
-    assert!(
-        !console.contains("Kernel panic"),
-        "the guest panicked:\n{console}"
-    );
-    console
-        .lines()
-        .filter(|l| l.contains("banger-agent"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    assert!(!console.contains("Kernel panic"), "the guest panicked:\n{console}");
+    console.lines().filter(|l| l.contains("banger-agent")).collect::<Vec<_>>().join("\n")
 }
 
 /// Presses Ctrl-Alt-Del on the guest's keyboard through QMP, as Firecracker's
@@ -327,10 +248,7 @@ async fn ctrl_alt_del(qmp: &Path) {
         r#"{"execute":"qmp_capabilities"}"#.to_string(),
         format!(r#"{{"execute":"send-key","arguments":{{"keys":{keys}}}}}"#),
     ] {
-        writer
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .unwrap();
+        writer.write_all(format!("{command}\n").as_bytes()).await.unwrap();
         loop {
             let line = lines.next_line().await.unwrap().expect("a QMP answer");
             assert!(!line.contains("\"error\""), "QMP refused {command}: {line}");
@@ -353,49 +271,26 @@ fn agent_runs_commands_as_init_of_a_real_guest() {
     with_timeout(async {
         let mut host = Host::connect(&socket).await;
         assert_eq!(host.hello().await.0, env!("CARGO_PKG_VERSION"));
-        eprintln!(
-            "agent answered {:.1} s after QEMU started",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("agent answered {:.1} s after QEMU started", started.elapsed().as_secs_f64());
 
         let (out, _, code) = host.run(1, &["uname", "-r"], None).await;
         assert_eq!((out.trim(), code), (release.as_str(), Some(0)));
         let (out, _, _) = host.run(2, &["hostname"], None).await;
         assert_eq!(out.trim(), "agent-test");
-        let (out, err, code) = host
-            .run(3, &["sh", "-c", "echo out; echo err >&2; exit 7"], None)
-            .await;
-        assert_eq!(
-            (out.as_str(), err.as_str(), code),
-            ("out\n", "err\n", Some(7))
-        );
+        let (out, err, code) = host.run(3, &["sh", "-c", "echo out; echo err >&2; exit 7"], None).await;
+        assert_eq!((out.as_str(), err.as_str(), code), ("out\n", "err\n", Some(7)));
         let (out, _, code) = host.run(4, &["cat"], Some(b"through the port\n")).await;
         assert_eq!((out.as_str(), code), ("through the port\n", Some(0)));
         let (out, _, _) = host.run(5, &["cat", "/proc/mounts"], None).await;
-        for mount in [
-            " /proc proc ",
-            " /sys sysfs ",
-            " /dev devtmpfs ",
-            " /dev/pts devpts ",
-            " /run tmpfs ",
-        ] {
+        for mount in [" /proc proc ", " /sys sysfs ", " /dev devtmpfs ", " /dev/pts devpts ", " /run tmpfs "] {
             assert!(out.contains(mount), "{mount:?} is not mounted:\n{out}");
         }
         let (out, _, _) = host.run(6, &["sh", "-c", "echo $PATH"], None).await;
-        assert_eq!(
-            out.trim(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        );
+        assert_eq!(out.trim(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
 
         // The host goes away mid-frame and comes back (a daemon restart): the
         // port is the same byte stream, so the agent must resynchronise.
-        let partial = Frame::control(
-            7,
-            &Request::Hello {
-                protocol: PROTOCOL_VERSION,
-            },
-        )
-        .encode();
+        let partial = Frame::control(7, &Request::Hello { protocol: PROTOCOL_VERSION }).encode();
         host.writer.write_all(&partial[..5]).await.unwrap();
         drop(host);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -406,16 +301,10 @@ fn agent_runs_commands_as_init_of_a_real_guest() {
 
         // Output made while no host is connected: whatever of it reaches the
         // next host comes before the answer to its hello, never after.
-        let late = ExecRequest {
-            argv: vec!["sh".into(), "-c".into(), "sleep 1; echo late".into()],
-            env: vec![],
-            cwd: None,
-        };
+        let late =
+            ExecRequest { argv: vec!["sh".into(), "-c".into(), "sleep 1; echo late".into()], env: vec![], cwd: None };
         host.send(Frame::control(8, &Request::Exec(late))).await;
-        assert!(matches!(
-            host.recv().await.message::<Reply>().unwrap(),
-            Reply::Started { .. }
-        ));
+        assert!(matches!(host.recv().await.message::<Reply>().unwrap(), Reply::Started { .. }));
         drop(host);
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let mut host = Host::connect(&socket).await;
@@ -427,10 +316,7 @@ fn agent_runs_commands_as_init_of_a_real_guest() {
 
         // Power off: QEMU (with -no-reboot) exits by itself.
         host.send(Frame::control(9, &Request::Poweroff)).await;
-        eprintln!(
-            "QEMU exited {:.1} s after the power-off request",
-            wait_for_exit(&mut guest).await.as_secs_f64()
-        );
+        eprintln!("QEMU exited {:.1} s after the power-off request", wait_for_exit(&mut guest).await.as_secs_f64());
     });
     let log = agent_log(&guest);
     eprintln!("---- the agent on the guest console ----\n{log}");
@@ -447,16 +333,9 @@ fn ctrl_alt_del_powers_the_guest_off() {
         let mut host = Host::connect(&prepared.socket("agent.sock")).await;
         host.hello().await;
         // A process that would run for ever: power-off must not wait for it.
-        let forever = ExecRequest {
-            argv: vec!["sleep".into(), "1000".into()],
-            env: vec![],
-            cwd: None,
-        };
+        let forever = ExecRequest { argv: vec!["sleep".into(), "1000".into()], env: vec![], cwd: None };
         host.send(Frame::control(1, &Request::Exec(forever))).await;
-        assert!(matches!(
-            host.recv().await.message::<Reply>().unwrap(),
-            Reply::Started { .. }
-        ));
+        assert!(matches!(host.recv().await.message::<Reply>().unwrap(), Reply::Started { .. }));
         ctrl_alt_del(&prepared.socket("qmp.sock")).await;
         let took = wait_for_exit(&mut guest).await;
         eprintln!("QEMU exited {:.1} s after Ctrl-Alt-Del", took.as_secs_f64());

@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use banger_agent_proto::{
-    read_frame, write_frame, ExecRequest, Frame, FrameKind, Reply, Request, PROTOCOL_VERSION,
-};
+use banger_agent_proto::{read_frame, write_frame, ExecRequest, Frame, FrameKind, Reply, Request, PROTOCOL_VERSION};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -35,11 +33,7 @@ impl Agent {
         // a connection is accepted, not merely until the file exists.
         for _ in 0..400 {
             if UnixStream::connect(&socket).await.is_ok() {
-                return Agent {
-                    _dir: dir,
-                    socket,
-                    _child: child,
-                };
+                return Agent { _dir: dir, socket, _child: child };
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -71,21 +65,12 @@ impl Host {
     async fn connect(socket: &Path) -> Host {
         let (reader, writer) = UnixStream::connect(socket).await.unwrap().into_split();
         let mut host = Host { reader, writer };
-        host.send(Frame::control(
-            0,
-            &Request::Hello {
-                protocol: PROTOCOL_VERSION,
-            },
-        ))
-        .await;
+        host.send(Frame::control(0, &Request::Hello { protocol: PROTOCOL_VERSION })).await;
         let hello = host.recv().await;
         assert_eq!(hello.stream, 0);
         assert_eq!(
             hello.message::<Reply>().unwrap(),
-            Reply::Hello {
-                protocol: PROTOCOL_VERSION,
-                agent_version: env!("CARGO_PKG_VERSION").into()
-            }
+            Reply::Hello { protocol: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").into() }
         );
         host
     }
@@ -103,17 +88,12 @@ impl Host {
     }
 
     async fn exec(&mut self, stream: u32, argv: &[&str]) {
-        let req = ExecRequest {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: vec![],
-            cwd: None,
-        };
+        let req = ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), env: vec![], cwd: None };
         self.send(Frame::control(stream, &Request::Exec(req))).await;
     }
 
     async fn stdin(&mut self, stream: u32, bytes: &[u8]) {
-        self.send(Frame::data(stream, FrameKind::Stdin, bytes.to_vec()))
-            .await;
+        self.send(Frame::data(stream, FrameKind::Stdin, bytes.to_vec())).await;
     }
 
     /// Reads frames until every stream in `streams` has ended.
@@ -122,10 +102,7 @@ impl Host {
         let done = |o: &Outcome| o.exited.is_some() || o.error.is_some();
         while !outcomes.iter().all(done) {
             let frame = self.recv().await;
-            let i = streams
-                .iter()
-                .position(|s| *s == frame.stream)
-                .expect("a frame on an unknown stream");
+            let i = streams.iter().position(|s| *s == frame.stream).expect("a frame on an unknown stream");
             let outcome = &mut outcomes[i];
             match frame.kind {
                 FrameKind::Stdout => outcome.stdout.extend(&frame.payload),
@@ -162,9 +139,7 @@ async fn hello_and_echo() {
 async fn stdout_stderr_and_exit_code_are_apart() {
     let agent = Agent::start().await;
     let mut host = agent.connect().await;
-    let out = host
-        .run(5, &["sh", "-c", "echo out; echo err >&2; exit 3"])
-        .await;
+    let out = host.run(5, &["sh", "-c", "echo out; echo err >&2; exit 3"]).await;
     assert_eq!(out.stdout, b"out\n");
     assert_eq!(out.stderr, b"err\n");
     assert_eq!(out.exited, Some((Some(3), None)));
@@ -181,10 +156,7 @@ async fn env_and_cwd_are_applied() {
     };
     host.send(Frame::control(1, &Request::Exec(req))).await;
     let out = host.outcomes(&[1]).await.pop().unwrap();
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        "hello there\n/tmp\n"
-    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "hello there\n/tmp\n");
     let out = host.run(2, &["pwd"]).await;
     assert_eq!(out.stdout, b"/\n", "the default working directory is /");
 }
@@ -195,16 +167,10 @@ async fn stdin_reaches_the_process_until_eof() {
     let mut host = agent.connect().await;
     host.exec(1, &["cat"]).await;
     let started = host.recv().await;
-    assert!(matches!(
-        started.message::<Reply>().unwrap(),
-        Reply::Started { .. }
-    ));
+    assert!(matches!(started.message::<Reply>().unwrap(), Reply::Started { .. }));
     host.stdin(1, b"first line\n").await;
     let echoed = host.recv().await;
-    assert_eq!(
-        (echoed.kind, echoed.payload.as_slice()),
-        (FrameKind::Stdout, &b"first line\n"[..])
-    );
+    assert_eq!((echoed.kind, echoed.payload.as_slice()), (FrameKind::Stdout, &b"first line\n"[..]));
     host.stdin(1, b"second").await;
     host.stdin(1, b"").await;
     let out = host.outcomes(&[1]).await.pop().unwrap();
@@ -218,12 +184,8 @@ async fn a_signal_ends_the_process() {
     let mut host = agent.connect().await;
     host.exec(3, &["sleep", "30"]).await;
     let started = host.recv().await;
-    assert!(matches!(
-        started.message::<Reply>().unwrap(),
-        Reply::Started { .. }
-    ));
-    host.send(Frame::control(3, &Request::Signal { signal: 15 }))
-        .await;
+    assert!(matches!(started.message::<Reply>().unwrap(), Reply::Started { .. }));
+    host.send(Frame::control(3, &Request::Signal { signal: 15 })).await;
     let out = host.outcomes(&[3]).await.pop().unwrap();
     assert_eq!(out.exited, Some((None, Some(15))));
 }
@@ -237,10 +199,7 @@ async fn a_missing_program_is_an_error_naming_it() {
     assert!(message.contains("no-such-program-here"), "{message}");
     assert_eq!(out.pid, None);
     // The agent goes on serving.
-    assert_eq!(
-        host.run(2, &["echo", "still here"]).await.stdout,
-        b"still here\n"
-    );
+    assert_eq!(host.run(2, &["echo", "still here"]).await.stdout, b"still here\n");
 }
 
 #[tokio::test]
@@ -251,19 +210,12 @@ async fn a_busy_stream_and_power_off_off_init_are_refused() {
     host.recv().await; // Started
     host.exec(1, &["echo", "no"]).await;
     let refused = host.recv().await;
-    assert!(
-        matches!(refused.message::<Reply>().unwrap(), Reply::Error { .. }),
-        "{refused:?}"
-    );
+    assert!(matches!(refused.message::<Reply>().unwrap(), Reply::Error { .. }), "{refused:?}");
     host.send(Frame::control(2, &Request::Poweroff)).await;
     let refused = host.recv().await;
     assert_eq!(refused.stream, 2);
-    assert!(
-        matches!(refused.message::<Reply>().unwrap(), Reply::Error { .. }),
-        "{refused:?}"
-    );
-    host.send(Frame::control(1, &Request::Signal { signal: 9 }))
-        .await;
+    assert!(matches!(refused.message::<Reply>().unwrap(), Reply::Error { .. }), "{refused:?}");
+    host.send(Frame::control(1, &Request::Signal { signal: 9 })).await;
     assert_eq!(host.outcomes(&[1]).await[0].exited, Some((None, Some(9))));
 }
 
@@ -271,9 +223,7 @@ async fn a_busy_stream_and_power_off_off_init_are_refused() {
 async fn concurrent_execs_interleave() {
     let agent = Agent::start().await;
     let mut host = agent.connect().await;
-    let script = |tag: &str| {
-        format!("for i in 1 2 3 4 5; do echo {tag}$i; sleep 0.05; done; echo {tag} >&2")
-    };
+    let script = |tag: &str| format!("for i in 1 2 3 4 5; do echo {tag}$i; sleep 0.05; done; echo {tag} >&2");
     let streams = [10, 11, 12];
     for (stream, tag) in streams.iter().zip(["a", "b", "c"]) {
         host.exec(*stream, &["sh", "-c", &script(tag)]).await;
@@ -312,9 +262,7 @@ async fn large_output_arrives_whole() {
     let agent = Agent::start().await;
     let mut host = agent.connect().await;
     // 1 MiB: many frames, and more than a pipe holds, so the pump must keep up.
-    let out = host
-        .run(1, &["sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x"])
-        .await;
+    let out = host.run(1, &["sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x"]).await;
     assert_eq!(out.stdout.len(), 1 << 20);
     assert!(out.stdout.iter().all(|b| *b == b'x'));
     assert_eq!(out.exited, Some((Some(0), None)));
@@ -327,16 +275,8 @@ async fn a_new_connection_after_a_disconnect_works() {
     host.exec(1, &["sleep", "30"]).await;
     host.recv().await; // Started
                        // Half a frame, then the host goes away.
-    let partial = Frame::control(
-        2,
-        &Request::Hello {
-            protocol: PROTOCOL_VERSION,
-        },
-    )
-    .encode();
-    tokio::io::AsyncWriteExt::write_all(&mut host.writer, &partial[..7])
-        .await
-        .unwrap();
+    let partial = Frame::control(2, &Request::Hello { protocol: PROTOCOL_VERSION }).encode();
+    tokio::io::AsyncWriteExt::write_all(&mut host.writer, &partial[..7]).await.unwrap();
     drop(host);
     let mut host = agent.connect().await;
     assert_eq!(host.run(1, &["echo", "again"]).await.stdout, b"again\n");

@@ -15,13 +15,11 @@ pub use event::{Event, ObjectKind};
 pub use host::{Check, CheckStatus, DoctorReport};
 pub use image::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest};
 pub use kernel::{
-    BundleInfo, CatalogEntry, CatalogEntryState, CatalogListing, Kernel, KernelCatalog,
-    KernelImportKind, KernelImportRequest, KernelPullRequest,
+    BundleInfo, CatalogEntry, CatalogEntryState, CatalogListing, Kernel, KernelCatalog, KernelImportKind,
+    KernelImportRequest, KernelPullRequest,
 };
 pub use operation::{Operation, OperationKind, OperationState, Progress};
-pub use vm::{
-    DiskResizeRequest, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice, EXEC_UPGRADE,
-};
+pub use vm::{DiskResizeRequest, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice, EXEC_UPGRADE};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

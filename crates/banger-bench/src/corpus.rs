@@ -54,46 +54,29 @@ pub fn make(src: &Path, total_bytes: u64, level: i32) -> anyhow::Result<Bundle> 
     let mut remaining = total_bytes.saturating_sub(vmlinux_bytes);
     while remaining > 0 {
         let module = files - 1;
-        let dir = release
-            .join("kernel")
-            .join(format!("drivers{:03}", module / MODULES_PER_DIR));
+        let dir = release.join("kernel").join(format!("drivers{:03}", module / MODULES_PER_DIR));
         if module % MODULES_PER_DIR == 0 {
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let spread = filler.next() % (MEAN_MODULE_BYTES * 19 / 10);
         let size = (MEAN_MODULE_BYTES / 10 + spread).min(remaining);
-        write(
-            &dir.join(format!("mod{module:05}.ko")),
-            &filler.bytes(size as usize),
-        )?;
+        write(&dir.join(format!("mod{module:05}.ko")), &filler.bytes(size as usize))?;
         unpacked_bytes += size;
         files += 1;
         remaining -= size;
     }
     // Real module trees carry a relative symlink back into the tree.
-    std::os::unix::fs::symlink("kernel", release.join("build"))
-        .context("cannot create the build symlink")?;
+    std::os::unix::fs::symlink("kernel", release.join("build")).context("cannot create the build symlink")?;
 
     let mut bytes = Vec::with_capacity((total_bytes / 2) as usize);
-    banger_kernel::bundle::create(src, &mut bytes, level)
-        .context("cannot bundle the generated kernel")?;
-    let sha256 = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(Bundle {
-        bytes,
-        sha256,
-        unpacked_bytes,
-        files,
-    })
+    banger_kernel::bundle::create(src, &mut bytes, level).context("cannot bundle the generated kernel")?;
+    let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Bundle { bytes, sha256, unpacked_bytes, files })
 }
 
 fn write(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let mut file =
-        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(data)
-        .with_context(|| format!("cannot write {}", path.display()))
+    let mut file = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(data).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Seeded content in 4 KiB blocks of four kinds: random bytes (1/8,
@@ -109,10 +92,7 @@ struct Filler {
 
 impl Filler {
     fn new(seed: u64) -> Filler {
-        let mut filler = Filler {
-            state: seed,
-            history: Vec::new(),
-        };
+        let mut filler = Filler { state: seed, history: Vec::new() };
         let mut history = vec![0u8; HISTORY_BLOCKS * BLOCK];
         filler.random(&mut history);
         filler.history = history;

@@ -44,13 +44,8 @@ impl DaemonProcess {
             .stdout(out)
             .stderr(err);
         isolate(&mut command, no_config);
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", bangerd.display()))?;
-        let mut daemon = DaemonProcess {
-            child,
-            log: log.to_owned(),
-        };
+        let child = command.spawn().with_context(|| format!("cannot start {}", bangerd.display()))?;
+        let mut daemon = DaemonProcess { child, log: log.to_owned() };
         daemon.wait_for_socket(socket)?;
         Ok(daemon)
     }
@@ -62,10 +57,7 @@ impl DaemonProcess {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait().context("cannot check on bangerd")? {
-                bail!(
-                    "bangerd exited ({status}) before listening; its log:\n{}",
-                    self.log_tail()
-                );
+                bail!("bangerd exited ({status}) before listening; its log:\n{}", self.log_tail());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -110,8 +102,5 @@ impl Drop for DaemonProcess {
 /// Keeps the host's banger configuration out of a benchmark process:
 /// `no_config` is a config path that does not exist.
 pub fn isolate(command: &mut Command, no_config: &Path) {
-    command
-        .env("BANGER_CONFIG", no_config)
-        .env_remove("BANGER_SOCKET")
-        .env_remove("BANGER_STATE_DIR");
+    command.env("BANGER_CONFIG", no_config).env_remove("BANGER_SOCKET").env_remove("BANGER_STATE_DIR");
 }

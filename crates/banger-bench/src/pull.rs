@@ -94,10 +94,7 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
         );
     }
     for tool in TOOLS {
-        ensure!(
-            on_path(tool),
-            "`{tool}` is not on PATH; the pipeline side needs it"
-        );
+        ensure!(on_path(tool), "`{tool}` is not on PATH; the pipeline side needs it");
     }
 
     let mut builder = tempfile::Builder::new();
@@ -109,38 +106,15 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     .context("cannot create the work directory")?;
     let layout = Layout::new(work.path());
 
-    eprintln!(
-        "generating a {} MB bundle (zstd -{})...",
-        args.size_mb, args.level
-    );
-    let bundle = corpus::make(
-        &layout.root.join("src"),
-        args.size_mb * 1_000_000,
-        args.level,
-    )?;
-    let (compressed, unpacked, files) = (
-        bundle.bytes.len() as u64,
-        bundle.unpacked_bytes,
-        bundle.files,
-    );
+    eprintln!("generating a {} MB bundle (zstd -{})...", args.size_mb, args.level);
+    let bundle = corpus::make(&layout.root.join("src"), args.size_mb * 1_000_000, args.level)?;
+    let (compressed, unpacked, files) = (bundle.bytes.len() as u64, bundle.unpacked_bytes, bundle.files);
     let server = BundleServer::start(BUNDLE_PATH, Arc::new(bundle.bytes))?;
-    write_catalog(
-        &layout.catalog,
-        args.rounds,
-        &server.url(),
-        &bundle.sha256,
-        compressed,
-    )?;
+    write_catalog(&layout.catalog, args.rounds, &server.url(), &bundle.sha256, compressed)?;
 
     fs::create_dir(&layout.state).context("cannot create the state directory")?;
-    let daemon = DaemonProcess::start(
-        &bangerd,
-        &layout.socket,
-        &layout.state,
-        &layout.catalog,
-        &layout.log,
-        &layout.no_config,
-    )?;
+    let daemon =
+        DaemonProcess::start(&bangerd, &layout.socket, &layout.state, &layout.catalog, &layout.log, &layout.no_config)?;
 
     let mut rounds = Vec::with_capacity(args.rounds);
     for round in 1..=args.rounds {
@@ -166,13 +140,7 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_catalog(
-    path: &Path,
-    rounds: usize,
-    url: &str,
-    sha256: &str,
-    size: u64,
-) -> anyhow::Result<()> {
+fn write_catalog(path: &Path, rounds: usize, url: &str, sha256: &str, size: u64) -> anyhow::Result<()> {
     let entries: Vec<_> = (1..=rounds)
         .map(|round| {
             serde_json::json!({
@@ -188,17 +156,13 @@ fn write_catalog(
         })
         .collect();
     let catalog = serde_json::json!({ "version": 1, "entries": entries });
-    fs::write(path, serde_json::to_vec_pretty(&catalog)?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    fs::write(path, serde_json::to_vec_pretty(&catalog)?).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// One `banger kernel pull` of catalog entry `name` into the store.
 fn time_banger(banger: &Path, layout: &Layout, name: &str) -> anyhow::Result<f64> {
     let mut command = Command::new(banger);
-    command
-        .arg("--socket")
-        .arg(&layout.socket)
-        .args(["kernel", "pull", name, "--force", "--json"]);
+    command.arg("--socket").arg(&layout.socket).args(["kernel", "pull", name, "--force", "--json"]);
     command.stdin(Stdio::null());
     daemon::isolate(&mut command, &layout.no_config);
     settle()?;
@@ -206,18 +170,10 @@ fn time_banger(banger: &Path, layout: &Layout, name: &str) -> anyhow::Result<f64
     let output = command.output().context("cannot run banger")?;
     let seconds = started.elapsed().as_secs_f64();
     if !output.status.success() {
-        bail!(
-            "banger kernel pull failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("banger kernel pull failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
     }
     let vmlinux = layout.state.join("kernels").join(name).join("vmlinux");
-    ensure!(
-        banger_kernel::bundle::is_elf(&vmlinux),
-        "banger reported success but {} is not there",
-        vmlinux.display()
-    );
+    ensure!(banger_kernel::bundle::is_elf(&vmlinux), "banger reported success but {} is not there", vmlinux.display());
     Ok(seconds)
 }
 
@@ -241,14 +197,8 @@ fn time_pipeline(layout: &Layout, round: usize, url: &str, sha256: &str) -> anyh
     let seconds = started.elapsed().as_secs_f64();
     ensure!(status.success(), "the pipeline failed ({status})");
     let sum = read_digest(&sum_file)?;
-    ensure!(
-        sum == sha256,
-        "the pipeline's sha256 is {sum}, the bundle's is {sha256}"
-    );
-    ensure!(
-        banger_kernel::bundle::is_elf(&dest.join("vmlinux")),
-        "the pipeline left no vmlinux"
-    );
+    ensure!(sum == sha256, "the pipeline's sha256 is {sum}, the bundle's is {sha256}");
+    ensure!(banger_kernel::bundle::is_elf(&dest.join("vmlinux")), "the pipeline left no vmlinux");
     Ok(seconds)
 }
 
@@ -261,11 +211,7 @@ fn read_digest(path: &Path) -> anyhow::Result<String> {
         if let Some(sum) = text.split_whitespace().next().filter(|s| s.len() == 64) {
             return Ok(sum.to_owned());
         }
-        ensure!(
-            Instant::now() < deadline,
-            "sha256sum wrote no digest to {}",
-            path.display()
-        );
+        ensure!(Instant::now() < deadline, "sha256sum wrote no digest to {}", path.display());
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -279,6 +225,5 @@ fn settle() -> anyhow::Result<()> {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }

@@ -17,11 +17,7 @@ pub struct Timing {
 impl Timing {
     pub fn new(seconds: f64, compressed_bytes: u64, unpacked_bytes: u64) -> Timing {
         let rate = |bytes: u64| bytes as f64 / 1e6 / seconds;
-        Timing {
-            seconds,
-            compressed_mb_s: rate(compressed_bytes),
-            unpacked_mb_s: rate(unpacked_bytes),
-        }
+        Timing { seconds, compressed_mb_s: rate(compressed_bytes), unpacked_mb_s: rate(unpacked_bytes) }
     }
 }
 
@@ -47,12 +43,7 @@ pub struct PullReport {
 }
 
 impl PullReport {
-    pub fn new(
-        compressed_bytes: u64,
-        unpacked_bytes: u64,
-        files: u64,
-        rounds: Vec<Round>,
-    ) -> PullReport {
+    pub fn new(compressed_bytes: u64, unpacked_bytes: u64, files: u64, rounds: Vec<Round>) -> PullReport {
         let median_of = |side: fn(&Round) -> f64| {
             let seconds = median(rounds.iter().map(side).collect());
             Timing::new(seconds, compressed_bytes, unpacked_bytes)
@@ -60,15 +51,7 @@ impl PullReport {
         let banger_median = median_of(|r| r.banger.seconds);
         let pipeline_median = median_of(|r| r.pipeline.seconds);
         let ratio = banger_median.seconds / pipeline_median.seconds;
-        PullReport {
-            compressed_bytes,
-            unpacked_bytes,
-            files,
-            rounds,
-            banger_median,
-            pipeline_median,
-            ratio,
-        }
+        PullReport { compressed_bytes, unpacked_bytes, files, rounds, banger_median, pipeline_median, ratio }
     }
 
     pub fn print_table(&self) {
@@ -79,15 +62,9 @@ impl PullReport {
             self.files
         );
         println!();
-        println!(
-            "{:<8} {:<10} {:>9} {:>10} {:>10}",
-            "round", "side", "seconds", "zst MB/s", "out MB/s"
-        );
+        println!("{:<8} {:<10} {:>9} {:>10} {:>10}", "round", "side", "seconds", "zst MB/s", "out MB/s");
         let row = |label: &str, side: &str, t: &Timing| {
-            println!(
-                "{label:<8} {side:<10} {:>9.3} {:>10.1} {:>10.1}",
-                t.seconds, t.compressed_mb_s, t.unpacked_mb_s
-            );
+            println!("{label:<8} {side:<10} {:>9.3} {:>10.1} {:>10.1}", t.seconds, t.compressed_mb_s, t.unpacked_mb_s);
         };
         for round in &self.rounds {
             row(&round.round.to_string(), "banger", &round.banger);
@@ -96,15 +73,8 @@ impl PullReport {
         row("median", "banger", &self.banger_median);
         row("", "pipeline", &self.pipeline_median);
         println!();
-        let verdict = if self.ratio <= 1.0 {
-            "banger is as fast or faster"
-        } else {
-            "banger is slower"
-        };
-        println!(
-            "ratio = banger_median / pipeline_median = {:.3} ({verdict})",
-            self.ratio
-        );
+        let verdict = if self.ratio <= 1.0 { "banger is as fast or faster" } else { "banger is slower" };
+        println!("ratio = banger_median / pipeline_median = {:.3} ({verdict})", self.ratio);
     }
 }
 

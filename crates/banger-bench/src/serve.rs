@@ -18,10 +18,7 @@ impl BundleServer {
     /// Binds a free loopback port and answers GET `path` with `body`.
     pub fn start(path: &str, body: Arc<Vec<u8>>) -> anyhow::Result<BundleServer> {
         let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-        let port = listener
-            .local_addr()
-            .context("cannot read the bound port")?
-            .port();
+        let port = listener.local_addr().context("cannot read the bound port")?.port();
         let served = path.to_owned();
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -30,10 +27,7 @@ impl BundleServer {
                 thread::spawn(move || answer(stream, &served, &body));
             }
         });
-        Ok(BundleServer {
-            port,
-            path: path.to_owned(),
-        })
+        Ok(BundleServer { port, path: path.to_owned() })
     }
 
     /// The URL the file is served at.
@@ -64,7 +58,5 @@ fn answer(mut stream: TcpStream, served: &str, body: &[u8]) {
         "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/zstd\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body));
+    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
 }

@@ -15,10 +15,7 @@ pub struct EventStream {
 
 impl EventStream {
     pub(crate) fn new(body: Incoming) -> EventStream {
-        EventStream {
-            body,
-            buffer: BytesMut::new(),
-        }
+        EventStream { body, buffer: BytesMut::new() }
     }
 
     /// The next event, or `None` when the daemon closes the stream.
@@ -52,17 +49,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// other fields are ignored.
 fn parse_block(block: &[u8]) -> Result<Option<Event>> {
     let text = String::from_utf8_lossy(block);
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
+    let data: Vec<&str> =
+        text.lines().filter_map(|line| line.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
     if data.is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(&data.join("\n"))
-        .map(Some)
-        .map_err(|e| ClientError::Protocol(format!("bad event: {e}")))
+    serde_json::from_str(&data.join("\n")).map(Some).map_err(|e| ClientError::Protocol(format!("bad event: {e}")))
 }
 
 #[cfg(test)]
@@ -72,15 +64,7 @@ mod tests {
     #[test]
     fn parses_data_and_skips_comments() {
         assert!(parse_block(b": keep-alive").unwrap().is_none());
-        let event = parse_block(br#"data: {"type":"deleted","kind":"kernel","name":"k"}"#)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            event,
-            Event::Deleted {
-                kind: banger_api::ObjectKind::Kernel,
-                name: "k".into()
-            }
-        );
+        let event = parse_block(br#"data: {"type":"deleted","kind":"kernel","name":"k"}"#).unwrap().unwrap();
+        assert_eq!(event, Event::Deleted { kind: banger_api::ObjectKind::Kernel, name: "k".into() });
     }
 }

@@ -28,23 +28,14 @@ impl Client {
         let (mut reader, mut writer) = tokio::io::split(channel);
         start(
             &mut writer,
-            ExecRequest {
-                argv: argv.iter().map(|s| s.to_string()).collect(),
-                env: Vec::new(),
-                cwd: None,
-            },
+            ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), env: Vec::new(), cwd: None },
         )
         .await?;
         for chunk in stdin.chunks(64 * 1024) {
             send_stdin(&mut writer, chunk.to_vec()).await?;
         }
         send_stdin(&mut writer, Vec::new()).await?;
-        let mut output = ExecOutput {
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            code: None,
-            signal: None,
-        };
+        let mut output = ExecOutput { stdout: Vec::new(), stderr: Vec::new(), code: None, signal: None };
         loop {
             match next_event(&mut reader).await? {
                 ExecEvent::Stdout(data) => output.stdout.extend(data),
@@ -99,17 +90,12 @@ pub async fn next_event<R: AsyncRead + Unpin>(reader: &mut R) -> Result<ExecEven
         let frame = proto::read_frame(reader)
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .ok_or_else(|| {
-                ClientError::Protocol("the exec connection closed before the command ended".into())
-            })?;
+            .ok_or_else(|| ClientError::Protocol("the exec connection closed before the command ended".into()))?;
         match frame.kind {
             FrameKind::Stdout => return Ok(ExecEvent::Stdout(frame.payload)),
             FrameKind::Stderr => return Ok(ExecEvent::Stderr(frame.payload)),
             FrameKind::Stdin => continue,
-            FrameKind::Control => match frame
-                .message::<Reply>()
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
+            FrameKind::Control => match frame.message::<Reply>().map_err(|e| ClientError::Protocol(e.to_string()))? {
                 Reply::Started { .. } => return Ok(ExecEvent::Started),
                 Reply::Exited { code, signal } => return Ok(ExecEvent::Exited { code, signal }),
                 Reply::Error { message } => {
@@ -125,7 +111,5 @@ pub async fn next_event<R: AsyncRead + Unpin>(reader: &mut R) -> Result<ExecEven
 }
 
 async fn write<W: AsyncWrite + Unpin>(writer: &mut W, frame: Frame) -> Result<()> {
-    proto::write_frame(writer, &frame)
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))
+    proto::write_frame(writer, &frame).await.map_err(|e| ClientError::Protocol(e.to_string()))
 }

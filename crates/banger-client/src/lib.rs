@@ -7,9 +7,8 @@ pub mod exec;
 use std::path::{Path, PathBuf};
 
 use banger_api::{
-    ApiError, CatalogListing, DiskResizeRequest, DoctorReport, Health, Image, ImageBuildRequest,
-    ImageRegisterRequest, Kernel, KernelImportRequest, KernelPullRequest, Operation, Vm,
-    VmCreateRequest, VmSetRequest, EXEC_UPGRADE,
+    ApiError, CatalogListing, DiskResizeRequest, DoctorReport, Health, Image, ImageBuildRequest, ImageRegisterRequest,
+    Kernel, KernelImportRequest, KernelPullRequest, Operation, Vm, VmCreateRequest, VmSetRequest, EXEC_UPGRADE,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -69,9 +68,7 @@ pub struct Client {
 impl Client {
     /// A client for the daemon listening on `socket`.
     pub fn new(socket: impl Into<PathBuf>) -> Client {
-        Client {
-            socket: socket.into(),
-        }
+        Client { socket: socket.into() }
     }
 
     /// The socket it talks to.
@@ -111,37 +108,23 @@ impl Client {
 
     /// `POST /v1/kernels/pull`: starts a pull and returns its operation.
     pub async fn pull_kernel(&self, request: &KernelPullRequest) -> Result<Operation> {
-        self.send_json(Method::POST, "/v1/kernels/pull", Some(request))
-            .await
+        self.send_json(Method::POST, "/v1/kernels/pull", Some(request)).await
     }
 
     /// `POST /v1/kernels/import`: starts an import and returns its operation.
     pub async fn import_kernel(&self, request: &KernelImportRequest) -> Result<Operation> {
-        self.send_json(Method::POST, "/v1/kernels/import", Some(request))
-            .await
+        self.send_json(Method::POST, "/v1/kernels/import", Some(request)).await
     }
 
     /// `DELETE /v1/kernels/{name}`.
     pub async fn remove_kernel(&self, name: &str) -> Result<()> {
-        let response = self
-            .request(
-                Method::DELETE,
-                &format!("/v1/kernels/{}", segment(name)),
-                None,
-            )
-            .await?;
+        let response = self.request(Method::DELETE, &format!("/v1/kernels/{}", segment(name)), None).await?;
         expect_success(response).await.map(drop)
     }
 
     /// `GET /v1/kernels/{name}/bundle`: the bundle's body, to be read in chunks.
     pub async fn kernel_bundle(&self, name: &str) -> Result<Incoming> {
-        let response = self
-            .request(
-                Method::GET,
-                &format!("/v1/kernels/{}/bundle", segment(name)),
-                None,
-            )
-            .await?;
+        let response = self.request(Method::GET, &format!("/v1/kernels/{}/bundle", segment(name)), None).await?;
         let response = check_status(response).await?;
         Ok(response.into_body())
     }
@@ -158,22 +141,18 @@ impl Client {
 
     /// `POST /v1/images/build`: starts a build and returns its operation.
     pub async fn build_image(&self, request: &ImageBuildRequest) -> Result<Operation> {
-        self.send_json(Method::POST, "/v1/images/build", Some(request))
-            .await
+        self.send_json(Method::POST, "/v1/images/build", Some(request)).await
     }
 
     /// `POST /v1/images/register`: starts a registration and returns its operation.
     pub async fn register_image(&self, request: &ImageRegisterRequest) -> Result<Operation> {
-        self.send_json(Method::POST, "/v1/images/register", Some(request))
-            .await
+        self.send_json(Method::POST, "/v1/images/register", Some(request)).await
     }
 
     /// `DELETE /v1/images/{name}`.
     pub async fn remove_image(&self, name: &str, force: bool) -> Result<()> {
         let path = format!("/v1/images/{}?force={force}", segment(name));
-        expect_success(self.request(Method::DELETE, &path, None).await?)
-            .await
-            .map(drop)
+        expect_success(self.request(Method::DELETE, &path, None).await?).await.map(drop)
     }
 
     /// `GET /v1/vms`.
@@ -194,72 +173,47 @@ impl Client {
     /// `POST /v1/vms/{name}/start` or `/restart`: returns the operation.
     pub async fn start_vm(&self, name: &str, restart: bool) -> Result<Operation> {
         let verb = if restart { "restart" } else { "start" };
-        self.send_json::<(), _>(
-            Method::POST,
-            &format!("/v1/vms/{}/{verb}", segment(name)),
-            None,
-        )
-        .await
+        self.send_json::<(), _>(Method::POST, &format!("/v1/vms/{}/{verb}", segment(name)), None).await
     }
 
     /// `POST /v1/vms/{name}/stop` or `/kill`.
     pub async fn stop_vm(&self, name: &str, kill: bool) -> Result<Vm> {
         let verb = if kill { "kill" } else { "stop" };
-        self.send_json::<(), _>(
-            Method::POST,
-            &format!("/v1/vms/{}/{verb}", segment(name)),
-            None,
-        )
-        .await
+        self.send_json::<(), _>(Method::POST, &format!("/v1/vms/{}/{verb}", segment(name)), None).await
     }
 
     /// `DELETE /v1/vms/{name}`.
     pub async fn remove_vm(&self, name: &str, force: bool) -> Result<()> {
         let path = format!("/v1/vms/{}?force={force}", segment(name));
-        expect_success(self.request(Method::DELETE, &path, None).await?)
-            .await
-            .map(drop)
+        expect_success(self.request(Method::DELETE, &path, None).await?).await.map(drop)
     }
 
     /// `PATCH /v1/vms/{name}`.
     pub async fn set_vm(&self, name: &str, request: &VmSetRequest) -> Result<Vm> {
-        self.send_json(
-            Method::PATCH,
-            &format!("/v1/vms/{}", segment(name)),
-            Some(request),
-        )
-        .await
+        self.send_json(Method::PATCH, &format!("/v1/vms/{}", segment(name)), Some(request)).await
     }
 
     /// `POST /v1/vms/{name}/disk/resize`.
     pub async fn resize_vm_disk(&self, name: &str, size_bytes: u64) -> Result<Vm> {
         let path = format!("/v1/vms/{}/disk/resize", segment(name));
-        self.send_json(Method::POST, &path, Some(&DiskResizeRequest { size_bytes }))
-            .await
+        self.send_json(Method::POST, &path, Some(&DiskResizeRequest { size_bytes })).await
     }
 
     /// `GET /v1/vms/{name}/logs`: the console output, to be read in chunks.
     pub async fn vm_logs(&self, name: &str, follow: bool) -> Result<Incoming> {
         let path = format!("/v1/vms/{}/logs?follow={follow}", segment(name));
-        Ok(check_status(self.request(Method::GET, &path, None).await?)
-            .await?
-            .into_body())
+        Ok(check_status(self.request(Method::GET, &path, None).await?).await?.into_body())
     }
 
     /// `GET /v1/vms/{name}/exec` with an upgrade: a connection that speaks
     /// the agent's frame protocol (send an exec frame, then stdin; read
     /// output frames and the final exited or error frame).
     pub async fn exec_channel(&self, name: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(ClientError::Http)?;
+            .map_err(|source| ClientError::Unreachable { socket: self.socket.clone(), source })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ClientError::Http)?;
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });
@@ -271,19 +225,14 @@ impl Client {
             .header("upgrade", EXEC_UPGRADE)
             .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(ClientError::Http)?;
+        let response = sender.send_request(request).await.map_err(ClientError::Http)?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Err(check_status(response)
                 .await
                 .err()
                 .unwrap_or_else(|| ClientError::Protocol("exec was not upgraded".into())));
         }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(ClientError::Http)?;
+        let upgraded = hyper::upgrade::on(response).await.map_err(ClientError::Http)?;
         Ok(TokioIo::new(upgraded))
     }
 
@@ -326,9 +275,7 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::Protocol(format!(
-            "event stream ended before operation {id} finished (did bangerd stop?)"
-        )))
+        Err(ClientError::Protocol(format!("event stream ended before operation {id} finished (did bangerd stop?)")))
     }
 
     /// `GET` any API path, as untyped JSON (for tools and tests that walk the API).
@@ -346,47 +293,29 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
-        let body = body
-            .map(|b| serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string())))
-            .transpose()?;
+        let body = body.map(|b| serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string()))).transpose()?;
         let bytes = expect_success(self.request(method, path, body).await?).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
     }
 
-    async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Response<Incoming>> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Response<Incoming>> {
+        let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(ClientError::Http)?;
+            .map_err(|source| ClientError::Unreachable { socket: self.socket.clone(), source })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ClientError::Http)?;
         tokio::spawn(async move {
             // Errors surface on the request side; the connection just ends.
             let _ = connection.await;
         });
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "bangerd");
+        let mut request = Request::builder().method(method).uri(path).header("host", "bangerd");
         if body.is_some() {
             request = request.header("content-type", "application/json");
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(ClientError::Http)
+        sender.send_request(request).await.map_err(ClientError::Http)
     }
 }
 
@@ -406,31 +335,18 @@ async fn check_status(response: Response<Incoming>) -> Result<Response<Incoming>
         return Ok(response);
     }
     let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(ClientError::Http)?
-        .to_bytes();
+    let bytes = response.into_body().collect().await.map_err(ClientError::Http)?.to_bytes();
     Err(api_error(status, &bytes))
 }
 
 async fn expect_success(response: Response<Incoming>) -> Result<Bytes> {
     let response = check_status(response).await?;
-    Ok(response
-        .into_body()
-        .collect()
-        .await
-        .map_err(ClientError::Http)?
-        .to_bytes())
+    Ok(response.into_body().collect().await.map_err(ClientError::Http)?.to_bytes())
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     match serde_json::from_slice::<ApiError>(body) {
         Ok(error) => ClientError::Api(error),
-        Err(_) => ClientError::Protocol(format!(
-            "HTTP {status}: {}",
-            String::from_utf8_lossy(body).trim()
-        )),
+        Err(_) => ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim())),
     }
 }

@@ -131,13 +131,7 @@ mod tests {
         let caps = Capabilities::probe(&state);
         eprintln!("{caps:#?}");
         for check in checks(&caps) {
-            eprintln!(
-                "{:>13} {:?}: {} [{}]",
-                check.name,
-                check.status,
-                check.detail,
-                check.fix.unwrap_or_default()
-            );
+            eprintln!("{:>13} {:?}: {} [{}]", check.name, check.status, check.detail, check.fix.unwrap_or_default());
         }
         assert_eq!(caps.state_dir, state);
         assert!(

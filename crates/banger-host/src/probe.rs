@@ -15,14 +15,7 @@ use crate::{sys, DiskSpace, Kvm, Tool};
 
 /// Searched after `$PATH`: the daemon may run with a minimal one, and `nft`
 /// lives in an `sbin`.
-const FALLBACK_DIRS: &[&str] = &[
-    "/usr/local/bin",
-    "/usr/bin",
-    "/usr/local/sbin",
-    "/usr/sbin",
-    "/sbin",
-    "/bin",
-];
+const FALLBACK_DIRS: &[&str] = &["/usr/local/bin", "/usr/bin", "/usr/local/sbin", "/usr/sbin", "/sbin", "/bin"];
 
 /// How long a `--version` may take before the tool is reported as `unknown`.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,9 +33,7 @@ pub(crate) fn kvm_at(root: &Path) -> Kvm {
     }
     match OpenOptions::new().read(true).write(true).open(&dev) {
         Ok(_) => Kvm::Usable,
-        Err(e) => Kvm::NoAccess {
-            reason: e.to_string(),
-        },
+        Err(e) => Kvm::NoAccess { reason: e.to_string() },
     }
 }
 
@@ -56,9 +47,7 @@ fn pvm_only(sys_module: &Path) -> bool {
 /// Finds `name` on `$PATH` or in the usual install directories, and asks it
 /// for its version.
 pub(crate) fn tool(name: &str) -> Option<Tool> {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(FALLBACK_DIRS.iter().map(PathBuf::from));
     let path = find_in(name, &dirs)?;
     let version = first_line_of(&path, "--version")
@@ -78,13 +67,8 @@ fn find_in(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
 /// Runs `path arg` and returns the first non-empty line of its output, or
 /// `None` if it fails, says nothing, or takes longer than [`VERSION_TIMEOUT`].
 fn first_line_of(path: &Path, arg: &str) -> Option<String> {
-    let mut child = Command::new(path)
-        .arg(arg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
+    let mut child =
+        Command::new(path).arg(arg).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
     let deadline = Instant::now() + VERSION_TIMEOUT;
     let status = loop {
         match child.try_wait() {
@@ -102,10 +86,7 @@ fn first_line_of(path: &Path, arg: &str) -> Option<String> {
     }
     let mut out = String::new();
     child.stdout.take()?.read_to_string(&mut out).ok()?;
-    out.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_string)
+    out.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
 }
 
 /// The version to show for a tool, from the first line of `--version`:
@@ -126,10 +107,8 @@ fn parse_version(name: &str, first_line: &str) -> String {
 pub(crate) fn device_mapper_at(root: &Path) -> bool {
     root.join("sys/class/misc/device-mapper").exists()
         || root.join("dev/mapper/control").exists()
-        || fs::read_to_string(root.join("proc/misc")).is_ok_and(|misc| {
-            misc.lines()
-                .any(|l| l.split_whitespace().nth(1) == Some("device-mapper"))
-        })
+        || fs::read_to_string(root.join("proc/misc"))
+            .is_ok_and(|misc| misc.lines().any(|l| l.split_whitespace().nth(1) == Some("device-mapper")))
 }
 
 /// Whether systemd-resolved is running under `root`: its varlink socket exists.
@@ -214,25 +193,15 @@ mod tests {
     fn parses_versions() {
         let qemu = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)";
         assert_eq!(parse_version("qemu-system-x86_64", qemu), "7.2.22");
-        assert_eq!(
-            parse_version("qemu-system-x86_64", "QEMU emulator version 10.0.2"),
-            "10.0.2"
-        );
+        assert_eq!(parse_version("qemu-system-x86_64", "QEMU emulator version 10.0.2"), "10.0.2");
         assert_eq!(parse_version("qemu-system-x86_64", "odd"), "odd");
-        assert_eq!(
-            parse_version("firecracker", "Firecracker v1.16.1"),
-            "Firecracker v1.16.1"
-        );
+        assert_eq!(parse_version("firecracker", "Firecracker v1.16.1"), "Firecracker v1.16.1");
     }
 
     #[test]
     fn version_of_a_real_program() {
         let sh = find_in("sh", &[PathBuf::from("/bin"), PathBuf::from("/usr/bin")]).unwrap();
-        assert_eq!(
-            first_line_of(&sh, "-c").as_deref(),
-            None,
-            "sh -c without a command fails"
-        );
+        assert_eq!(first_line_of(&sh, "-c").as_deref(), None, "sh -c without a command fails");
         let echo = find_in("echo", &[PathBuf::from("/bin"), PathBuf::from("/usr/bin")]).unwrap();
         assert_eq!(first_line_of(&echo, "v1.2").as_deref(), Some("v1.2"));
     }
@@ -240,16 +209,10 @@ mod tests {
     #[test]
     fn device_mapper_from_any_sign() {
         assert!(!device_mapper_at(fake_root(&[]).path()));
-        assert!(device_mapper_at(
-            fake_root(&["sys/class/misc/device-mapper"]).path()
-        ));
+        assert!(device_mapper_at(fake_root(&["sys/class/misc/device-mapper"]).path()));
         assert!(device_mapper_at(fake_root(&["dev/mapper/control"]).path()));
         let root = fake_root(&["proc"]);
-        fs::write(
-            root.path().join("proc/misc"),
-            "232 kvm\n236 device-mapper\n",
-        )
-        .unwrap();
+        fs::write(root.path().join("proc/misc"), "232 kvm\n236 device-mapper\n").unwrap();
         assert!(device_mapper_at(root.path()));
         fs::write(root.path().join("proc/misc"), "232 kvm\n237 loop-control\n").unwrap();
         assert!(!device_mapper_at(root.path()));
@@ -258,18 +221,13 @@ mod tests {
     #[test]
     fn resolved_from_its_socket() {
         assert!(!resolved_at(fake_root(&[]).path()));
-        assert!(resolved_at(
-            fake_root(&["run/systemd/resolve/io.systemd.Resolve"]).path()
-        ));
+        assert!(resolved_at(fake_root(&["run/systemd/resolve/io.systemd.Resolve"]).path()));
     }
 
     #[test]
     fn disk_space_of_a_missing_dir_uses_its_ancestor() {
         let dir = tempfile::tempdir().unwrap();
         let space = disk_space(&dir.path().join("not/yet")).unwrap();
-        assert!(
-            space.total_bytes > 0 && space.free_bytes <= space.total_bytes,
-            "{space:?}"
-        );
+        assert!(space.total_bytes > 0 && space.free_bytes <= space.total_bytes, "{space:?}");
     }
 }

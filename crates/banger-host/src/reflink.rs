@@ -12,24 +12,16 @@ use crate::{sys, Reflink};
 /// directory first if it is missing.
 pub(crate) fn probe(state_dir: &Path) -> Reflink {
     if let Err(e) = fs::create_dir_all(state_dir) {
-        return Reflink::Unknown {
-            reason: format!("cannot create {}: {e}", state_dir.display()),
-        };
+        return Reflink::Unknown { reason: format!("cannot create {}: {e}", state_dir.display()) };
     }
     let fs = match sys::fs_magic(state_dir) {
         Ok(magic) => fs_type_name(magic),
-        Err(e) => {
-            return Reflink::Unknown {
-                reason: format!("cannot statfs {}: {e}", state_dir.display()),
-            }
-        }
+        Err(e) => return Reflink::Unknown { reason: format!("cannot statfs {}: {e}", state_dir.display()) },
     };
     let scratch = Scratch::new(state_dir);
     match try_clone(&scratch) {
         Ok(result) => classify(result, fs),
-        Err(e) => Reflink::Unknown {
-            reason: format!("cannot write scratch files in {}: {e}", state_dir.display()),
-        },
+        Err(e) => Reflink::Unknown { reason: format!("cannot write scratch files in {}: {e}", state_dir.display()) },
     }
 }
 
@@ -45,11 +37,7 @@ fn try_clone(scratch: &Scratch) -> io::Result<io::Result<()>> {
 }
 
 fn create_new(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
+    OpenOptions::new().read(true).write(true).create_new(true).open(path)
 }
 
 /// Turns the outcome of the test clone into a verdict: the errors a
@@ -62,9 +50,7 @@ fn classify(result: io::Result<()>, fs: String) -> Reflink {
             Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL | libc::EXDEV | libc::ENOSYS) => {
                 Reflink::Unsupported { fs }
             }
-            _ => Reflink::Unknown {
-                reason: format!("test clone on {fs} failed: {e}"),
-            },
+            _ => Reflink::Unknown { reason: format!("test clone on {fs} failed: {e}") },
         },
     }
 }
@@ -94,15 +80,9 @@ struct Scratch {
 
 impl Scratch {
     fn new(dir: &Path) -> Scratch {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let stem = format!(".banger-reflink-probe-{}-{nanos}", std::process::id());
-        Scratch {
-            src: dir.join(format!("{stem}.src")),
-            dst: dir.join(format!("{stem}.dst")),
-        }
+        Scratch { src: dir.join(format!("{stem}.src")), dst: dir.join(format!("{stem}.dst")) }
     }
 }
 
@@ -152,11 +132,7 @@ mod tests {
             Reflink::Unknown { reason } => panic!("reflink probe could not run: {reason}"),
         }
         eprintln!("reflink on {}: {r:?}", dir.path().display());
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            0,
-            "scratch files left behind"
-        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "scratch files left behind");
     }
 
     #[test]
@@ -193,11 +169,7 @@ mod tests {
             let mountpoint = dir.path().join("mnt");
             fs::create_dir(&mountpoint).unwrap();
             File::create(&image).unwrap().set_len(300 << 20).unwrap();
-            let mut guard = XfsMount {
-                _dir: dir,
-                mountpoint,
-                mounted: false,
-            };
+            let mut guard = XfsMount { _dir: dir, mountpoint, mounted: false };
             let mkfs = Command::new("mkfs.xfs")
                 .args(["-q", "-m", "reflink=1"])
                 .arg(&image)
@@ -221,16 +193,10 @@ mod tests {
             if !self.mounted {
                 return;
             }
-            let ok = std::process::Command::new("umount")
-                .arg(&self.mountpoint)
-                .status()
-                .is_ok_and(|s| s.success());
+            let ok = std::process::Command::new("umount").arg(&self.mountpoint).status().is_ok_and(|s| s.success());
             if !ok {
                 // Detach lazily so the loop device is freed once the last user lets go.
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.mountpoint)
-                    .status();
+                let _ = std::process::Command::new("umount").arg("-l").arg(&self.mountpoint).status();
             }
         }
     }
@@ -243,17 +209,8 @@ mod tests {
         }
         let mount = XfsMount::new();
         let state = mount.mountpoint.join("state");
-        assert_eq!(
-            probe(&state),
-            Reflink::Supported {
-                fs: "xfs".to_string()
-            }
-        );
-        assert_eq!(
-            fs::read_dir(&state).unwrap().count(),
-            0,
-            "scratch files left behind"
-        );
+        assert_eq!(probe(&state), Reflink::Supported { fs: "xfs".to_string() });
+        assert_eq!(fs::read_dir(&state).unwrap().count(), 0, "scratch files left behind");
     }
 
     fn is_root() -> bool {

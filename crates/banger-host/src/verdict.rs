@@ -39,14 +39,8 @@ impl fmt::Display for Vmm {
 /// installed and KVM runs ordinary kernels, else QEMU, with KVM when usable.
 pub fn preferred_vmm(c: &Capabilities) -> (Vmm, String) {
     match (&c.firecracker, &c.kvm) {
-        (Some(_), Kvm::Usable) => (
-            Vmm::Firecracker,
-            "firecracker is installed and KVM is usable".into(),
-        ),
-        (None, Kvm::Usable) => (
-            Vmm::Qemu { kvm: true },
-            "KVM is usable but firecracker is not installed".into(),
-        ),
+        (Some(_), Kvm::Usable) => (Vmm::Firecracker, "firecracker is installed and KVM is usable".into()),
+        (None, Kvm::Usable) => (Vmm::Qemu { kvm: true }, "KVM is usable but firecracker is not installed".into()),
         (_, kvm) => (Vmm::Qemu { kvm: false }, kvm_summary(kvm).into()),
     }
 }
@@ -78,30 +72,15 @@ pub fn checks(c: &Capabilities) -> Vec<Check> {
 }
 
 fn pass(name: &str, detail: impl Into<String>) -> Check {
-    Check {
-        name: name.into(),
-        status: CheckStatus::Pass,
-        detail: detail.into(),
-        fix: None,
-    }
+    Check { name: name.into(), status: CheckStatus::Pass, detail: detail.into(), fix: None }
 }
 
 fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-    Check {
-        name: name.into(),
-        status: CheckStatus::Warn,
-        detail: detail.into(),
-        fix: Some(fix.into()),
-    }
+    Check { name: name.into(), status: CheckStatus::Warn, detail: detail.into(), fix: Some(fix.into()) }
 }
 
 fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-    Check {
-        name: name.into(),
-        status: CheckStatus::Fail,
-        detail: detail.into(),
-        fix: Some(fix.into()),
-    }
+    Check { name: name.into(), status: CheckStatus::Fail, detail: detail.into(), fix: Some(fix.into()) }
 }
 
 fn found(tool: &Tool) -> String {
@@ -161,16 +140,10 @@ fn qemu_check(c: &Capabilities) -> Check {
     const FIX: &str = "apt-get install qemu-system-x86";
     match &c.qemu {
         Some(tool) => pass(NAME, format!("QEMU {}", found(tool))),
-        None if preferred_vmm(c).0 == Vmm::Firecracker => warn(
-            NAME,
-            "qemu-system-x86_64 is not installed; there is no fallback if Firecracker fails",
-            FIX,
-        ),
-        None => fail(
-            NAME,
-            "qemu-system-x86_64 is not installed and Firecracker cannot run here",
-            FIX,
-        ),
+        None if preferred_vmm(c).0 == Vmm::Firecracker => {
+            warn(NAME, "qemu-system-x86_64 is not installed; there is no fallback if Firecracker fails", FIX)
+        }
+        None => fail(NAME, "qemu-system-x86_64 is not installed and Firecracker cannot run here", FIX),
     }
 }
 
@@ -184,11 +157,7 @@ fn vmm_check(c: &Capabilities) -> Check {
     if installed {
         pass(NAME, format!("{vmm} will be used: {why}"))
     } else {
-        fail(
-            NAME,
-            format!("{vmm} would be used ({why}), but it is not installed"),
-            "apt-get install qemu-system-x86",
-        )
+        fail(NAME, format!("{vmm} would be used ({why}), but it is not installed"), "apt-get install qemu-system-x86")
     }
 }
 
@@ -208,11 +177,7 @@ fn device_mapper_check(present: bool) -> Check {
 fn reflink_check(reflink: &Reflink, c: &Capabilities) -> Check {
     const NAME: &str = "reflink";
     const FIX: &str = "put the state root on XFS (mkfs.xfs -m reflink=1) or btrfs";
-    let fallback = if c.device_mapper {
-        "dm-snapshot"
-    } else {
-        "sparse copies"
-    };
+    let fallback = if c.device_mapper { "dm-snapshot" } else { "sparse copies" };
     match reflink {
         Reflink::Supported { fs } => pass(NAME, format!("The state root ({fs}) supports reflink copies")),
         Reflink::Unsupported { fs } => warn(
@@ -232,11 +197,7 @@ fn nftables_check(nft: Option<&Tool>) -> Check {
     const NAME: &str = "nftables";
     match nft {
         Some(tool) => pass(NAME, found(tool)),
-        None => fail(
-            NAME,
-            "nft is not installed; VM networking needs nftables",
-            "apt-get install nftables",
-        ),
+        None => fail(NAME, "nft is not installed; VM networking needs nftables", "apt-get install nftables"),
     }
 }
 
@@ -261,11 +222,7 @@ fn disk_check(disk: Option<DiskSpace>, c: &Capabilities) -> Check {
     let Some(d) = disk else {
         return warn(NAME, format!("Free space at {dir} could not be read"), fix);
     };
-    let detail = format!(
-        "{} free of {} at {dir}",
-        gib(d.free_bytes),
-        gib(d.total_bytes)
-    );
+    let detail = format!("{} free of {} at {dir}", gib(d.free_bytes), gib(d.total_bytes));
     if d.free_bytes < DISK_FAIL_BYTES {
         fail(NAME, detail, fix)
     } else if d.free_bytes < DISK_WARN_BYTES {
@@ -286,10 +243,7 @@ mod tests {
     use super::*;
 
     fn tool(name: &str, version: &str) -> Option<Tool> {
-        Some(Tool {
-            path: PathBuf::from(format!("/usr/bin/{name}")),
-            version: version.into(),
-        })
+        Some(Tool { path: PathBuf::from(format!("/usr/bin/{name}")), version: version.into() })
     }
 
     /// A host where everything works.
@@ -303,36 +257,20 @@ mod tests {
             reflink: Reflink::Supported { fs: "xfs".into() },
             nftables: tool("nft", "nftables v1.0.6"),
             resolved: true,
-            disk: Some(DiskSpace {
-                free_bytes: 100 * GIB,
-                total_bytes: 200 * GIB,
-            }),
+            disk: Some(DiskSpace { free_bytes: 100 * GIB, total_bytes: 200 * GIB }),
             state_dir: PathBuf::from("/var/lib/banger"),
         }
     }
 
     fn check<'a>(checks: &'a [Check], name: &str) -> &'a Check {
-        checks
-            .iter()
-            .find(|c| c.name == name)
-            .unwrap_or_else(|| panic!("no {name} check"))
+        checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no {name} check"))
     }
 
     #[test]
     fn checks_come_in_a_stable_order() {
         let names: Vec<_> = checks(&all_good()).into_iter().map(|c| c.name).collect();
-        let want = [
-            "kvm",
-            "firecracker",
-            "jailer",
-            "qemu",
-            "vmm",
-            "device_mapper",
-            "reflink",
-            "nftables",
-            "resolved",
-            "disk",
-        ];
+        let want =
+            ["kvm", "firecracker", "jailer", "qemu", "vmm", "device_mapper", "reflink", "nftables", "resolved", "disk"];
         assert_eq!(names, want);
     }
 
@@ -349,68 +287,42 @@ mod tests {
 
     #[test]
     fn pvm_only_warns_that_ordinary_kernels_will_not_boot() {
-        let c = Capabilities {
-            kvm: Kvm::PvmOnly,
-            ..all_good()
-        };
+        let c = Capabilities { kvm: Kvm::PvmOnly, ..all_good() };
         let checks = checks(&c);
         let kvm = check(&checks, "kvm");
         assert_eq!(kvm.status, CheckStatus::Warn);
-        assert!(
-            kvm.detail.contains("ordinary guest kernels will not boot"),
-            "{}",
-            kvm.detail
-        );
+        assert!(kvm.detail.contains("ordinary guest kernels will not boot"), "{}", kvm.detail);
         assert!(kvm.detail.contains("QEMU with TCG"), "{}", kvm.detail);
         assert!(kvm.fix.is_some());
     }
 
     #[test]
     fn firecracker_with_pvm_only_chooses_qemu_tcg() {
-        let c = Capabilities {
-            kvm: Kvm::PvmOnly,
-            ..all_good()
-        };
+        let c = Capabilities { kvm: Kvm::PvmOnly, ..all_good() };
         let (vmm, why) = preferred_vmm(&c);
         assert_eq!(vmm, Vmm::Qemu { kvm: false });
         assert!(why.contains("PVM"), "{why}");
         let checks = checks(&c);
         let vmm = check(&checks, "vmm");
         assert_eq!(vmm.status, CheckStatus::Pass);
-        assert!(
-            vmm.detail.starts_with("QEMU with TCG emulation"),
-            "{}",
-            vmm.detail
-        );
+        assert!(vmm.detail.starts_with("QEMU with TCG emulation"), "{}", vmm.detail);
         assert!(check(&checks, "firecracker").detail.contains("unused"));
     }
 
     #[test]
     fn usable_kvm_without_firecracker_chooses_qemu_kvm() {
-        let c = Capabilities {
-            firecracker: None,
-            jailer: None,
-            ..all_good()
-        };
+        let c = Capabilities { firecracker: None, jailer: None, ..all_good() };
         assert_eq!(preferred_vmm(&c).0, Vmm::Qemu { kvm: true });
         let checks = checks(&c);
         let fc = check(&checks, "firecracker");
         assert_eq!(fc.status, CheckStatus::Warn);
-        assert!(fc
-            .fix
-            .as_deref()
-            .unwrap()
-            .contains("github.com/firecracker-microvm/firecracker/releases"));
+        assert!(fc.fix.as_deref().unwrap().contains("github.com/firecracker-microvm/firecracker/releases"));
         assert_eq!(check(&checks, "qemu").status, CheckStatus::Pass);
     }
 
     #[test]
     fn no_qemu_and_no_firecracker_fails_qemu_and_vmm() {
-        let c = Capabilities {
-            firecracker: None,
-            qemu: None,
-            ..all_good()
-        };
+        let c = Capabilities { firecracker: None, qemu: None, ..all_good() };
         let checks = checks(&c);
         let qemu = check(&checks, "qemu");
         assert_eq!(qemu.status, CheckStatus::Fail);
@@ -420,20 +332,13 @@ mod tests {
 
     #[test]
     fn no_qemu_with_pvm_only_firecracker_fails_qemu() {
-        let c = Capabilities {
-            kvm: Kvm::PvmOnly,
-            qemu: None,
-            ..all_good()
-        };
+        let c = Capabilities { kvm: Kvm::PvmOnly, qemu: None, ..all_good() };
         assert_eq!(check(&checks(&c), "qemu").status, CheckStatus::Fail);
     }
 
     #[test]
     fn no_qemu_with_working_firecracker_only_warns() {
-        let c = Capabilities {
-            qemu: None,
-            ..all_good()
-        };
+        let c = Capabilities { qemu: None, ..all_good() };
         let checks = checks(&c);
         assert_eq!(check(&checks, "qemu").status, CheckStatus::Warn);
         assert_eq!(check(&checks, "vmm").status, CheckStatus::Pass);
@@ -441,12 +346,7 @@ mod tests {
 
     #[test]
     fn kvm_without_access_says_why_and_how() {
-        let c = Capabilities {
-            kvm: Kvm::NoAccess {
-                reason: "Permission denied (os error 13)".into(),
-            },
-            ..all_good()
-        };
+        let c = Capabilities { kvm: Kvm::NoAccess { reason: "Permission denied (os error 13)".into() }, ..all_good() };
         assert_eq!(preferred_vmm(&c).0, Vmm::Qemu { kvm: false });
         let checks = checks(&c);
         let kvm = check(&checks, "kvm");
@@ -469,11 +369,7 @@ mod tests {
             ("device_mapper", CheckStatus::Warn, "modprobe dm_snapshot"),
             ("reflink", CheckStatus::Warn, "mkfs.xfs -m reflink=1"),
             ("nftables", CheckStatus::Fail, "apt-get install nftables"),
-            (
-                "resolved",
-                CheckStatus::Warn,
-                "systemctl enable --now systemd-resolved",
-            ),
+            ("resolved", CheckStatus::Warn, "systemctl enable --now systemd-resolved"),
         ];
         for (name, status, fix) in want {
             let got = check(&checks, name);
@@ -481,30 +377,19 @@ mod tests {
             assert!(got.fix.as_deref().unwrap().contains(fix), "{got:?}");
         }
         assert!(check(&checks, "reflink").detail.contains("ext4"));
-        assert!(check(&checks, "resolved")
-            .detail
-            .contains("/etc/resolv.conf"));
+        assert!(check(&checks, "resolved").detail.contains("/etc/resolv.conf"));
     }
 
     #[test]
     fn disk_thresholds() {
         let at = |free_bytes| {
-            let c = Capabilities {
-                disk: Some(DiskSpace {
-                    free_bytes,
-                    total_bytes: 100 * GIB,
-                }),
-                ..all_good()
-            };
+            let c = Capabilities { disk: Some(DiskSpace { free_bytes, total_bytes: 100 * GIB }), ..all_good() };
             check(&checks(&c), "disk").status
         };
         assert_eq!(at(GIB / 2), CheckStatus::Fail);
         assert_eq!(at(5 * GIB), CheckStatus::Warn);
         assert_eq!(at(10 * GIB), CheckStatus::Pass);
-        let c = Capabilities {
-            disk: None,
-            ..all_good()
-        };
+        let c = Capabilities { disk: None, ..all_good() };
         assert_eq!(check(&checks(&c), "disk").status, CheckStatus::Warn);
     }
 
@@ -516,9 +401,7 @@ mod tests {
             jailer: None,
             qemu: None,
             device_mapper: false,
-            reflink: Reflink::Unknown {
-                reason: "cannot create".into(),
-            },
+            reflink: Reflink::Unknown { reason: "cannot create".into() },
             nftables: None,
             resolved: false,
             disk: None,
@@ -526,14 +409,8 @@ mod tests {
         };
         for check in checks(&worst) {
             assert_ne!(check.status, CheckStatus::Pass, "{check:?}");
-            let fix = check
-                .fix
-                .as_deref()
-                .unwrap_or_else(|| panic!("{} has no fix", check.name));
-            assert!(
-                !fix.contains('\n') && !check.detail.contains('\n'),
-                "{check:?}"
-            );
+            let fix = check.fix.as_deref().unwrap_or_else(|| panic!("{} has no fix", check.name));
+            assert!(!fix.contains('\n') && !check.detail.contains('\n'), "{check:?}");
         }
     }
 }

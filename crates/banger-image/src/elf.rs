@@ -33,36 +33,33 @@ pub(crate) fn linkage(head: &[u8]) -> Linkage {
         2 => false,
         _ => return Linkage::NotElf,
     };
-    let u16_at = |o: usize| {
-        head.get(o..o + 2).map(|b| [b[0], b[1]]).map(|b| {
+    let u16_at =
+        |o: usize| {
+            head.get(o..o + 2).map(|b| [b[0], b[1]]).map(|b| {
+                if little {
+                    u16::from_le_bytes(b)
+                } else {
+                    u16::from_be_bytes(b)
+                }
+            })
+        };
+    let u32_at = |o: usize| {
+        head.get(o..o + 4).map(|b| [b[0], b[1], b[2], b[3]]).map(|b| {
             if little {
-                u16::from_le_bytes(b)
+                u32::from_le_bytes(b)
             } else {
-                u16::from_be_bytes(b)
+                u32::from_be_bytes(b)
             }
         })
     };
-    let u32_at = |o: usize| {
-        head.get(o..o + 4)
-            .map(|b| [b[0], b[1], b[2], b[3]])
-            .map(|b| {
-                if little {
-                    u32::from_le_bytes(b)
-                } else {
-                    u32::from_be_bytes(b)
-                }
-            })
-    };
     let u64_at = |o: usize| {
-        head.get(o..o + 8)
-            .map(|b| <[u8; 8]>::try_from(b).expect("eight bytes"))
-            .map(|b| {
-                if little {
-                    u64::from_le_bytes(b)
-                } else {
-                    u64::from_be_bytes(b)
-                }
-            })
+        head.get(o..o + 8).map(|b| <[u8; 8]>::try_from(b).expect("eight bytes")).map(|b| {
+            if little {
+                u64::from_le_bytes(b)
+            } else {
+                u64::from_be_bytes(b)
+            }
+        })
     };
     let (phoff, phentsize, phnum) = match head[4] {
         1 => (u32_at(0x1c).map(u64::from), u16_at(0x2a), u16_at(0x2c)),
@@ -73,10 +70,7 @@ pub(crate) fn linkage(head: &[u8]) -> Linkage {
         return Linkage::NotElf;
     };
     for i in 0..u64::from(phnum) {
-        let Some(offset) = i
-            .checked_mul(u64::from(phentsize))
-            .and_then(|o| o.checked_add(phoff))
-        else {
+        let Some(offset) = i.checked_mul(u64::from(phentsize)).and_then(|o| o.checked_add(phoff)) else {
             return Linkage::NotElf;
         };
         let Some(p_type) = usize::try_from(offset).ok().and_then(u32_at) else {
@@ -92,9 +86,7 @@ pub(crate) fn linkage(head: &[u8]) -> Linkage {
 /// Reads the start of `path` and classifies it.
 pub(crate) fn file_linkage(path: &Path) -> io::Result<Linkage> {
     let mut head = Vec::new();
-    File::open(path)?
-        .take(HEADER_WINDOW)
-        .read_to_end(&mut head)?;
+    File::open(path)?.take(HEADER_WINDOW).read_to_end(&mut head)?;
     Ok(linkage(&head))
 }
 
@@ -111,10 +103,7 @@ pub(crate) fn require_static(
     match file_linkage(path) {
         Ok(Linkage::Static) => Ok(()),
         Ok(_) => Err(not_static(path.to_owned())),
-        Err(source) => Err(ImageError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(ImageError::Io { path: path.to_owned(), source }),
     }
 }
 
@@ -165,14 +154,8 @@ mod tests {
     #[test]
     fn host_binaries() {
         if Path::new("/bin/busybox").exists() {
-            assert_eq!(
-                file_linkage(Path::new("/bin/busybox")).unwrap(),
-                Linkage::Static
-            );
+            assert_eq!(file_linkage(Path::new("/bin/busybox")).unwrap(), Linkage::Static);
         }
-        assert_eq!(
-            file_linkage(Path::new("/bin/ls")).unwrap(),
-            Linkage::Dynamic
-        );
+        assert_eq!(file_linkage(Path::new("/bin/ls")).unwrap(), Linkage::Dynamic);
     }
 }

@@ -15,9 +15,7 @@ pub enum ImageError {
         package: &'static str,
     },
     /// Building needs root, because ownership in the image comes from the build tree.
-    #[error(
-        "building an image needs root (file ownership in the image comes from the build tree)"
-    )]
+    #[error("building an image needs root (file ownership in the image comes from the build tree)")]
     NotRoot,
     /// The busybox given for a tiny image does not exist.
     #[error("busybox not found at {0}; install Debian's busybox-static package")]
@@ -109,8 +107,5 @@ pub enum ImageError {
 
 /// A closure mapping an `io::Error` to [`ImageError::Io`] for `path`.
 pub(crate) fn io_at(path: &std::path::Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| ImageError::Io { path: path.to_owned(), source }
 }

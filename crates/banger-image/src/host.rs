@@ -13,14 +13,7 @@ use crate::{layout, ImageError};
 
 /// Where tools are looked for besides `$PATH`: the daemon may run with a
 /// `PATH` that lacks the sbin directories.
-const EXTRA_DIRS: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
+const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /// How much of a failing tool's stderr an error carries.
 const STDERR_TAIL: usize = 2000;
 
@@ -40,10 +33,7 @@ pub(crate) fn find_tool(tool: &str) -> Option<PathBuf> {
 }
 
 /// Finds `tool`, or says which Debian package provides it.
-pub(crate) fn require_tool(
-    tool: &'static str,
-    package: &'static str,
-) -> Result<PathBuf, ImageError> {
+pub(crate) fn require_tool(tool: &'static str, package: &'static str) -> Result<PathBuf, ImageError> {
     find_tool(tool).ok_or(ImageError::MissingTool { tool, package })
 }
 
@@ -52,10 +42,7 @@ fn run(program: &str, cmd: &mut Command) -> Result<Vec<u8>, ImageError> {
     let output = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| ImageError::Spawn {
-            program: program.to_owned(),
-            source,
-        })?;
+        .map_err(|source| ImageError::Spawn { program: program.to_owned(), source })?;
     check(program, output.status, &output.stderr)?;
     Ok(output.stdout)
 }
@@ -67,9 +54,7 @@ fn check(program: &str, status: ExitStatus, stderr: &[u8]) -> Result<(), ImageEr
     let text = String::from_utf8_lossy(stderr);
     let text = text.trim();
     let start = text.len().saturating_sub(STDERR_TAIL);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(text.len());
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
     Err(ImageError::Command {
         program: program.to_owned(),
         status: status.to_string(),
@@ -79,34 +64,18 @@ fn check(program: &str, status: ExitStatus, stderr: &[u8]) -> Result<(), ImageEr
 
 /// Makes `file` an ext4 filesystem of `size_bytes` labelled `label`, filled
 /// from `root` when given, without mounting anything.
-pub(crate) fn mkfs_ext4(
-    label: &str,
-    root: Option<&Path>,
-    file: &Path,
-    size_bytes: u64,
-) -> Result<(), ImageError> {
+pub(crate) fn mkfs_ext4(label: &str, root: Option<&Path>, file: &Path, size_bytes: u64) -> Result<(), ImageError> {
     let mkfs = require_tool("mkfs.ext4", "e2fsprogs")?;
-    let out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(file)
-        .map_err(io_at(file))?;
+    let out = OpenOptions::new().write(true).create(true).truncate(true).open(file).map_err(io_at(file))?;
     out.set_len(size_bytes).map_err(io_at(file))?;
     drop(out);
-    run(
-        "mkfs.ext4",
-        Command::new(mkfs).args(layout::mkfs_args(label, root, file)),
-    )?;
+    run("mkfs.ext4", Command::new(mkfs).args(layout::mkfs_args(label, root, file)))?;
     Ok(())
 }
 
 /// The output of `busybox --list-full`.
 pub(crate) fn busybox_list(busybox: &Path) -> Result<String, ImageError> {
-    let out = run(
-        "busybox --list-full",
-        Command::new(busybox).arg("--list-full"),
-    )?;
+    let out = run("busybox --list-full", Command::new(busybox).arg("--list-full"))?;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
@@ -116,24 +85,12 @@ pub(crate) fn busybox_list(busybox: &Path) -> Result<String, ImageError> {
 pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<(), ImageError> {
     let mut from = src.as_os_str().to_owned();
     from.push("/.");
-    run(
-        "cp",
-        Command::new("cp").args([
-            OsStr::new("-a"),
-            OsStr::new("--reflink=auto"),
-            &from,
-            dst.as_os_str(),
-        ]),
-    )?;
+    run("cp", Command::new("cp").args([OsStr::new("-a"), OsStr::new("--reflink=auto"), &from, dst.as_os_str()]))?;
     Ok(())
 }
 
 /// Runs debootstrap into `root`, passing its `I:` lines to `progress`.
-pub(crate) fn debootstrap(
-    suite: &str,
-    root: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(), ImageError> {
+pub(crate) fn debootstrap(suite: &str, root: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), ImageError> {
     let tool = require_tool("debootstrap", "debootstrap")?;
     let mut child = Command::new(tool)
         .args(layout::debootstrap_args(suite, root))
@@ -141,10 +98,7 @@ pub(crate) fn debootstrap(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| ImageError::Spawn {
-            program: "debootstrap".into(),
-            source,
-        })?;
+        .map_err(|source| ImageError::Spawn { program: "debootstrap".into(), source })?;
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let stderr_reader = std::thread::spawn(move || {
         let mut text = Vec::new();
@@ -160,10 +114,7 @@ pub(crate) fn debootstrap(
         log.extend_from_slice(line.as_bytes());
         log.push(b'\n');
     }
-    let status = child.wait().map_err(|source| ImageError::Spawn {
-        program: "debootstrap".into(),
-        source,
-    })?;
+    let status = child.wait().map_err(|source| ImageError::Spawn { program: "debootstrap".into(), source })?;
     let mut stderr = stderr_reader.join().unwrap_or_default();
     // debootstrap reports many failures on stdout ("E: ...") and points at
     // debootstrap.log inside the target.
@@ -197,9 +148,8 @@ fn unescape_mount_field(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal =
+            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(d) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -220,23 +170,15 @@ fn unescape_mount_field(field: &str) -> String {
 /// not delete the tree, or it would delete through the mounts.
 pub(crate) fn unmount_under(root: &Path) -> Result<(), ImageError> {
     let root = fs::canonicalize(root).map_err(io_at(root))?;
-    let read =
-        || fs::read_to_string("/proc/self/mounts").map_err(io_at(Path::new("/proc/self/mounts")));
+    let read = || fs::read_to_string("/proc/self/mounts").map_err(io_at(Path::new("/proc/self/mounts")));
     let points = mounts_under(&read()?, &root);
     if points.is_empty() {
         return Ok(());
     }
     for point in &points {
-        let plain = Command::new("umount")
-            .arg(point)
-            .stderr(Stdio::null())
-            .status();
+        let plain = Command::new("umount").arg(point).stderr(Stdio::null()).status();
         if !plain.is_ok_and(|s| s.success()) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(point)
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("umount").arg("-l").arg(point).stderr(Stdio::null()).status();
         }
     }
     match mounts_under(&read()?, &root).first() {
@@ -266,9 +208,6 @@ mod tests {
                 PathBuf::from("/s/build/root/dev")
             ]
         );
-        assert_eq!(
-            mounts_under(mounts, Path::new("/s/build/root x")),
-            [PathBuf::from("/s/build/root x")]
-        );
+        assert_eq!(mounts_under(mounts, Path::new("/s/build/root x")), [PathBuf::from("/s/build/root x")]);
     }
 }

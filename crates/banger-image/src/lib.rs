@@ -46,9 +46,7 @@ impl Recipe {
 
     /// A Debian recipe for the default suite.
     pub fn debian() -> Self {
-        Recipe::Debian {
-            suite: Self::DEFAULT_DEBIAN_SUITE.to_owned(),
-        }
+        Recipe::Debian { suite: Self::DEFAULT_DEBIAN_SUITE.to_owned() }
     }
 }
 
@@ -67,11 +65,7 @@ pub struct BuildOptions {
 impl BuildOptions {
     /// Options with the default busybox (`/bin/busybox`) and size.
     pub fn new(agent: impl Into<PathBuf>) -> Self {
-        BuildOptions {
-            agent: agent.into(),
-            busybox: PathBuf::from("/bin/busybox"),
-            size_bytes: None,
-        }
+        BuildOptions { agent: agent.into(), busybox: PathBuf::from("/bin/busybox"), size_bytes: None }
     }
 }
 
@@ -102,39 +96,23 @@ pub fn build(
     let scratch = tempfile::Builder::new()
         .prefix(".build-")
         .tempdir_in(dest)
-        .map_err(|source| ImageError::Io {
-            path: dest.to_owned(),
-            source,
-        })?;
+        .map_err(|source| ImageError::Io { path: dest.to_owned(), source })?;
     if !host::owned_by_root(scratch.path())? {
         return Err(ImageError::NotRoot);
     }
-    elf::require_static(
-        &opts.agent,
-        ImageError::AgentMissing,
-        ImageError::AgentNotStatic,
-    )?;
+    elf::require_static(&opts.agent, ImageError::AgentMissing, ImageError::AgentNotStatic)?;
     let output = dest.join(ROOTFS_FILE);
     let result = match recipe {
         Recipe::Tiny => recipe::tiny::build(opts, scratch.path(), &output, progress),
-        Recipe::Debian { suite } => {
-            recipe::debian::build(&suite, opts, scratch.path(), &output, progress)
-        }
-        Recipe::FromDir(dir) => {
-            recipe::rootfs::from_dir(&dir, opts, scratch.path(), &output, progress)
-        }
-        Recipe::FromTar(tar) => {
-            recipe::rootfs::from_tar(&tar, opts, scratch.path(), &output, progress)
-        }
+        Recipe::Debian { suite } => recipe::debian::build(&suite, opts, scratch.path(), &output, progress),
+        Recipe::FromDir(dir) => recipe::rootfs::from_dir(&dir, opts, scratch.path(), &output, progress),
+        Recipe::FromTar(tar) => recipe::rootfs::from_tar(&tar, opts, scratch.path(), &output, progress),
     };
     // Never delete through a mount that debootstrap left behind.
     if let Err(e) = host::unmount_under(scratch.path()) {
         let _ = scratch.keep();
         return Err(e);
     }
-    scratch.close().map_err(|source| ImageError::Io {
-        path: dest.to_owned(),
-        source,
-    })?;
+    scratch.close().map_err(|source| ImageError::Io { path: dest.to_owned(), source })?;
     result
 }

@@ -39,9 +39,6 @@ pub fn ensure_seed(seeds_dir: &Path, size_bytes: u64) -> Result<PathBuf, ImageEr
             drop(e.file);
             Ok(path)
         }
-        Err(e) => Err(ImageError::Io {
-            path,
-            source: e.error,
-        }),
+        Err(e) => Err(ImageError::Io { path, source: e.error }),
     }
 }

@@ -57,10 +57,7 @@ pub(crate) struct Skipped {
 
 /// Unpacks the tarball at `path` into the existing, empty directory `root`.
 pub(crate) fn extract(path: &Path, root: &Path) -> Result<Skipped, ImageError> {
-    let tar_error = |source| ImageError::Tar {
-        path: path.to_owned(),
-        source,
-    };
+    let tar_error = |source| ImageError::Tar { path: path.to_owned(), source };
     let mut input = BufReader::new(File::open(path).map_err(tar_error)?);
     let compression = sniff(input.fill_buf().map_err(tar_error)?);
     let reader: Box<dyn Read> = match compression {
@@ -100,22 +97,14 @@ fn unpack(reader: impl Read, root: &Path) -> Result<Skipped, Unpack> {
     for entry in archive.entries()? {
         let mut entry = entry?;
         let raw = entry.path()?.into_owned();
-        let unsafe_member = |reason| Unpack::Unsafe {
-            path: raw.display().to_string(),
-            reason,
-        };
+        let unsafe_member = |reason| Unpack::Unsafe { path: raw.display().to_string(), reason };
         let Some(_) = member_path(&raw).map_err(unsafe_member)? else {
             continue;
         };
         let kind = entry.header().entry_type();
         if kind == EntryType::Link {
-            let target = entry
-                .link_name()?
-                .ok_or_else(|| unsafe_member("hard link without a target"))?;
-            member_path(&target).map_err(|reason| Unpack::Unsafe {
-                path: raw.display().to_string(),
-                reason,
-            })?;
+            let target = entry.link_name()?.ok_or_else(|| unsafe_member("hard link without a target"))?;
+            member_path(&target).map_err(|reason| Unpack::Unsafe { path: raw.display().to_string(), reason })?;
         }
         match kind {
             EntryType::Char | EntryType::Block | EntryType::Fifo => skipped.special_files += 1,
@@ -147,18 +136,9 @@ mod tests {
 
     #[test]
     fn member_paths() {
-        assert_eq!(
-            member_path(Path::new("./etc/passwd")),
-            Ok(Some(PathBuf::from("etc/passwd")))
-        );
+        assert_eq!(member_path(Path::new("./etc/passwd")), Ok(Some(PathBuf::from("etc/passwd"))));
         assert_eq!(member_path(Path::new("./")), Ok(None));
-        assert_eq!(
-            member_path(Path::new("etc/../../x")),
-            Err("path contains `..`")
-        );
-        assert_eq!(
-            member_path(Path::new("/etc/passwd")),
-            Err("path is absolute")
-        );
+        assert_eq!(member_path(Path::new("etc/../../x")), Err("path contains `..`"));
+        assert_eq!(member_path(Path::new("/etc/passwd")), Err("path is absolute"));
     }
 }

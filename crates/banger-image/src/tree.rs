@@ -87,11 +87,7 @@ pub(crate) fn materialize(root: &Path, entries: &[Entry]) -> Result<(), ImageErr
                     chmod(&host, *mode)?;
                 }
             }
-            Entry::File {
-                path,
-                contents,
-                mode,
-            } => {
+            Entry::File { path, contents, mode } => {
                 let host = place(root, path)?;
                 remove_any(&host)?;
                 fs::write(&host, contents).map_err(io_at(&host))?;
@@ -135,19 +131,12 @@ pub(crate) fn remove_any(path: &Path) -> Result<(), ImageError> {
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map_err(io_at(path)),
         Ok(_) => fs::remove_file(path).map_err(io_at(path)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ImageError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(ImageError::Io { path: path.to_owned(), source }),
     }
 }
 
 /// Removes the entries of the directory `dir` (in-root) for which `doomed` holds.
-pub(crate) fn prune_dir(
-    root: &Path,
-    dir: &str,
-    doomed: impl Fn(&str) -> bool,
-) -> Result<(), ImageError> {
+pub(crate) fn prune_dir(root: &Path, dir: &str, doomed: impl Fn(&str) -> bool) -> Result<(), ImageError> {
     let host = resolve_in_root(root, Path::new(dir), true).map_err(io_at(Path::new(dir)))?;
     let entries = match fs::read_dir(&host) {
         Ok(entries) => entries,
@@ -182,11 +171,7 @@ pub(crate) fn content_bytes(root: &Path) -> Result<u64, ImageError> {
             if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
-            let data = if meta.is_file() || meta.len() > 60 {
-                meta.len().div_ceil(4096) * 4096
-            } else {
-                0
-            };
+            let data = if meta.is_file() || meta.len() > 60 { meta.len().div_ceil(4096) * 4096 } else { 0 };
             total += data + 256;
         }
     }
@@ -206,22 +191,10 @@ mod tests {
         symlink("/etc", r.join("escape")).unwrap();
         symlink("../../../../..", r.join("up")).unwrap();
         symlink("loop", r.join("loop")).unwrap();
-        assert_eq!(
-            resolve_in_root(r, Path::new("/sbin/init"), true).unwrap(),
-            r.join("usr/sbin/init")
-        );
-        assert_eq!(
-            resolve_in_root(r, Path::new("escape/passwd"), true).unwrap(),
-            r.join("etc/passwd")
-        );
-        assert_eq!(
-            resolve_in_root(r, Path::new("up/x"), true).unwrap(),
-            r.join("x")
-        );
-        assert_eq!(
-            resolve_in_root(r, Path::new("escape"), false).unwrap(),
-            r.join("escape")
-        );
+        assert_eq!(resolve_in_root(r, Path::new("/sbin/init"), true).unwrap(), r.join("usr/sbin/init"));
+        assert_eq!(resolve_in_root(r, Path::new("escape/passwd"), true).unwrap(), r.join("etc/passwd"));
+        assert_eq!(resolve_in_root(r, Path::new("up/x"), true).unwrap(), r.join("x"));
+        assert_eq!(resolve_in_root(r, Path::new("escape"), false).unwrap(), r.join("escape"));
         assert!(resolve_in_root(r, Path::new("loop/x"), true).is_err());
     }
 
@@ -231,17 +204,10 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let r = root.path();
         symlink(outside.path(), r.join("etc")).unwrap();
-        let entries = [Entry::File {
-            path: "etc/hostname".into(),
-            contents: "x\n",
-            mode: 0o644,
-        }];
+        let entries = [Entry::File { path: "etc/hostname".into(), contents: "x\n", mode: 0o644 }];
         // The link resolves to `etc/<outside path>` in the root, which does not exist.
         assert!(materialize(r, &entries).is_err());
-        assert!(
-            fs::read_dir(outside.path()).unwrap().next().is_none(),
-            "nothing lands outside"
-        );
+        assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing lands outside");
     }
 
     #[test]
@@ -249,32 +215,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         let entries = [
-            Entry::Dir {
-                path: "tmp".into(),
-                mode: 0o1777,
-            },
-            Entry::File {
-                path: "tmp/a".into(),
-                contents: "hi",
-                mode: 0o600,
-            },
-            Entry::Symlink {
-                path: "tmp/b".into(),
-                target: "a".into(),
-            },
-            Entry::Symlink {
-                path: "tmp/b".into(),
-                target: "c".into(),
-            },
-            Entry::Remove {
-                path: "tmp/a".into(),
-            },
+            Entry::Dir { path: "tmp".into(), mode: 0o1777 },
+            Entry::File { path: "tmp/a".into(), contents: "hi", mode: 0o600 },
+            Entry::Symlink { path: "tmp/b".into(), target: "a".into() },
+            Entry::Symlink { path: "tmp/b".into(), target: "c".into() },
+            Entry::Remove { path: "tmp/a".into() },
         ];
         materialize(r, &entries).unwrap();
-        assert_eq!(
-            fs::metadata(r.join("tmp")).unwrap().permissions().mode() & 0o7777,
-            0o1777
-        );
+        assert_eq!(fs::metadata(r.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
         assert_eq!(fs::read_link(r.join("tmp/b")).unwrap(), Path::new("c"));
         assert!(!r.join("tmp/a").exists());
         assert!(content_bytes(r).unwrap() >= 2 * 4096);

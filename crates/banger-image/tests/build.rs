@@ -33,41 +33,22 @@ fn opts() -> BuildOptions {
 }
 
 fn debugfs(image: &Path, request: &str) -> String {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(request)
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "debugfs {request}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("debugfs").arg("-R").arg(request).arg(image).output().unwrap();
+    assert!(out.status.success(), "debugfs {request}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The `Mode:` field of `debugfs stat`, such as `0755`.
 fn mode_of(image: &Path, path: &str) -> String {
     let stat = debugfs(image, &format!("stat {path}"));
-    stat.split("Mode:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{stat}"))
-        .to_owned()
+    stat.split("Mode:").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or_else(|| panic!("{stat}")).to_owned()
 }
 
 /// The `User:` and `Group:` fields of `debugfs stat`.
 fn owner_of(image: &Path, path: &str) -> (u32, u32) {
     let stat = debugfs(image, &format!("stat {path}"));
-    let field = |name: &str| {
-        stat.split(name)
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field =
+        |name: &str| stat.split(name).nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap();
     (field("User:"), field("Group:"))
 }
 
@@ -81,23 +62,12 @@ fn link_target(image: &Path, path: &str) -> String {
 }
 
 fn fsck_clean(image: &Path) {
-    let out = Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "e2fsck: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = Command::new("e2fsck").args(["-f", "-n"]).arg(image).output().unwrap();
+    assert!(out.status.success(), "e2fsck: {}", String::from_utf8_lossy(&out.stdout));
 }
 
 fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     names
 }
@@ -105,16 +75,10 @@ fn entries(dir: &Path) -> Vec<String> {
 fn build_into(
     recipe: Recipe,
     opts: &BuildOptions,
-) -> (
-    tempfile::TempDir,
-    Result<banger_image::BuiltImage, ImageError>,
-    Vec<String>,
-) {
+) -> (tempfile::TempDir, Result<banger_image::BuiltImage, ImageError>, Vec<String>) {
     let dest = tempfile::tempdir().unwrap();
     let mut steps = Vec::new();
-    let result = build(recipe, opts, dest.path(), &mut |s: &str| {
-        steps.push(s.to_owned())
-    });
+    let result = build(recipe, opts, dest.path(), &mut |s: &str| steps.push(s.to_owned()));
     (dest, result, steps)
 }
 
@@ -132,11 +96,7 @@ fn tiny_image_boots_the_agent_from_a_busybox_root() {
     assert_eq!(built.init, "/sbin/init");
     assert_eq!(built.size_bytes, 64 << 20);
     assert!(!steps.is_empty());
-    assert_eq!(
-        entries(dest.path()),
-        [ROOTFS_FILE],
-        "scratch space is removed"
-    );
+    assert_eq!(entries(dest.path()), [ROOTFS_FILE], "scratch space is removed");
 
     let image = dest.path().join(ROOTFS_FILE);
     assert_eq!(fs::metadata(&image).unwrap().len(), 64 << 20);
@@ -150,23 +110,14 @@ fn tiny_image_boots_the_agent_from_a_busybox_root() {
     assert_eq!(link_target(&image, "/bin/poweroff"), "busybox");
     let sbin = debugfs(&image, "ls -l /sbin");
     for name in ["init", "poweroff", "reboot", "ifconfig"] {
-        assert!(
-            sbin.split_whitespace().any(|w| w == name),
-            "/sbin lacks {name}:\n{sbin}"
-        );
+        assert!(sbin.split_whitespace().any(|w| w == name), "/sbin lacks {name}:\n{sbin}");
     }
     assert_eq!(mode_of(&image, "/tmp"), "01777");
     assert_eq!(mode_of(&image, "/root"), "0700");
     for dir in ["/proc", "/sys", "/dev", "/run", "/work", "/var"] {
-        assert!(
-            debugfs(&image, &format!("stat {dir}")).contains("Type: directory"),
-            "{dir}"
-        );
+        assert!(debugfs(&image, &format!("stat {dir}")).contains("Type: directory"), "{dir}");
     }
-    assert_eq!(
-        debugfs(&image, "cat /etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\n"
-    );
+    assert_eq!(debugfs(&image, "cat /etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n");
     assert!(debugfs(&image, "cat /etc/profile").contains("PATH="));
     assert!(debugfs(&image, "cat /etc/hostname").starts_with("banger"));
     let label = Command::new("e2label").arg(&image).output().unwrap();
@@ -200,10 +151,7 @@ fn from_dir_copies_the_tree_and_adds_the_agent() {
     assert_eq!(owner_of(&image, "/etc/secret"), (1234, 5678));
     assert_eq!(mode_of(&image, AGENT_PATH), "0755");
     assert_eq!(link_target(&image, "/sbin/init"), "myinit");
-    assert!(
-        !s.join("usr").exists(),
-        "the source directory is not modified"
-    );
+    assert!(!s.join("usr").exists(), "the source directory is not modified");
 }
 
 #[test]
@@ -223,12 +171,7 @@ fn from_dir_without_init_boots_the_agent() {
 /// (resolved inside the root), a hard link and a device node.
 fn root_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str,
-                   kind: tar::EntryType,
-                   mode: u32,
-                   owner: u64,
-                   link: Option<&str>,
-                   data: &[u8]| {
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, owner: u64, link: Option<&str>, data: &[u8]| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_mode(mode);
@@ -243,39 +186,11 @@ fn root_tar() -> Vec<u8> {
     };
     add("./", tar::EntryType::Directory, 0o755, 0, None, b"");
     add("./etc/", tar::EntryType::Directory, 0o755, 0, None, b"");
-    add(
-        "./etc/motd",
-        tar::EntryType::Regular,
-        0o640,
-        1000,
-        None,
-        b"hello\n",
-    );
-    add(
-        "./etc/motd.hard",
-        tar::EntryType::Link,
-        0o640,
-        1000,
-        Some("./etc/motd"),
-        b"",
-    );
+    add("./etc/motd", tar::EntryType::Regular, 0o640, 1000, None, b"hello\n");
+    add("./etc/motd.hard", tar::EntryType::Link, 0o640, 1000, Some("./etc/motd"), b"");
     add("./sbin/", tar::EntryType::Directory, 0o700, 0, None, b"");
-    add(
-        "./bin/busybox",
-        tar::EntryType::Regular,
-        0o755,
-        0,
-        None,
-        b"stand-in",
-    );
-    add(
-        "./sbin/init",
-        tar::EntryType::Symlink,
-        0o777,
-        0,
-        Some("/bin/busybox"),
-        b"",
-    );
+    add("./bin/busybox", tar::EntryType::Regular, 0o755, 0, None, b"stand-in");
+    add("./sbin/init", tar::EntryType::Symlink, 0o777, 0, Some("/bin/busybox"), b"");
     add("./dev/console", tar::EntryType::Char, 0o600, 0, None, b"");
     b.into_inner().unwrap()
 }
@@ -291,20 +206,13 @@ fn from_tar_unpacks_plain_gzip_and_zstd() {
     let gz = gz.finish().unwrap();
     let zst = zstd::encode_all(&plain[..], 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for (name, bytes) in [
-        ("root.tar", &plain),
-        ("root.tgz", &gz),
-        ("root.tar.zst", &zst),
-    ] {
+    for (name, bytes) in [("root.tar", &plain), ("root.tgz", &gz), ("root.tar.zst", &zst)] {
         let tar = dir.path().join(name);
         fs::write(&tar, bytes).unwrap();
         let (dest, built, steps) = build_into(Recipe::FromTar(tar), &opts());
         let built = built.unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(built.init, "/sbin/init", "{name}");
-        assert!(
-            steps.iter().any(|s| s.contains("device nodes")),
-            "{steps:?}"
-        );
+        assert!(steps.iter().any(|s| s.contains("device nodes")), "{steps:?}");
         let image = dest.path().join(ROOTFS_FILE);
         fsck_clean(&image);
         assert_eq!(debugfs(&image, "cat /etc/motd"), "hello\n");
@@ -312,10 +220,7 @@ fn from_tar_unpacks_plain_gzip_and_zstd() {
         assert_eq!(owner_of(&image, "/etc/motd"), (1000, 1000));
         assert_eq!(mode_of(&image, "/sbin"), "0700");
         assert_eq!(link_target(&image, "/sbin/init"), "/bin/busybox");
-        assert!(
-            debugfs(&image, "stat /etc/motd").contains("Links: 2"),
-            "hard link kept"
-        );
+        assert!(debugfs(&image, "stat /etc/motd").contains("Links: 2"), "hard link kept");
         assert_eq!(mode_of(&image, AGENT_PATH), "0755");
         assert!(!debugfs(&image, "ls /dev").contains("console"));
     }
@@ -350,28 +255,17 @@ fn from_tar_refuses_members_outside_the_root() {
     }
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("banger-evil-{}", std::process::id());
-    for name in [
-        format!("../{marker}"),
-        format!("/tmp/{marker}"),
-        format!("etc/../../{marker}"),
-    ] {
+    for name in [format!("../{marker}"), format!("/tmp/{marker}"), format!("etc/../../{marker}")] {
         let tar = dir.path().join("evil.tar");
         fs::write(&tar, evil_tar(name.as_bytes())).unwrap();
         let parent = tempfile::tempdir().unwrap();
         let dest = parent.path().join("image");
         fs::create_dir(&dest).unwrap();
         let err = build(Recipe::FromTar(tar), &opts(), &dest, &mut |_| {}).unwrap_err();
-        assert!(
-            matches!(err, ImageError::UnsafeTarMember { .. }),
-            "{name}: {err:?}"
-        );
+        assert!(matches!(err, ImageError::UnsafeTarMember { .. }), "{name}: {err:?}");
         assert!(err.to_string().contains(&marker), "{err}");
         assert!(entries(&dest).is_empty(), "{name}: dest is left empty");
-        assert_eq!(
-            entries(parent.path()),
-            ["image"],
-            "{name}: nothing lands beside dest"
-        );
+        assert_eq!(entries(parent.path()), ["image"], "{name}: nothing lands beside dest");
         assert!(!Path::new("/tmp").join(&marker).exists());
     }
 }
@@ -387,22 +281,12 @@ fn seeds_are_made_once_and_reused() {
     let again = ensure_seed(&dir, 32 << 20).unwrap();
     let meta2 = fs::metadata(&again).unwrap();
     assert_eq!(first, again);
-    assert_eq!(
-        (meta.ino(), meta.mtime(), meta.mtime_nsec()),
-        (meta2.ino(), meta2.mtime(), meta2.mtime_nsec())
-    );
-    assert_eq!(
-        entries(&dir),
-        ["work-33554432.ext4"],
-        "no temporary files left"
-    );
+    assert_eq!((meta.ino(), meta.mtime(), meta.mtime_nsec()), (meta2.ino(), meta2.mtime(), meta2.mtime_nsec()));
+    assert_eq!(entries(&dir), ["work-33554432.ext4"], "no temporary files left");
     fsck_clean(&first);
     let label = Command::new("e2label").arg(&first).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "work");
-    assert!(matches!(
-        ensure_seed(&dir, 1000),
-        Err(ImageError::InvalidSeedSize { size: 1000 })
-    ));
+    assert!(matches!(ensure_seed(&dir, 1000), Err(ImageError::InvalidSeedSize { size: 1000 })));
 }
 
 fn expect_error(opts: BuildOptions, check: impl Fn(&ImageError) -> bool, words: &[&str]) {
@@ -412,10 +296,7 @@ fn expect_error(opts: BuildOptions, check: impl Fn(&ImageError) -> bool, words: 
     for word in words {
         assert!(err.to_string().contains(word), "{err} lacks {word}");
     }
-    assert!(
-        entries(dest.path()).is_empty(),
-        "scratch space is removed after {err}"
-    );
+    assert!(entries(dest.path()).is_empty(), "scratch space is removed after {err}");
 }
 
 #[test]
@@ -425,31 +306,18 @@ fn clear_errors_for_bad_inputs() {
     }
     let missing = PathBuf::from("/nonexistent/busybox");
     expect_error(
-        BuildOptions {
-            busybox: missing,
-            ..opts()
-        },
+        BuildOptions { busybox: missing, ..opts() },
         |e| matches!(e, ImageError::BusyboxMissing(_)),
         &["/nonexistent/busybox", "busybox-static"],
     );
     expect_error(
-        BuildOptions {
-            busybox: "/bin/ls".into(),
-            ..opts()
-        },
+        BuildOptions { busybox: "/bin/ls".into(), ..opts() },
         |e| matches!(e, ImageError::BusyboxNotStatic(_)),
         &["/bin/ls", "statically linked", "busybox-static"],
     );
+    expect_error(BuildOptions::new("/bin/ls"), |e| matches!(e, ImageError::AgentNotStatic(_)), &["/bin/ls"]);
     expect_error(
-        BuildOptions::new("/bin/ls"),
-        |e| matches!(e, ImageError::AgentNotStatic(_)),
-        &["/bin/ls"],
-    );
-    expect_error(
-        BuildOptions {
-            size_bytes: Some(1 << 20),
-            ..opts()
-        },
+        BuildOptions { size_bytes: Some(1 << 20), ..opts() },
         |e| matches!(e, ImageError::TooSmall { .. }),
         &["too small"],
     );

@@ -15,12 +15,7 @@ fn loud(message: &str) {
 }
 
 fn debugfs(image: &std::path::Path, request: &str) -> String {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(request)
-        .arg(image)
-        .output()
-        .unwrap();
+    let out = Command::new("debugfs").arg("-R").arg(request).arg(image).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -34,41 +29,21 @@ fn debian_image_runs_the_agent_under_systemd() {
     assert_eq!(fs::metadata(dest.path()).unwrap().uid(), 0, "needs root");
     let started = Instant::now();
     let mut steps = Vec::new();
-    let built = build(
-        Recipe::debian(),
-        &BuildOptions::new("/bin/busybox"),
-        dest.path(),
-        &mut |s: &str| steps.push(s.to_owned()),
-    )
+    let built = build(Recipe::debian(), &BuildOptions::new("/bin/busybox"), dest.path(), &mut |s: &str| {
+        steps.push(s.to_owned())
+    })
     .unwrap();
-    loud(&format!(
-        "debian image built in {:?}, {} MiB",
-        started.elapsed(),
-        built.size_bytes >> 20
-    ));
+    loud(&format!("debian image built in {:?}, {} MiB", started.elapsed(), built.size_bytes >> 20));
     assert_eq!(built.init, "/lib/systemd/systemd");
-    assert!(
-        steps.iter().any(|s| s.starts_with("debootstrap: ")),
-        "debootstrap progress is passed on"
-    );
+    assert!(steps.iter().any(|s| s.starts_with("debootstrap: ")), "debootstrap progress is passed on");
     let image = dest.path().join(ROOTFS_FILE);
-    let fsck = Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(&image)
-        .output()
-        .unwrap();
+    let fsck = Command::new("e2fsck").args(["-f", "-n"]).arg(&image).output().unwrap();
     assert!(fsck.status.success());
     assert!(debugfs(&image, &format!("stat {AGENT_PATH}")).contains("Mode:  0755"));
     let unit = debugfs(&image, "cat /etc/systemd/system/banger-agent.service");
     assert!(unit.contains("Restart=always"), "{unit}");
-    let wants = debugfs(
-        &image,
-        "stat /etc/systemd/system/multi-user.target.wants/banger-agent.service",
-    );
-    assert!(
-        wants.contains("/etc/systemd/system/banger-agent.service"),
-        "{wants}"
-    );
+    let wants = debugfs(&image, "stat /etc/systemd/system/multi-user.target.wants/banger-agent.service");
+    assert!(wants.contains("/etc/systemd/system/banger-agent.service"), "{wants}");
     assert!(
         debugfs(&image, "stat /lib/systemd/systemd").contains("Type: regular")
             || debugfs(&image, "stat /usr/lib/systemd/systemd").contains("Type: regular")
@@ -79,8 +54,5 @@ fn debian_image_runs_the_agent_under_systemd() {
     let ssh = debugfs(&image, "ls /etc/ssh");
     assert!(!ssh.contains("ssh_host_"), "{ssh}");
     assert_eq!(debugfs(&image, "cat /etc/hostname").trim(), "banger");
-    assert!(
-        debugfs(&image, "stat /etc/machine-id").contains("Size: 0"),
-        "clones get their own machine-id"
-    );
+    assert!(debugfs(&image, "stat /etc/machine-id").contains("Size: 0"), "clones get their own machine-id");
 }

@@ -62,12 +62,7 @@ pub struct Extracted {
 /// `max_bytes` have been decompressed. The caller removes `dest` on error.
 pub fn extract(reader: impl Read, dest: &Path, max_bytes: u64) -> Result<Extracted, BundleError> {
     let decoder = zstd::Decoder::new(reader).map_err(BundleError::Corrupt)?;
-    let limited = LimitedReader {
-        inner: decoder,
-        remaining: max_bytes,
-        limit: max_bytes,
-        exceeded: false,
-    };
+    let limited = LimitedReader { inner: decoder, remaining: max_bytes, limit: max_bytes, exceeded: false };
     let mut archive = tar::Archive::new(limited);
     let mut summary = Extracted::default();
     let result = extract_entries(&mut archive, dest, &mut summary);
@@ -106,30 +101,19 @@ fn extract_entries<R: Read>(
         }
         remove_existing(&target)?;
         if kind.is_symlink() {
-            let link = entry.link_name().map_err(BundleError::Corrupt)?.ok_or(
-                BundleError::UnsafeMember {
-                    path: raw.clone(),
-                    reason: "symlink without a target",
-                },
-            )?;
+            let link = entry
+                .link_name()
+                .map_err(BundleError::Corrupt)?
+                .ok_or(BundleError::UnsafeMember { path: raw.clone(), reason: "symlink without a target" })?;
             check_link_target(&relative, &link, &raw)?;
-            symlink(&link, &target).map_err(|source| BundleError::Io {
-                path: target.clone(),
-                source,
-            })?;
+            symlink(&link, &target).map_err(|source| BundleError::Io { path: target.clone(), source })?;
             continue;
         }
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-        let mut file = File::create(&target).map_err(|source| BundleError::Io {
-            path: target.clone(),
-            source,
-        })?;
+        let mut file = File::create(&target).map_err(|source| BundleError::Io { path: target.clone(), source })?;
         let written = copy_member(&mut entry, &mut file, &target)?;
         file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|source| BundleError::Io {
-                path: target.clone(),
-                source,
-            })?;
+            .map_err(|source| BundleError::Io { path: target.clone(), source })?;
         summary.files += 1;
         summary.bytes += written;
     }
@@ -148,11 +132,7 @@ fn copy_member(entry: &mut impl Read, file: &mut File, target: &Path) -> Result<
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(BundleError::Corrupt(e)),
         };
-        file.write_all(&buf[..n])
-            .map_err(|source| BundleError::Io {
-                path: target.to_owned(),
-                source,
-            })?;
+        file.write_all(&buf[..n]).map_err(|source| BundleError::Io { path: target.to_owned(), source })?;
         total += n as u64;
     }
 }
@@ -160,10 +140,7 @@ fn copy_member(entry: &mut impl Read, file: &mut File, target: &Path) -> Result<
 /// Turns a member path into a relative path with only normal components,
 /// or refuses it. `None` means the member is the top directory itself.
 fn normalize_member(raw: &str) -> Result<Option<PathBuf>, BundleError> {
-    let unsafe_member = |reason| BundleError::UnsafeMember {
-        path: raw.to_owned(),
-        reason,
-    };
+    let unsafe_member = |reason| BundleError::UnsafeMember { path: raw.to_owned(), reason };
     let path = Path::new(raw);
     if path.is_absolute() {
         return Err(unsafe_member("absolute path"));
@@ -178,9 +155,7 @@ fn normalize_member(raw: &str) -> Result<Option<PathBuf>, BundleError> {
                     return Err(unsafe_member("path escapes the bundle"));
                 }
             }
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(unsafe_member("absolute path"))
-            }
+            Component::RootDir | Component::Prefix(_) => return Err(unsafe_member("absolute path")),
         }
     }
     if parts.is_empty() {
@@ -192,10 +167,7 @@ fn normalize_member(raw: &str) -> Result<Option<PathBuf>, BundleError> {
 /// Refuses a symlink whose target, resolved from the link's own directory,
 /// would leave the bundle.
 fn check_link_target(relative: &Path, link: &Path, raw: &str) -> Result<(), BundleError> {
-    let escape = BundleError::UnsafeMember {
-        path: raw.to_owned(),
-        reason: "symlink points outside the bundle",
-    };
+    let escape = BundleError::UnsafeMember { path: raw.to_owned(), reason: "symlink points outside the bundle" };
     if link.is_absolute() {
         return Err(escape);
     }
@@ -232,17 +204,9 @@ fn make_dirs(dest: &Path, relative: &Path, raw: &str) -> Result<(), BundleError>
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&current).map_err(|source| BundleError::Io {
-                    path: current.clone(),
-                    source,
-                })?
+                fs::create_dir(&current).map_err(|source| BundleError::Io { path: current.clone(), source })?
             }
-            Err(source) => {
-                return Err(BundleError::Io {
-                    path: current,
-                    source,
-                })
-            }
+            Err(source) => return Err(BundleError::Io { path: current, source }),
         }
     }
     Ok(())
@@ -255,10 +219,7 @@ fn remove_existing(target: &Path) -> Result<(), BundleError> {
             path: target.to_owned(),
             source: io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way"),
         }),
-        Ok(_) => fs::remove_file(target).map_err(|source| BundleError::Io {
-            path: target.to_owned(),
-            source,
-        }),
+        Ok(_) => fs::remove_file(target).map_err(|source| BundleError::Io { path: target.to_owned(), source }),
         Err(_) => Ok(()),
     }
 }
@@ -272,10 +233,7 @@ pub fn is_elf(path: &Path) -> bool {
         return false;
     }
     let mut magic = [0u8; 4];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == *b"\x7fELF"
+    File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF"
 }
 
 struct LimitedReader<R> {
@@ -295,10 +253,7 @@ impl<R: Read> Read for LimitedReader<R> {
             }
             None => {
                 self.exceeded = true;
-                Err(io::Error::other(format!(
-                    "more than {} bytes decompressed",
-                    self.limit
-                )))
+                Err(io::Error::other(format!("more than {} bytes decompressed", self.limit)))
             }
         }
     }
@@ -320,12 +275,8 @@ pub fn create(src: &Path, out: impl Write, level: i32) -> Result<(), BundleError
     for member in BUNDLE_MEMBERS {
         let path = src.join(member);
         match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => builder
-                .append_dir_all(member, &path)
-                .map_err(io_err(&path))?,
-            Ok(_) => builder
-                .append_path_with_name(&path, member)
-                .map_err(io_err(&path))?,
+            Ok(meta) if meta.is_dir() => builder.append_dir_all(member, &path).map_err(io_err(&path))?,
+            Ok(_) => builder.append_path_with_name(&path, member).map_err(io_err(&path))?,
             Err(_) => continue,
         }
     }
@@ -364,10 +315,7 @@ mod tests {
         zstd::encode_all(&builder.into_inner().unwrap()[..], 3).unwrap()
     }
 
-    fn extract_bytes(
-        data: &[u8],
-        limit: u64,
-    ) -> (tempfile::TempDir, Result<Extracted, BundleError>) {
+    fn extract_bytes(data: &[u8], limit: u64) -> (tempfile::TempDir, Result<Extracted, BundleError>) {
         let dir = tempfile::tempdir().unwrap();
         let result = extract(data, dir.path(), limit);
         (dir, result)
@@ -388,13 +336,8 @@ mod tests {
         let summary = result.unwrap();
         assert_eq!(summary.files, 2);
         assert_eq!(summary.skipped, 1);
-        assert_eq!(
-            fs::read(dir.path().join("modules/6.1/a.ko")).unwrap(),
-            b"ko"
-        );
-        assert!(fs::symlink_metadata(dir.path().join("modules/6.1/build"))
-            .unwrap()
-            .is_symlink());
+        assert_eq!(fs::read(dir.path().join("modules/6.1/a.ko")).unwrap(), b"ko");
+        assert!(fs::symlink_metadata(dir.path().join("modules/6.1/build")).unwrap().is_symlink());
         assert!(!dir.path().join("fifo").exists());
     }
 
@@ -416,14 +359,7 @@ mod tests {
         assert_unsafe(&[("link", Symlink, b"/etc/passwd")], "outside");
         assert_unsafe(&[("a/b/link", Symlink, b"../../../x")], "outside");
         // A safe link to a directory must not be written through.
-        assert_unsafe(
-            &[
-                ("d/", Directory, b""),
-                ("l", Symlink, b"d"),
-                ("l/f", Regular, b"x"),
-            ],
-            "symlink",
-        );
+        assert_unsafe(&[("d/", Directory, b""), ("l", Symlink, b"d"), ("l/f", Regular, b"x")], "symlink");
     }
 
     #[test]
@@ -445,14 +381,8 @@ mod tests {
     #[test]
     fn enforces_the_size_limit() {
         let big = vec![0u8; 64 * 1024];
-        let (_dir, result) = extract_bytes(
-            &bundle(&[("vmlinux", Regular, ELF), ("big", Regular, &big)]),
-            32 * 1024,
-        );
-        assert!(
-            matches!(result, Err(BundleError::TooLarge { limit: 32768 })),
-            "{result:?}"
-        );
+        let (_dir, result) = extract_bytes(&bundle(&[("vmlinux", Regular, ELF), ("big", Regular, &big)]), 32 * 1024);
+        assert!(matches!(result, Err(BundleError::TooLarge { limit: 32768 })), "{result:?}");
     }
 
     #[test]
@@ -477,10 +407,7 @@ mod tests {
         let (dir, result) = extract_bytes(&out, 1 << 20);
         assert_eq!(result.unwrap().files, 3);
         assert_eq!(fs::read(dir.path().join("initrd.img")).unwrap(), b"initrd");
-        assert_eq!(
-            fs::read(dir.path().join("modules/6.1/kernel/x.ko")).unwrap(),
-            b"ko"
-        );
+        assert_eq!(fs::read(dir.path().join("modules/6.1/kernel/x.ko")).unwrap(), b"ko");
         assert!(!dir.path().join("manifest.json").exists());
     }
 }

@@ -54,16 +54,10 @@ pub enum CatalogError {
 
 /// Parses and validates one catalog document. `source_name` names it in errors.
 pub fn parse(source_name: &str, text: &str) -> Result<KernelCatalog, CatalogError> {
-    let catalog: KernelCatalog =
-        serde_json::from_str(text).map_err(|source| CatalogError::Parse {
-            source_name: source_name.to_owned(),
-            source,
-        })?;
+    let catalog: KernelCatalog = serde_json::from_str(text)
+        .map_err(|source| CatalogError::Parse { source_name: source_name.to_owned(), source })?;
     if catalog.version != FORMAT_VERSION {
-        return Err(CatalogError::Version {
-            source_name: source_name.to_owned(),
-            version: catalog.version,
-        });
+        return Err(CatalogError::Version { source_name: source_name.to_owned(), version: catalog.version });
     }
     let mut seen = BTreeSet::new();
     for entry in &catalog.entries {
@@ -105,17 +99,11 @@ pub fn merge(catalogs: impl IntoIterator<Item = KernelCatalog>) -> Vec<CatalogEn
 }
 
 /// Finds an entry by name.
-pub fn lookup<'a>(
-    entries: &'a [CatalogEntry],
-    name: &str,
-) -> Result<&'a CatalogEntry, CatalogError> {
+pub fn lookup<'a>(entries: &'a [CatalogEntry], name: &str) -> Result<&'a CatalogEntry, CatalogError> {
     entries
         .iter()
         .find(|e| e.name == name)
-        .ok_or_else(|| CatalogError::NotFound {
-            name: name.to_owned(),
-            count: entries.len(),
-        })
+        .ok_or_else(|| CatalogError::NotFound { name: name.to_owned(), count: entries.len() })
 }
 
 /// Annotates each entry with whether a kernel of its name is in the store.
@@ -123,11 +111,7 @@ pub fn annotate(entries: &[CatalogEntry], local: &BTreeSet<String>) -> Vec<Catal
     entries
         .iter()
         .map(|entry| CatalogListing {
-            state: if local.contains(&entry.name) {
-                CatalogEntryState::Pulled
-            } else {
-                CatalogEntryState::Available
-            },
+            state: if local.contains(&entry.name) { CatalogEntryState::Pulled } else { CatalogEntryState::Available },
             entry: entry.clone(),
         })
         .collect()
@@ -142,23 +126,17 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err(format!("name {name:?} must be 1 to 63 characters"));
     }
     if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
-        return Err(format!(
-            "name {name:?} must start with a lowercase letter or digit"
-        ));
+        return Err(format!("name {name:?} must start with a lowercase letter or digit"));
     }
     if !name.chars().all(ok_char) {
-        return Err(format!(
-            "name {name:?} may hold only lowercase letters, digits, '-', '_' and '.'"
-        ));
+        return Err(format!("name {name:?} may hold only lowercase letters, digits, '-', '_' and '.'"));
     }
     Ok(())
 }
 
 /// Whether `s` is a SHA-256 digest in lowercase hex.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 #[cfg(test)]
@@ -179,11 +157,7 @@ mod tests {
     }
 
     fn doc(entries: Vec<CatalogEntry>) -> String {
-        serde_json::to_string(&KernelCatalog {
-            version: 1,
-            entries,
-        })
-        .unwrap()
+        serde_json::to_string(&KernelCatalog { version: 1, entries }).unwrap()
     }
 
     #[test]
@@ -193,11 +167,7 @@ mod tests {
 
     #[test]
     fn parses_and_looks_up() {
-        let cat = parse(
-            "t",
-            &doc(vec![entry("a", "http://x/a"), entry("b", "http://x/b")]),
-        )
-        .unwrap();
+        let cat = parse("t", &doc(vec![entry("a", "http://x/a"), entry("b", "http://x/b")])).unwrap();
         let entries = merge([cat]);
         assert_eq!(lookup(&entries, "b").unwrap().tarball_url, "http://x/b");
         let err = lookup(&entries, "zz").unwrap_err();
@@ -207,21 +177,12 @@ mod tests {
     #[test]
     fn rejects_bad_documents() {
         assert!(matches!(parse("t", "{"), Err(CatalogError::Parse { .. })));
-        assert!(matches!(
-            parse("t", r#"{"version":2,"entries":[]}"#),
-            Err(CatalogError::Version { version: 2, .. })
-        ));
+        assert!(matches!(parse("t", r#"{"version":2,"entries":[]}"#), Err(CatalogError::Version { version: 2, .. })));
         let unknown = r#"{"version":1,"entries":[],"extra":1}"#;
-        assert!(matches!(
-            parse("t", unknown),
-            Err(CatalogError::Parse { .. })
-        ));
+        assert!(matches!(parse("t", unknown), Err(CatalogError::Parse { .. })));
         let mut bad_sha = entry("a", "u");
         bad_sha.tarball_sha256 = "xyz".into();
-        assert!(matches!(
-            parse("t", &doc(vec![bad_sha])),
-            Err(CatalogError::Entry { .. })
-        ));
+        assert!(matches!(parse("t", &doc(vec![bad_sha])), Err(CatalogError::Entry { .. })));
         let dup = doc(vec![entry("a", "u"), entry("a", "v")]);
         assert!(parse("t", &dup).unwrap_err().to_string().contains("twice"));
         assert!(parse("t", &doc(vec![entry("../x", "u")])).is_err());
@@ -229,14 +190,8 @@ mod tests {
 
     #[test]
     fn later_catalogs_override_earlier() {
-        let a = KernelCatalog {
-            version: 1,
-            entries: vec![entry("k", "old"), entry("j", "j")],
-        };
-        let b = KernelCatalog {
-            version: 1,
-            entries: vec![entry("k", "new")],
-        };
+        let a = KernelCatalog { version: 1, entries: vec![entry("k", "old"), entry("j", "j")] };
+        let b = KernelCatalog { version: 1, entries: vec![entry("k", "new")] };
         let merged = merge([a, b]);
         assert_eq!(merged.len(), 2);
         assert_eq!(lookup(&merged, "k").unwrap().tarball_url, "new");

@@ -32,10 +32,7 @@ fn read_cpio(mut data: &[u8]) -> Vec<CpioEntry> {
         if name == "TRAILER!!!" {
             return entries;
         }
-        entries.push(CpioEntry {
-            name,
-            data: data[start..start + size].to_vec(),
-        });
+        entries.push(CpioEntry { name, data: data[start..start + size].to_vec() });
         data = &data[(start + size).next_multiple_of(4)..];
     }
 }
@@ -47,13 +44,9 @@ fn import_real_debian_cloud_kernel() {
 
     let dest = tempfile::tempdir().unwrap();
     let mut steps = Vec::new();
-    let imported = import::import(
-        &deb,
-        SourceKind::Deb,
-        &ImportOptions::default(),
-        dest.path(),
-        &mut |s| steps.push(s.to_string()),
-    )
+    let imported = import::import(&deb, SourceKind::Deb, &ImportOptions::default(), dest.path(), &mut |s| {
+        steps.push(s.to_string())
+    })
     .unwrap();
     eprintln!("imported: {imported:?}\nsteps: {steps:?}");
 
@@ -61,21 +54,14 @@ fn import_real_debian_cloud_kernel() {
     assert_eq!(&vmlinux[..4], b"\x7fELF");
     assert_eq!(vmlinux[4], 2, "ELF64");
     assert_eq!(u16::from_le_bytes([vmlinux[16], vmlinux[17]]), 2, "ET_EXEC");
-    assert_eq!(
-        u16::from_le_bytes([vmlinux[18], vmlinux[19]]),
-        0x3e,
-        "x86_64"
-    );
+    assert_eq!(u16::from_le_bytes([vmlinux[18], vmlinux[19]]), 0x3e, "x86_64");
 
     let version = imported.kernel_version.clone().unwrap();
     let number = version
         .strip_prefix("6.1.0-")
         .and_then(|v| v.strip_suffix("-cloud-amd64"))
         .unwrap_or_else(|| panic!("unexpected version {version}"));
-    assert!(
-        number.parse::<u32>().is_ok(),
-        "unexpected version {version}"
-    );
+    assert!(number.parse::<u32>().is_ok(), "unexpected version {version}");
     let modules_root = dest.path().join("modules").join(&version);
     assert!(modules_root.join("modules.builtin").is_file());
 
@@ -83,51 +69,28 @@ fn import_real_debian_cloud_kernel() {
     let initrd = fs::read(dest.path().join("initrd.img")).unwrap();
     assert_eq!(&initrd[..2], &[0x1f, 0x8b], "initrd.img is gzip");
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&initrd[..])
-        .read_to_end(&mut raw)
-        .unwrap();
+    flate2::read::GzDecoder::new(&initrd[..]).read_to_end(&mut raw).unwrap();
     let entries = read_cpio(&raw);
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     for needed in ["init", "bin/busybox"] {
         assert!(names.contains(&needed), "{needed} missing from {names:?}");
     }
-    for module in [
-        "virtio_blk",
-        "virtio_pci",
-        "virtio_console",
-        "virtio_mmio",
-        "vmw_vsock_virtio_transport",
-    ] {
+    for module in ["virtio_blk", "virtio_pci", "virtio_console", "virtio_mmio", "vmw_vsock_virtio_transport"] {
         let path = format!("lib/modules/{module}.ko");
-        assert!(
-            names.contains(&path.as_str()),
-            "{path} missing from {names:?}"
-        );
+        assert!(names.contains(&path.as_str()), "{path} missing from {names:?}");
     }
 
     // Every module's dependencies come before it, in the load-order list and
     // in `imported.modules` alike.
-    let order_file = entries
-        .iter()
-        .find(|e| e.name == "lib/modules/load-order")
-        .unwrap();
-    let order: Vec<&str> = std::str::from_utf8(&order_file.data)
-        .unwrap()
-        .lines()
-        .collect();
+    let order_file = entries.iter().find(|e| e.name == "lib/modules/load-order").unwrap();
+    let order: Vec<&str> = std::str::from_utf8(&order_file.data).unwrap().lines().collect();
     assert_eq!(order, imported.modules);
     let position: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, m)| (*m, i)).collect();
     for (i, module) in order.iter().enumerate() {
-        let ko = &entries
-            .iter()
-            .find(|e| e.name == format!("lib/modules/{module}.ko"))
-            .unwrap()
-            .data;
+        let ko = &entries.iter().find(|e| e.name == format!("lib/modules/{module}.ko")).unwrap().data;
         let info = modinfo::parse_modinfo(ko).unwrap();
         for dep in &info.depends {
-            let at = position
-                .get(dep.as_str())
-                .unwrap_or_else(|| panic!("{module} needs {dep}, not in {order:?}"));
+            let at = position.get(dep.as_str()).unwrap_or_else(|| panic!("{module} needs {dep}, not in {order:?}"));
             assert!(*at < i, "{dep} must load before {module}: {order:?}");
         }
     }
@@ -139,14 +102,8 @@ fn import_bzimage_from_real_debian_package_is_lz4() {
     let pkg = import::deb::read_kernel_package(&deb, None).unwrap();
     let header = bzimage::parse_header(&pkg.vmlinuz).unwrap();
     let start = header.protected_mode_offset + header.payload_offset;
-    assert_eq!(
-        bzimage::Compression::detect(&pkg.vmlinuz[start..]),
-        Some(bzimage::Compression::Lz4Legacy)
-    );
-    assert_eq!(
-        bzimage::kernel_version(&pkg.vmlinuz).as_deref(),
-        Some(pkg.release.as_str())
-    );
+    assert_eq!(bzimage::Compression::detect(&pkg.vmlinuz[start..]), Some(bzimage::Compression::Lz4Legacy));
+    assert_eq!(bzimage::kernel_version(&pkg.vmlinuz).as_deref(), Some(pkg.release.as_str()));
     let vmlinux = bzimage::extract_vmlinux(&pkg.vmlinuz).unwrap();
     assert_eq!(&vmlinux[..4], b"\x7fELF");
     // The size the build appended after the payload matches.

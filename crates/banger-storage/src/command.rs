@@ -27,12 +27,7 @@ pub struct PlannedCommand {
 impl PlannedCommand {
     /// A command with no binding and no undo.
     pub fn new(program: &'static str, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        PlannedCommand {
-            program,
-            args: args.into_iter().map(Into::into).collect(),
-            binds: None,
-            undo: None,
-        }
+        PlannedCommand { program, args: args.into_iter().map(Into::into).collect(), binds: None, undo: None }
     }
 
     /// The command line as a person would type it.
@@ -54,18 +49,9 @@ impl PlannedCommand {
         let args = self
             .args
             .iter()
-            .map(|arg| {
-                bindings
-                    .iter()
-                    .fold(arg.clone(), |a, (key, value)| a.replace(key, value))
-            })
+            .map(|arg| bindings.iter().fold(arg.clone(), |a, (key, value)| a.replace(key, value)))
             .collect();
-        PlannedCommand {
-            program: self.program,
-            args,
-            binds: self.binds,
-            undo: self.undo.clone(),
-        }
+        PlannedCommand { program: self.program, args, binds: self.binds, undo: self.undo.clone() }
     }
 }
 
@@ -84,16 +70,9 @@ impl Runner for HostRunner {
             .args(&cmd.args)
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| StorageError::Spawn {
-                program: cmd.program.to_owned(),
-                source,
-            })?;
+            .map_err(|source| StorageError::Spawn { program: cmd.program.to_owned(), source })?;
         if !output.status.success() {
-            return Err(failure(
-                &cmd.render(),
-                &output.status.to_string(),
-                &output.stderr,
-            ));
+            return Err(failure(&cmd.render(), &output.status.to_string(), &output.stderr));
         }
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
@@ -104,21 +83,12 @@ pub(crate) fn failure(program: &str, status: &str, stderr: &[u8]) -> StorageErro
     let text = String::from_utf8_lossy(stderr);
     let text = text.trim();
     let start = text.len().saturating_sub(STDERR_TAIL);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(text.len());
-    StorageError::Command {
-        program: program.to_owned(),
-        status: status.to_owned(),
-        stderr: text[start..].to_owned(),
-    }
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    StorageError::Command { program: program.to_owned(), status: status.to_owned(), stderr: text[start..].to_owned() }
 }
 
 /// Finds `tool`, or says which Debian package provides it.
-pub(crate) fn require_tool(
-    tool: &'static str,
-    package: &'static str,
-) -> Result<PathBuf, StorageError> {
+pub(crate) fn require_tool(tool: &'static str, package: &'static str) -> Result<PathBuf, StorageError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(EXTRA_DIRS.iter().map(PathBuf::from))

@@ -33,12 +33,7 @@ pub struct DmSnapshotDevice {
 /// sectors over `origin` (the base image, attached read-only) and
 /// `cow_file`. Loop devices are bound at run time to [`ORIGIN_LOOP`] and
 /// [`COW_LOOP`]; each step carries its undo.
-pub fn dm_snapshot_plan(
-    name: &str,
-    origin: &Path,
-    cow_file: &Path,
-    size_sectors: u64,
-) -> Vec<PlannedCommand> {
+pub fn dm_snapshot_plan(name: &str, origin: &Path, cow_file: &Path, size_sectors: u64) -> Vec<PlannedCommand> {
     let attach = |read_only: bool, file: &Path, binds: &'static str| {
         let mut args = vec!["--find", "--show"];
         if read_only {
@@ -53,24 +48,12 @@ pub fn dm_snapshot_plan(
     let table = format!("0 {size_sectors} snapshot {ORIGIN_LOOP} {COW_LOOP} P {CHUNK_SECTORS}");
     let mut create = PlannedCommand::new("dmsetup", ["create", name, "--table", &table]);
     create.undo = Some(Box::new(remove(name)));
-    vec![
-        attach(true, origin, ORIGIN_LOOP),
-        attach(false, cow_file, COW_LOOP),
-        create,
-    ]
+    vec![attach(true, origin, ORIGIN_LOOP), attach(false, cow_file, COW_LOOP), create]
 }
 
 /// The commands that take the snapshot device apart, in order.
-pub fn dm_snapshot_teardown_plan(
-    name: &str,
-    origin_loop: &Path,
-    cow_loop: &Path,
-) -> Vec<PlannedCommand> {
-    vec![
-        remove(name),
-        detach(&cow_loop.display().to_string()),
-        detach(&origin_loop.display().to_string()),
-    ]
+pub fn dm_snapshot_teardown_plan(name: &str, origin_loop: &Path, cow_loop: &Path) -> Vec<PlannedCommand> {
+    vec![remove(name), detach(&cow_loop.display().to_string()), detach(&origin_loop.display().to_string())]
 }
 
 fn remove(name: &str) -> PlannedCommand {
@@ -84,25 +67,10 @@ fn detach(device: &str) -> PlannedCommand {
 /// A device-mapper name for the disk at `cow_file`: `banger-` with the
 /// directory and file names, limited to characters dmsetup accepts.
 pub fn dm_name(cow_file: &Path) -> String {
-    let parent = cow_file
-        .parent()
-        .and_then(Path::file_name)
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let stem = cow_file
-        .file_stem()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
+    let parent = cow_file.parent().and_then(Path::file_name).map(|n| n.to_string_lossy()).unwrap_or_default();
+    let stem = cow_file.file_stem().map(|n| n.to_string_lossy()).unwrap_or_default();
     let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
     };
     let mut name = format!("banger-{}-{}", clean(&parent), clean(&stem));
     name.truncate(120);
@@ -142,10 +110,7 @@ pub(crate) fn run_plan(
 }
 
 /// Runs every step of a teardown plan, returning the first error.
-pub(crate) fn run_all(
-    plan: &[PlannedCommand],
-    runner: &mut dyn Runner,
-) -> Result<(), StorageError> {
+pub(crate) fn run_all(plan: &[PlannedCommand], runner: &mut dyn Runner) -> Result<(), StorageError> {
     let mut first = None;
     for cmd in plan {
         if let Err(e) = runner.run(cmd) {
@@ -183,12 +148,7 @@ mod tests {
     }
 
     fn plan() -> Vec<PlannedCommand> {
-        dm_snapshot_plan(
-            "banger-vm1-root",
-            Path::new("/img/rootfs.ext4"),
-            Path::new("/vms/vm1/root.cow"),
-            131072,
-        )
+        dm_snapshot_plan("banger-vm1-root", Path::new("/img/rootfs.ext4"), Path::new("/vms/vm1/root.cow"), 131072)
     }
 
     #[test]
@@ -208,88 +168,44 @@ mod tests {
 
     #[test]
     fn teardown_plan_as_data() {
-        let lines: Vec<String> = dm_snapshot_teardown_plan(
-            "banger-vm1-root",
-            Path::new("/dev/loop3"),
-            Path::new("/dev/loop4"),
-        )
-        .iter()
-        .map(PlannedCommand::render)
-        .collect();
-        assert_eq!(
-            lines,
-            [
-                "dmsetup remove banger-vm1-root",
-                "losetup -d /dev/loop4",
-                "losetup -d /dev/loop3"
-            ]
-        );
+        let lines: Vec<String> =
+            dm_snapshot_teardown_plan("banger-vm1-root", Path::new("/dev/loop3"), Path::new("/dev/loop4"))
+                .iter()
+                .map(PlannedCommand::render)
+                .collect();
+        assert_eq!(lines, ["dmsetup remove banger-vm1-root", "losetup -d /dev/loop4", "losetup -d /dev/loop3"]);
     }
 
     #[test]
     fn undos_mirror_the_teardown_plan() {
-        let bindings = [
-            (ORIGIN_LOOP, "/dev/loop3".to_owned()),
-            (COW_LOOP, "/dev/loop4".to_owned()),
-        ];
-        let undos: Vec<PlannedCommand> = plan()
-            .iter()
-            .rev()
-            .map(|s| s.undo.as_ref().unwrap().substitute(&bindings))
-            .collect();
+        let bindings = [(ORIGIN_LOOP, "/dev/loop3".to_owned()), (COW_LOOP, "/dev/loop4".to_owned())];
+        let undos: Vec<PlannedCommand> =
+            plan().iter().rev().map(|s| s.undo.as_ref().unwrap().substitute(&bindings)).collect();
         assert_eq!(
             undos,
-            dm_snapshot_teardown_plan(
-                "banger-vm1-root",
-                Path::new("/dev/loop3"),
-                Path::new("/dev/loop4")
-            )
+            dm_snapshot_teardown_plan("banger-vm1-root", Path::new("/dev/loop3"), Path::new("/dev/loop4"))
         );
     }
 
     #[test]
     fn executor_binds_loop_devices() {
-        let mut rec = Recorder {
-            ran: vec![],
-            next_loop: 6,
-            fail_on: None,
-        };
+        let mut rec = Recorder { ran: vec![], next_loop: 6, fail_on: None };
         let bound = run_plan(&plan(), &mut rec).unwrap();
-        assert_eq!(
-            bound,
-            [
-                (ORIGIN_LOOP, "/dev/loop7".to_owned()),
-                (COW_LOOP, "/dev/loop8".to_owned())
-            ]
-        );
-        assert_eq!(
-            rec.ran[2],
-            "dmsetup create banger-vm1-root --table '0 131072 snapshot /dev/loop7 /dev/loop8 P 8'"
-        );
+        assert_eq!(bound, [(ORIGIN_LOOP, "/dev/loop7".to_owned()), (COW_LOOP, "/dev/loop8".to_owned())]);
+        assert_eq!(rec.ran[2], "dmsetup create banger-vm1-root --table '0 131072 snapshot /dev/loop7 /dev/loop8 P 8'");
     }
 
     #[test]
     fn executor_rolls_back_on_failure() {
-        let mut rec = Recorder {
-            ran: vec![],
-            next_loop: 0,
-            fail_on: Some("dmsetup create"),
-        };
+        let mut rec = Recorder { ran: vec![], next_loop: 0, fail_on: Some("dmsetup create") };
         let err = run_plan(&plan(), &mut rec).unwrap_err();
         assert!(matches!(err, StorageError::Command { .. }));
-        assert_eq!(
-            &rec.ran[3..],
-            ["losetup -d /dev/loop2", "losetup -d /dev/loop1"]
-        );
+        assert_eq!(&rec.ran[3..], ["losetup -d /dev/loop2", "losetup -d /dev/loop1"]);
     }
 
     #[test]
     fn teardown_runs_every_step() {
-        let mut rec = Recorder {
-            ran: vec![],
-            next_loop: 0,
-            fail_on: Some("dmsetup remove"),
-        };
+        let mut rec = Recorder { ran: vec![], next_loop: 0, fail_on: Some("dmsetup remove") };
         let plan = dm_snapshot_teardown_plan("n", Path::new("/dev/loop1"), Path::new("/dev/loop2"));
         assert!(run_all(&plan, &mut rec).is_err());
         assert_eq!(rec.ran.len(), 3);
@@ -297,9 +213,6 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(
-            dm_name(Path::new("/var/lib/banger/vms/web 1/root.cow")),
-            "banger-web_1-root"
-        );
+        assert_eq!(dm_name(Path::new("/var/lib/banger/vms/web 1/root.cow")), "banger-web_1-root");
     }
 }

@@ -83,8 +83,5 @@ pub enum StorageError {
 
 /// A closure mapping an `io::Error` to [`StorageError::Io`] for `path`.
 pub(crate) fn io_at(path: &std::path::Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| StorageError::Io { path: path.to_owned(), source }
 }

@@ -22,10 +22,7 @@ pub(crate) enum Growth {
 pub(crate) fn plan_growth(current: u64, requested: Option<u64>) -> Result<Growth, StorageError> {
     match requested {
         None => Ok(Growth::Keep),
-        Some(r) if r < current => Err(StorageError::Shrink {
-            current,
-            requested: r,
-        }),
+        Some(r) if r < current => Err(StorageError::Shrink { current, requested: r }),
         Some(r) if r == current => Ok(Growth::Keep),
         Some(r) => Ok(Growth::To(r)),
     }
@@ -49,15 +46,8 @@ pub(crate) fn grow_ext4(path: &Path, size: u64) -> Result<(), StorageError> {
     // resize2fs insists on a freshly checked filesystem. `-y` (not `-p`, which
     // e2fsck refuses to combine with `-y`) answers every question itself.
     // Exit 1 means errors were corrected, which is fine.
-    run(
-        Command::new(e2fsck).args(["-f", "-y"]).arg(path),
-        "e2fsck -f -y",
-        &[0, 1],
-    )?;
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_at(path))?;
+    run(Command::new(e2fsck).args(["-f", "-y"]).arg(path), "e2fsck -f -y", &[0, 1])?;
+    let file = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
     file.set_len(size).map_err(io_at(path))?;
     drop(file);
     run(Command::new(resize2fs).arg(path), "resize2fs", &[0])
@@ -67,10 +57,7 @@ fn run(cmd: &mut Command, program: &str, ok_codes: &[i32]) -> Result<(), Storage
     let output = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| StorageError::Spawn {
-            program: program.to_owned(),
-            source,
-        })?;
+        .map_err(|source| StorageError::Spawn { program: program.to_owned(), source })?;
     if output.status.code().is_some_and(|c| ok_codes.contains(&c)) {
         return Ok(());
     }
@@ -88,12 +75,6 @@ mod tests {
         assert_eq!(plan_growth(100, None).unwrap(), Growth::Keep);
         assert_eq!(plan_growth(100, Some(100)).unwrap(), Growth::Keep);
         assert_eq!(plan_growth(100, Some(200)).unwrap(), Growth::To(200));
-        assert!(matches!(
-            plan_growth(100, Some(99)),
-            Err(StorageError::Shrink {
-                current: 100,
-                requested: 99
-            })
-        ));
+        assert!(matches!(plan_growth(100, Some(99)), Err(StorageError::Shrink { current: 100, requested: 99 })));
     }
 }

@@ -16,9 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use command::PlannedCommand;
-pub use dm::{
-    dm_name, dm_snapshot_plan, dm_snapshot_teardown_plan, DmSnapshotDevice, COW_LOOP, ORIGIN_LOOP,
-};
+pub use dm::{dm_name, dm_snapshot_plan, dm_snapshot_teardown_plan, DmSnapshotDevice, COW_LOOP, ORIGIN_LOOP};
 pub use error::StorageError;
 pub use grow::grow_disk;
 
@@ -69,10 +67,7 @@ pub fn device_mapper_available() -> bool {
 /// copies, found by trying one between two scratch files.
 pub fn probe_reflink(dir: &Path) -> Result<bool, StorageError> {
     let src_path = dir.join(format!(".banger-reflink-probe-{}", std::process::id()));
-    let dest_path = dir.join(format!(
-        ".banger-reflink-probe-{}.clone",
-        std::process::id()
-    ));
+    let dest_path = dir.join(format!(".banger-reflink-probe-{}.clone", std::process::id()));
     let result = (|| {
         fs::write(&src_path, [1u8; 4096]).map_err(io_at(&src_path))?;
         let src = File::open(&src_path).map_err(io_at(&src_path))?;
@@ -104,9 +99,7 @@ pub fn clone_disk(
     let source = File::open(src).map_err(io_at(src))?;
     let (out, guard) = create_new(dest)?;
     match strategy {
-        CowStrategy::Reflink => {
-            sys::ficlone(&out, &source).map_err(|e| reflink_error(e, src, dest))?
-        }
+        CowStrategy::Reflink => sys::ficlone(&out, &source).map_err(|e| reflink_error(e, src, dest))?,
         _ => sparse::copy(&source, &out, src_len).map_err(io_at(dest))?,
     }
     out.sync_all().map_err(io_at(dest))?;
@@ -119,12 +112,7 @@ pub fn clone_disk(
         }
     };
     guard.keep();
-    Ok(CloneInfo {
-        strategy,
-        disk: dest.to_owned(),
-        size_bytes,
-        dm: None,
-    })
+    Ok(CloneInfo { strategy, disk: dest.to_owned(), size_bytes, dm: None })
 }
 
 /// Removes a dm-snapshot disk's device and loop devices (not its COW file).
@@ -133,12 +121,7 @@ pub fn release_dm_snapshot(device: &DmSnapshotDevice) -> Result<(), StorageError
     dm::run_all(&plan, &mut HostRunner)
 }
 
-fn dm_snapshot(
-    src: &Path,
-    dest: &Path,
-    src_len: u64,
-    growth: Growth,
-) -> Result<CloneInfo, StorageError> {
+fn dm_snapshot(src: &Path, dest: &Path, src_len: u64, growth: Growth) -> Result<CloneInfo, StorageError> {
     if !device_mapper_available() {
         return Err(StorageError::DeviceMapperUnavailable);
     }
@@ -154,13 +137,7 @@ fn dm_snapshot(
     let name = dm_name(dest);
     let plan = dm_snapshot_plan(&name, src, dest, src_len / 512);
     let bound = dm::run_plan(&plan, &mut HostRunner)?;
-    let loop_of = |key| {
-        bound
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| PathBuf::from(v))
-            .unwrap_or_default()
-    };
+    let loop_of = |key| bound.iter().find(|(k, _)| *k == key).map(|(_, v)| PathBuf::from(v)).unwrap_or_default();
     guard.keep();
     let device = DmSnapshotDevice {
         device: PathBuf::from("/dev/mapper").join(&name),
@@ -178,21 +155,13 @@ fn dm_snapshot(
 
 /// Creates `dest`, which must not exist, and a guard that removes it unless kept.
 fn create_new(dest: &Path) -> Result<(File, RemoveUnlessKept<'_>), StorageError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dest)
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                StorageError::DestExists(dest.to_owned())
-            } else {
-                StorageError::Io {
-                    path: dest.to_owned(),
-                    source: e,
-                }
-            }
-        })?;
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(dest).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            StorageError::DestExists(dest.to_owned())
+        } else {
+            StorageError::Io { path: dest.to_owned(), source: e }
+        }
+    })?;
     Ok((file, RemoveUnlessKept(Some(dest))))
 }
 
@@ -215,20 +184,11 @@ impl Drop for RemoveUnlessKept<'_> {
 
 fn reflink_error(e: io::Error, src: &Path, dest: &Path) -> StorageError {
     match e.raw_os_error() {
-        Some(libc::EXDEV) => StorageError::CrossDevice {
-            src: src.to_owned(),
-            dest: dest.to_owned(),
-        },
+        Some(libc::EXDEV) => StorageError::CrossDevice { src: src.to_owned(), dest: dest.to_owned() },
         Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL | libc::ENOSYS) => {
-            StorageError::ReflinkUnsupported {
-                dest: dest.to_owned(),
-                source: e,
-            }
+            StorageError::ReflinkUnsupported { dest: dest.to_owned(), source: e }
         }
-        _ => StorageError::Io {
-            path: dest.to_owned(),
-            source: e,
-        },
+        _ => StorageError::Io { path: dest.to_owned(), source: e },
     }
 }
 

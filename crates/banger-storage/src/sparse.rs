@@ -51,9 +51,7 @@ pub(crate) fn copy(src: &File, dest: &File, len: u64) -> io::Result<()> {
 fn copy_range(src: &File, dest: &File, range: Range<u64>, buf: &mut [u8]) -> io::Result<()> {
     let mut pos = range.start;
     while pos < range.end {
-        let want = usize::try_from(range.end - pos)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
+        let want = usize::try_from(range.end - pos).unwrap_or(usize::MAX).min(buf.len());
         let chunk = &mut buf[..want];
         src.read_exact_at(chunk, pos)?;
         for run in nonzero_runs(chunk, BLOCK) {
@@ -76,9 +74,6 @@ mod tests {
         buf[19] = 1; // block 4
         assert_eq!(nonzero_runs(&buf, 4), [4..12, 16..20]);
         assert!(nonzero_runs(&[0; 10], 4).is_empty());
-        assert_eq!(
-            nonzero_runs(&[0, 0, 0, 0, 0, 7], 4),
-            [Range { start: 4, end: 6 }]
-        );
+        assert_eq!(nonzero_runs(&[0, 0, 0, 0, 0, 7], 4), [Range { start: 4, end: 6 }]);
     }
 }

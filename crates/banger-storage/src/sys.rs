@@ -31,8 +31,7 @@ pub(crate) fn seek_hole(file: &File, offset: u64) -> io::Result<u64> {
 }
 
 fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let offset =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
     // SAFETY: the descriptor is borrowed from a live `File`; lseek takes no
     // pointers. Moving the file position is harmless: callers use positioned I/O.
     let rc = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
@@ -100,11 +99,7 @@ pub(crate) fn shared_bytes(file: &File) -> io::Result<u64> {
         let Some(last) = mapped.last() else {
             return Ok(shared);
         };
-        shared += mapped
-            .iter()
-            .filter(|e| e.flags & FIEMAP_EXTENT_SHARED != 0)
-            .map(|e| e.length)
-            .sum::<u64>();
+        shared += mapped.iter().filter(|e| e.flags & FIEMAP_EXTENT_SHARED != 0).map(|e| e.length).sum::<u64>();
         if last.flags & FIEMAP_EXTENT_LAST != 0 {
             return Ok(shared);
         }

@@ -8,9 +8,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use banger_storage::{
-    clone_disk, device_mapper_available, disk_usage, grow_disk, probe_reflink, shared_bytes,
-};
+use banger_storage::{clone_disk, device_mapper_available, disk_usage, grow_disk, probe_reflink, shared_bytes};
 use banger_storage::{CowStrategy, StorageError};
 
 /// Writes past the test harness's output capture, so that a skip is seen.
@@ -35,11 +33,7 @@ fn root_or_skip(test: &str) -> bool {
 
 fn sh(program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -52,26 +46,12 @@ struct XfsMount {
 impl XfsMount {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut mount = XfsMount {
-            dir,
-            mounted: false,
-        };
+        let mut mount = XfsMount { dir, mounted: false };
         let image = mount.dir.path().join("xfs.img");
         File::create(&image).unwrap().set_len(512 * MIB).unwrap();
-        sh(
-            "mkfs.xfs",
-            &["-q", "-m", "reflink=1", image.to_str().unwrap()],
-        );
+        sh("mkfs.xfs", &["-q", "-m", "reflink=1", image.to_str().unwrap()]);
         fs::create_dir(mount.path()).unwrap();
-        sh(
-            "mount",
-            &[
-                "-o",
-                "loop",
-                image.to_str().unwrap(),
-                mount.path().to_str().unwrap(),
-            ],
-        );
+        sh("mount", &["-o", "loop", image.to_str().unwrap(), mount.path().to_str().unwrap()]);
         mount.mounted = true;
         mount
     }
@@ -81,10 +61,7 @@ impl XfsMount {
     }
 
     fn available(&self) -> u64 {
-        let out = sh(
-            "df",
-            &["-B1", "--output=avail", self.path().to_str().unwrap()],
-        );
+        let out = sh("df", &["-B1", "--output=avail", self.path().to_str().unwrap()]);
         out.lines().nth(1).unwrap().trim().parse().unwrap()
     }
 }
@@ -93,10 +70,7 @@ impl Drop for XfsMount {
     fn drop(&mut self) {
         if self.mounted {
             let mnt = self.path();
-            let ok = Command::new("umount")
-                .arg(&mnt)
-                .status()
-                .is_ok_and(|s| s.success());
+            let ok = Command::new("umount").arg(&mnt).status().is_ok_and(|s| s.success());
             if !ok {
                 let _ = Command::new("umount").arg("-l").arg(&mnt).status();
             }
@@ -122,24 +96,12 @@ fn ext4_image(path: &Path) {
     let content = tempfile::tempdir().unwrap();
     fs::write(content.path().join("data"), noise(16 * MIB as usize, 7)).unwrap();
     File::create(path).unwrap().set_len(64 * MIB).unwrap();
-    sh(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-d",
-            content.path().to_str().unwrap(),
-            path.to_str().unwrap(),
-        ],
-    );
+    sh("mkfs.ext4", &["-q", "-F", "-d", content.path().to_str().unwrap(), path.to_str().unwrap()]);
 }
 
 fn block_count(image: &Path) -> u64 {
     let info = sh("tune2fs", &["-l", image.to_str().unwrap()]);
-    let line = info
-        .lines()
-        .find(|l| l.starts_with("Block count:"))
-        .unwrap();
+    let line = info.lines().find(|l| l.starts_with("Block count:")).unwrap();
     line.split(':').nth(1).unwrap().trim().parse().unwrap()
 }
 
@@ -150,16 +112,8 @@ fn block_size(image: &Path) -> u64 {
 }
 
 fn fsck_clean(image: &Path) {
-    let out = Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "e2fsck: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = Command::new("e2fsck").args(["-f", "-n"]).arg(image).output().unwrap();
+    assert!(out.status.success(), "e2fsck: {}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
@@ -180,24 +134,16 @@ fn reflink_clone_shares_extents_and_diverges_on_write() {
     assert_eq!(info.disk, clone);
     assert_eq!(info.size_bytes, 64 * MIB);
     let after = xfs.available();
-    assert!(
-        before - after < 4 * MIB,
-        "cloning used {} bytes of space",
-        before - after
-    );
+    assert!(before - after < 4 * MIB, "cloning used {} bytes of space", before - after);
     let shared = shared_bytes(&clone).unwrap();
     assert!(shared >= 16 * MIB, "only {shared} bytes are shared");
     assert!(sh("filefrag", &["-v", clone.to_str().unwrap()]).contains("shared"));
     fsck_clean(&clone);
 
     let file = OpenOptions::new().write(true).open(&clone).unwrap();
-    file.write_all_at(&noise(MIB as usize, 99), 8 * MIB)
-        .unwrap();
+    file.write_all_at(&noise(MIB as usize, 99), 8 * MIB).unwrap();
     file.sync_all().unwrap();
-    assert!(
-        fs::read(&base).unwrap() == original,
-        "writing the clone changed the base"
-    );
+    assert!(fs::read(&base).unwrap() == original, "writing the clone changed the base");
     assert!(fs::read(&clone).unwrap() != original);
 }
 
@@ -238,14 +184,8 @@ fn sparse_copy_keeps_holes() {
     assert_eq!(info.size_bytes, 100 * MIB);
     assert_eq!(fs::metadata(&dest).unwrap().len(), 100 * MIB);
     let used = disk_usage(&dest).unwrap();
-    assert!(
-        (MIB..=MIB + MIB / 4).contains(&used),
-        "copy allocates {used} bytes"
-    );
-    assert!(
-        fs::read(&src).unwrap() == fs::read(&dest).unwrap(),
-        "contents differ"
-    );
+    assert!((MIB..=MIB + MIB / 4).contains(&used), "copy allocates {used} bytes");
+    assert!(fs::read(&src).unwrap() == fs::read(&dest).unwrap(), "contents differ");
     assert_eq!(shared_bytes(&dest).unwrap(), 0);
 }
 
@@ -260,10 +200,7 @@ fn sparse_copy_grows_the_filesystem() {
     assert_eq!(block_count(&dest), 96 * MIB / block_size(&dest));
     assert!(block_count(&dest) > blocks);
     fsck_clean(&dest);
-    assert!(
-        disk_usage(&dest).unwrap() < 48 * MIB,
-        "the copy stays sparse"
-    );
+    assert!(disk_usage(&dest).unwrap() < 48 * MIB, "the copy stays sparse");
 }
 
 #[test]
@@ -273,9 +210,7 @@ fn disks_never_shrink() {
     ext4_image(&base);
     let dest = dir.path().join("vm.ext4");
     let err = clone_disk(CowStrategy::SparseCopy, &base, &dest, Some(32 * MIB)).unwrap_err();
-    assert!(
-        matches!(err, StorageError::Shrink { current, requested } if current == 64 * MIB && requested == 32 * MIB)
-    );
+    assert!(matches!(err, StorageError::Shrink { current, requested } if current == 64 * MIB && requested == 32 * MIB));
     assert!(err.to_string().contains("cannot shrink"), "{err}");
     assert!(!dest.exists());
 
@@ -294,10 +229,7 @@ fn failed_growth_removes_the_clone() {
     fs::write(&src, noise(MIB as usize, 5)).unwrap();
     let dest = dir.path().join("vm.img");
     let err = clone_disk(CowStrategy::SparseCopy, &src, &dest, Some(2 * MIB)).unwrap_err();
-    assert!(
-        matches!(err, StorageError::Command { ref program, .. } if program.starts_with("e2fsck")),
-        "{err:?}"
-    );
+    assert!(matches!(err, StorageError::Command { ref program, .. } if program.starts_with("e2fsck")), "{err:?}");
     assert!(!dest.exists());
 }
 
@@ -316,38 +248,22 @@ fn existing_destinations_are_left_alone() {
 fn refuse_reflink_in(dir: &Path, fs_name: &str) {
     let src = dir.join("base.img");
     fs::write(&src, noise(MIB as usize, 1)).unwrap();
-    assert!(
-        !probe_reflink(dir).unwrap(),
-        "{fs_name} claims reflink support"
-    );
+    assert!(!probe_reflink(dir).unwrap(), "{fs_name} claims reflink support");
     let dest = dir.join("vm.img");
     let err = clone_disk(CowStrategy::Reflink, &src, &dest, None).unwrap_err();
-    assert!(
-        matches!(err, StorageError::ReflinkUnsupported { .. }),
-        "{fs_name}: {err:?}"
-    );
-    assert!(
-        err.to_string().contains("cannot make reflink copies"),
-        "{err}"
-    );
+    assert!(matches!(err, StorageError::ReflinkUnsupported { .. }), "{fs_name}: {err:?}");
+    assert!(err.to_string().contains("cannot make reflink copies"), "{err}");
     assert!(!dest.exists(), "{fs_name}: dest is removed");
 }
 
 #[test]
 fn reflink_on_ext4_or_tmpfs_is_a_clear_error() {
     let on_root = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    let fs_type = sh(
-        "stat",
-        &["-f", "-c", "%T", on_root.path().to_str().unwrap()],
-    );
+    let fs_type = sh("stat", &["-f", "-c", "%T", on_root.path().to_str().unwrap()]);
     if fs_type.trim().starts_with("ext2") {
         refuse_reflink_in(on_root.path(), "ext4");
     } else {
-        loud(&format!(
-            "{} is {}, not ext4: ext4 case skipped",
-            on_root.path().display(),
-            fs_type.trim()
-        ));
+        loud(&format!("{} is {}, not ext4: ext4 case skipped", on_root.path().display(), fs_type.trim()));
     }
     let shm = Path::new("/dev/shm");
     if shm.is_dir() && sh("stat", &["-f", "-c", "%T", "/dev/shm"]).trim() == "tmpfs" {
@@ -369,13 +285,7 @@ fn dm_snapshot_refuses_without_device_mapper() {
     fs::write(&src, [0u8; 4096]).unwrap();
     let dest = dir.path().join("vm.cow");
     let err = clone_disk(CowStrategy::DmSnapshot, &src, &dest, None).unwrap_err();
-    assert!(
-        matches!(err, StorageError::DeviceMapperUnavailable),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().contains("device-mapper is not available"),
-        "{err}"
-    );
+    assert!(matches!(err, StorageError::DeviceMapperUnavailable), "{err:?}");
+    assert!(err.to_string().contains("device-mapper is not available"), "{err}");
     assert!(!dest.exists());
 }

@@ -20,11 +20,7 @@ pub fn good_bundle(tag: &str) -> Vec<u8> {
     std::fs::write(dir.path().join("vmlinux"), fake_vmlinux(tag)).unwrap();
     std::fs::write(dir.path().join("initrd.img"), b"initrd").unwrap();
     std::fs::create_dir_all(dir.path().join("modules/6.1.0-test/kernel")).unwrap();
-    std::fs::write(
-        dir.path().join("modules/6.1.0-test/kernel/virtio_blk.ko"),
-        b"module",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("modules/6.1.0-test/kernel/virtio_blk.ko"), b"module").unwrap();
     let mut out = Vec::new();
     banger_kernel::bundle::create(dir.path(), &mut out, 3).unwrap();
     out

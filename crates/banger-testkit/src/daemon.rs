@@ -36,13 +36,7 @@ impl TestDaemon {
         let catalog = root.path().join("catalog.json");
         config.catalogs.push(catalog.display().to_string());
         adjust(&mut config);
-        let mut daemon = TestDaemon {
-            client: Client::new(&config.socket),
-            root,
-            config,
-            stop: None,
-            task: None,
-        };
+        let mut daemon = TestDaemon { client: Client::new(&config.socket), root, config, stop: None, task: None };
         daemon.set_catalog(Vec::new());
         daemon.launch();
         daemon
@@ -79,15 +73,8 @@ impl TestDaemon {
 
     /// Replaces the test catalog's entries.
     pub fn set_catalog(&self, entries: Vec<CatalogEntry>) {
-        let catalog = KernelCatalog {
-            version: 1,
-            entries,
-        };
-        std::fs::write(
-            self.catalog_path(),
-            serde_json::to_vec_pretty(&catalog).unwrap(),
-        )
-        .unwrap();
+        let catalog = KernelCatalog { version: 1, entries };
+        std::fs::write(self.catalog_path(), serde_json::to_vec_pretty(&catalog).unwrap()).unwrap();
     }
 
     /// The test catalog file.
@@ -104,10 +91,7 @@ impl TestDaemon {
     /// sorted: what a failed pull must leave untouched.
     pub fn kernel_dir_entries(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.state_dir().join("kernels"))
-            .map(|dir| {
-                dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|dir| dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         names.sort();
         names

@@ -15,14 +15,8 @@ fn skip(why: &str) {
 
 /// The versioned package the metapackage depends on, from `apt-cache depends`.
 fn versioned_package() -> Option<String> {
-    let out = Command::new("apt-cache")
-        .args(["depends", METAPACKAGE])
-        .output()
-        .ok()?;
-    assert!(
-        out.status.success(),
-        "apt-cache depends {METAPACKAGE} failed"
-    );
+    let out = Command::new("apt-cache").args(["depends", METAPACKAGE]).output().ok()?;
+    assert!(out.status.success(), "apt-cache depends {METAPACKAGE} failed");
     let text = String::from_utf8(out.stdout).unwrap();
     let package = text
         .lines()
@@ -45,25 +39,17 @@ pub fn cloud_kernel_deb(cache_root: &Path) -> Option<PathBuf> {
     let cache = cache_root.join("debian-kernel");
     fs::create_dir_all(&cache).unwrap();
     let find = || {
-        fs::read_dir(&cache)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
-            })
+        fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(&format!("{package}_")) && name.ends_with(".deb")
+        })
     };
     if let Some(deb) = find() {
         return Some(deb);
     }
     // Download into a scratch directory so a half-written file is never cached.
     let scratch = tempfile::tempdir_in(&cache).unwrap();
-    let status = match Command::new("apt-get")
-        .arg("download")
-        .arg(&package)
-        .current_dir(scratch.path())
-        .status()
-    {
+    let status = match Command::new("apt-get").arg("download").arg(&package).current_dir(scratch.path()).status() {
         Ok(status) => status,
         Err(_) => {
             skip("apt-get is not available; the real Debian kernel import is NOT tested");

@@ -25,22 +25,12 @@ pub struct Canned {
 impl Canned {
     /// 200 with this body.
     pub fn ok(body: Vec<u8>) -> Canned {
-        Canned {
-            status: 200,
-            body,
-            declared_len: None,
-            stall: None,
-        }
+        Canned { status: 200, body, declared_len: None, stall: None }
     }
 
     /// An error status with a short text body.
     pub fn status(status: u16) -> Canned {
-        Canned {
-            status,
-            body: b"error\n".to_vec(),
-            declared_len: None,
-            stall: None,
-        }
+        Canned { status, body: b"error\n".to_vec(), declared_len: None, stall: None }
     }
 }
 
@@ -53,9 +43,7 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds 127.0.0.1 on a free port and starts serving.
     pub async fn start() -> HttpServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let port = listener.local_addr().unwrap().port();
         let routes: Arc<Mutex<HashMap<String, Canned>>> = Arc::default();
         let table = Arc::clone(&routes);
@@ -90,12 +78,7 @@ async fn serve(mut stream: tokio::net::TcpStream, routes: Arc<Mutex<HashMap<Stri
     }
     let text = String::from_utf8_lossy(&request);
     let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let canned = routes
-        .lock()
-        .unwrap()
-        .get(&path)
-        .cloned()
-        .unwrap_or_else(|| Canned::status(404));
+    let canned = routes.lock().unwrap().get(&path).cloned().unwrap_or_else(|| Canned::status(404));
     let head = format!(
         "HTTP/1.1 {} X\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
         canned.status,

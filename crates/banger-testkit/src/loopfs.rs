@@ -2,7 +2,7 @@
 //! clones, a tiny ext4 for a full disk. Unmounted and removed on drop,
 //! even when the test fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// A mounted loop filesystem.
@@ -20,35 +20,15 @@ impl LoopFs {
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(size_mib << 20)
-            .unwrap();
+        std::fs::File::create(&image).unwrap().set_len(size_mib << 20).unwrap();
         let mkfs = match fs {
-            "xfs" => run(
-                "mkfs.xfs",
-                &["-q", "-m", "reflink=1", image.to_str().unwrap()],
-            ),
+            "xfs" => run("mkfs.xfs", &["-q", "-m", "reflink=1", image.to_str().unwrap()]),
             _ => run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]),
         };
-        assert!(
-            mkfs,
-            "mkfs.{fs} failed (is it installed? scripts/setup-host)"
-        );
+        assert!(mkfs, "mkfs.{fs} failed (is it installed? scripts/setup-host)");
         let mount = dir.path().join("mnt");
         std::fs::create_dir(&mount).unwrap();
-        assert!(
-            run(
-                "mount",
-                &[
-                    "-o",
-                    "loop",
-                    image.to_str().unwrap(),
-                    mount.to_str().unwrap()
-                ]
-            ),
-            "loop mount failed"
-        );
+        assert!(run("mount", &["-o", "loop", image.to_str().unwrap(), mount.to_str().unwrap()]), "loop mount failed");
         Some(LoopFs { dir })
     }
 
@@ -59,18 +39,8 @@ impl LoopFs {
 
     /// Bytes free on it.
     pub fn free_bytes(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["-B1", "--output=avail"])
-            .arg(self.path())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        let out = Command::new("df").args(["-B1", "--output=avail"]).arg(self.path()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
     }
 }
 
@@ -84,19 +54,12 @@ impl Drop for LoopFs {
 }
 
 fn run(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new(program).args(args).status().is_ok_and(|s| s.success())
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }

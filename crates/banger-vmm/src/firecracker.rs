@@ -42,10 +42,7 @@ pub struct Firecracker {
 impl Firecracker {
     /// Firecracker at `binary`, without the jailer.
     pub fn new(binary: impl Into<PathBuf>) -> Self {
-        Firecracker {
-            binary: binary.into(),
-            jailer: None,
-        }
+        Firecracker { binary: binary.into(), jailer: None }
     }
 
     /// Starts the VM: spawns Firecracker detached (its stdout, the serial
@@ -54,9 +51,7 @@ impl Firecracker {
     /// pid; on error nothing is left running.
     pub async fn start(&self, spec: &VmSpec) -> Result<u32, VmmError> {
         if self.jailer.is_some() {
-            return Err(VmmError::InvalidSpec(
-                "starting Firecracker under the jailer is not supported yet".into(),
-            ));
+            return Err(VmmError::InvalidSpec("starting Firecracker under the jailer is not supported yet".into()));
         }
         check_kernel(&spec.kernel)?;
         // Refuse a spec Firecracker cannot take before anything is spawned.
@@ -69,10 +64,8 @@ impl Firecracker {
             return Err(VmmError::ExitedEarly { log_tail });
         };
         let started = async {
-            std::fs::write(&files.pid, format!("{pid}\n")).map_err(|source| VmmError::Process {
-                action: "record the pid of",
-                source,
-            })?;
+            std::fs::write(&files.pid, format!("{pid}\n"))
+                .map_err(|source| VmmError::Process { action: "record the pid of", source })?;
             wait_for_api(&mut child, &files).await?;
             self.configure(&files.api_sock, spec).await
         };
@@ -102,10 +95,7 @@ impl Firecracker {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| VmmError::Process {
-                    action: "create the log files of",
-                    source,
-                })?;
+                .map_err(|source| VmmError::Process { action: "create the log files of", source })?;
         }
         for request in &requests {
             tracing::debug!(vm = %spec.name, request = %request.describe(), "firecracker API");
@@ -121,12 +111,7 @@ impl Firecracker {
         let files = RunFiles::new(run_dir);
         if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
             let graceful = async {
-                match http::send(
-                    &files.api_sock,
-                    &ApiRequest::action(ActionType::SendCtrlAltDel),
-                )
-                .await
-                {
+                match http::send(&files.api_sock, &ApiRequest::action(ActionType::SendCtrlAltDel)).await {
                     Ok(()) => wait_gone(pid, timeout).await,
                     Err(e) => {
                         tracing::debug!(pid, error = %e, "cannot ask the guest to shut down");
@@ -134,15 +119,9 @@ impl Firecracker {
                     }
                 }
             };
-            let exited = tokio::time::timeout(timeout, graceful)
-                .await
-                .unwrap_or(false);
+            let exited = tokio::time::timeout(timeout, graceful).await.unwrap_or(false);
             if !exited {
-                tracing::info!(
-                    pid,
-                    ?timeout,
-                    "firecracker did not stop in time, killing it"
-                );
+                tracing::info!(pid, ?timeout, "firecracker did not stop in time, killing it");
                 crate::process::kill(run_dir, &files.pid).await?;
             }
         }
@@ -153,23 +132,12 @@ impl Firecracker {
     /// Spawns Firecracker in its own session, so it outlives the daemon.
     #[allow(unsafe_code)]
     fn spawn(&self, spec: &VmSpec, files: &RunFiles) -> Result<Child, VmmError> {
-        let log_error = |source| VmmError::Process {
-            action: "create the log files of",
-            source,
-        };
+        let log_error = |source| VmmError::Process { action: "create the log files of", source };
         let console = std::fs::File::create(&files.console).map_err(log_error)?;
         let vmm_log = std::fs::File::create(&files.vmm_log).map_err(log_error)?;
-        let line = command::firecracker(
-            &self.binary,
-            &files.api_sock,
-            &command::instance_id(&spec.name),
-        );
+        let line = command::firecracker(&self.binary, &files.api_sock, &command::instance_id(&spec.name));
         let mut cmd = tokio::process::Command::new(&line.program);
-        cmd.args(&line.args)
-            .stdin(Stdio::null())
-            .stdout(console)
-            .stderr(vmm_log)
-            .kill_on_drop(false);
+        cmd.args(&line.args).stdin(Stdio::null()).stdout(console).stderr(vmm_log).kill_on_drop(false);
         // SAFETY: the closure runs in the child between fork and exec, and
         // only calls setsid(2), which is async-signal-safe and allocates
         // nothing.
@@ -180,36 +148,23 @@ impl Firecracker {
             });
         }
         cmd.spawn().map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => VmmError::MissingBinary {
-                binary: self.binary.display().to_string(),
-            },
-            _ => VmmError::Process {
-                action: "spawn",
-                source,
-            },
+            std::io::ErrorKind::NotFound => VmmError::MissingBinary { binary: self.binary.display().to_string() },
+            _ => VmmError::Process { action: "spawn", source },
         })
     }
 }
 
 /// Where the guest agent is reached.
 pub fn agent_endpoint(run_dir: &Path) -> AgentEndpoint {
-    AgentEndpoint::FirecrackerVsock {
-        uds: RunFiles::new(run_dir).vsock,
-        port: banger_agent_proto::VSOCK_PORT,
-    }
+    AgentEndpoint::FirecrackerVsock { uds: RunFiles::new(run_dir).vsock, port: banger_agent_proto::VSOCK_PORT }
 }
 
 /// Refuses a kernel Firecracker cannot boot: it takes an ELF vmlinux only.
 fn check_kernel(kernel: &Path) -> Result<(), VmmError> {
     let mut header = Vec::with_capacity(command::KERNEL_HEADER_LEN);
     std::fs::File::open(kernel)
-        .and_then(|f| {
-            f.take(command::KERNEL_HEADER_LEN as u64)
-                .read_to_end(&mut header)
-        })
-        .map_err(|e| {
-            VmmError::InvalidSpec(format!("cannot read the kernel {}: {e}", kernel.display()))
-        })?;
+        .and_then(|f| f.take(command::KERNEL_HEADER_LEN as u64).read_to_end(&mut header))
+        .map_err(|e| VmmError::InvalidSpec(format!("cannot read the kernel {}: {e}", kernel.display())))?;
     let what = match command::kernel_format(&header) {
         command::KernelFormat::Elf => return Ok(()),
         command::KernelFormat::BzImage => "a bzImage",
@@ -226,23 +181,15 @@ fn check_kernel(kernel: &Path) -> Result<(), VmmError> {
 async fn wait_for_api(child: &mut Child, files: &RunFiles) -> Result<(), VmmError> {
     let deadline = tokio::time::Instant::now() + API_SOCKET_TIMEOUT;
     loop {
-        let exited = child.try_wait().map_err(|source| VmmError::Process {
-            action: "wait for",
-            source,
-        })?;
+        let exited = child.try_wait().map_err(|source| VmmError::Process { action: "wait for", source })?;
         if let Some(status) = exited {
-            return Err(VmmError::ExitedEarly {
-                log_tail: format!("{status}: {}", log_tail(files)),
-            });
+            return Err(VmmError::ExitedEarly { log_tail: format!("{status}: {}", log_tail(files)) });
         }
         if UnixStream::connect(&files.api_sock).await.is_ok() {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(VmmError::Timeout(
-                API_SOCKET_TIMEOUT,
-                "Firecracker's API socket",
-            ));
+            return Err(VmmError::Timeout(API_SOCKET_TIMEOUT, "Firecracker's API socket"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -311,9 +258,7 @@ mod tests {
     #[test]
     fn agent_endpoint_is_the_vsock_socket_sent_to_firecracker() {
         let run_dir = Path::new("/run/banger/vms/a");
-        let AgentEndpoint::FirecrackerVsock { uds, .. } = agent_endpoint(run_dir) else {
-            panic!("not vsock")
-        };
+        let AgentEndpoint::FirecrackerVsock { uds, .. } = agent_endpoint(run_dir) else { panic!("not vsock") };
         assert_eq!(uds, RunFiles::new(run_dir).vsock);
     }
 }

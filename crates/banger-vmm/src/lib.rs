@@ -79,9 +79,7 @@ impl AgentEndpoint {
             AgentEndpoint::Unix(path) => tokio::net::UnixStream::connect(path).await,
             AgentEndpoint::FirecrackerVsock { uds, port } => {
                 let mut stream = tokio::net::UnixStream::connect(uds).await?;
-                stream
-                    .write_all(format!("CONNECT {port}\n").as_bytes())
-                    .await?;
+                stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
                 // Read the "OK <n>\n" line a byte at a time so nothing of the
                 // agent's stream is consumed by a buffer.
                 let mut line = Vec::new();
@@ -96,10 +94,7 @@ impl AgentEndpoint {
                 if !line.starts_with(b"OK ") {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::ConnectionRefused,
-                        format!(
-                            "vsock CONNECT refused: {:?}",
-                            String::from_utf8_lossy(&line)
-                        ),
+                        format!("vsock CONNECT refused: {:?}", String::from_utf8_lossy(&line)),
                     ));
                 }
                 Ok(stream)

@@ -17,11 +17,7 @@ pub fn read_pid(path: &Path) -> Option<u32> {
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
-        Ok(stat) => {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                != Some("Z")
-        }
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
         Err(_) => false,
     }
 }
@@ -60,19 +56,11 @@ pub async fn kill(_run_dir: &Path, pid_file: &Path) -> Result<(), VmmError> {
     match signal(pid, libc::SIGKILL) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
-        Err(source) => {
-            return Err(VmmError::Process {
-                action: "kill",
-                source,
-            })
-        }
+        Err(source) => return Err(VmmError::Process { action: "kill", source }),
     }
     if wait_gone(pid, Duration::from_secs(10)).await {
         Ok(())
     } else {
-        Err(VmmError::Timeout(
-            Duration::from_secs(10),
-            "the VMM to die after SIGKILL",
-        ))
+        Err(VmmError::Timeout(Duration::from_secs(10), "the VMM to die after SIGKILL"))
     }
 }

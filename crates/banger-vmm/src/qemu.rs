@@ -74,10 +74,7 @@ impl Qemu {
     pub fn args(&self, spec: &VmSpec) -> Vec<String> {
         let files = RunFiles::new(&spec.run_dir);
         let (machine, bus) = if self.kvm {
-            (
-                ["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host"],
-                "device",
-            )
+            (["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host"], "device")
         } else {
             (["-M", "pc", "-accel", "tcg", "-cpu", "max"], "pci")
         };
@@ -85,25 +82,10 @@ impl Qemu {
         let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
 
         push(&["-name", &escape(&spec.name)]);
-        push(&[
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-daemonize",
-        ]);
-        push(&[
-            "-pidfile",
-            &spec.run_dir.join("vmm.pid").display().to_string(),
-        ]);
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-daemonize"]);
+        push(&["-pidfile", &spec.run_dir.join("vmm.pid").display().to_string()]);
         push(&machine);
-        push(&[
-            "-smp",
-            &spec.cpus.to_string(),
-            "-m",
-            &spec.memory_mib.to_string(),
-        ]);
+        push(&["-smp", &spec.cpus.to_string(), "-m", &spec.memory_mib.to_string()]);
 
         push(&["-kernel", &spec.kernel.display().to_string()]);
         if let Some(initrd) = &spec.initrd {
@@ -114,44 +96,21 @@ impl Qemu {
 
         for (i, disk) in spec.disks.iter().enumerate() {
             let readonly = if disk.read_only { ",readonly=on" } else { "" };
-            let drive = format!(
-                "file={},if=none,id=disk{i},format=raw{readonly}",
-                escape_path(&disk.path)
-            );
-            push(&[
-                "-drive",
-                &drive,
-                "-device",
-                &format!("virtio-blk-{bus},drive=disk{i}"),
-            ]);
+            let drive = format!("file={},if=none,id=disk{i},format=raw{readonly}", escape_path(&disk.path));
+            push(&["-drive", &drive, "-device", &format!("virtio-blk-{bus},drive=disk{i}")]);
         }
 
         push(&["-device", &format!("virtio-serial-{bus}")]);
-        let agent = format!(
-            "socket,id=agent,path={},server=on,wait=off",
-            escape_path(&files.agent)
-        );
+        let agent = format!("socket,id=agent,path={},server=on,wait=off", escape_path(&files.agent));
         push(&["-chardev", &agent]);
-        push(&[
-            "-device",
-            &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
-        ]);
+        push(&["-device", &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}")]);
 
-        push(&[
-            "-chardev",
-            &format!("file,id=console,path={}", escape_path(&files.console)),
-        ]);
+        push(&["-chardev", &format!("file,id=console,path={}", escape_path(&files.console))]);
         push(&["-serial", "chardev:console"]);
 
         // `-chardev` + `-mon` rather than `-qmp unix:...`: the same thing,
         // but a path with a comma can be escaped.
-        push(&[
-            "-chardev",
-            &format!(
-                "socket,id=qmp,path={},server=on,wait=off",
-                escape_path(&files.qmp)
-            ),
-        ]);
+        push(&["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", escape_path(&files.qmp))]);
         push(&["-mon", "chardev=qmp,mode=control"]);
         args
     }
@@ -162,23 +121,14 @@ impl Qemu {
         check_spec(spec)?;
         let files = RunFiles::new(&spec.run_dir);
         if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
-            return Err(VmmError::InvalidSpec(format!(
-                "a VMM already runs in {} (pid {pid})",
-                spec.run_dir.display()
-            )));
+            return Err(VmmError::InvalidSpec(format!("a VMM already runs in {} (pid {pid})", spec.run_dir.display())));
         }
         files.remove_runtime_files();
 
         let args = self.args(spec);
         tracing::debug!(vm = %spec.name, binary = %self.binary.display(), ?args, "starting QEMU");
-        let log = std::fs::File::create(&files.log).map_err(|source| VmmError::Process {
-            action: "log",
-            source,
-        })?;
-        let stdout = log.try_clone().map_err(|source| VmmError::Process {
-            action: "log",
-            source,
-        })?;
+        let log = std::fs::File::create(&files.log).map_err(|source| VmmError::Process { action: "log", source })?;
+        let stdout = log.try_clone().map_err(|source| VmmError::Process { action: "log", source })?;
         let mut child = tokio::process::Command::new(&self.binary)
             .args(&args)
             .stdin(std::process::Stdio::null())
@@ -186,39 +136,25 @@ impl Qemu {
             .stderr(log)
             .spawn()
             .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => VmmError::MissingBinary {
-                    binary: self.binary.display().to_string(),
-                },
-                _ => VmmError::Process {
-                    action: "spawn",
-                    source,
-                },
+                std::io::ErrorKind::NotFound => VmmError::MissingBinary { binary: self.binary.display().to_string() },
+                _ => VmmError::Process { action: "spawn", source },
             })?;
 
         // With -daemonize the process we spawned exits once the daemonised
         // QEMU has initialised, with status 0 only if that succeeded.
         let status = match tokio::time::timeout(START_TIMEOUT, child.wait()).await {
-            Ok(status) => status.map_err(|source| VmmError::Process {
-                action: "wait for",
-                source,
-            }),
+            Ok(status) => status.map_err(|source| VmmError::Process { action: "wait for", source }),
             Err(_) => {
                 let _ = child.kill().await;
                 Err(VmmError::Timeout(START_TIMEOUT, "QEMU to initialise"))
             }
         };
         let started = match status {
-            Ok(status) if status.success() => {
-                match read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
-                    Some(pid) => Ok(pid),
-                    None => Err(VmmError::ExitedEarly {
-                        log_tail: log_tail(&files.log, "QEMU exited after starting"),
-                    }),
-                }
-            }
-            Ok(status) => Err(VmmError::ExitedEarly {
-                log_tail: log_tail(&files.log, &format!("QEMU {status}")),
-            }),
+            Ok(status) if status.success() => match read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
+                Some(pid) => Ok(pid),
+                None => Err(VmmError::ExitedEarly { log_tail: log_tail(&files.log, "QEMU exited after starting") }),
+            },
+            Ok(status) => Err(VmmError::ExitedEarly { log_tail: log_tail(&files.log, &format!("QEMU {status}")) }),
             Err(e) => Err(e),
         };
         match started {
@@ -274,11 +210,7 @@ async fn shut_down(pid: u32, files: &RunFiles, timeout: Duration) -> Result<(), 
     if let Some(qmp) = &mut qmp {
         match qmp.execute("system_powerdown").await {
             Ok(_) if wait_gone(pid, timeout).await => return Ok(()),
-            Ok(_) => tracing::debug!(
-                pid,
-                ?timeout,
-                "the guest ignored the power button; quitting QEMU"
-            ),
+            Ok(_) => tracing::debug!(pid, ?timeout, "the guest ignored the power button; quitting QEMU"),
             Err(e) => tracing::warn!(pid, error = %e, "QMP system_powerdown failed"),
         }
         // QEMU may close the connection before its answer arrives: whether
@@ -298,17 +230,11 @@ async fn shut_down(pid: u32, files: &RunFiles, timeout: Duration) -> Result<(), 
 fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
     let invalid = |why: String| Err(VmmError::InvalidSpec(why));
     if !spec.run_dir.is_dir() {
-        return invalid(format!(
-            "run directory {} does not exist",
-            spec.run_dir.display()
-        ));
+        return invalid(format!("run directory {} does not exist", spec.run_dir.display()));
     }
     let socket = spec.run_dir.join("agent.sock");
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
-        return invalid(format!(
-            "run directory {} is too long for a unix socket path",
-            spec.run_dir.display()
-        ));
+        return invalid(format!("run directory {} is too long for a unix socket path", spec.run_dir.display()));
     }
     if spec.cpus == 0 || spec.memory_mib == 0 {
         return invalid("a VM needs at least one vCPU and some memory".into());
@@ -325,10 +251,7 @@ fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
         }
     }
     if spec.run_dir.to_str().is_none() {
-        return invalid(format!(
-            "run directory {} is not UTF-8",
-            spec.run_dir.display()
-        ));
+        return invalid(format!("run directory {} is not UTF-8", spec.run_dir.display()));
     }
     Ok(())
 }
@@ -372,14 +295,8 @@ mod tests {
             cpus: 2,
             memory_mib: 1024,
             disks: vec![
-                DiskSpec {
-                    path: PathBuf::from("/d/root.ext4"),
-                    read_only: false,
-                },
-                DiskSpec {
-                    path: PathBuf::from("/d/seed,1.ext4"),
-                    read_only: true,
-                },
+                DiskSpec { path: PathBuf::from("/d/root.ext4"), read_only: false },
+                DiskSpec { path: PathBuf::from("/d/seed,1.ext4"), read_only: true },
             ],
         }
     }
@@ -399,10 +316,7 @@ mod tests {
 
     #[test]
     fn tcg_uses_pc_with_virtio_pci() {
-        let qemu = Qemu {
-            binary: "qemu-system-x86_64".into(),
-            kvm: false,
-        };
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false };
         let line = joined(&qemu, &spec());
         for part in COMMON {
             assert!(line.contains(part), "missing {part:?} in {line}");
@@ -412,53 +326,34 @@ mod tests {
             "-drive file=/d/root.ext4,if=none,id=disk0,format=raw -device virtio-blk-pci,drive=disk0 \
              -drive file=/d/seed,,1.ext4,if=none,id=disk1,format=raw,readonly=on -device virtio-blk-pci,drive=disk1"
         ));
-        assert!(
-            line.contains("-device virtio-serial-pci -chardev socket,id=agent"),
-            "{line}"
-        );
+        assert!(line.contains("-device virtio-serial-pci -chardev socket,id=agent"), "{line}");
         assert!(!line.contains("kvm") && !line.contains("microvm"), "{line}");
     }
 
     #[test]
     fn kvm_uses_microvm_with_virtio_mmio() {
-        let qemu = Qemu {
-            binary: "qemu-system-x86_64".into(),
-            kvm: true,
-        };
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: true };
         let line = joined(&qemu, &spec());
         for part in COMMON {
             assert!(line.contains(part), "missing {part:?} in {line}");
         }
-        assert!(
-            line.contains("-M microvm,acpi=on -accel kvm -cpu host"),
-            "{line}"
-        );
+        assert!(line.contains("-M microvm,acpi=on -accel kvm -cpu host"), "{line}");
         assert!(line.contains(
             "-drive file=/d/root.ext4,if=none,id=disk0,format=raw -device virtio-blk-device,drive=disk0 \
              -drive file=/d/seed,,1.ext4,if=none,id=disk1,format=raw,readonly=on -device virtio-blk-device,drive=disk1"
         ));
-        assert!(
-            line.contains("-device virtio-serial-device -chardev socket,id=agent"),
-            "{line}"
-        );
+        assert!(line.contains("-device virtio-serial-device -chardev socket,id=agent"), "{line}");
         assert!(!line.contains("-pci") && !line.contains("tcg"), "{line}");
     }
 
     #[test]
     fn the_command_line_is_one_argument_with_the_console_appended() {
-        let qemu = Qemu {
-            binary: "qemu-system-x86_64".into(),
-            kvm: false,
-        };
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false };
         let args = qemu.args(&spec());
         let at = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[at + 1], "root=/dev/vda rw panic=-1 console=ttyS0");
 
-        let bare = VmSpec {
-            cmdline: String::new(),
-            initrd: None,
-            ..spec()
-        };
+        let bare = VmSpec { cmdline: String::new(), initrd: None, ..spec() };
         let args = qemu.args(&bare);
         let at = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[at + 1], "console=ttyS0");
@@ -467,14 +362,9 @@ mod tests {
 
     #[test]
     fn the_agent_socket_in_the_args_is_the_endpoint() {
-        let qemu = Qemu {
-            binary: "qemu-system-x86_64".into(),
-            kvm: false,
-        };
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false };
         let spec = spec();
-        let AgentEndpoint::Unix(path) = agent_endpoint(&spec.run_dir) else {
-            panic!("not a unix endpoint")
-        };
+        let AgentEndpoint::Unix(path) = agent_endpoint(&spec.run_dir) else { panic!("not a unix endpoint") };
         let chardev = format!("socket,id=agent,path={},server=on,wait=off", path.display());
         assert!(qemu.args(&spec).contains(&chardev));
     }
@@ -482,40 +372,24 @@ mod tests {
     #[test]
     fn spec_checks_name_the_missing_file() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = VmSpec {
-            run_dir: dir.path().to_path_buf(),
-            ..spec()
-        };
+        let spec = VmSpec { run_dir: dir.path().to_path_buf(), ..spec() };
         let err = check_spec(&spec).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid VM spec: kernel /k/vmlinux does not exist"
-        );
+        assert_eq!(err.to_string(), "invalid VM spec: kernel /k/vmlinux does not exist");
 
         let long_dir = dir.path().join("x".repeat(100));
         std::fs::create_dir(&long_dir).unwrap();
-        let long = VmSpec {
-            run_dir: long_dir,
-            ..spec.clone()
-        };
-        assert!(check_spec(&long)
-            .unwrap_err()
-            .to_string()
-            .contains("too long for a unix socket path"));
+        let long = VmSpec { run_dir: long_dir, ..spec.clone() };
+        assert!(check_spec(&long).unwrap_err().to_string().contains("too long for a unix socket path"));
 
         let no_cpus = VmSpec { cpus: 0, ..spec };
-        assert!(matches!(
-            check_spec(&no_cpus),
-            Err(VmmError::InvalidSpec(_))
-        ));
+        assert!(matches!(check_spec(&no_cpus), Err(VmmError::InvalidSpec(_))));
     }
 
     #[test]
     fn log_tail_keeps_the_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("vmm.log");
-        assert!(log_tail(&log, "QEMU exit status: 1")
-            .starts_with("QEMU exit status: 1, with nothing in"));
+        assert!(log_tail(&log, "QEMU exit status: 1").starts_with("QEMU exit status: 1, with nothing in"));
         let text: String = (0..30).map(|i| format!("line {i}\n\n")).collect();
         std::fs::write(&log, text).unwrap();
         let tail = log_tail(&log, "unused");

@@ -33,9 +33,7 @@ fn fakes() -> &'static Fakes {
         // being executed; those of finished runs are removed.
         for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix("firecracker-fakes-")
-                .and_then(|p| p.parse().ok());
+            let pid = name.strip_prefix("firecracker-fakes-").and_then(|p| p.parse().ok());
             if pid.is_some_and(|pid| !pid_alive(pid)) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
@@ -51,14 +49,8 @@ fn fakes() -> &'static Fakes {
         );
         write_script(&firecracker, &script);
         let exits_early = dir.join("firecracker-bad");
-        write_script(
-            &exits_early,
-            "#!/bin/sh\necho 'Error: unknown argument --frobnicate' >&2\nexit 1\n",
-        );
-        Fakes {
-            firecracker,
-            exits_early,
-        }
+        write_script(&exits_early, "#!/bin/sh\necho 'Error: unknown argument --frobnicate' >&2\nexit 1\n");
+        Fakes { firecracker, exits_early }
     })
 }
 
@@ -78,27 +70,18 @@ fn fake_firecracker() {
         return;
     };
     let args: Vec<&str> = args.lines().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| *a == flag)
-            .map(|i| args[i + 1].to_string())
-    };
+    let value = |flag: &str| args.iter().position(|a| *a == flag).map(|i| args[i + 1].to_string());
     let api_sock = PathBuf::from(value("--api-sock").expect("--api-sock"));
     let run_dir = api_sock.parent().unwrap().to_path_buf();
     std::fs::write(run_dir.join("fake.args"), args.join("\n")).unwrap();
     std::fs::write(run_dir.join("fake.pid"), std::process::id().to_string()).unwrap();
-    let behaviour: Behaviour = std::fs::read(run_dir.join("fake.json"))
-        .map(|b| serde_json::from_slice(&b).unwrap())
-        .unwrap_or_default();
+    let behaviour: Behaviour =
+        std::fs::read(run_dir.join("fake.json")).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or_default();
     println!("fake firecracker console");
     let log = run_dir.join("requests.jsonl");
     let record = Arc::new(move |received: Received| {
         use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         writeln!(file, "{}", serde_json::to_string(&received).unwrap()).unwrap();
     });
     tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -127,39 +110,23 @@ fn vm(dir: &Path) -> VmSpec {
         cpus: 2,
         memory_mib: 512,
         disks: vec![
-            DiskSpec {
-                path: dir.join("root.ext4"),
-                read_only: false,
-            },
-            DiskSpec {
-                path: dir.join("seed.ext4"),
-                read_only: true,
-            },
+            DiskSpec { path: dir.join("root.ext4"), read_only: false },
+            DiskSpec { path: dir.join("seed.ext4"), read_only: true },
         ],
     }
 }
 
 fn with_behaviour(spec: &VmSpec, behaviour: &Behaviour) {
-    std::fs::write(
-        spec.run_dir.join("fake.json"),
-        serde_json::to_vec(behaviour).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(spec.run_dir.join("fake.json"), serde_json::to_vec(behaviour).unwrap()).unwrap();
 }
 
 fn received(run_dir: &Path) -> Vec<Received> {
     let text = std::fs::read_to_string(run_dir.join("requests.jsonl")).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn expected(spec: &VmSpec) -> Vec<Received> {
-    let to_received = |r: &ApiRequest| Received {
-        method: r.method().into(),
-        path: r.path(),
-        body: r.body(),
-    };
+    let to_received = |r: &ApiRequest| Received { method: r.method().into(), path: r.path(), body: r.body() };
     requests(spec).unwrap().iter().map(to_received).collect()
 }
 
@@ -177,12 +144,7 @@ fn in_process_api(dir: &Path, behaviour: Behaviour) -> (PathBuf, Arc<Mutex<Vec<R
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
     let record = Arc::new(move |r: Received| sink.lock().unwrap().push(r));
-    tokio::spawn(serve(
-        listener,
-        Arc::new(OpenApi::load()),
-        behaviour,
-        record,
-    ));
+    tokio::spawn(serve(listener, Arc::new(OpenApi::load()), behaviour, record));
     (api_sock, log)
 }
 
@@ -191,62 +153,33 @@ async fn configure_sends_valid_requests_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let (api_sock, log) = in_process_api(dir.path(), Behaviour::default());
-    Firecracker::new("firecracker")
-        .configure(&api_sock, &spec)
-        .await
-        .unwrap();
+    Firecracker::new("firecracker").configure(&api_sock, &spec).await.unwrap();
     let log = log.lock().unwrap().clone();
     assert_eq!(log, expected(&spec));
     assert_eq!(log.last().unwrap().body["action_type"], "InstanceStart");
-    assert!(
-        spec.run_dir.join("firecracker.log").is_file(),
-        "the logger needs its file to exist"
-    );
-    assert!(
-        spec.run_dir.join("metrics.json").is_file(),
-        "the metrics need their file to exist"
-    );
+    assert!(spec.run_dir.join("firecracker.log").is_file(), "the logger needs its file to exist");
+    assert!(spec.run_dir.join("metrics.json").is_file(), "the metrics need their file to exist");
 }
 
 #[tokio::test]
 async fn configure_stops_at_a_refused_request_with_its_fault_message() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
-    let behaviour = Behaviour {
-        fail_path: Some("/drives/disk1".into()),
-        ..Behaviour::default()
-    };
+    let behaviour = Behaviour { fail_path: Some("/drives/disk1".into()), ..Behaviour::default() };
     let (api_sock, log) = in_process_api(dir.path(), behaviour);
-    let error = Firecracker::new("firecracker")
-        .configure(&api_sock, &spec)
-        .await
-        .unwrap_err();
-    let VmmError::Api { request, reason } = &error else {
-        panic!("not an API error: {error}")
-    };
+    let error = Firecracker::new("firecracker").configure(&api_sock, &spec).await.unwrap_err();
+    let VmmError::Api { request, reason } = &error else { panic!("not an API error: {error}") };
     assert_eq!(request, "PUT /drives/disk1");
-    assert!(
-        reason.contains("400") && reason.contains("injected failure on /drives/disk1"),
-        "{reason}"
-    );
+    assert!(reason.contains("400") && reason.contains("injected failure on /drives/disk1"), "{reason}");
     let last = log.lock().unwrap().last().unwrap().path.clone();
-    assert_eq!(
-        last, "/drives/disk1",
-        "nothing may be sent after a refused request"
-    );
+    assert_eq!(last, "/drives/disk1", "nothing may be sent after a refused request");
 }
 
 #[tokio::test]
 async fn start_boots_and_stop_shuts_down_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
-    with_behaviour(
-        &spec,
-        &Behaviour {
-            exit_on_ctrl_alt_del: true,
-            ..Behaviour::default()
-        },
-    );
+    with_behaviour(&spec, &Behaviour { exit_on_ctrl_alt_del: true, ..Behaviour::default() });
     // A stale socket from an earlier run would make the bind fail.
     std::fs::write(spec.run_dir.join("firecracker.sock"), b"stale").unwrap();
     let driver = Firecracker::new(&fakes().firecracker);
@@ -256,39 +189,17 @@ async fn start_boots_and_stop_shuts_down_gracefully() {
     assert_eq!(read_pid(&spec.run_dir.join("vmm.pid")), Some(pid));
     let args = std::fs::read_to_string(spec.run_dir.join("fake.args")).unwrap();
     let api_sock = spec.run_dir.join("firecracker.sock");
-    assert_eq!(
-        args.lines().collect::<Vec<_>>(),
-        ["--api-sock", api_sock.to_str().unwrap(), "--id", "fake-vm"]
-    );
+    assert_eq!(args.lines().collect::<Vec<_>>(), ["--api-sock", api_sock.to_str().unwrap(), "--id", "fake-vm"]);
     assert_eq!(received(&spec.run_dir), expected(&spec));
-    assert!(
-        spec.run_dir.join("vsock.sock").exists(),
-        "the fake binds the vsock socket like Firecracker"
-    );
+    assert!(spec.run_dir.join("vsock.sock").exists(), "the fake binds the vsock socket like Firecracker");
     let console = std::fs::read_to_string(spec.run_dir.join("console.log")).unwrap();
-    assert!(
-        console.contains("fake firecracker console"),
-        "stdout is the console: {console:?}"
-    );
-    assert_ne!(
-        current_sid(),
-        sid(pid),
-        "firecracker must run in its own session"
-    );
+    assert!(console.contains("fake firecracker console"), "stdout is the console: {console:?}");
+    assert_ne!(current_sid(), sid(pid), "firecracker must run in its own session");
 
     let started = Instant::now();
-    driver
-        .stop(&spec.run_dir, Duration::from_secs(20))
-        .await
-        .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "a guest that shuts down is not waited for"
-    );
-    assert_eq!(
-        received(&spec.run_dir).last().unwrap().body["action_type"],
-        "SendCtrlAltDel"
-    );
+    driver.stop(&spec.run_dir, Duration::from_secs(20)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "a guest that shuts down is not waited for");
+    assert_eq!(received(&spec.run_dir).last().unwrap().body["action_type"], "SendCtrlAltDel");
     assert_nothing_left(&spec.run_dir, pid);
 }
 
@@ -300,58 +211,26 @@ async fn stop_kills_a_guest_that_ignores_ctrl_alt_del() {
     let pid = driver.start(&spec).await.unwrap();
 
     let started = Instant::now();
-    driver
-        .stop(&spec.run_dir, Duration::from_millis(500))
-        .await
-        .unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "stop must wait for the guest first"
-    );
-    assert_eq!(
-        received(&spec.run_dir).last().unwrap().body["action_type"],
-        "SendCtrlAltDel"
-    );
+    driver.stop(&spec.run_dir, Duration::from_millis(500)).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500), "stop must wait for the guest first");
+    assert_eq!(received(&spec.run_dir).last().unwrap().body["action_type"], "SendCtrlAltDel");
     assert_nothing_left(&spec.run_dir, pid);
     // Stopping a stopped VM is fine.
-    driver
-        .stop(&spec.run_dir, Duration::from_millis(100))
-        .await
-        .unwrap();
+    driver.stop(&spec.run_dir, Duration::from_millis(100)).await.unwrap();
 }
 
 #[tokio::test]
 async fn start_kills_firecracker_when_the_api_refuses_a_request() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
-    with_behaviour(
-        &spec,
-        &Behaviour {
-            fail_path: Some("/boot-source".into()),
-            ..Behaviour::default()
-        },
-    );
-    let error = Firecracker::new(&fakes().firecracker)
-        .start(&spec)
-        .await
-        .unwrap_err();
-    let VmmError::Api { request, reason } = &error else {
-        panic!("not an API error: {error}")
-    };
+    with_behaviour(&spec, &Behaviour { fail_path: Some("/boot-source".into()), ..Behaviour::default() });
+    let error = Firecracker::new(&fakes().firecracker).start(&spec).await.unwrap_err();
+    let VmmError::Api { request, reason } = &error else { panic!("not an API error: {error}") };
     assert_eq!(request, "PUT /boot-source");
     assert!(reason.contains("injected failure"), "{reason}");
-    let paths: Vec<String> = received(&spec.run_dir)
-        .into_iter()
-        .map(|r| r.path)
-        .collect();
-    assert_eq!(
-        paths,
-        ["/logger", "/metrics", "/machine-config", "/boot-source"]
-    );
-    let pid: u32 = std::fs::read_to_string(spec.run_dir.join("fake.pid"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let paths: Vec<String> = received(&spec.run_dir).into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/logger", "/metrics", "/machine-config", "/boot-source"]);
+    let pid: u32 = std::fs::read_to_string(spec.run_dir.join("fake.pid")).unwrap().parse().unwrap();
     assert_nothing_left(&spec.run_dir, pid);
 }
 
@@ -359,17 +238,9 @@ async fn start_kills_firecracker_when_the_api_refuses_a_request() {
 async fn start_reports_an_early_exit_with_the_log_tail() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
-    let error = Firecracker::new(&fakes().exits_early)
-        .start(&spec)
-        .await
-        .unwrap_err();
-    let VmmError::ExitedEarly { log_tail } = &error else {
-        panic!("not an early exit: {error}")
-    };
-    assert!(
-        log_tail.contains("unknown argument --frobnicate"),
-        "{log_tail}"
-    );
+    let error = Firecracker::new(&fakes().exits_early).start(&spec).await.unwrap_err();
+    let VmmError::ExitedEarly { log_tail } = &error else { panic!("not an early exit: {error}") };
+    assert!(log_tail.contains("unknown argument --frobnicate"), "{log_tail}");
     assert!(log_tail.contains("exit status: 1"), "{log_tail}");
     assert!(!spec.run_dir.join("vmm.pid").exists());
 }
@@ -381,28 +252,16 @@ async fn start_refuses_a_kernel_that_is_not_elf() {
     let mut bz_image = vec![0u8; 0x400];
     bz_image[0x202..0x206].copy_from_slice(b"HdrS");
     std::fs::write(&spec.kernel, bz_image).unwrap();
-    let error = Firecracker::new(&fakes().firecracker)
-        .start(&spec)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&error, VmmError::InvalidSpec(m) if m.contains("bzImage")),
-        "{error}"
-    );
-    assert!(
-        !spec.run_dir.join("fake.pid").exists(),
-        "nothing may be spawned"
-    );
+    let error = Firecracker::new(&fakes().firecracker).start(&spec).await.unwrap_err();
+    assert!(matches!(&error, VmmError::InvalidSpec(m) if m.contains("bzImage")), "{error}");
+    assert!(!spec.run_dir.join("fake.pid").exists(), "nothing may be spawned");
 }
 
 #[tokio::test]
 async fn start_reports_a_missing_binary() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
-    let error = Firecracker::new(dir.path().join("no-firecracker"))
-        .start(&spec)
-        .await
-        .unwrap_err();
+    let error = Firecracker::new(dir.path().join("no-firecracker")).start(&spec).await.unwrap_err();
     assert!(matches!(error, VmmError::MissingBinary { .. }), "{error}");
 }
 
@@ -410,30 +269,15 @@ async fn start_reports_a_missing_binary() {
 async fn start_under_the_jailer_is_refused_for_now() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
-    let driver = Firecracker {
-        jailer: Some("/usr/bin/jailer".into()),
-        ..Firecracker::new(&fakes().firecracker)
-    };
-    assert!(matches!(
-        driver.start(&spec).await,
-        Err(VmmError::InvalidSpec(_))
-    ));
-    assert!(
-        !spec.run_dir.join("fake.pid").exists(),
-        "nothing may be spawned"
-    );
+    let driver = Firecracker { jailer: Some("/usr/bin/jailer".into()), ..Firecracker::new(&fakes().firecracker) };
+    assert!(matches!(driver.start(&spec).await, Err(VmmError::InvalidSpec(_))));
+    assert!(!spec.run_dir.join("fake.pid").exists(), "nothing may be spawned");
 }
 
 fn sid(pid: u32) -> String {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name: state, ppid, pgrp, session.
-    stat.rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .to_string()
+    stat.rsplit_once(')').unwrap().1.split_whitespace().nth(3).unwrap().to_string()
 }
 
 fn current_sid() -> String {

@@ -21,18 +21,9 @@ fn representative_spec() -> VmSpec {
         cpus: 2,
         memory_mib: 1024,
         disks: vec![
-            DiskSpec {
-                path: "/var/lib/banger/vms/web-1/root.ext4".into(),
-                read_only: false,
-            },
-            DiskSpec {
-                path: "/var/lib/banger/vms/web-1/work.ext4".into(),
-                read_only: false,
-            },
-            DiskSpec {
-                path: "/var/lib/banger/images/tools.ext4".into(),
-                read_only: true,
-            },
+            DiskSpec { path: "/var/lib/banger/vms/web-1/root.ext4".into(), read_only: false },
+            DiskSpec { path: "/var/lib/banger/vms/web-1/work.ext4".into(), read_only: false },
+            DiskSpec { path: "/var/lib/banger/images/tools.ext4".into(), read_only: true },
         ],
     }
 }
@@ -56,11 +47,7 @@ fn every_request_validates_against_firecrackers_api() {
 
 #[test]
 fn requests_are_sent_in_boot_order() {
-    let sent: Vec<String> = requests(&representative_spec())
-        .unwrap()
-        .iter()
-        .map(ApiRequest::describe)
-        .collect();
+    let sent: Vec<String> = requests(&representative_spec()).unwrap().iter().map(ApiRequest::describe).collect();
     assert_eq!(
         sent,
         [
@@ -80,23 +67,10 @@ fn requests_are_sent_in_boot_order() {
 #[test]
 fn request_bodies_carry_the_spec() {
     let spec = representative_spec();
-    let bodies: Vec<_> = requests(&spec)
-        .unwrap()
-        .iter()
-        .map(ApiRequest::body)
-        .collect();
-    assert_eq!(
-        bodies[0],
-        json!({"log_path": "/run/banger/vms/web-1/firecracker.log", "level": "Info"})
-    );
-    assert_eq!(
-        bodies[1],
-        json!({"metrics_path": "/run/banger/vms/web-1/metrics.json"})
-    );
-    assert_eq!(
-        bodies[2],
-        json!({"vcpu_count": 2, "mem_size_mib": 1024, "smt": false})
-    );
+    let bodies: Vec<_> = requests(&spec).unwrap().iter().map(ApiRequest::body).collect();
+    assert_eq!(bodies[0], json!({"log_path": "/run/banger/vms/web-1/firecracker.log", "level": "Info"}));
+    assert_eq!(bodies[1], json!({"metrics_path": "/run/banger/vms/web-1/metrics.json"}));
+    assert_eq!(bodies[2], json!({"vcpu_count": 2, "mem_size_mib": 1024, "smt": false}));
     assert_eq!(
         bodies[3],
         json!({
@@ -119,104 +93,68 @@ fn request_bodies_carry_the_spec() {
         bodies[6],
         json!({"drive_id": "disk2", "path_on_host": "/var/lib/banger/images/tools.ext4", "is_root_device": false, "is_read_only": true})
     );
-    assert_eq!(
-        bodies[7],
-        json!({"guest_cid": 3, "uds_path": "/run/banger/vms/web-1/vsock.sock"})
-    );
+    assert_eq!(bodies[7], json!({"guest_cid": 3, "uds_path": "/run/banger/vms/web-1/vsock.sock"}));
     assert_eq!(bodies[8], json!({"action_type": "InstanceStart"}));
 }
 
 #[test]
 fn vsock_request_matches_the_agent_endpoint() {
     let spec = representative_spec();
-    let vmm =
-        banger_vmm::Vmm::Firecracker(banger_vmm::firecracker::Firecracker::new("firecracker"));
-    let banger_vmm::AgentEndpoint::FirecrackerVsock { uds, .. } = vmm.agent_endpoint(&spec.run_dir)
-    else {
+    let vmm = banger_vmm::Vmm::Firecracker(banger_vmm::firecracker::Firecracker::new("firecracker"));
+    let banger_vmm::AgentEndpoint::FirecrackerVsock { uds, .. } = vmm.agent_endpoint(&spec.run_dir) else {
         panic!("Firecracker's agent endpoint is not vsock")
     };
-    let vsock = requests(&spec)
-        .unwrap()
-        .into_iter()
-        .find(|r| r.path() == "/vsock")
-        .unwrap();
-    assert_eq!(
-        PathBuf::from(vsock.body()["uds_path"].as_str().unwrap()),
-        uds
-    );
+    let vsock = requests(&spec).unwrap().into_iter().find(|r| r.path() == "/vsock").unwrap();
+    assert_eq!(PathBuf::from(vsock.body()["uds_path"].as_str().unwrap()), uds);
 }
 
 // The validator itself: each case below is a mistake Firecracker would
 // answer with 400, and must fail validation.
 
 fn machine_config_error(body: serde_json::Value) -> String {
-    OpenApi::load()
-        .validate_request("PUT", "/machine-config", Some(&body))
-        .unwrap_err()
+    OpenApi::load().validate_request("PUT", "/machine-config", Some(&body)).unwrap_err()
 }
 
 #[test]
 fn validator_accepts_a_valid_body() {
     let api = OpenApi::load();
     let drive = json!({"drive_id": "rootfs", "path_on_host": "/a", "is_root_device": true, "cache_type": "Unsafe"});
-    assert_eq!(
-        api.validate_request("PUT", "/drives/rootfs", Some(&drive)),
-        Ok(())
-    );
+    assert_eq!(api.validate_request("PUT", "/drives/rootfs", Some(&drive)), Ok(()));
 }
 
 #[test]
 fn validator_rejects_a_wrong_field_name() {
-    let error =
-        machine_config_error(json!({"vcpu_count": 1, "mem_size_mib": 128, "smt_enabled": false}));
+    let error = machine_config_error(json!({"vcpu_count": 1, "mem_size_mib": 128, "smt_enabled": false}));
     assert!(error.contains("unknown field smt_enabled"), "{error}");
 }
 
 #[test]
 fn validator_rejects_a_wrong_type() {
     let error = machine_config_error(json!({"vcpu_count": "2", "mem_size_mib": 128}));
-    assert!(
-        error.contains("body.vcpu_count") && error.contains("integer"),
-        "{error}"
-    );
+    assert!(error.contains("body.vcpu_count") && error.contains("integer"), "{error}");
     let error = machine_config_error(json!({"vcpu_count": 1.5, "mem_size_mib": 128}));
     assert!(error.contains("integer"), "{error}");
     let api = OpenApi::load();
     let drive = json!({"drive_id": "rootfs", "path_on_host": "/a", "is_root_device": "yes"});
-    assert!(api
-        .validate_request("PUT", "/drives/rootfs", Some(&drive))
-        .unwrap_err()
-        .contains("boolean"));
+    assert!(api.validate_request("PUT", "/drives/rootfs", Some(&drive)).unwrap_err().contains("boolean"));
 }
 
 #[test]
 fn validator_rejects_a_missing_required_field() {
     let error = machine_config_error(json!({"vcpu_count": 1}));
-    assert!(
-        error.contains("missing required field mem_size_mib"),
-        "{error}"
-    );
+    assert!(error.contains("missing required field mem_size_mib"), "{error}");
     let api = OpenApi::load();
-    let error = api
-        .validate_request("PUT", "/vsock", Some(&json!({"guest_cid": 3})))
-        .unwrap_err();
+    let error = api.validate_request("PUT", "/vsock", Some(&json!({"guest_cid": 3}))).unwrap_err();
     assert!(error.contains("uds_path"), "{error}");
-    assert!(
-        api.validate_request("PUT", "/actions", None).is_err(),
-        "a required body may not be missing"
-    );
+    assert!(api.validate_request("PUT", "/actions", None).is_err(), "a required body may not be missing");
 }
 
 #[test]
 fn validator_rejects_an_unknown_enum_value() {
     let api = OpenApi::load();
-    let error = api
-        .validate_request("PUT", "/actions", Some(&json!({"action_type": "Reboot"})))
-        .unwrap_err();
+    let error = api.validate_request("PUT", "/actions", Some(&json!({"action_type": "Reboot"}))).unwrap_err();
     assert!(error.contains("\"Reboot\" is not one of"), "{error}");
-    let error = api
-        .validate_request("PUT", "/logger", Some(&json!({"level": "Verbose"})))
-        .unwrap_err();
+    let error = api.validate_request("PUT", "/logger", Some(&json!({"level": "Verbose"}))).unwrap_err();
     assert!(error.contains("Verbose"), "{error}");
 }
 
@@ -225,28 +163,14 @@ fn validator_rejects_out_of_range_numbers() {
     let error = machine_config_error(json!({"vcpu_count": 64, "mem_size_mib": 128}));
     assert!(error.contains("maximum"), "{error}");
     let api = OpenApi::load();
-    let error = api
-        .validate_request(
-            "PUT",
-            "/vsock",
-            Some(&json!({"guest_cid": 2, "uds_path": "/v"})),
-        )
-        .unwrap_err();
+    let error = api.validate_request("PUT", "/vsock", Some(&json!({"guest_cid": 2, "uds_path": "/v"}))).unwrap_err();
     assert!(error.contains("minimum"), "{error}");
 }
 
 #[test]
 fn validator_rejects_unknown_paths_and_methods() {
     let api = OpenApi::load();
-    assert!(api
-        .validate_request("PUT", "/drive/rootfs", Some(&json!({})))
-        .unwrap_err()
-        .contains("no path"));
-    assert!(api
-        .validate_request("PUT", "/drives/", Some(&json!({})))
-        .is_err());
-    assert!(api
-        .validate_request("DELETE", "/vsock", None)
-        .unwrap_err()
-        .contains("has no DELETE"));
+    assert!(api.validate_request("PUT", "/drive/rootfs", Some(&json!({}))).unwrap_err().contains("no path"));
+    assert!(api.validate_request("PUT", "/drives/", Some(&json!({}))).is_err());
+    assert!(api.validate_request("DELETE", "/vsock", None).unwrap_err().contains("has no DELETE"));
 }

@@ -22,11 +22,8 @@ fn skip(why: &str) {
 
 /// The QEMU binary on PATH, or `None` (loudly) where it is not installed.
 fn qemu_binary() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").map(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("qemu-system-x86_64"))
-            .find(|p| p.is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|d| d.join("qemu-system-x86_64")).find(|p| p.is_file()));
     if found.is_none() {
         skip("qemu-system-x86_64 is not installed; the QEMU driver is NOT tested against real guests");
     }
@@ -47,14 +44,8 @@ fn kernel() -> Option<(PathBuf, PathBuf)> {
         // import is never taken for a finished one.
         let scratch = tempfile::tempdir_in(dest.parent().unwrap()).unwrap();
         let opts = banger_kernel::import::ImportOptions::default();
-        banger_kernel::import::import(
-            &deb,
-            banger_kernel::import::SourceKind::Deb,
-            &opts,
-            scratch.path(),
-            &mut |_| {},
-        )
-        .expect("import the Debian cloud kernel");
+        banger_kernel::import::import(&deb, banger_kernel::import::SourceKind::Deb, &opts, scratch.path(), &mut |_| {})
+            .expect("import the Debian cloud kernel");
         let _ = std::fs::remove_dir_all(&dest);
         std::fs::rename(scratch.keep(), &dest).unwrap();
     }
@@ -67,14 +58,9 @@ fn root_disk(dir: &Path, then: &str) -> PathBuf {
     for sub in ["bin", "sbin", "dev", "proc", "sys", "tmp"] {
         std::fs::create_dir_all(tree.join(sub)).unwrap();
     }
-    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
-        .expect("copy /bin/busybox (busybox-static)");
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).expect("copy /bin/busybox (busybox-static)");
     let init = tree.join("sbin/init");
-    std::fs::write(
-        &init,
-        format!("#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n{then}\n"),
-    )
-    .unwrap();
+    std::fs::write(&init, format!("#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n{then}\n")).unwrap();
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
     let disk = dir.join("root.ext4");
     let status = Command::new("mkfs.ext4")
@@ -103,10 +89,7 @@ impl TestVm {
     fn new(name: &str, then: &str) -> Option<Self> {
         let binary = qemu_binary()?;
         let (vmlinux, initrd) = kernel()?;
-        let dir = tempfile::Builder::new()
-            .prefix("qemu-test")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("qemu-test").tempdir().unwrap();
         let run_dir = dir.path().join("run");
         std::fs::create_dir(&run_dir).unwrap();
         let root = root_disk(dir.path(), then);
@@ -118,16 +101,9 @@ impl TestVm {
             cmdline: "root=/dev/vda rw panic=-1".into(),
             cpus: 1,
             memory_mib: 512,
-            disks: vec![DiskSpec {
-                path: root,
-                read_only: false,
-            }],
+            disks: vec![DiskSpec { path: root, read_only: false }],
         };
-        Some(Self {
-            _dir: dir,
-            spec,
-            vmm: Vmm::Qemu(Qemu { binary, kvm: false }),
-        })
+        Some(Self { _dir: dir, spec, vmm: Vmm::Qemu(Qemu { binary, kvm: false }) })
     }
 
     fn run_dir(&self) -> &Path {
@@ -138,10 +114,7 @@ impl TestVm {
     async fn wait_for_marker(&self, started: Instant) -> Duration {
         let console = self.vmm.console_log(self.run_dir());
         while started.elapsed() < BOOT_TIMEOUT {
-            if std::fs::read_to_string(&console)
-                .unwrap_or_default()
-                .contains(MARKER)
-            {
+            if std::fs::read_to_string(&console).unwrap_or_default().contains(MARKER) {
                 return started.elapsed();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -154,10 +127,7 @@ impl TestVm {
 impl Drop for TestVm {
     fn drop(&mut self) {
         if let Some(pid) = read_pid(&self.vmm.pid_file(self.run_dir())).filter(|&p| pid_alive(p)) {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
         }
     }
 }
@@ -165,20 +135,13 @@ impl Drop for TestVm {
 /// The session id of a process, from `/proc/<pid>/stat`.
 fn session_of(pid: &str) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     // After the command: state, ppid, pgrp, session.
     fields[3].parse().unwrap()
 }
 
 async fn with_timeout<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test timed out");
+    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("test timed out");
 }
 
 #[tokio::test]
@@ -193,21 +156,11 @@ async fn boots_detached_then_stop_falls_back_to_quit_and_cleans_up() {
 
         assert!(pid_alive(pid));
         assert_eq!(vm.vmm.state(vm.run_dir()), VmmState::Running { pid });
-        assert_ne!(
-            session_of(&pid.to_string()),
-            session_of("self"),
-            "QEMU shares the test's session"
-        );
+        assert_ne!(session_of(&pid.to_string()), session_of("self"), "QEMU shares the test's session");
         let qmp = vm.run_dir().join("qmp.sock");
-        let AgentEndpoint::Unix(agent) = vm.vmm.agent_endpoint(vm.run_dir()) else {
-            panic!("not a unix endpoint")
-        };
+        let AgentEndpoint::Unix(agent) = vm.vmm.agent_endpoint(vm.run_dir()) else { panic!("not a unix endpoint") };
         assert!(qmp.exists() && agent.exists());
-        vm.vmm
-            .agent_endpoint(vm.run_dir())
-            .connect()
-            .await
-            .expect("connect to the agent channel");
+        vm.vmm.agent_endpoint(vm.run_dir()).connect().await.expect("connect to the agent channel");
 
         let booted = vm.wait_for_marker(started).await;
         eprintln!("guest printed its marker {booted:?} after start");
@@ -216,10 +169,7 @@ async fn boots_detached_then_stop_falls_back_to_quit_and_cleans_up() {
         // No acpid in this guest: the power button does nothing, so stop
         // must fall back to QMP quit.
         let stopping = Instant::now();
-        vm.vmm
-            .stop(vm.run_dir(), Duration::from_secs(2))
-            .await
-            .expect("stop");
+        vm.vmm.stop(vm.run_dir(), Duration::from_secs(2)).await.expect("stop");
         let took = stopping.elapsed();
         eprintln!("stop took {took:?}");
         assert!(took < Duration::from_secs(8), "stop took {took:?}");
@@ -228,10 +178,7 @@ async fn boots_detached_then_stop_falls_back_to_quit_and_cleans_up() {
         assert!(!qmp.exists() && !agent.exists(), "sockets left behind");
 
         // Stopping a stopped VM is not an error.
-        vm.vmm
-            .stop(vm.run_dir(), Duration::from_secs(2))
-            .await
-            .expect("second stop");
+        vm.vmm.stop(vm.run_dir(), Duration::from_secs(2)).await.expect("second stop");
     })
     .await;
 }
@@ -247,18 +194,12 @@ async fn a_guest_that_powers_off_ends_qemu_by_itself() {
         vm.wait_for_marker(started).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while pid_alive(pid) {
-            assert!(
-                Instant::now() < deadline,
-                "QEMU still runs after the guest powered off"
-            );
+            assert!(Instant::now() < deadline, "QEMU still runs after the guest powered off");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!("guest powered off {:?} after start", started.elapsed());
         assert_eq!(vm.vmm.state(vm.run_dir()), VmmState::Stopped);
-        vm.vmm
-            .stop(vm.run_dir(), Duration::from_secs(2))
-            .await
-            .expect("stop after exit");
+        vm.vmm.stop(vm.run_dir(), Duration::from_secs(2)).await.expect("stop after exit");
     })
     .await;
 }
@@ -271,9 +212,7 @@ async fn kill_ends_a_running_vm_at_once() {
         };
         let pid = vm.vmm.start(&vm.spec).await.expect("start");
         assert!(pid_alive(pid));
-        let Vmm::Qemu(qemu) = &vm.vmm else {
-            unreachable!()
-        };
+        let Vmm::Qemu(qemu) = &vm.vmm else { unreachable!() };
         let killing = Instant::now();
         qemu.kill(vm.run_dir()).await.expect("kill");
         eprintln!("kill took {:?}", killing.elapsed());
@@ -302,10 +241,7 @@ fn unbootable(dir: &Path, kernel: PathBuf) -> VmSpec {
 
 fn assert_nothing_left(run_dir: &Path) {
     assert!(!run_dir.join("vmm.pid").exists(), "pid file left behind");
-    assert!(
-        !run_dir.join("qmp.sock").exists() && !run_dir.join("agent.sock").exists(),
-        "sockets left behind"
-    );
+    assert!(!run_dir.join("qmp.sock").exists() && !run_dir.join("agent.sock").exists(), "sockets left behind");
 }
 
 #[tokio::test]
@@ -316,13 +252,7 @@ async fn a_missing_kernel_is_rejected_before_qemu_runs() {
     let spec = unbootable(dir.path(), missing.clone());
     let err = Qemu { binary, kvm: false }.start(&spec).await.unwrap_err();
     assert!(matches!(err, VmmError::InvalidSpec(_)), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "invalid VM spec: kernel {} does not exist",
-            missing.display()
-        )
-    );
+    assert_eq!(err.to_string(), format!("invalid VM spec: kernel {} does not exist", missing.display()));
     assert_nothing_left(&spec.run_dir);
     assert!(!spec.run_dir.join("vmm.log").exists(), "QEMU was spawned");
 }
@@ -335,9 +265,7 @@ async fn a_kernel_qemu_cannot_load_fails_with_its_log() {
     std::fs::write(&empty, b"").unwrap();
     let spec = unbootable(dir.path(), empty);
     let err = Qemu { binary, kvm: false }.start(&spec).await.unwrap_err();
-    let VmmError::ExitedEarly { log_tail } = &err else {
-        panic!("not ExitedEarly: {err:?}")
-    };
+    let VmmError::ExitedEarly { log_tail } = &err else { panic!("not ExitedEarly: {err:?}") };
     assert!(log_tail.contains("could not load kernel"), "{log_tail}");
     assert_nothing_left(&spec.run_dir);
 }
@@ -349,16 +277,7 @@ async fn a_missing_binary_is_reported_as_such() {
     std::fs::write(&kernel, b"").unwrap();
     let spec = unbootable(dir.path(), kernel);
     let binary = dir.path().join("qemu-system-x86_64");
-    let err = Qemu {
-        binary: binary.clone(),
-        kvm: false,
-    }
-    .start(&spec)
-    .await
-    .unwrap_err();
+    let err = Qemu { binary: binary.clone(), kvm: false }.start(&spec).await.unwrap_err();
     assert!(matches!(err, VmmError::MissingBinary { .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!("{} is not installed", binary.display())
-    );
+    assert_eq!(err.to_string(), format!("{} is not installed", binary.display()));
 }

@@ -76,14 +76,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let socket = cli.socket.clone().unwrap_or_else(default_socket);
-    let ctx = Context {
-        client: Client::new(socket),
-        json: cli.json,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let ctx = Context { client: Client::new(socket), json: cli.json };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -130,9 +124,8 @@ fn report(error: &anyhow::Error) -> ExitCode {
 
 /// The socket from the config file, else the default.
 fn default_socket() -> PathBuf {
-    let config = std::env::var_os("BANGER_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| banger_api::DEFAULT_CONFIG.into());
+    let config =
+        std::env::var_os("BANGER_CONFIG").map(PathBuf::from).unwrap_or_else(|| banger_api::DEFAULT_CONFIG.into());
     std::fs::read_to_string(config)
         .ok()
         .and_then(|text| text.parse::<toml::Table>().ok())

@@ -12,30 +12,20 @@ use crate::Context;
 /// Waits for operation `op` to end; returns it if it succeeded, else an
 /// error carrying the daemon's error code.
 pub async fn follow(ctx: &Context, op: &Operation) -> anyhow::Result<Operation> {
-    let bar = if ctx.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
+    let bar = if ctx.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.enable_steady_tick(Duration::from_millis(120));
     let bytes_style = ProgressStyle::with_template(
         "{spinner} {prefix} {msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
     )
     .expect("valid template")
     .progress_chars("=> ");
-    let step_style =
-        ProgressStyle::with_template("{spinner} {prefix} {msg}").expect("valid template");
+    let step_style = ProgressStyle::with_template("{spinner} {prefix} {msg}").expect("valid template");
     bar.set_prefix(format!("{} [{}/{}]", op.target, 0, op.progress.steps_total));
     let done = ctx
         .client
         .wait(&op.id, |update| {
             let p = &update.progress;
-            bar.set_prefix(format!(
-                "{} [{}/{}]",
-                update.target,
-                (p.steps_done + 1).min(p.steps_total),
-                p.steps_total
-            ));
+            bar.set_prefix(format!("{} [{}/{}]", update.target, (p.steps_done + 1).min(p.steps_total), p.steps_total));
             bar.set_message(p.step.clone());
             match p.bytes_total {
                 Some(total) if p.bytes_done > 0 => {

@@ -3,10 +3,7 @@
 /// Parses a size with an optional binary suffix (K, M, G, T; `iB`/`B` allowed).
 pub fn parse(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
     let (number, shift) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 10),
         Some('M' | 'm') => (&t[..t.len() - 1], 20),
@@ -14,9 +11,7 @@ pub fn parse(text: &str) -> Result<u64, String> {
         Some('T' | 't') => (&t[..t.len() - 1], 40),
         _ => (t, 0),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (try 512M or 4G)"))?;
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size (try 512M or 4G)"))?;
     if value <= 0.0 || !value.is_finite() {
         return Err(format!("{text:?} must be positive"));
     }

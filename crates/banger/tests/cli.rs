@@ -28,8 +28,7 @@ fn stderr(out: &Output) -> String {
 
 fn json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "banger failed: {}", stderr(out));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,75 +37,39 @@ async fn kernel_commands_tables_json_and_exit_codes() {
     let daemon = TestDaemon::start().await;
     let socket = daemon.config.socket.clone();
     let bundle = good_bundle("cli");
-    daemon.set_catalog(vec![entry(
-        "cli-k",
-        &server.route("/cli.tar.zst", Canned::ok(bundle.clone())),
-        &bundle,
-    )]);
+    daemon.set_catalog(vec![entry("cli-k", &server.route("/cli.tar.zst", Canned::ok(bundle.clone())), &bundle)]);
 
-    assert_eq!(
-        json(&banger(&socket, &["kernel", "list", "--json"]).await),
-        serde_json::json!([])
-    );
+    assert_eq!(json(&banger(&socket, &["kernel", "list", "--json"]).await), serde_json::json!([]));
     let available = banger(&socket, &["kernel", "list", "--available"]).await;
     let text = stdout(&available);
     assert!(text.starts_with("NAME"), "{text}");
-    assert!(
-        text.contains("STATE") && text.contains("available"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("{} B", bundle.len())),
-        "human-readable size: {text}"
-    );
+    assert!(text.contains("STATE") && text.contains("available"), "{text}");
+    assert!(text.contains(&format!("{} B", bundle.len())), "human-readable size: {text}");
 
     let pulled = banger(&socket, &["kernel", "pull", "cli-k"]).await;
     assert!(pulled.status.success(), "{}", stderr(&pulled));
-    assert!(
-        stdout(&pulled).contains("kernel cli-k ready (6.1.0-test"),
-        "{}",
-        stdout(&pulled)
-    );
+    assert!(stdout(&pulled).contains("kernel cli-k ready (6.1.0-test"), "{}", stdout(&pulled));
 
     let listing = json(&banger(&socket, &["kernel", "list", "--available", "--json"]).await);
     assert_eq!(listing[0]["state"], "pulled");
     let shown = json(&banger(&socket, &["kernel", "show", "cli-k", "--json"]).await);
     assert_eq!(shown["name"], "cli-k");
-    assert_eq!(
-        shown["source"],
-        format!("pull:{}", server.url("/cli.tar.zst"))
-    );
+    assert_eq!(shown["source"], format!("pull:{}", server.url("/cli.tar.zst")));
     let table = stdout(&banger(&socket, &["kernel", "list"]).await);
-    assert!(
-        table.lines().nth(1).unwrap().starts_with("cli-k"),
-        "{table}"
-    );
+    assert!(table.lines().nth(1).unwrap().starts_with("cli-k"), "{table}");
 
     let again = banger(&socket, &["kernel", "pull", "cli-k"]).await;
     assert_eq!(again.status.code(), Some(4), "already exists exits 4");
-    assert!(
-        stderr(&again).contains("already exists; use --force"),
-        "{}",
-        stderr(&again)
-    );
+    assert!(stderr(&again).contains("already exists; use --force"), "{}", stderr(&again));
     let forced = banger(&socket, &["kernel", "pull", "cli-k", "--force", "--json"]).await;
     assert_eq!(json(&forced)["name"], "cli-k");
 
     let missing = banger(&socket, &["kernel", "show", "nope"]).await;
     assert_eq!(missing.status.code(), Some(3), "not found exits 3");
-    assert!(
-        stderr(&missing).contains("no kernel named \"nope\""),
-        "{}",
-        stderr(&missing)
-    );
+    assert!(stderr(&missing).contains("no kernel named \"nope\""), "{}", stderr(&missing));
 
     let bad = banger(&socket, &["kernel", "pull", "Bad/Name"]).await;
-    assert_eq!(
-        bad.status.code(),
-        Some(2),
-        "invalid argument exits 2: {}",
-        stderr(&bad)
-    );
+    assert_eq!(bad.status.code(), Some(2), "invalid argument exits 2: {}", stderr(&bad));
 
     let failing = HttpServer::start().await;
     let url = failing.route("/gone.tar.zst", Canned::status(404));
@@ -118,17 +81,11 @@ async fn kernel_commands_tables_json_and_exit_codes() {
     let ops = json(&banger(&socket, &["operation", "list", "--json"]).await);
     assert!(ops.as_array().unwrap().len() >= 3);
     let id = ops[0]["id"].as_str().unwrap();
-    assert_eq!(
-        json(&banger(&socket, &["operation", "show", id, "--json"]).await)["state"],
-        "failed"
-    );
+    assert_eq!(json(&banger(&socket, &["operation", "show", id, "--json"]).await)["state"], "failed");
 
     let removed = banger(&socket, &["kernel", "rm", "cli-k"]).await;
     assert!(removed.status.success(), "{}", stderr(&removed));
-    assert_eq!(
-        json(&banger(&socket, &["kernel", "list", "--json"]).await),
-        serde_json::json!([])
-    );
+    assert_eq!(json(&banger(&socket, &["kernel", "list", "--json"]).await), serde_json::json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,10 +95,7 @@ async fn an_absent_daemon_is_explained() {
     assert_eq!(out.status.code(), Some(5), "daemon unreachable exits 5");
     let err = stderr(&out);
     assert!(err.contains("cannot reach bangerd at"), "{err}");
-    assert!(
-        err.contains("sudo bangerd") && err.contains("systemctl start bangerd"),
-        "{err}"
-    );
+    assert!(err.contains("sudo bangerd") && err.contains("systemctl start bangerd"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,28 +103,16 @@ async fn doctor_status_and_completions() {
     let daemon = TestDaemon::start().await;
     let socket = daemon.config.socket.clone();
     let report = json(&banger(&socket, &["doctor", "--json"]).await);
-    let kvm = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "kvm")
-        .unwrap()
-        .clone();
+    let kvm = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "kvm").unwrap().clone();
     assert!(["pass", "warn", "fail"].contains(&kvm["status"].as_str().unwrap()));
     let people = stdout(&banger(&socket, &["doctor"]).await);
-    assert!(
-        people.contains("vmm") && people.contains("will be used"),
-        "{people}"
-    );
+    assert!(people.contains("vmm") && people.contains("will be used"), "{people}");
     let status = json(&banger(&socket, &["daemon", "status", "--json"]).await);
     assert_eq!(status["api"], "v1");
     for shell in ["bash", "zsh", "fish"] {
         let out = banger(&socket, &["completions", shell]).await;
         assert!(out.status.success());
-        assert!(
-            stdout(&out).contains("kernel"),
-            "{shell} completion mentions the kernel command"
-        );
+        assert!(stdout(&out).contains("kernel"), "{shell} completion mentions the kernel command");
     }
 }
 
@@ -178,70 +120,26 @@ async fn doctor_status_and_completions() {
 /// bundle it, serve the bundle over loopback, pull it back, compare.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_debian_kernel_imports_bundles_and_pulls_back() {
-    let Some(deb) =
-        banger_testkit::debian::cloud_kernel_deb(Path::new(env!("CARGO_TARGET_TMPDIR")))
-    else {
+    let Some(deb) = banger_testkit::debian::cloud_kernel_deb(Path::new(env!("CARGO_TARGET_TMPDIR"))) else {
         return;
     };
     let daemon = TestDaemon::start().await;
     let socket = daemon.config.socket.clone();
-    let imported = banger(
-        &socket,
-        &[
-            "kernel",
-            "import",
-            "debian",
-            "--deb",
-            deb.to_str().unwrap(),
-            "--json",
-        ],
-    )
-    .await;
+    let imported = banger(&socket, &["kernel", "import", "debian", "--deb", deb.to_str().unwrap(), "--json"]).await;
     let kernel = json(&imported);
-    assert!(
-        kernel["kernel_version"]
-            .as_str()
-            .unwrap()
-            .ends_with("-cloud-amd64"),
-        "{kernel}"
-    );
+    assert!(kernel["kernel_version"].as_str().unwrap().ends_with("-cloud-amd64"), "{kernel}");
     assert_eq!(kernel["has_initrd"], true);
     assert_eq!(kernel["source"], format!("import:{}", deb.display()));
 
-    let detected = banger(
-        &socket,
-        &[
-            "kernel",
-            "import",
-            "debian2",
-            deb.to_str().unwrap(),
-            "--json",
-        ],
-    )
-    .await;
-    assert_eq!(
-        json(&detected)["vmlinux_sha256"],
-        kernel["vmlinux_sha256"],
-        "kind detected from contents"
-    );
+    let detected = banger(&socket, &["kernel", "import", "debian2", deb.to_str().unwrap(), "--json"]).await;
+    assert_eq!(json(&detected)["vmlinux_sha256"], kernel["vmlinux_sha256"], "kind detected from contents");
 
     let out_dir = tempfile::tempdir().unwrap();
     let bundle_path = out_dir.path().join("debian.tar.zst");
-    let bundled = banger(
-        &socket,
-        &[
-            "kernel",
-            "bundle",
-            "debian",
-            "-o",
-            bundle_path.to_str().unwrap(),
-            "--distro",
-            "debian",
-        ],
-    )
-    .await;
-    let mut catalog_entry: banger_api::CatalogEntry =
-        serde_json::from_slice(&bundled.stdout).unwrap();
+    let bundled =
+        banger(&socket, &["kernel", "bundle", "debian", "-o", bundle_path.to_str().unwrap(), "--distro", "debian"])
+            .await;
+    let mut catalog_entry: banger_api::CatalogEntry = serde_json::from_slice(&bundled.stdout).unwrap();
     let bytes = std::fs::read(&bundle_path).unwrap();
     assert_eq!(catalog_entry.tarball_sha256, sha256_hex(&bytes));
     assert_eq!(catalog_entry.size_bytes, bytes.len() as u64);
@@ -259,11 +157,7 @@ async fn real_debian_kernel_imports_bundles_and_pulls_back() {
 
     let not_a_kernel = out_dir.path().join("notes.txt");
     std::fs::write(&not_a_kernel, "hello").unwrap();
-    let refused = banger(
-        &socket,
-        &["kernel", "import", "junk", not_a_kernel.to_str().unwrap()],
-    )
-    .await;
+    let refused = banger(&socket, &["kernel", "import", "junk", not_a_kernel.to_str().unwrap()]).await;
     assert_eq!(refused.status.code(), Some(1));
     assert!(
         stderr(&refused).contains("is not an ELF vmlinux, an x86 bzImage or a Debian package"),
@@ -271,8 +165,5 @@ async fn real_debian_kernel_imports_bundles_and_pulls_back() {
         stderr(&refused)
     );
     assert!(!kernels.join("junk").exists());
-    assert_eq!(
-        banger_testkit::TestDaemon::kernel_dir_entries(&daemon),
-        ["debian", "debian-pulled", "debian2"]
-    );
+    assert_eq!(banger_testkit::TestDaemon::kernel_dir_entries(&daemon), ["debian", "debian-pulled", "debian2"]);
 }

@@ -67,10 +67,7 @@ pub struct AgentStream {
 impl AgentConn {
     /// Connects and handshakes, retrying until `timeout` (the guest may
     /// still be booting, or the VMM still creating its socket).
-    pub async fn connect(
-        endpoint: &AgentEndpoint,
-        timeout: Duration,
-    ) -> Result<Arc<AgentConn>, AgentError> {
+    pub async fn connect(endpoint: &AgentEndpoint, timeout: Duration) -> Result<Arc<AgentConn>, AgentError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let stream = match endpoint.connect().await {
@@ -102,21 +99,13 @@ impl AgentConn {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let hello = Frame::control(
-            CONTROL_STREAM,
-            &Request::Hello {
-                protocol: PROTOCOL_VERSION,
-            },
-        );
+        let hello = Frame::control(CONTROL_STREAM, &Request::Hello { protocol: PROTOCOL_VERSION });
         let agent_version = loop {
             proto::write_frame(&mut writer, &hello).await?;
-            let wait =
-                HELLO_RETRY.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let wait = HELLO_RETRY.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             match tokio::time::timeout(wait, read_hello(&mut reader)).await {
                 Ok(result) => break result?,
-                Err(_) if tokio::time::Instant::now() >= deadline => {
-                    return Err(AgentError::Timeout(timeout))
-                }
+                Err(_) if tokio::time::Instant::now() >= deadline => return Err(AgentError::Timeout(timeout)),
                 Err(_) => continue,
             }
         };
@@ -127,11 +116,7 @@ impl AgentConn {
         let reader_closed = Arc::clone(&closed);
         let reader = tokio::spawn(async move {
             while let Ok(Some(frame)) = proto::read_frame(&mut reader).await {
-                let route = routes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&frame.stream)
-                    .cloned();
+                let route = routes.lock().unwrap_or_else(|e| e.into_inner()).get(&frame.stream).cloned();
                 if let Some(route) = route {
                     let _ = route.send(frame);
                 }
@@ -168,36 +153,25 @@ impl AgentConn {
     pub fn open(&self) -> AgentStream {
         let id = self.next_stream.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        self.streams.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         AgentStream { id, frames: rx }
     }
 
     /// Forgets a stream once its exchange is over.
     pub fn close(&self, id: u32) {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.streams.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 
     /// Asks the guest to power off; the VM ends without a reply.
     pub async fn poweroff(&self) {
         let stream = self.open();
-        let _ = self
-            .send(Frame::control(stream.id, &Request::Poweroff))
-            .await;
+        let _ = self.send(Frame::control(stream.id, &Request::Poweroff)).await;
         self.close(stream.id);
     }
 
     /// Sends a frame.
     pub async fn send(&self, frame: Frame) -> Result<(), AgentError> {
-        self.writer
-            .send(frame)
-            .await
-            .map_err(|_| AgentError::Closed)
+        self.writer.send(frame).await.map_err(|_| AgentError::Closed)
     }
 }
 
@@ -207,16 +181,9 @@ async fn read_hello<R: AsyncRead + Unpin>(reader: &mut R) -> Result<String, Agen
         if frame.stream != CONTROL_STREAM {
             continue;
         }
-        if let Ok(Reply::Hello {
-            protocol,
-            agent_version,
-        }) = frame.message::<Reply>()
-        {
+        if let Ok(Reply::Hello { protocol, agent_version }) = frame.message::<Reply>() {
             if protocol != PROTOCOL_VERSION {
-                return Err(AgentError::Version {
-                    agent: protocol,
-                    ours: PROTOCOL_VERSION,
-                });
+                return Err(AgentError::Version { agent: protocol, ours: PROTOCOL_VERSION });
             }
             return Ok(agent_version);
         }
@@ -232,37 +199,21 @@ where
     C: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
-    let first = proto::read_frame(&mut client_rx)
-        .await?
-        .ok_or(AgentError::Closed)?;
+    let first = proto::read_frame(&mut client_rx).await?.ok_or(AgentError::Closed)?;
     let client_stream = first.stream;
     if !matches!(first.message::<Request>(), Ok(Request::Exec(_))) {
-        let error = Reply::Error {
-            message: "the first frame must be an exec request".into(),
-        };
+        let error = Reply::Error { message: "the first frame must be an exec request".into() };
         proto::write_frame(&mut client_tx, &Frame::control(client_stream, &error)).await?;
         return Ok(());
     }
     let mut stream = agent.open();
     let agent_stream = stream.id;
-    agent
-        .send(Frame {
-            stream: agent_stream,
-            ..first
-        })
-        .await?;
+    agent.send(Frame { stream: agent_stream, ..first }).await?;
 
     let upstream_agent = Arc::clone(&agent);
     let upstream = tokio::spawn(async move {
         while let Ok(Some(frame)) = proto::read_frame(&mut client_rx).await {
-            if upstream_agent
-                .send(Frame {
-                    stream: agent_stream,
-                    ..frame
-                })
-                .await
-                .is_err()
-            {
+            if upstream_agent.send(Frame { stream: agent_stream, ..frame }).await.is_err() {
                 break;
             }
         }
@@ -270,25 +221,13 @@ where
     let result = async {
         while let Some(frame) = stream.frames.recv().await {
             let last = frame.kind == proto::FrameKind::Control
-                && matches!(
-                    frame.message::<Reply>(),
-                    Ok(Reply::Exited { .. } | Reply::Error { .. })
-                );
-            proto::write_frame(
-                &mut client_tx,
-                &Frame {
-                    stream: client_stream,
-                    ..frame
-                },
-            )
-            .await?;
+                && matches!(frame.message::<Reply>(), Ok(Reply::Exited { .. } | Reply::Error { .. }));
+            proto::write_frame(&mut client_tx, &Frame { stream: client_stream, ..frame }).await?;
             if last {
                 return Ok(());
             }
         }
-        let error = Reply::Error {
-            message: "the connection to the guest agent closed".into(),
-        };
+        let error = Reply::Error { message: "the connection to the guest agent closed".into() };
         proto::write_frame(&mut client_tx, &Frame::control(client_stream, &error)).await?;
         Err(AgentError::Closed)
     }

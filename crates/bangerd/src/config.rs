@@ -40,9 +40,7 @@ impl Config {
             return Some(path.clone());
         }
         let beside = std::env::current_exe().ok()?.with_file_name("banger-agent");
-        [beside, PathBuf::from("/usr/local/lib/banger/banger-agent")]
-            .into_iter()
-            .find(|p| p.is_file())
+        [beside, PathBuf::from("/usr/local/lib/banger/banger-agent")].into_iter().find(|p| p.is_file())
     }
 
     /// A configuration with every default, rooted at `state_dir` and `socket`.
@@ -164,17 +162,9 @@ pub fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })
-        }
+        Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
     };
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source,
-    })
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
 }
 
 #[cfg(test)]

@@ -68,9 +68,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&conn)?;
-        Ok(Db {
-            conn: Mutex::new(conn),
-        })
+        Ok(Db { conn: Mutex::new(conn) })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -85,15 +83,7 @@ impl Db {
             "INSERT OR REPLACE INTO kernels
              (name, kernel_version, vmlinux_sha256, source, size_bytes, has_initrd, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                k.name,
-                k.kernel_version,
-                k.vmlinux_sha256,
-                k.source,
-                k.size_bytes,
-                k.has_initrd,
-                k.created_at
-            ],
+            params![k.name, k.kernel_version, k.vmlinux_sha256, k.source, k.size_bytes, k.has_initrd, k.created_at],
         )?;
         Ok(())
     }
@@ -105,9 +95,7 @@ impl Db {
             "SELECT name, kernel_version, vmlinux_sha256, source, size_bytes, has_initrd, created_at
              FROM kernels ORDER BY name",
         )?;
-        let rows = stmt
-            .query_map([], kernel_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt.query_map([], kernel_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -126,16 +114,12 @@ impl Db {
 
     /// Deletes a kernel's row; true if there was one.
     pub fn delete_kernel(&self, name: &str) -> Result<bool> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM kernels WHERE name = ?1", [name])?
-            > 0)
+        Ok(self.conn().execute("DELETE FROM kernels WHERE name = ?1", [name])? > 0)
     }
 
     /// Records an operation's latest state.
     pub fn put_operation(&self, op: &Operation) -> Result<()> {
-        let body =
-            serde_json::to_string(op).map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+        let body = serde_json::to_string(op).map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         self.conn().execute(
             "INSERT OR REPLACE INTO operations (id, body, created_at) VALUES (?1, ?2, ?3)",
             params![op.id, body, op.created_at],
@@ -144,37 +128,20 @@ impl Db {
     }
 
     /// Inserts or replaces a JSON-bodied row (images, VMs) keyed by name.
-    pub fn put_object<T: serde::Serialize>(
-        &self,
-        table: ObjectTable,
-        name: &str,
-        value: &T,
-    ) -> Result<()> {
-        let body = serde_json::to_string(value)
-            .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
-        let sql = format!(
-            "INSERT OR REPLACE INTO {} (name, body) VALUES (?1, ?2)",
-            table.name()
-        );
+    pub fn put_object<T: serde::Serialize>(&self, table: ObjectTable, name: &str, value: &T) -> Result<()> {
+        let body = serde_json::to_string(value).map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+        let sql = format!("INSERT OR REPLACE INTO {} (name, body) VALUES (?1, ?2)", table.name());
         self.conn().execute(&sql, params![name, body])?;
         Ok(())
     }
 
     /// One JSON-bodied row.
-    pub fn object<T: serde::de::DeserializeOwned>(
-        &self,
-        table: ObjectTable,
-        name: &str,
-    ) -> Result<Option<T>> {
+    pub fn object<T: serde::de::DeserializeOwned>(&self, table: ObjectTable, name: &str) -> Result<Option<T>> {
         let sql = format!("SELECT body FROM {} WHERE name = ?1", table.name());
-        let body: Option<String> = self
-            .conn()
-            .query_row(&sql, [name], |row| row.get(0))
-            .optional()?;
+        let body: Option<String> = self.conn().query_row(&sql, [name], |row| row.get(0)).optional()?;
         body.map(|b| {
-            serde_json::from_str(&b).map_err(|e| {
-                crate::error::Error::Internal(format!("corrupt {} row {name}: {e}", table.name()))
-            })
+            serde_json::from_str(&b)
+                .map_err(|e| crate::error::Error::Internal(format!("corrupt {} row {name}: {e}", table.name())))
         })
         .transpose()
     }
@@ -183,15 +150,12 @@ impl Db {
     pub fn objects<T: serde::de::DeserializeOwned>(&self, table: ObjectTable) -> Result<Vec<T>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!("SELECT body FROM {} ORDER BY name", table.name()))?;
-        let bodies = stmt
-            .query_map([], |row| row.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
+        let bodies = stmt.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
         bodies
             .iter()
             .map(|b| {
-                serde_json::from_str(b).map_err(|e| {
-                    crate::error::Error::Internal(format!("corrupt {} row: {e}", table.name()))
-                })
+                serde_json::from_str(b)
+                    .map_err(|e| crate::error::Error::Internal(format!("corrupt {} row: {e}", table.name())))
             })
             .collect()
     }
@@ -205,15 +169,9 @@ impl Db {
     /// Recorded operations, newest first, at most `limit`.
     pub fn operations(&self, limit: u32) -> Result<Vec<Operation>> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT body FROM operations ORDER BY created_at DESC, rowid DESC LIMIT ?1")?;
-        let bodies = stmt
-            .query_map([limit], |row| row.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(bodies
-            .iter()
-            .filter_map(|b| serde_json::from_str(b).ok())
-            .collect())
+        let mut stmt = conn.prepare("SELECT body FROM operations ORDER BY created_at DESC, rowid DESC LIMIT ?1")?;
+        let bodies = stmt.query_map([limit], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(bodies.iter().filter_map(|b| serde_json::from_str(b).ok()).collect())
     }
 }
 

@@ -118,16 +118,9 @@ pub enum Error {
 
 impl Error {
     /// A constructor for `Io` that reads well in `map_err`.
-    pub fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| Error::Io { action, path, source }
     }
 
     /// The stable code clients see.
@@ -167,10 +160,7 @@ impl Error {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
-        ApiError {
-            code: self.code(),
-            message,
-        }
+        ApiError { code: self.code(), message }
     }
 }
 
@@ -193,9 +183,7 @@ fn image_code(e: &banger_image::ImageError) -> ErrorCode {
 fn storage_code(e: &banger_storage::StorageError) -> ErrorCode {
     use banger_storage::StorageError as E;
     match e {
-        E::ReflinkUnsupported { .. } | E::DeviceMapperUnavailable | E::MissingTool { .. } => {
-            ErrorCode::Unsupported
-        }
+        E::ReflinkUnsupported { .. } | E::DeviceMapperUnavailable | E::MissingTool { .. } => ErrorCode::Unsupported,
         E::Shrink { .. } => ErrorCode::InvalidArgument,
         _ => ErrorCode::Internal,
     }

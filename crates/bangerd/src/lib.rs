@@ -105,8 +105,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     let state_dir = &config.state_dir;
     std::fs::create_dir_all(state_dir).map_err(error::Error::io("cannot create", state_dir))?;
     let lock_path = state_dir.join("bangerd.lock");
-    let lock =
-        std::fs::File::create(&lock_path).map_err(error::Error::io("cannot create", &lock_path))?;
+    let lock = std::fs::File::create(&lock_path).map_err(error::Error::io("cannot create", &lock_path))?;
     if lock.try_lock().is_err() {
         return Err(StartError::AlreadyRunning(state_dir.clone()));
     }
@@ -145,11 +144,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     );
     let daemon = Arc::new(daemon);
     vm::supervise::adopt_all(&daemon)?;
-    Ok(Prepared {
-        daemon,
-        listener,
-        stop,
-    })
+    Ok(Prepared { daemon, listener, stop })
 }
 
 impl Prepared {
@@ -160,15 +155,8 @@ impl Prepared {
 
     /// Serves the API until `shutdown` resolves, then ends event streams,
     /// lets requests in flight finish, and removes the socket.
-    pub async fn serve(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let Prepared {
-            daemon,
-            listener,
-            stop,
-        } = self;
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let Prepared { daemon, listener, stop } = self;
         let socket = daemon.config.socket.clone();
         let app = api::router(Arc::clone(&daemon));
         let stopping = {
@@ -180,25 +168,16 @@ impl Prepared {
                 daemon.shutting_down().await;
             }
         };
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(stopping)
-            .await;
+        let result = axum::serve(listener, app).with_graceful_shutdown(stopping).await;
         let _ = std::fs::remove_file(&socket);
         daemon.vms.drop_all_agents();
-        daemon
-            .state_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        daemon.state_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
         result
     }
 }
 
 /// Prepares and serves in one call.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     prepare(config)?.serve(shutdown).await?;
     Ok(())
 }

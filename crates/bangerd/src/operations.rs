@@ -29,9 +29,7 @@ pub struct Events {
 impl Events {
     /// A bus with no subscribers yet.
     pub fn new() -> Events {
-        Events {
-            tx: broadcast::channel(EVENT_BUFFER).0,
-        }
+        Events { tx: broadcast::channel(EVENT_BUFFER).0 }
     }
 
     /// Sends an event to every current subscriber.
@@ -79,11 +77,7 @@ impl Operations {
                 db.put_operation(&op)?;
             }
         }
-        Ok(Arc::new(Operations {
-            running: Mutex::new(HashMap::new()),
-            events,
-            db,
-        }))
+        Ok(Arc::new(Operations { running: Mutex::new(HashMap::new()), events, db }))
     }
 
     /// Starts tracking an operation with `steps_total` steps, the first named `first_step`.
@@ -113,21 +107,10 @@ impl Operations {
         };
         self.db.put_operation(&op)?;
         tracing::info!(op = %op.id, kind = ?kind, target, "operation started");
-        self.events.publish(Event::Operation {
-            operation: op.clone(),
-        });
+        self.events.publish(Event::Operation { operation: op.clone() });
         let id = op.id.clone();
-        self.lock().insert(
-            id.clone(),
-            Tracked {
-                op,
-                last_published: Instant::now(),
-            },
-        );
-        Ok(OperationHandle {
-            ops: Arc::clone(self),
-            id,
-        })
+        self.lock().insert(id.clone(), Tracked { op, last_published: Instant::now() });
+        Ok(OperationHandle { ops: Arc::clone(self), id })
     }
 
     /// An operation by id, running or recorded.
@@ -135,11 +118,7 @@ impl Operations {
         if let Some(t) = self.lock().get(id) {
             return Ok(Some(t.op.clone()));
         }
-        Ok(self
-            .db
-            .operations(u32::MAX)?
-            .into_iter()
-            .find(|op| op.id == id))
+        Ok(self.db.operations(u32::MAX)?.into_iter().find(|op| op.id == id))
     }
 
     /// Recent operations, newest first, running ones with their live progress.
@@ -166,9 +145,7 @@ impl Operations {
         change(&mut tracked.op);
         if force_publish || tracked.last_published.elapsed() >= PROGRESS_INTERVAL {
             tracked.last_published = Instant::now();
-            self.events.publish(Event::Operation {
-                operation: tracked.op.clone(),
-            });
+            self.events.publish(Event::Operation { operation: tracked.op.clone() });
         }
     }
 
@@ -218,10 +195,7 @@ impl OperationHandle {
 
     /// A cloneable reporter for work running on another thread.
     pub fn progress_reporter(&self) -> ProgressReporter {
-        ProgressReporter {
-            ops: Arc::clone(&self.ops),
-            id: self.id.clone(),
-        }
+        ProgressReporter { ops: Arc::clone(&self.ops), id: self.id.clone() }
     }
 
     /// Moves on to the next step.

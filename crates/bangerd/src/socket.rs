@@ -12,10 +12,7 @@ use crate::StartError;
 const SOCKET_GROUP: &str = "banger";
 
 pub fn bind(path: &Path) -> Result<UnixListener, StartError> {
-    let bind_err = |source| StartError::Bind {
-        path: path.to_owned(),
-        source,
-    };
+    let bind_err = |source| StartError::Bind { path: path.to_owned(), source };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(bind_err)?;
     }

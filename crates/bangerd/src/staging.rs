@@ -27,34 +27,22 @@ pub struct NameLock {
 impl NameLocks {
     /// Locks for objects of `kind` ("kernel", "image").
     pub fn new(kind: &'static str) -> NameLocks {
-        NameLocks {
-            kind,
-            busy: Arc::default(),
-        }
+        NameLocks { kind, busy: Arc::default() }
     }
 
     /// Takes `name`, or says it is busy.
     pub fn try_lock(&self, name: &str) -> Result<NameLock> {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         if !busy.insert(name.to_owned()) {
-            return Err(Error::Busy {
-                kind: self.kind,
-                name: name.to_owned(),
-            });
+            return Err(Error::Busy { kind: self.kind, name: name.to_owned() });
         }
-        Ok(NameLock {
-            name: name.to_owned(),
-            busy: Arc::clone(&self.busy),
-        })
+        Ok(NameLock { name: name.to_owned(), busy: Arc::clone(&self.busy) })
     }
 }
 
 impl Drop for NameLock {
     fn drop(&mut self) {
-        self.busy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.name);
+        self.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
     }
 }
 
@@ -93,11 +81,7 @@ impl Staging {
         };
         if let Err(source) = fs::rename(&self.path, dest) {
             restore(dest);
-            return Err(Error::Io {
-                action: "cannot install",
-                path: dest.to_owned(),
-                source,
-            });
+            return Err(Error::Io { action: "cannot install", path: dest.to_owned(), source });
         }
         if let Err(e) = record() {
             let _ = fs::rename(dest, &self.path);
@@ -140,14 +124,8 @@ pub fn remove_dir(dir: &Path, forget: impl FnOnce() -> Result<()>) -> Result<()>
 }
 
 fn retired_path(dir: &Path, what: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.with_file_name(format!(
-        "{TEMP_PREFIX}{name}-{what}-{}",
-        uuid::Uuid::new_v4().simple()
-    ))
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!("{TEMP_PREFIX}{name}-{what}-{}", uuid::Uuid::new_v4().simple()))
 }
 
 /// Removes leftover staging directories under `root`.

@@ -15,10 +15,7 @@ async fn health_socket_mode_and_single_instance() {
     let health = daemon.client.health().await.unwrap();
     assert_eq!(health.api, "v1");
     assert_eq!(health.state_dir, daemon.state_dir().display().to_string());
-    let mode = std::fs::metadata(&daemon.config.socket)
-        .unwrap()
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(&daemon.config.socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
 
     let mut second = daemon.config.clone();
@@ -40,11 +37,7 @@ async fn a_live_socket_is_not_stolen() {
         Err(other) => panic!("expected SocketInUse, got {other}"),
         Ok(_) => panic!("a second daemon took a live socket"),
     }
-    daemon
-        .client
-        .health()
-        .await
-        .expect("the first daemon still answers");
+    daemon.client.health().await.expect("the first daemon still answers");
 }
 
 /// Every route the daemon serves, as (method, path). Adding a route means
@@ -93,36 +86,24 @@ async fn openapi_document_is_valid_and_lists_every_route() {
     let mut documented = BTreeSet::new();
     for (path, item) in spec.paths.clone().unwrap_or_default() {
         for (method, operation) in item.methods() {
-            assert!(
-                operation.responses.as_ref().is_some_and(|r| !r.is_empty()),
-                "{method} {path} has no responses"
-            );
+            assert!(operation.responses.as_ref().is_some_and(|r| !r.is_empty()), "{method} {path} has no responses");
             documented.insert((method.as_str().to_lowercase(), path.clone()));
         }
     }
-    let expected: BTreeSet<_> = ROUTES
-        .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
-        .collect();
+    let expected: BTreeSet<_> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
     assert_eq!(documented, expected);
 
     // Every schema reference resolves.
     let schemas = &document["components"]["schemas"];
     for reference in find_refs(&document) {
-        let name = reference
-            .strip_prefix("#/components/schemas/")
-            .expect("local schema ref");
+        let name = reference.strip_prefix("#/components/schemas/").expect("local schema ref");
         assert!(schemas.get(name).is_some(), "dangling $ref {reference}");
     }
 
     // And every documented GET without parameters answers.
     for (method, path) in ROUTES {
         if *method == "get" && !path.contains('{') && *path != "/v1/events" {
-            daemon
-                .client
-                .openapi_get(path)
-                .await
-                .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            daemon.client.openapi_get(path).await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
         }
     }
 }
@@ -146,21 +127,10 @@ async fn events_announce_operations_and_objects() {
     let server = HttpServer::start().await;
     let daemon = TestDaemon::start().await;
     let bundle = good_bundle("events");
-    daemon.set_catalog(vec![entry(
-        "ev",
-        &server.route("/ev.tar.zst", Canned::ok(bundle.clone())),
-        &bundle,
-    )]);
+    daemon.set_catalog(vec![entry("ev", &server.route("/ev.tar.zst", Canned::ok(bundle.clone())), &bundle)]);
 
     let mut events = daemon.client.events(None).await.unwrap();
-    let op = daemon
-        .client
-        .pull_kernel(&KernelPullRequest {
-            name: "ev".into(),
-            force: false,
-        })
-        .await
-        .unwrap();
+    let op = daemon.client.pull_kernel(&KernelPullRequest { name: "ev".into(), force: false }).await.unwrap();
     let mut states = Vec::new();
     let created = loop {
         match next(&mut events).await {
@@ -173,22 +143,10 @@ async fn events_announce_operations_and_objects() {
     };
     assert_eq!(states.first(), Some(&OperationState::Running));
     assert_eq!(states.last(), Some(&OperationState::Succeeded));
-    assert_eq!(
-        created,
-        Event::Created {
-            kind: ObjectKind::Kernel,
-            name: "ev".into()
-        }
-    );
+    assert_eq!(created, Event::Created { kind: ObjectKind::Kernel, name: "ev".into() });
 
     daemon.client.remove_kernel("ev").await.unwrap();
-    assert_eq!(
-        next(&mut events).await,
-        Event::Deleted {
-            kind: ObjectKind::Kernel,
-            name: "ev".into()
-        }
-    );
+    assert_eq!(next(&mut events).await, Event::Deleted { kind: ObjectKind::Kernel, name: "ev".into() });
     assert_eq!(daemon.kernel_dir_entries(), Vec::<String>::new());
     let gone = daemon.client.remove_kernel("ev").await.unwrap_err();
     assert_eq!(gone.api().unwrap().code, ErrorCode::NotFound);
@@ -201,37 +159,16 @@ async fn restart_keeps_kernels_and_history_and_reconciles_the_disk() {
     let a = good_bundle("a");
     let b = good_bundle("b");
     daemon.set_catalog(vec![
-        entry(
-            "keep",
-            &server.route("/a.tar.zst", Canned::ok(a.clone())),
-            &a,
-        ),
-        entry(
-            "lose",
-            &server.route("/b.tar.zst", Canned::ok(b.clone())),
-            &b,
-        ),
+        entry("keep", &server.route("/a.tar.zst", Canned::ok(a.clone())), &a),
+        entry("lose", &server.route("/b.tar.zst", Canned::ok(b.clone())), &b),
     ]);
     for name in ["keep", "lose"] {
-        let op = daemon
-            .client
-            .pull_kernel(&KernelPullRequest {
-                name: name.into(),
-                force: false,
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            daemon.client.wait(&op.id, |_| {}).await.unwrap().state,
-            OperationState::Succeeded
-        );
+        let op = daemon.client.pull_kernel(&KernelPullRequest { name: name.into(), force: false }).await.unwrap();
+        assert_eq!(daemon.client.wait(&op.id, |_| {}).await.unwrap().state, OperationState::Succeeded);
     }
     let ops_before = daemon.client.operations().await.unwrap();
     daemon.stop().await;
-    assert!(
-        !daemon.config.socket.exists(),
-        "the socket is removed on shutdown"
-    );
+    assert!(!daemon.config.socket.exists(), "the socket is removed on shutdown");
 
     // While it is down: a kernel's files vanish, a crashed pull leaves a
     // staging directory, and a kernel directory appears with its manifest
@@ -241,36 +178,19 @@ async fn restart_keeps_kernels_and_history_and_reconciles_the_disk() {
     std::fs::create_dir_all(kernels.join(".tmp-half-op-123/modules")).unwrap();
     copy_dir(&kernels.join("keep"), &kernels.join("found"));
     let manifest = std::fs::read_to_string(kernels.join("found/manifest.json")).unwrap();
-    std::fs::write(
-        kernels.join("found/manifest.json"),
-        manifest.replace("\"keep\"", "\"found\""),
-    )
-    .unwrap();
+    std::fs::write(kernels.join("found/manifest.json"), manifest.replace("\"keep\"", "\"found\"")).unwrap();
 
     daemon.restart();
-    let names: Vec<String> = daemon
-        .client
-        .kernels()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|k| k.name)
-        .collect();
+    let names: Vec<String> = daemon.client.kernels().await.unwrap().into_iter().map(|k| k.name).collect();
     assert_eq!(names, ["found", "keep"]);
     assert_eq!(daemon.kernel_dir_entries(), ["found", "keep"]);
     let ops_after = daemon.client.operations().await.unwrap();
-    assert_eq!(
-        ops_after, ops_before,
-        "operation history survives a restart"
-    );
+    assert_eq!(ops_after, ops_before, "operation history survives a restart");
 }
 
 async fn next(events: &mut banger_client::EventStream) -> Event {
     let event = tokio::time::timeout(Duration::from_secs(30), events.next()).await;
-    event
-        .expect("an event within 30 s")
-        .expect("a readable stream")
-        .expect("the stream is open")
+    event.expect("an event within 30 s").expect("a readable stream").expect("the stream is open")
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -292,18 +212,7 @@ async fn doctor_reports_every_check() {
     let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        [
-            "kvm",
-            "firecracker",
-            "jailer",
-            "qemu",
-            "vmm",
-            "device_mapper",
-            "reflink",
-            "nftables",
-            "resolved",
-            "disk"
-        ]
+        ["kvm", "firecracker", "jailer", "qemu", "vmm", "device_mapper", "reflink", "nftables", "resolved", "disk"]
     );
     for check in &report.checks {
         if check.status != banger_api::CheckStatus::Pass {

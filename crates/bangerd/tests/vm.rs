@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use banger_api::{
-    ErrorCode, ImageBuildRequest, ImageRecipe, ImageRegisterRequest, KernelImportRequest,
-    OperationState, Vm, VmCreateRequest, VmState, VmmChoice,
+    ErrorCode, ImageBuildRequest, ImageRecipe, ImageRegisterRequest, KernelImportRequest, OperationState, Vm,
+    VmCreateRequest, VmState, VmmChoice,
 };
 use banger_client::{Client, ClientError};
 use banger_testkit::TestDaemon;
@@ -18,9 +18,7 @@ use banger_testkit::TestDaemon;
 /// package cannot be fetched); CI has it.
 async fn daemon_with_image(adjust: impl FnOnce(&mut bangerd::Config)) -> Option<TestDaemon> {
     let deb = banger_testkit::debian::cloud_kernel_deb(Path::new(env!("CARGO_TARGET_TMPDIR")))?;
-    let agent = tokio::task::spawn_blocking(banger_testkit::guest::agent_binary)
-        .await
-        .unwrap();
+    let agent = tokio::task::spawn_blocking(banger_testkit::guest::agent_binary).await.unwrap();
     let daemon = TestDaemon::start_with(|c| {
         c.agent_binary = Some(agent);
         c.vmm = Some(VmmChoice::Qemu);
@@ -50,22 +48,13 @@ async fn daemon_with_image(adjust: impl FnOnce(&mut bangerd::Config)) -> Option<
 }
 
 /// Waits for an operation and asserts it succeeded; returns its result.
-async fn succeed(
-    client: &Client,
-    op: Result<banger_api::Operation, ClientError>,
-) -> serde_json::Value {
+async fn succeed(client: &Client, op: Result<banger_api::Operation, ClientError>) -> serde_json::Value {
     let op = op.expect("operation starts");
     let done = tokio::time::timeout(Duration::from_secs(240), client.wait(&op.id, |_| {}))
         .await
         .expect("operation finishes in time")
         .expect("operation can be followed");
-    assert_eq!(
-        done.state,
-        OperationState::Succeeded,
-        "{} failed: {:?}",
-        op.target,
-        done.error
-    );
+    assert_eq!(done.state, OperationState::Succeeded, "{} failed: {:?}", op.target, done.error);
     done.result.unwrap_or_default()
 }
 
@@ -95,10 +84,7 @@ async fn wait_state(client: &Client, name: &str, state: VmState) -> Vm {
         if vm.state == state {
             return vm;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never became {state:?}: {vm:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{name} never became {state:?}: {vm:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -115,43 +101,23 @@ async fn vm_lifecycle_with_exec_and_daemon_restart() {
 
     let uname = client.exec("dev", &["uname", "-r"], b"").await.unwrap();
     assert_eq!(uname.code, Some(0));
-    assert!(
-        String::from_utf8_lossy(&uname.stdout)
-            .trim()
-            .ends_with("-cloud-amd64"),
-        "{uname:?}"
-    );
+    assert!(String::from_utf8_lossy(&uname.stdout).trim().ends_with("-cloud-amd64"), "{uname:?}");
     let host = client.exec("dev", &["hostname"], b"").await.unwrap();
     assert_eq!(String::from_utf8_lossy(&host.stdout).trim(), "dev");
-    let split = client
-        .exec("dev", &["sh", "-c", "echo out; echo err >&2; exit 3"], b"")
-        .await
-        .unwrap();
-    assert_eq!(
-        (split.stdout.as_slice(), split.stderr.as_slice(), split.code),
-        (&b"out\n"[..], &b"err\n"[..], Some(3))
-    );
+    let split = client.exec("dev", &["sh", "-c", "echo out; echo err >&2; exit 3"], b"").await.unwrap();
+    assert_eq!((split.stdout.as_slice(), split.stderr.as_slice(), split.code), (&b"out\n"[..], &b"err\n"[..], Some(3)));
     let echoed = client.exec("dev", &["cat"], b"from stdin\n").await.unwrap();
     assert_eq!(echoed.stdout, b"from stdin\n");
-    let missing = client
-        .exec("dev", &["no-such-program"], b"")
-        .await
-        .unwrap_err();
+    let missing = client.exec("dev", &["no-such-program"], b"").await.unwrap_err();
     assert!(missing.to_string().contains("no-such-program"), "{missing}");
 
     // A write survives a stop and a start: the disk is the VM's own.
-    client
-        .exec("dev", &["sh", "-c", "echo kept > /root/mark; sync"], b"")
-        .await
-        .unwrap();
+    client.exec("dev", &["sh", "-c", "echo kept > /root/mark; sync"], b"").await.unwrap();
     let stopped = client.stop_vm("dev", false).await.unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
     assert_eq!(stopped.pid, None);
     succeed(&client, client.start_vm("dev", false).await).await;
-    let mark = client
-        .exec("dev", &["cat", "/root/mark"], b"")
-        .await
-        .unwrap();
+    let mark = client.exec("dev", &["cat", "/root/mark"], b"").await.unwrap();
     assert_eq!(mark.stdout, b"kept\n");
 
     // The daemon restarts; the VM keeps running and is adopted.
@@ -161,10 +127,7 @@ async fn vm_lifecycle_with_exec_and_daemon_restart() {
     daemon.restart();
     let adopted = client.vm("dev").await.unwrap();
     assert_eq!((adopted.state, adopted.pid), (VmState::Running, Some(pid)));
-    let after = client
-        .exec("dev", &["echo", "still here"], b"")
-        .await
-        .unwrap();
+    let after = client.exec("dev", &["echo", "still here"], b"").await.unwrap();
     assert_eq!(after.stdout, b"still here\n");
 
     succeed(&client, client.start_vm("dev", true).await).await;
@@ -174,11 +137,7 @@ async fn vm_lifecycle_with_exec_and_daemon_restart() {
 
     // Killed from outside: the daemon notices and releases what it held.
     let pid = restarted.pid.unwrap();
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
     let dead = wait_state(&client, "dev", VmState::Stopped).await;
     assert_eq!(dead.pid, None);
     let run_dir = daemon.config.run_dir.join("vms/dev");
@@ -197,32 +156,16 @@ async fn bad_requests_and_failed_creates_leave_nothing() {
     let client = &daemon.client;
     for bad in ["Dev", "-dev", "dev-", "a_b", "", &"a".repeat(64)] {
         let err = client.create_vm(&create_request(bad)).await.unwrap_err();
-        assert_eq!(
-            err.api().map(|e| e.code),
-            Some(ErrorCode::InvalidArgument),
-            "{bad:?}: {err}"
-        );
+        assert_eq!(err.api().map(|e| e.code), Some(ErrorCode::InvalidArgument), "{bad:?}: {err}");
     }
     let mut no_image = create_request("x");
     no_image.image = "nope".into();
-    assert_eq!(
-        client
-            .create_vm(&no_image)
-            .await
-            .unwrap_err()
-            .api()
-            .map(|e| e.code),
-        Some(ErrorCode::NotFound)
-    );
+    assert_eq!(client.create_vm(&no_image).await.unwrap_err().api().map(|e| e.code), Some(ErrorCode::NotFound));
 
     // A kernel that is an ELF but not a kernel: the VMM starts, the guest
     // never answers, and the create rolls back.
     let bogus = daemon.root.path().join("bogus-vmlinux");
-    std::fs::write(
-        &bogus,
-        banger_testkit::bundles::fake_vmlinux("not a kernel"),
-    )
-    .unwrap();
+    std::fs::write(&bogus, banger_testkit::bundles::fake_vmlinux("not a kernel")).unwrap();
     let import = KernelImportRequest {
         name: "bogus".into(),
         path: bogus.display().to_string(),
@@ -236,39 +179,20 @@ async fn bad_requests_and_failed_creates_leave_nothing() {
     let op = client.create_vm(&bad_kernel).await.unwrap();
     let done = client.wait(&op.id, |_| {}).await.unwrap();
     assert_eq!(done.state, OperationState::Failed);
-    assert_eq!(
-        client.vm("broken").await.unwrap_err().api().map(|e| e.code),
-        Some(ErrorCode::NotFound)
-    );
+    assert_eq!(client.vm("broken").await.unwrap_err().api().map(|e| e.code), Some(ErrorCode::NotFound));
     assert!(!daemon.state_dir().join("vms/broken").exists());
     assert!(!daemon.config.run_dir.join("vms/broken").exists());
-    assert!(
-        no_qemu_for(&daemon.config.run_dir.join("vms/broken")),
-        "no VMM left running"
-    );
+    assert!(no_qemu_for(&daemon.config.run_dir.join("vms/broken")), "no VMM left running");
 
     // Duplicate names are refused.
-    create(
-        &daemon,
-        VmCreateRequest {
-            no_start: true,
-            ..create_request("twice")
-        },
-    )
-    .await;
-    let dup = client
-        .create_vm(&create_request("twice"))
-        .await
-        .unwrap_err();
+    create(&daemon, VmCreateRequest { no_start: true, ..create_request("twice") }).await;
+    let dup = client.create_vm(&create_request("twice")).await.unwrap_err();
     assert_eq!(dup.api().map(|e| e.code), Some(ErrorCode::AlreadyExists));
 }
 
 /// Whether no qemu process mentions this run directory.
 fn no_qemu_for(run_dir: &Path) -> bool {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", &run_dir.display().to_string()])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("pgrep").args(["-f", &run_dir.display().to_string()]).output().unwrap();
     out.stdout.is_empty()
 }
 
@@ -285,33 +209,15 @@ async fn vm_disks_are_reflink_clones_on_xfs() {
     };
     let image = daemon.client.image("tiny").await.unwrap();
     let before = xfs.free_bytes();
-    let vm = create(
-        &daemon,
-        VmCreateRequest {
-            no_start: true,
-            ..create_request("clone")
-        },
-    )
-    .await;
+    let vm = create(&daemon, VmCreateRequest { no_start: true, ..create_request("clone") }).await;
     let used = before.saturating_sub(xfs.free_bytes());
     assert_eq!(vm.disk_strategy, "reflink");
     assert_eq!(vm.state, VmState::Created);
     let disk = state.join("vms/clone/root.ext4");
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), image.size_bytes);
-    assert!(
-        used < image.size_bytes / 10,
-        "a clone of {} bytes used {used} bytes",
-        image.size_bytes
-    );
-    let filefrag = std::process::Command::new("filefrag")
-        .arg("-v")
-        .arg(&disk)
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&filefrag.stdout).contains("shared"),
-        "extents are shared"
-    );
+    assert!(used < image.size_bytes / 10, "a clone of {} bytes used {used} bytes", image.size_bytes);
+    let filefrag = std::process::Command::new("filefrag").arg("-v").arg(&disk).output().unwrap();
+    assert!(String::from_utf8_lossy(&filefrag.stdout).contains("shared"), "extents are shared");
     let mut daemon = daemon;
     daemon.stop().await;
 }
@@ -329,16 +235,14 @@ async fn a_full_disk_fails_the_create_cleanly() {
     // An image with more data than the rest of the filesystem can hold twice.
     let root = daemon.root.path().join("bulky-root");
     std::fs::create_dir_all(root.join("sbin")).unwrap();
-    let noise: Vec<u8> = (0..(small.free_bytes() * 6 / 10))
-        .map(|i| (i * 7919 % 251) as u8)
-        .collect();
+    let noise: Vec<u8> = (0..(small.free_bytes() * 6 / 10)).map(|i| (i * 7919 % 251) as u8).collect();
     std::fs::write(root.join("noise"), noise).unwrap();
     let ext4 = daemon.root.path().join("bulky.ext4");
     let mkfs = std::process::Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
         .arg(&root)
         .arg(&ext4)
-        .arg(format!("{}M", small.free_bytes() * 7 / 10 >> 20))
+        .arg(format!("{}M", (small.free_bytes() * 7 / 10) >> 20))
         .status()
         .unwrap();
     assert!(mkfs.success());
@@ -349,45 +253,17 @@ async fn a_full_disk_fails_the_create_cleanly() {
         init: None,
         force: false,
     };
-    succeed(
-        &daemon.client,
-        daemon.client.register_image(&register).await,
-    )
-    .await;
-    let before: Vec<_> = std::fs::read_dir(&state)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    let op = daemon
-        .client
-        .create_vm(&VmCreateRequest {
-            image: "bulky".into(),
-            ..create_request("full")
-        })
-        .await
-        .unwrap();
+    succeed(&daemon.client, daemon.client.register_image(&register).await).await;
+    let before: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let op =
+        daemon.client.create_vm(&VmCreateRequest { image: "bulky".into(), ..create_request("full") }).await.unwrap();
     let done = daemon.client.wait(&op.id, |_| {}).await.unwrap();
     assert_eq!(done.state, OperationState::Failed);
     let message = done.error.unwrap().message;
     assert!(message.contains("No space left"), "{message}");
-    assert!(
-        !state.join("vms/full").exists(),
-        "the half-made disk is gone"
-    );
-    assert_eq!(
-        daemon
-            .client
-            .vm("full")
-            .await
-            .unwrap_err()
-            .api()
-            .map(|e| e.code),
-        Some(ErrorCode::NotFound)
-    );
-    let after: Vec<_> = std::fs::read_dir(&state)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    assert!(!state.join("vms/full").exists(), "the half-made disk is gone");
+    assert_eq!(daemon.client.vm("full").await.unwrap_err().api().map(|e| e.code), Some(ErrorCode::NotFound));
+    let after: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(before, after);
     let mut daemon = daemon;
     daemon.stop().await;

@@ -16,10 +16,7 @@ pub(crate) fn build(
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltImage, ImageError> {
     if !layout::valid_suite(suite) {
-        return Err(ImageError::BadSource {
-            path: suite.into(),
-            expected: "a Debian suite name",
-        });
+        return Err(ImageError::BadSource { path: suite.into(), expected: "a Debian suite name" });
     }
     host::require_tool("debootstrap", "debootstrap")?;
     host::require_tool("mkfs.ext4", "e2fsprogs")?;
@@ -37,8 +34,5 @@ pub(crate) fn build(
         tree::prune_dir(&root, dir, |name| layout::is_cache_file(dir, name))?;
     }
     let size_bytes = super::make_ext4(&root, opts, output, progress)?;
-    Ok(BuiltImage {
-        size_bytes,
-        init: "/lib/systemd/systemd".to_owned(),
-    })
+    Ok(BuiltImage { size_bytes, init: "/lib/systemd/systemd".to_owned() })
 }

@@ -22,10 +22,7 @@ pub(crate) fn make_ext4(
         Some(size) => size,
         None => layout::default_size(needed),
     };
-    progress(&format!(
-        "making a {} MiB ext4 filesystem",
-        size.div_ceil(1 << 20)
-    ));
+    progress(&format!("making a {} MiB ext4 filesystem", size.div_ceil(1 << 20)));
     host::mkfs_ext4("rootfs", Some(root), output, size)?;
     Ok(size)
 }

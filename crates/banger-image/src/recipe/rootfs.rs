@@ -17,10 +17,7 @@ pub(crate) fn from_dir(
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltImage, ImageError> {
     if !dir.is_dir() {
-        return Err(ImageError::BadSource {
-            path: dir.to_owned(),
-            expected: "a directory",
-        });
+        return Err(ImageError::BadSource { path: dir.to_owned(), expected: "a directory" });
     }
     host::require_tool("mkfs.ext4", "e2fsprogs")?;
     if has_agent(dir) {
@@ -43,10 +40,7 @@ pub(crate) fn from_tar(
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltImage, ImageError> {
     if !tar.is_file() {
-        return Err(ImageError::BadSource {
-            path: tar.to_owned(),
-            expected: "a tarball",
-        });
+        return Err(ImageError::BadSource { path: tar.to_owned(), expected: "a tarball" });
     }
     host::require_tool("mkfs.ext4", "e2fsprogs")?;
     progress("unpacking the root tarball");
@@ -54,10 +48,7 @@ pub(crate) fn from_tar(
     fs::create_dir(&root).map_err(io_at(&root))?;
     let skipped = tarball::extract(tar, &root)?;
     if skipped.special_files > 0 {
-        progress(&format!(
-            "left out {} device nodes and FIFOs (/dev is a devtmpfs)",
-            skipped.special_files
-        ));
+        progress(&format!("left out {} device nodes and FIFOs (/dev is a devtmpfs)", skipped.special_files));
     }
     if !has_agent(&root) {
         add_agent(&root, opts)?;
@@ -79,14 +70,7 @@ fn finish(
     output: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltImage, ImageError> {
-    let init = if tree::exists_in_root(root, Path::new("/sbin/init")) {
-        "/sbin/init"
-    } else {
-        AGENT_PATH
-    };
+    let init = if tree::exists_in_root(root, Path::new("/sbin/init")) { "/sbin/init" } else { AGENT_PATH };
     let size_bytes = super::make_ext4(root, opts, output, progress)?;
-    Ok(BuiltImage {
-        size_bytes,
-        init: init.to_owned(),
-    })
+    Ok(BuiltImage { size_bytes, init: init.to_owned() })
 }

@@ -13,25 +13,15 @@ pub(crate) fn build(
     output: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltImage, ImageError> {
-    elf::require_static(
-        &opts.busybox,
-        ImageError::BusyboxMissing,
-        ImageError::BusyboxNotStatic,
-    )?;
+    elf::require_static(&opts.busybox, ImageError::BusyboxMissing, ImageError::BusyboxNotStatic)?;
     let applets = layout::parse_applets(&host::busybox_list(&opts.busybox)?);
     if applets.is_empty() {
         return Err(ImageError::NoApplets(opts.busybox.clone()));
     }
-    progress(&format!(
-        "laying out a busybox root with {} applets",
-        applets.len()
-    ));
+    progress(&format!("laying out a busybox root with {} applets", applets.len()));
     let root = scratch.join("root");
     fs::create_dir(&root).map_err(io_at(&root))?;
     tree::materialize(&root, &layout::tiny(&applets, &opts.busybox, &opts.agent))?;
     let size_bytes = super::make_ext4(&root, opts, output, progress)?;
-    Ok(BuiltImage {
-        size_bytes,
-        init: "/sbin/init".to_owned(),
-    })
+    Ok(BuiltImage { size_bytes, init: "/sbin/init".to_owned() })
 }

@@ -51,10 +51,7 @@ impl Compression {
             (b"BZh", Self::Bzip2),
             (&[0x89, b'L', b'Z', b'O'], Self::Lzo),
         ];
-        table
-            .iter()
-            .find(|(magic, _)| payload.starts_with(magic))
-            .map(|&(_, c)| c)
+        table.iter().find(|(magic, _)| payload.starts_with(magic)).map(|&(_, c)| c)
     }
 
     fn name(self) -> &'static str {
@@ -86,9 +83,7 @@ pub fn parse_header(data: &[u8]) -> Result<SetupHeader, ImportError> {
     // The payload fields exist from boot protocol 2.08 on.
     let protocol = u16_at(data, 0x206).unwrap_or(0);
     if protocol < 0x0208 {
-        return Err(ImportError::InvalidBzImage(
-            "boot protocol older than 2.08 has no payload fields",
-        ));
+        return Err(ImportError::InvalidBzImage("boot protocol older than 2.08 has no payload fields"));
     }
     let setup_sects = match data[0x1f1] {
         0 => 4,
@@ -123,12 +118,8 @@ pub fn extract_vmlinux(data: &[u8]) -> Result<Vec<u8>, ImportError> {
     let header = parse_header(data)?;
     let start = header.protected_mode_offset + header.payload_offset;
     let payload = &data[start..start + header.payload_length];
-    let compression = Compression::detect(payload)
-        .ok_or(ImportError::UnsupportedCompression("unrecognised magic"))?;
-    let decompress_err = |source| ImportError::Decompress {
-        format: compression.name(),
-        source,
-    };
+    let compression = Compression::detect(payload).ok_or(ImportError::UnsupportedCompression("unrecognised magic"))?;
+    let decompress_err = |source| ImportError::Decompress { format: compression.name(), source };
     let vmlinux = match compression {
         Compression::Gzip => read_all(flate2::read::GzDecoder::new(payload)),
         Compression::Xz => xz2::stream::Stream::new_stream_decoder(u64::MAX, 0)
@@ -138,12 +129,9 @@ pub fn extract_vmlinux(data: &[u8]) -> Result<Vec<u8>, ImportError> {
             .map_err(io::Error::other)
             .and_then(|s| decode_lzma_family(s, payload)),
         // The payload ends with the uncompressed size: one frame only.
-        Compression::Zstd => zstd::stream::read::Decoder::with_buffer(payload)
-            .and_then(|d| read_all(d.single_frame())),
+        Compression::Zstd => zstd::stream::read::Decoder::with_buffer(payload).and_then(|d| read_all(d.single_frame())),
         Compression::Lz4Legacy => decompress_lz4_legacy(payload),
-        Compression::Bzip2 | Compression::Lzo => {
-            return Err(ImportError::UnsupportedCompression(compression.name()))
-        }
+        Compression::Bzip2 | Compression::Lzo => return Err(ImportError::UnsupportedCompression(compression.name())),
     }
     .map_err(decompress_err)?;
     if !vmlinux.starts_with(ELF_MAGIC) {
@@ -167,19 +155,14 @@ fn decode_lzma_family(mut stream: xz2::stream::Stream, mut input: &[u8]) -> io::
             out.reserve(out.capacity().max(1 << 20));
         }
         let (in_before, out_before) = (stream.total_in(), out.len());
-        let status = stream
-            .process_vec(input, &mut out, xz2::stream::Action::Finish)
-            .map_err(io::Error::other)?;
+        let status = stream.process_vec(input, &mut out, xz2::stream::Action::Finish).map_err(io::Error::other)?;
         let consumed = (stream.total_in() - in_before) as usize;
         input = &input[consumed..];
         if status == xz2::stream::Status::StreamEnd {
             return Ok(out);
         }
         if consumed == 0 && out.len() == out_before {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "truncated stream",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated stream"));
         }
     }
 }
@@ -189,9 +172,7 @@ fn decode_lzma_family(mut stream: xz2::stream::Stream, mut input: &[u8]) -> io::
 /// which is not a plausible block size, so decoding stops there.
 pub fn decompress_lz4_legacy(input: &[u8]) -> io::Result<Vec<u8>> {
     let invalid = |msg: &str| io::Error::new(io::ErrorKind::InvalidData, msg.to_string());
-    let mut rest = input
-        .strip_prefix(&LZ4_LEGACY_MAGIC[..])
-        .ok_or_else(|| invalid("missing lz4 legacy magic"))?;
+    let mut rest = input.strip_prefix(&LZ4_LEGACY_MAGIC[..]).ok_or_else(|| invalid("missing lz4 legacy magic"))?;
     // LZ4_compressBound(8 MiB): the largest a block can be compressed.
     let max_block = LZ4_LEGACY_BLOCK + LZ4_LEGACY_BLOCK / 255 + 16;
     let mut out = Vec::new();
@@ -275,19 +256,12 @@ pub(crate) mod tests {
         let zst = with_size_trailer(zstd::encode_all(&vmlinux[..], 1).unwrap(), vmlinux.len());
         assert_eq!(extract_vmlinux(&make_bzimage(&zst, "1")).unwrap(), vmlinux);
         let mut lzma = Vec::new();
-        let encoder = xz2::stream::Stream::new_lzma_encoder(
-            &xz2::stream::LzmaOptions::new_preset(1).unwrap(),
-        )
-        .unwrap();
-        xz2::read::XzEncoder::new_stream(&vmlinux[..], encoder)
-            .read_to_end(&mut lzma)
-            .unwrap();
+        let encoder = xz2::stream::Stream::new_lzma_encoder(&xz2::stream::LzmaOptions::new_preset(1).unwrap()).unwrap();
+        xz2::read::XzEncoder::new_stream(&vmlinux[..], encoder).read_to_end(&mut lzma).unwrap();
         let lzma = with_size_trailer(lzma, vmlinux.len());
         assert_eq!(extract_vmlinux(&make_bzimage(&lzma, "1")).unwrap(), vmlinux);
         let mut xz = Vec::new();
-        xz2::read::XzEncoder::new(&vmlinux[..], 1)
-            .read_to_end(&mut xz)
-            .unwrap();
+        xz2::read::XzEncoder::new(&vmlinux[..], 1).read_to_end(&mut xz).unwrap();
         let xz = with_size_trailer(xz, vmlinux.len());
         assert_eq!(extract_vmlinux(&make_bzimage(&xz, "1")).unwrap(), vmlinux);
     }
@@ -304,39 +278,24 @@ pub(crate) mod tests {
             payload.extend_from_slice(&block);
         }
         let payload = with_size_trailer(payload, vmlinux.len());
-        assert_eq!(
-            extract_vmlinux(&make_bzimage(&payload, "1")).unwrap(),
-            vmlinux
-        );
+        assert_eq!(extract_vmlinux(&make_bzimage(&payload, "1")).unwrap(), vmlinux);
     }
 
     #[test]
     fn bad_inputs_get_clear_errors() {
         let bz2 = make_bzimage(b"BZh91AY&SY", "1");
-        assert!(matches!(
-            extract_vmlinux(&bz2),
-            Err(ImportError::UnsupportedCompression("bzip2"))
-        ));
-        assert!(matches!(
-            extract_vmlinux(&[0u8; 1024]),
-            Err(ImportError::InvalidBzImage(_))
-        ));
+        assert!(matches!(extract_vmlinux(&bz2), Err(ImportError::UnsupportedCompression("bzip2"))));
+        assert!(matches!(extract_vmlinux(&[0u8; 1024]), Err(ImportError::InvalidBzImage(_))));
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(b"MZ not an elf").unwrap();
         let not_elf = make_bzimage(&enc.finish().unwrap(), "1");
-        assert!(matches!(
-            extract_vmlinux(&not_elf),
-            Err(ImportError::PayloadNotElf)
-        ));
+        assert!(matches!(extract_vmlinux(&not_elf), Err(ImportError::PayloadNotElf)));
     }
 
     #[test]
     fn payload_outside_file_is_rejected() {
         let mut bz = make_bzimage(b"\x1f\x8b", "1");
         bz[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            parse_header(&bz),
-            Err(ImportError::InvalidBzImage(_))
-        ));
+        assert!(matches!(parse_header(&bz), Err(ImportError::InvalidBzImage(_))));
     }
 }

@@ -41,27 +41,18 @@ fn parse_member_header(header: &[u8; AR_HEADER_LEN]) -> Option<(String, u64)> {
     }
     let name = std::str::from_utf8(&header[..16]).ok()?.trim_end();
     let name = name.strip_suffix('/').unwrap_or(name);
-    let size = std::str::from_utf8(&header[48..58])
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let size = std::str::from_utf8(&header[48..58]).ok()?.trim().parse().ok()?;
     Some((name.to_string(), size))
 }
 
 /// Reads the kernel package at `path`: returns its bzImage and, when
 /// `modules_dest` is given, writes the modules tree to
 /// `modules_dest/<release>/` (symlinks skipped, modules decompressed).
-pub fn read_kernel_package(
-    path: &Path,
-    modules_dest: Option<&Path>,
-) -> Result<KernelPackage, ImportError> {
+pub fn read_kernel_package(path: &Path, modules_dest: Option<&Path>) -> Result<KernelPackage, ImportError> {
     let file = File::open(path).map_err(io_err("read", path))?;
     let mut reader = BufReader::new(file);
     let mut magic = [0u8; 8];
-    reader
-        .read_exact(&mut magic)
-        .map_err(io_err("read", path))?;
+    reader.read_exact(&mut magic).map_err(io_err("read", path))?;
     if &magic != AR_MAGIC {
         return Err(ImportError::InvalidDeb("not an ar archive".into()));
     }
@@ -74,21 +65,14 @@ pub fn read_kernel_package(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(io_err("read", path)(e)),
         }
-        let (name, size) = parse_member_header(&header)
-            .ok_or_else(|| ImportError::InvalidDeb("malformed ar member header".into()))?;
+        let (name, size) =
+            parse_member_header(&header).ok_or_else(|| ImportError::InvalidDeb("malformed ar member header".into()))?;
         let mut member = (&mut reader).take(size);
-        let member_err = |source| ImportError::DebMember {
-            member: name.clone(),
-            source,
-        };
+        let member_err = |source| ImportError::DebMember { member: name.clone(), source };
         if name.starts_with("control.tar") {
             control = read_control(decompressor(&name, &mut member)?).map_err(member_err)?;
         } else if name.starts_with("data.tar") {
-            data = Some(read_data(
-                decompressor(&name, &mut member)?,
-                modules_dest,
-                &name,
-            )?);
+            data = Some(read_data(decompressor(&name, &mut member)?, modules_dest, &name)?);
             // Nothing after data.tar matters.
             break;
         }
@@ -101,20 +85,11 @@ pub fn read_kernel_package(
     }
     let data = data.ok_or_else(|| ImportError::InvalidDeb("no data.tar member".into()))?;
     let Some((release, vmlinuz)) = data.vmlinuz else {
-        return Err(ImportError::MetaPackage {
-            package: control.package,
-            depends: control.kernel_dependency,
-        });
+        return Err(ImportError::MetaPackage { package: control.package, depends: control.kernel_dependency });
     };
-    let other_releases: Vec<&String> = data
-        .module_releases
-        .iter()
-        .filter(|r| **r != release)
-        .collect();
+    let other_releases: Vec<&String> = data.module_releases.iter().filter(|r| **r != release).collect();
     if !other_releases.is_empty() {
-        return Err(ImportError::InvalidDeb(format!(
-            "modules for {other_releases:?} do not match kernel {release}"
-        )));
+        return Err(ImportError::InvalidDeb(format!("modules for {other_releases:?} do not match kernel {release}")));
     }
     Ok(KernelPackage {
         package: control.package,
@@ -125,20 +100,13 @@ pub fn read_kernel_package(
 }
 
 fn decompressor<'a>(name: &str, reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>, ImportError> {
-    let member_err = |source| ImportError::DebMember {
-        member: name.to_string(),
-        source,
-    };
+    let member_err = |source| ImportError::DebMember { member: name.to_string(), source };
     Ok(match name.rsplit_once('.').map(|(_, ext)| ext) {
         Some("tar") => Box::new(reader),
         Some("xz") => Box::new(xz2::read::XzDecoder::new(reader)),
         Some("zst") => Box::new(zstd::stream::read::Decoder::new(reader).map_err(member_err)?),
         Some("gz") => Box::new(flate2::read::GzDecoder::new(reader)),
-        _ => {
-            return Err(ImportError::InvalidDeb(format!(
-                "unsupported compression of {name}"
-            )))
-        }
+        _ => return Err(ImportError::InvalidDeb(format!("unsupported compression of {name}"))),
     })
 }
 
@@ -164,21 +132,14 @@ fn read_control(reader: impl Read) -> io::Result<ControlFields> {
 }
 
 fn parse_control(text: &str) -> ControlFields {
-    let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-            .map(str::trim)
-    };
+    let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).map(str::trim);
     let kernel_dependency = field("Depends").and_then(|deps| {
         deps.split([',', '|'])
             .map(|d| d.split_whitespace().next().unwrap_or(""))
             .find(|d| d.starts_with("linux-image-"))
             .map(str::to_string)
     });
-    ControlFields {
-        package: field("Package").map(str::to_string),
-        kernel_dependency,
-    }
+    ControlFields { package: field("Package").map(str::to_string), kernel_dependency }
 }
 
 #[derive(Debug, Default)]
@@ -187,15 +148,8 @@ struct DataContents {
     module_releases: BTreeSet<String>,
 }
 
-fn read_data(
-    reader: impl Read,
-    modules_dest: Option<&Path>,
-    member: &str,
-) -> Result<DataContents, ImportError> {
-    let member_err = |source| ImportError::DebMember {
-        member: member.to_string(),
-        source,
-    };
+fn read_data(reader: impl Read, modules_dest: Option<&Path>, member: &str) -> Result<DataContents, ImportError> {
+    let member_err = |source| ImportError::DebMember { member: member.to_string(), source };
     let mut contents = DataContents::default();
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(member_err)? {
@@ -203,10 +157,7 @@ fn read_data(
         let raw_path = entry.path().map_err(member_err)?.into_owned();
         let Ok(path) = modtree::safe_relative(&raw_path) else {
             // Only modules paths are written anywhere: refuse those.
-            let lexical: PathBuf = raw_path
-                .components()
-                .filter(|c| *c != std::path::Component::CurDir)
-                .collect();
+            let lexical: PathBuf = raw_path.components().filter(|c| *c != std::path::Component::CurDir).collect();
             if modules_path(&lexical).is_some() {
                 return Err(ImportError::UnsafePath { path: raw_path });
             }
@@ -218,9 +169,7 @@ fn read_data(
                 continue;
             }
             if contents.vmlinuz.is_some() {
-                return Err(ImportError::InvalidDeb(
-                    "more than one /boot/vmlinuz-*".into(),
-                ));
+                return Err(ImportError::InvalidDeb("more than one /boot/vmlinuz-*".into()));
             }
             let mut data = Vec::new();
             entry.read_to_end(&mut data).map_err(member_err)?;
@@ -254,10 +203,7 @@ fn vmlinuz_release(path: &Path) -> Option<String> {
 
 /// Splits `[usr/]lib/modules/<release>/<rel>` into release and `rel`.
 fn modules_path(path: &Path) -> Option<(String, PathBuf)> {
-    let rest = path
-        .strip_prefix("lib/modules")
-        .or_else(|_| path.strip_prefix("usr/lib/modules"))
-        .ok()?;
+    let rest = path.strip_prefix("lib/modules").or_else(|_| path.strip_prefix("usr/lib/modules")).ok()?;
     let mut components = rest.components();
     let release = components.next()?.as_os_str().to_str()?.to_string();
     Some((release, components.as_path().to_path_buf()))
@@ -272,15 +218,7 @@ pub(crate) mod tests {
     pub(crate) fn ar_archive(members: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = AR_MAGIC.to_vec();
         for (name, data) in members {
-            let header = format!(
-                "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
-                name,
-                0,
-                0,
-                0,
-                100644,
-                data.len()
-            );
+            let header = format!("{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", name, 0, 0, 0, 100644, data.len());
             assert_eq!(header.len(), AR_HEADER_LEN);
             out.extend_from_slice(header.as_bytes());
             out.extend_from_slice(data);
@@ -322,20 +260,14 @@ pub(crate) mod tests {
         }
         let tar = builder.into_inner().unwrap();
         let mut xz = Vec::new();
-        xz2::read::XzEncoder::new(&tar[..], 1)
-            .read_to_end(&mut xz)
-            .unwrap();
+        xz2::read::XzEncoder::new(&tar[..], 1).read_to_end(&mut xz).unwrap();
         xz
     }
 
     pub(crate) fn make_deb(control: &str, data: &[TarItem]) -> Vec<u8> {
         let control_tar = tar_xz(&[TarItem::File("./control", control.as_bytes())]);
         let data_tar = tar_xz(data);
-        ar_archive(&[
-            ("debian-binary", b"2.0\n"),
-            ("control.tar.xz", &control_tar),
-            ("data.tar.xz", &data_tar),
-        ])
+        ar_archive(&[("debian-binary", b"2.0\n"), ("control.tar.xz", &control_tar), ("data.tar.xz", &data_tar)])
     }
 
     fn gz(data: &[u8]) -> Vec<u8> {
@@ -358,10 +290,7 @@ pub(crate) mod tests {
                 TarItem::Dir("./lib/modules/6.1.0-1-test/"),
                 TarItem::Dir("./lib/modules/6.1.0-1-test/kernel/"),
                 TarItem::File("./lib/modules/6.1.0-1-test/kernel/a.ko.gz", &ko_gz),
-                TarItem::File(
-                    "./lib/modules/6.1.0-1-test/modules.builtin",
-                    b"kernel/b.ko\n",
-                ),
+                TarItem::File("./lib/modules/6.1.0-1-test/modules.builtin", b"kernel/b.ko\n"),
                 TarItem::Symlink("./lib/modules/6.1.0-1-test/build", "/usr/src/x"),
                 TarItem::File("./usr/share/doc/x/changelog", b"log"),
             ],
@@ -376,10 +305,7 @@ pub(crate) mod tests {
         assert_eq!(pkg.vmlinuz, b"bzimage");
         assert!(pkg.has_modules);
         let root = mods.join("6.1.0-1-test");
-        assert_eq!(
-            std::fs::read(root.join("kernel/a.ko")).unwrap(),
-            b"module bytes"
-        );
+        assert_eq!(std::fs::read(root.join("kernel/a.ko")).unwrap(), b"module bytes");
         assert!(root.join("modules.builtin").is_file());
         assert!(std::fs::symlink_metadata(root.join("build")).is_err());
 
@@ -415,15 +341,12 @@ pub(crate) mod tests {
         header.set_size(1);
         header.set_mode(0o644);
         // `append_data` refuses `..`, so write the name by hand.
-        header.as_gnu_mut().unwrap().name[..36]
-            .copy_from_slice(b"./lib/modules/6.1/../../../../evil.x");
+        header.as_gnu_mut().unwrap().name[..36].copy_from_slice(b"./lib/modules/6.1/../../../../evil.x");
         header.set_cksum();
         tar.append(&header, &b"x"[..]).unwrap();
         let tar = tar.into_inner().unwrap();
         let mut xz = Vec::new();
-        xz2::read::XzEncoder::new(&tar[..], 1)
-            .read_to_end(&mut xz)
-            .unwrap();
+        xz2::read::XzEncoder::new(&tar[..], 1).read_to_end(&mut xz).unwrap();
         let deb = ar_archive(&[("debian-binary", b"2.0\n"), ("data.tar.xz", &xz)]);
         let path = dir.path().join("evil.deb");
         std::fs::write(&path, &deb).unwrap();
@@ -435,13 +358,9 @@ pub(crate) mod tests {
 
     #[test]
     fn control_depends_parsing() {
-        let fields =
-            parse_control("Package: a\nDepends: kmod, linux-image-6.1.0-9-amd64 (= 1) | x\n");
+        let fields = parse_control("Package: a\nDepends: kmod, linux-image-6.1.0-9-amd64 (= 1) | x\n");
         assert_eq!(fields.package.as_deref(), Some("a"));
-        assert_eq!(
-            fields.kernel_dependency.as_deref(),
-            Some("linux-image-6.1.0-9-amd64")
-        );
+        assert_eq!(fields.kernel_dependency.as_deref(), Some("linux-image-6.1.0-9-amd64"));
         assert!(parse_control("Package: a\n").kernel_dependency.is_none());
     }
 }

@@ -12,17 +12,7 @@ use super::{io_err, ImportError, ELF_MAGIC};
 pub const LOAD_ORDER_PATH: &str = "lib/modules/load-order";
 
 /// Busybox applets the init script calls, linked in `/bin`.
-const APPLETS: &[&str] = &[
-    "sh",
-    "mount",
-    "umount",
-    "insmod",
-    "switch_root",
-    "sleep",
-    "cat",
-    "mkdir",
-    "findfs",
-];
+const APPLETS: &[&str] = &["sh", "mount", "umount", "insmod", "switch_root", "sleep", "cat", "mkdir", "findfs"];
 
 /// The `/init` script. Module names come from [`LOAD_ORDER_PATH`]; the root
 /// device, its type, the init and `rw`/`ro` from the kernel command line.
@@ -142,51 +132,18 @@ impl<W: Write> CpioWriter<W> {
         Ok(self.out)
     }
 
-    fn entry(
-        &mut self,
-        path: &str,
-        mode: u32,
-        nlink: u32,
-        rdev: (u32, u32),
-        data: &[u8],
-    ) -> io::Result<()> {
+    fn entry(&mut self, path: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
         self.raw_entry(path, mode, nlink, rdev, data)?;
         self.next_ino += 1;
         Ok(())
     }
 
-    fn raw_entry(
-        &mut self,
-        path: &str,
-        mode: u32,
-        nlink: u32,
-        rdev: (u32, u32),
-        data: &[u8],
-    ) -> io::Result<()> {
-        let too_big = || {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{path} is too large for cpio"),
-            )
-        };
+    fn raw_entry(&mut self, path: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
+        let too_big = || io::Error::new(io::ErrorKind::InvalidInput, format!("{path} is too large for cpio"));
         let size = u32::try_from(data.len()).map_err(|_| too_big())?;
         let name_size = u32::try_from(path.len() + 1).map_err(|_| too_big())?;
         // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
-        let fields = [
-            self.next_ino,
-            mode,
-            0,
-            0,
-            nlink,
-            0,
-            size,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name_size,
-            0,
-        ];
+        let fields = [self.next_ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, name_size, 0];
         let mut header = String::with_capacity(110);
         header.push_str("070701");
         for field in fields {
@@ -231,10 +188,7 @@ pub fn elf_is_dynamic(elf: &[u8]) -> Option<bool> {
 }
 
 fn read_busybox(path: &Path) -> Result<Vec<u8>, ImportError> {
-    let problem = |problem| ImportError::Busybox {
-        path: path.to_path_buf(),
-        problem,
-    };
+    let problem = |problem| ImportError::Busybox { path: path.to_path_buf(), problem };
     let data = match fs::read(path) {
         Ok(data) => data,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(problem("missing")),
@@ -250,11 +204,7 @@ fn read_busybox(path: &Path) -> Result<Vec<u8>, ImportError> {
 /// Writes the cpio archive (uncompressed) to `out`: busybox, `/init`,
 /// `/dev/console`, and each `(name, file)` module as `/lib/modules/<name>.ko`
 /// in the given load order.
-pub fn write_cpio<W: Write>(
-    out: W,
-    busybox: &[u8],
-    modules: &[(String, Vec<u8>)],
-) -> io::Result<W> {
+pub fn write_cpio<W: Write>(out: W, busybox: &[u8], modules: &[(String, Vec<u8>)]) -> io::Result<W> {
     let mut cpio = CpioWriter::new(out);
     for dir in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
         cpio.dir(dir, 0o755)?;
@@ -288,8 +238,7 @@ pub fn write_initramfs(
         .map(|(name, path)| Ok((name.clone(), fs::read(path).map_err(io_err("read", path))?)))
         .collect::<Result<_, ImportError>>()?;
     let file = fs::File::create(dest).map_err(io_err("create", dest))?;
-    let gz =
-        flate2::write::GzEncoder::new(io::BufWriter::new(file), flate2::Compression::default());
+    let gz = flate2::write::GzEncoder::new(io::BufWriter::new(file), flate2::Compression::default());
     write_cpio(gz, &busybox, &modules)
         .and_then(|gz| gz.finish())
         .and_then(|mut w| w.flush())
@@ -316,22 +265,10 @@ pub(crate) mod tests {
         let mut offset = 0usize;
         loop {
             assert_eq!(&data[..6], b"070701", "bad magic at {offset}");
-            let field = |i: usize| {
-                u32::from_str_radix(
-                    std::str::from_utf8(&data[6 + 8 * i..14 + 8 * i]).unwrap(),
-                    16,
-                )
-                .unwrap()
-            };
-            let (mode, size, rdev, namesize) = (
-                field(1),
-                field(6) as usize,
-                (field(9), field(10)),
-                field(11) as usize,
-            );
-            let name = std::str::from_utf8(&data[110..110 + namesize - 1])
-                .unwrap()
-                .to_string();
+            let field =
+                |i: usize| u32::from_str_radix(std::str::from_utf8(&data[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap();
+            let (mode, size, rdev, namesize) = (field(1), field(6) as usize, (field(9), field(10)), field(11) as usize);
+            let name = std::str::from_utf8(&data[110..110 + namesize - 1]).unwrap().to_string();
             assert_eq!(data[110 + namesize - 1], 0);
             let data_start = (110 + namesize).next_multiple_of(4);
             let end = (data_start + size).next_multiple_of(4);
@@ -339,12 +276,7 @@ pub(crate) mod tests {
                 assert_eq!((offset + end) % 4, 0);
                 return entries;
             }
-            entries.push(CpioEntry {
-                name,
-                mode,
-                rdev,
-                data: data[data_start..data_start + size].to_vec(),
-            });
+            entries.push(CpioEntry { name, mode, rdev, data: data[data_start..data_start + size].to_vec() });
             data = &data[end..];
             offset += end;
         }
@@ -353,27 +285,17 @@ pub(crate) mod tests {
     /// Decompresses a gzip'd initramfs and reads its entries.
     pub(crate) fn read_initramfs(path: &Path) -> Vec<CpioEntry> {
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(fs::File::open(path).unwrap())
-            .read_to_end(&mut raw)
-            .unwrap();
+        flate2::read::GzDecoder::new(fs::File::open(path).unwrap()).read_to_end(&mut raw).unwrap();
         read_cpio(&raw)
     }
 
     #[test]
     fn cpio_round_trips() {
-        let modules = vec![
-            ("virtio".to_string(), b"a".to_vec()),
-            ("virtio_blk".to_string(), b"bbbbb".to_vec()),
-        ];
+        let modules = vec![("virtio".to_string(), b"a".to_vec()), ("virtio_blk".to_string(), b"bbbbb".to_vec())];
         let raw = write_cpio(Vec::new(), b"\x7fELF busybox", &modules).unwrap();
         assert_eq!(raw.len() % 4, 0);
         let entries = read_cpio(&raw);
-        let get = |name: &str| {
-            entries
-                .iter()
-                .find(|e| e.name == name)
-                .unwrap_or_else(|| panic!("no {name}"))
-        };
+        let get = |name: &str| entries.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("no {name}"));
         assert_eq!(get("bin/busybox").data, b"\x7fELF busybox");
         assert_eq!(get("bin/busybox").mode, S_IFREG | 0o755);
         assert_eq!(get("bin/sh").mode, S_IFLNK | 0o777);
@@ -394,16 +316,7 @@ pub(crate) mod tests {
         let text = dir.path().join("text");
         fs::write(&text, "#!/bin/sh\n").unwrap();
         let err = write_initramfs(&dest, &text, &[]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ImportError::Busybox {
-                    problem: "not an ELF executable",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, ImportError::Busybox { problem: "not an ELF executable", .. }), "{err}");
     }
 
     #[test]
@@ -436,22 +349,12 @@ pub(crate) mod tests {
         write_initramfs(&dest, busybox, &[("virtio".into(), ko)]).unwrap();
         let entries = read_initramfs(&dest);
         assert!(entries.iter().any(|e| e.name == "lib/modules/virtio.ko"));
-        assert_eq!(
-            entries
-                .iter()
-                .find(|e| e.name == "bin/busybox")
-                .unwrap()
-                .data,
-            fs::read(busybox).unwrap()
-        );
+        assert_eq!(entries.iter().find(|e| e.name == "bin/busybox").unwrap().data, fs::read(busybox).unwrap());
     }
 
     #[test]
     fn init_script_parses_with_busybox_sh() {
-        let Ok(status) = std::process::Command::new("busybox")
-            .args(["sh", "-n", "-c", INIT_SCRIPT])
-            .status()
-        else {
+        let Ok(status) = std::process::Command::new("busybox").args(["sh", "-n", "-c", INIT_SCRIPT]).status() else {
             eprintln!("SKIP: busybox not found, init script syntax not checked");
             return;
         };

@@ -165,11 +165,7 @@ fn metapackage_message(package: Option<&str>, depends: Option<&str>) -> String {
 
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ImportError {
     let path = path.to_path_buf();
-    move |source| ImportError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| ImportError::Io { action, path, source }
 }
 
 /// What kind of file a kernel is imported from.
@@ -195,10 +191,7 @@ pub struct ImportOptions {
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        Self {
-            modules_dir: None,
-            busybox: PathBuf::from("/bin/busybox"),
-        }
+        Self { modules_dir: None, busybox: PathBuf::from("/bin/busybox") }
     }
 }
 
@@ -221,12 +214,8 @@ const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 pub fn detect_kind(path: &Path) -> Result<SourceKind, ImportError> {
     use io::Read;
     let mut head = Vec::with_capacity(0x208);
-    fs::File::open(path)
-        .and_then(|f| f.take(0x208).read_to_end(&mut head))
-        .map_err(io_err("read", path))?;
-    kind_from_head(&head).ok_or_else(|| ImportError::UnknownKind {
-        path: path.to_path_buf(),
-    })
+    fs::File::open(path).and_then(|f| f.take(0x208).read_to_end(&mut head)).map_err(io_err("read", path))?;
+    kind_from_head(&head).ok_or_else(|| ImportError::UnknownKind { path: path.to_path_buf() })
 }
 
 fn kind_from_head(head: &[u8]) -> Option<SourceKind> {
@@ -261,9 +250,7 @@ pub fn import(
             progress("copy vmlinux");
             let data = fs::read(path).map_err(io_err("read", path))?;
             if !data.starts_with(ELF_MAGIC) {
-                return Err(ImportError::NotElf {
-                    path: path.to_path_buf(),
-                });
+                return Err(ImportError::NotElf { path: path.to_path_buf() });
             }
             let version = find_linux_version(&data);
             (data, version, None)
@@ -293,10 +280,7 @@ pub fn import(
         let name = modtree::release_of_dir(dir)?;
         if let Some(kernel) = &version {
             if *kernel != name {
-                return Err(ImportError::ReleaseMismatch {
-                    kernel: kernel.clone(),
-                    modules: name,
-                });
+                return Err(ImportError::ReleaseMismatch { kernel: kernel.clone(), modules: name });
             }
         }
         modtree::copy_modules_dir(dir, &modules_root.join(&name))?;
@@ -307,25 +291,15 @@ pub fn import(
     }
 
     let Some(release) = release else {
-        return Ok(ImportedKernel {
-            kernel_version: version,
-            has_initrd: false,
-            modules: Vec::new(),
-        });
+        return Ok(ImportedKernel { kernel_version: version, has_initrd: false, modules: Vec::new() });
     };
 
     progress("resolve modules");
     let index = ModuleIndex::scan(&modules_root.join(&release))?;
     let modules = initramfs_modules(&index)?;
-    let needs_initrd = VIRTIO_MODULES
-        .iter()
-        .any(|m| index.state(m) == ModuleState::Module);
+    let needs_initrd = VIRTIO_MODULES.iter().any(|m| index.state(m) == ModuleState::Module);
     if !needs_initrd {
-        return Ok(ImportedKernel {
-            kernel_version: version,
-            has_initrd: false,
-            modules: Vec::new(),
-        });
+        return Ok(ImportedKernel { kernel_version: version, has_initrd: false, modules: Vec::new() });
     }
 
     progress("build initramfs");
@@ -334,11 +308,7 @@ pub fn import(
         .map(|name| Ok((name.clone(), index.path_of(name)?.to_path_buf())))
         .collect::<Result<_, ImportError>>()?;
     initramfs::write_initramfs(&dest.join("initrd.img"), &opts.busybox, &files)?;
-    Ok(ImportedKernel {
-        kernel_version: version,
-        has_initrd: true,
-        modules,
-    })
+    Ok(ImportedKernel { kernel_version: version, has_initrd: true, modules })
 }
 
 /// The modules to load from the initramfs, dependencies first.
@@ -381,10 +351,7 @@ mod tests {
 
     #[test]
     fn kind_is_detected_from_magic() {
-        assert_eq!(
-            kind_from_head(b"\x7fELF\x02\x01"),
-            Some(SourceKind::Vmlinux)
-        );
+        assert_eq!(kind_from_head(b"\x7fELF\x02\x01"), Some(SourceKind::Vmlinux));
         let mut bz = vec![0u8; 0x208];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         assert_eq!(kind_from_head(&bz), Some(SourceKind::BzImage));
@@ -406,13 +373,8 @@ mod tests {
     #[test]
     fn linux_version_is_found_in_banner() {
         let mut data = b"\x7fELF junk Linux version %s (%s) ".to_vec();
-        data.extend_from_slice(
-            b"\0Linux version 6.1.0-56-cloud-amd64 (debian-kernel@lists.debian.org)",
-        );
-        assert_eq!(
-            find_linux_version(&data).as_deref(),
-            Some("6.1.0-56-cloud-amd64")
-        );
+        data.extend_from_slice(b"\0Linux version 6.1.0-56-cloud-amd64 (debian-kernel@lists.debian.org)");
+        assert_eq!(find_linux_version(&data).as_deref(), Some("6.1.0-56-cloud-amd64"));
         assert_eq!(find_linux_version(b"\x7fELF nothing"), None);
     }
 
@@ -424,20 +386,12 @@ mod tests {
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
         let mut steps = Vec::new();
-        let got = import(
-            &src,
-            SourceKind::Vmlinux,
-            &ImportOptions::default(),
-            &dest,
-            &mut |s| steps.push(s.to_string()),
-        )
-        .unwrap();
+        let got =
+            import(&src, SourceKind::Vmlinux, &ImportOptions::default(), &dest, &mut |s| steps.push(s.to_string()))
+                .unwrap();
         assert_eq!(got.kernel_version.as_deref(), Some("6.6.1-test"));
         assert!(!got.has_initrd);
-        assert_eq!(
-            fs::read(dest.join("vmlinux")).unwrap(),
-            fs::read(&src).unwrap()
-        );
+        assert_eq!(fs::read(dest.join("vmlinux")).unwrap(), fs::read(&src).unwrap());
         assert_eq!(steps, ["copy vmlinux"]);
     }
 
@@ -446,14 +400,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("vmlinux");
         fs::write(&src, b"MZ not elf").unwrap();
-        let err = import(
-            &src,
-            SourceKind::Vmlinux,
-            &ImportOptions::default(),
-            dir.path(),
-            &mut |_| {},
-        )
-        .unwrap_err();
+        let err = import(&src, SourceKind::Vmlinux, &ImportOptions::default(), dir.path(), &mut |_| {}).unwrap_err();
         assert!(matches!(err, ImportError::NotElf { .. }), "{err}");
     }
 
@@ -466,10 +413,7 @@ mod tests {
         fs::create_dir(&mods).unwrap();
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let opts = ImportOptions {
-            modules_dir: Some(mods),
-            ..ImportOptions::default()
-        };
+        let opts = ImportOptions { modules_dir: Some(mods), ..ImportOptions::default() };
         let err = import(&src, SourceKind::Vmlinux, &opts, &dest, &mut |_| {}).unwrap_err();
         assert!(matches!(err, ImportError::ReleaseMismatch { .. }), "{err}");
     }
@@ -493,9 +437,7 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut gz, b"\x7fELF\x02\x01\x01 the kernel").unwrap();
         let vmlinuz = bzimage::tests::make_bzimage(&gz.finish().unwrap(), "6.1.0-9-test");
-        let m = |deps: &str, name: &str| {
-            make_module(&[&format!("depends={deps}"), &format!("name={name}")])
-        };
+        let m = |deps: &str, name: &str| make_module(&[&format!("depends={deps}"), &format!("name={name}")]);
         let (ring, virtio, pci, blk) = (
             m("", "virtio_ring"),
             m("", "virtio"),
@@ -528,40 +470,17 @@ mod tests {
         assert_eq!(detect_kind(&path).unwrap(), SourceKind::Deb);
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let opts = ImportOptions {
-            modules_dir: None,
-            busybox: fake_static_busybox(dir.path()),
-        };
+        let opts = ImportOptions { modules_dir: None, busybox: fake_static_busybox(dir.path()) };
         let mut steps = Vec::new();
-        let got = import(&path, SourceKind::Deb, &opts, &dest, &mut |s| {
-            steps.push(s.to_string())
-        })
-        .unwrap();
+        let got = import(&path, SourceKind::Deb, &opts, &dest, &mut |s| steps.push(s.to_string())).unwrap();
         assert_eq!(got.kernel_version.as_deref(), Some("6.1.0-9-test"));
         assert!(got.has_initrd);
-        assert_eq!(
-            got.modules,
-            ["virtio_ring", "virtio", "virtio_pci", "virtio_blk"]
-        );
-        assert_eq!(
-            steps,
-            [
-                "unpack package",
-                "extract vmlinux",
-                "resolve modules",
-                "build initramfs"
-            ]
-        );
-        assert!(fs::read(dest.join("vmlinux"))
-            .unwrap()
-            .starts_with(ELF_MAGIC));
-        assert!(dest
-            .join("modules/6.1.0-9-test/kernel/drivers/block/virtio_blk.ko")
-            .is_file());
+        assert_eq!(got.modules, ["virtio_ring", "virtio", "virtio_pci", "virtio_blk"]);
+        assert_eq!(steps, ["unpack package", "extract vmlinux", "resolve modules", "build initramfs"]);
+        assert!(fs::read(dest.join("vmlinux")).unwrap().starts_with(ELF_MAGIC));
+        assert!(dest.join("modules/6.1.0-9-test/kernel/drivers/block/virtio_blk.ko").is_file());
         let entries = initramfs::tests::read_initramfs(&dest.join("initrd.img"));
-        assert!(entries
-            .iter()
-            .any(|e| e.name == "lib/modules/virtio_pci.ko"));
+        assert!(entries.iter().any(|e| e.name == "lib/modules/virtio_pci.ko"));
     }
 
     #[test]
@@ -571,22 +490,12 @@ mod tests {
         fs::write(&src, b"\x7fELF Linux version 6.6.1-test (x)").unwrap();
         let mods = dir.path().join("6.6.1-test");
         fs::create_dir(&mods).unwrap();
-        fs::write(
-            mods.join("modules.builtin"),
-            "kernel/drivers/virtio/virtio.ko\n",
-        )
-        .unwrap();
+        fs::write(mods.join("modules.builtin"), "kernel/drivers/virtio/virtio.ko\n").unwrap();
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let opts = ImportOptions {
-            modules_dir: Some(mods),
-            busybox: fake_static_busybox(dir.path()),
-        };
+        let opts = ImportOptions { modules_dir: Some(mods), busybox: fake_static_busybox(dir.path()) };
         let err = import(&src, SourceKind::Vmlinux, &opts, &dest, &mut |_| {}).unwrap_err();
-        assert!(
-            matches!(err, ImportError::MissingRequiredModule(_)),
-            "{err}"
-        );
+        assert!(matches!(err, ImportError::MissingRequiredModule(_)), "{err}");
     }
 
     #[test]
@@ -596,17 +505,11 @@ mod tests {
         fs::write(&src, b"\x7fELF Linux version 6.6.1-test (x)").unwrap();
         let mods = dir.path().join("6.6.1-test");
         fs::create_dir(&mods).unwrap();
-        let builtin: String = VIRTIO_MODULES
-            .iter()
-            .map(|m| format!("kernel/x/{m}.ko\n"))
-            .collect();
+        let builtin: String = VIRTIO_MODULES.iter().map(|m| format!("kernel/x/{m}.ko\n")).collect();
         fs::write(mods.join("modules.builtin"), builtin).unwrap();
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let opts = ImportOptions {
-            modules_dir: Some(mods),
-            ..ImportOptions::default()
-        };
+        let opts = ImportOptions { modules_dir: Some(mods), ..ImportOptions::default() };
         let got = import(&src, SourceKind::Vmlinux, &opts, &dest, &mut |_| {}).unwrap();
         assert!(!got.has_initrd);
         assert!(got.modules.is_empty());

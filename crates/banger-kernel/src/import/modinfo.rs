@@ -25,21 +25,15 @@ pub fn normalize(name: &str) -> String {
 }
 
 fn le_u16(data: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        data.get(off..off.checked_add(2)?)?.try_into().ok()?,
-    ))
+    Some(u16::from_le_bytes(data.get(off..off.checked_add(2)?)?.try_into().ok()?))
 }
 
 fn le_u32(data: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        data.get(off..off.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_le_bytes(data.get(off..off.checked_add(4)?)?.try_into().ok()?))
 }
 
 fn le_u64(data: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        data.get(off..off.checked_add(8)?)?.try_into().ok()?,
-    ))
+    Some(u64::from_le_bytes(data.get(off..off.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// The contents of the ELF64 little-endian section called `wanted`.
@@ -83,15 +77,11 @@ pub fn elf64_section<'a>(elf: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>
 pub fn parse_modinfo(elf: &[u8]) -> Result<ModuleInfo, &'static str> {
     let section = elf64_section(elf, ".modinfo")?.ok_or("no .modinfo section")?;
     let mut info = ModuleInfo::default();
-    let entries = section
-        .split(|&b| b == 0)
-        .filter_map(|e| std::str::from_utf8(e).ok()?.split_once('='));
+    let entries = section.split(|&b| b == 0).filter_map(|e| std::str::from_utf8(e).ok()?.split_once('='));
     for (key, value) in entries {
         match key {
             "name" => info.name = Some(normalize(value)),
-            "depends" => info
-                .depends
-                .extend(value.split(',').filter(|d| !d.is_empty()).map(normalize)),
+            "depends" => info.depends.extend(value.split(',').filter(|d| !d.is_empty()).map(normalize)),
             "softdep" => info.soft_pre.extend(parse_softdep_pre(value)),
             _ => {}
         }
@@ -181,11 +171,7 @@ where
             Ok(())
         }
     }
-    let mut walk = Walk {
-        lookup: &mut lookup,
-        marks: BTreeMap::new(),
-        order: Vec::new(),
-    };
+    let mut walk = Walk { lookup: &mut lookup, marks: BTreeMap::new(), order: Vec::new() };
     for name in wanted {
         walk.visit(&normalize(name), None)?;
     }
@@ -220,11 +206,7 @@ impl ModuleIndex {
         collect_modules(root, &mut files)?;
         let builtin_path = root.join("modules.builtin");
         let builtin = match fs::read_to_string(&builtin_path) {
-            Ok(text) => Some(
-                text.lines()
-                    .filter_map(|l| module_name_of(l.trim()))
-                    .collect(),
-            ),
+            Ok(text) => Some(text.lines().filter_map(|l| module_name_of(l.trim())).collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err("read", &builtin_path)(e)),
         };
@@ -257,10 +239,7 @@ impl ModuleIndex {
     pub fn info(&self, name: &str) -> Result<ModuleInfo, ImportError> {
         let path = self.path_of(name)?;
         let data = fs::read(path).map_err(io_err("read", path))?;
-        parse_modinfo(&data).map_err(|reason| ImportError::InvalidModule {
-            path: path.to_path_buf(),
-            reason,
-        })
+        parse_modinfo(&data).map_err(|reason| ImportError::InvalidModule { path: path.to_path_buf(), reason })
     }
 
     /// The load order of the modules in `wanted` that are modules here,
@@ -270,10 +249,7 @@ impl ModuleIndex {
             Ok(match self.state(name) {
                 ModuleState::Module => {
                     let info = self.info(name)?;
-                    Lookup::Module {
-                        depends: info.depends,
-                        soft_pre: info.soft_pre,
-                    }
+                    Lookup::Module { depends: info.depends, soft_pre: info.soft_pre }
                 }
                 ModuleState::Builtin => Lookup::Builtin,
                 ModuleState::Absent | ModuleState::Unknown => Lookup::Missing,
@@ -373,16 +349,11 @@ pub(crate) mod tests {
     }
 
     fn table(entries: &[(&str, &[&str])]) -> impl FnMut(&str) -> Result<Lookup, ImportError> {
-        let map: BTreeMap<String, Vec<String>> = entries
-            .iter()
-            .map(|(n, d)| (n.to_string(), d.iter().map(|s| s.to_string()).collect()))
-            .collect();
+        let map: BTreeMap<String, Vec<String>> =
+            entries.iter().map(|(n, d)| (n.to_string(), d.iter().map(|s| s.to_string()).collect())).collect();
         move |name| {
             Ok(match map.get(name) {
-                Some(depends) => Lookup::Module {
-                    depends: depends.clone(),
-                    soft_pre: Vec::new(),
-                },
+                Some(depends) => Lookup::Module { depends: depends.clone(), soft_pre: Vec::new() },
                 None if name == "ext4" => Lookup::Builtin,
                 None => Lookup::Missing,
             })
@@ -395,25 +366,11 @@ pub(crate) mod tests {
             ("virtio_ring", &[]),
             ("virtio", &[]),
             ("virtio_blk", &["virtio", "virtio_ring"]),
-            (
-                "virtio_pci",
-                &["virtio_pci_modern_dev", "virtio", "virtio_ring"],
-            ),
+            ("virtio_pci", &["virtio_pci_modern_dev", "virtio", "virtio_ring"]),
             ("virtio_pci_modern_dev", &[]),
         ]);
-        let order =
-            resolve_load_order(&["virtio_blk", "virtio-pci", "ext4", "nonexistent"], lookup)
-                .unwrap();
-        assert_eq!(
-            order,
-            [
-                "virtio",
-                "virtio_ring",
-                "virtio_blk",
-                "virtio_pci_modern_dev",
-                "virtio_pci"
-            ]
-        );
+        let order = resolve_load_order(&["virtio_blk", "virtio-pci", "ext4", "nonexistent"], lookup).unwrap();
+        assert_eq!(order, ["virtio", "virtio_ring", "virtio_blk", "virtio_pci_modern_dev", "virtio_pci"]);
     }
 
     #[test]
@@ -426,10 +383,7 @@ pub(crate) mod tests {
         let err = resolve_load_order(&["a"], table(&[("a", &["b"]), ("b", &["a"])])).unwrap_err();
         assert!(matches!(err, ImportError::DependencyCycle(_)), "{err}");
         // A built-in dependency needs nothing loaded.
-        assert_eq!(
-            resolve_load_order(&["a"], table(&[("a", &["ext4"])])).unwrap(),
-            ["a"]
-        );
+        assert_eq!(resolve_load_order(&["a"], table(&[("a", &["ext4"])])).unwrap(), ["a"]);
     }
 
     #[test]
@@ -437,31 +391,15 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         fs::create_dir_all(root.join("kernel/drivers")).unwrap();
-        fs::write(
-            root.join("kernel/drivers/virtio.ko"),
-            make_module(&["name=virtio"]),
-        )
-        .unwrap();
-        fs::write(
-            root.join("kernel/drivers/virtio-blk.ko"),
-            make_module(&["depends=virtio,crc-x", "name=virtio_blk"]),
-        )
-        .unwrap();
-        fs::write(
-            root.join("kernel/drivers/crc-x.ko"),
-            make_module(&["name=crc_x"]),
-        )
-        .unwrap();
+        fs::write(root.join("kernel/drivers/virtio.ko"), make_module(&["name=virtio"])).unwrap();
+        fs::write(root.join("kernel/drivers/virtio-blk.ko"), make_module(&["depends=virtio,crc-x", "name=virtio_blk"]))
+            .unwrap();
+        fs::write(root.join("kernel/drivers/crc-x.ko"), make_module(&["name=crc_x"])).unwrap();
         fs::write(root.join("modules.builtin"), "kernel/fs/ext4/ext4.ko\n").unwrap();
         let index = ModuleIndex::scan(root).unwrap();
         assert_eq!(index.state("virtio_blk"), ModuleState::Module);
         assert_eq!(index.state("ext4"), ModuleState::Builtin);
         assert_eq!(index.state("virtio_net"), ModuleState::Absent);
-        assert_eq!(
-            index
-                .load_order(&["virtio_blk", "ext4", "virtio_net"])
-                .unwrap(),
-            ["virtio", "crc_x", "virtio_blk"]
-        );
+        assert_eq!(index.load_order(&["virtio_blk", "ext4", "virtio_net"]).unwrap(), ["virtio", "crc_x", "virtio_blk"]);
     }
 }

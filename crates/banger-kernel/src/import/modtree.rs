@@ -20,9 +20,7 @@ pub(crate) fn safe_relative(path: &Path) -> Result<PathBuf, ImportError> {
             Component::Normal(name) => out.push(name),
             Component::CurDir => {}
             Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(ImportError::UnsafePath {
-                    path: path.to_path_buf(),
-                })
+                return Err(ImportError::UnsafePath { path: path.to_path_buf() })
             }
         }
     }
@@ -34,9 +32,7 @@ pub(crate) fn is_valid_release(name: &str) -> bool {
     !name.is_empty()
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+-~".contains(&b))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-~".contains(&b))
 }
 
 /// The release a `/lib/modules/<release>` directory is named after.
@@ -47,9 +43,7 @@ pub(crate) fn release_of_dir(dir: &Path) -> Result<String, ImportError> {
         .and_then(|n| n.to_str())
         .filter(|n| is_valid_release(n))
         .map(str::to_string)
-        .ok_or_else(|| ImportError::UnsafePath {
-            path: dir.to_path_buf(),
-        })
+        .ok_or_else(|| ImportError::UnsafePath { path: dir.to_path_buf() })
 }
 
 /// Writes one file of a modules tree to `root/rel`, decompressing a
@@ -59,22 +53,18 @@ pub(crate) fn install_file(reader: impl Read, root: &Path, rel: &Path) -> Result
     let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
         return Err(ImportError::UnsafePath { path: rel });
     };
-    let (target_name, suffix) = match COMPRESSED_SUFFIXES
-        .iter()
-        .find(|s| name.strip_suffix(**s).is_some_and(|b| b.ends_with(".ko")))
-    {
-        Some(suffix) => (&name[..name.len() - suffix.len()], Some(*suffix)),
-        None => (name, None),
-    };
+    let (target_name, suffix) =
+        match COMPRESSED_SUFFIXES.iter().find(|s| name.strip_suffix(**s).is_some_and(|b| b.ends_with(".ko"))) {
+            Some(suffix) => (&name[..name.len() - suffix.len()], Some(*suffix)),
+            None => (name, None),
+        };
     let target = root.join(rel.with_file_name(target_name));
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(io_err("create", parent))?;
     }
     let mut reader: Box<dyn Read + '_> = match suffix {
         Some(".xz") => Box::new(xz2::read::XzDecoder::new(reader)),
-        Some(".zst") => {
-            Box::new(zstd::stream::read::Decoder::new(reader).map_err(io_err("decompress", &rel))?)
-        }
+        Some(".zst") => Box::new(zstd::stream::read::Decoder::new(reader).map_err(io_err("decompress", &rel))?),
         Some(_) => Box::new(flate2::read::GzDecoder::new(reader)),
         None => Box::new(reader),
     };
@@ -116,10 +106,7 @@ mod tests {
 
     #[test]
     fn unsafe_paths_are_refused() {
-        assert_eq!(
-            safe_relative(Path::new("./a/b.ko")).unwrap(),
-            Path::new("a/b.ko")
-        );
+        assert_eq!(safe_relative(Path::new("./a/b.ko")).unwrap(), Path::new("a/b.ko"));
         assert!(safe_relative(Path::new("a/../../etc/passwd")).is_err());
         assert!(safe_relative(Path::new("/etc/passwd")).is_err());
     }
@@ -137,20 +124,13 @@ mod tests {
     fn compressed_modules_are_stored_plain() {
         let dir = tempfile::tempdir().unwrap();
         let mut xz = Vec::new();
-        xz2::read::XzEncoder::new(&b"xz module"[..], 1)
-            .read_to_end(&mut xz)
-            .unwrap();
+        xz2::read::XzEncoder::new(&b"xz module"[..], 1).read_to_end(&mut xz).unwrap();
         install_file(&xz[..], dir.path(), Path::new("kernel/a.ko.xz")).unwrap();
         let zst = zstd::encode_all(&b"zst module"[..], 1).unwrap();
         install_file(&zst[..], dir.path(), Path::new("kernel/b.ko.zst")).unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(b"gz module").unwrap();
-        install_file(
-            &gz.finish().unwrap()[..],
-            dir.path(),
-            Path::new("kernel/c.ko.gz"),
-        )
-        .unwrap();
+        install_file(&gz.finish().unwrap()[..], dir.path(), Path::new("kernel/c.ko.gz")).unwrap();
         install_file(&b"order"[..], dir.path(), Path::new("modules.order")).unwrap();
         let read = |p: &str| fs::read(dir.path().join(p)).unwrap();
         assert_eq!(read("kernel/a.ko"), b"xz module");

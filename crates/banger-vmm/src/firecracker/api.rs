@@ -220,10 +220,7 @@ impl RunFiles {
 /// `InstanceStart` last.
 pub fn requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
     if !(1..=32).contains(&spec.cpus) {
-        return Err(VmmError::InvalidSpec(format!(
-            "Firecracker runs 1 to 32 vCPUs, not {}",
-            spec.cpus
-        )));
+        return Err(VmmError::InvalidSpec(format!("Firecracker runs 1 to 32 vCPUs, not {}", spec.cpus)));
     }
     if spec.memory_mib == 0 {
         return Err(VmmError::InvalidSpec("the VM needs some memory".into()));
@@ -234,13 +231,8 @@ pub fn requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
         cmdline => format!("{cmdline} {BOOT_ARGS_SUFFIX}"),
     };
     let mut requests = vec![
-        ApiRequest::Logger(Logger {
-            log_path: utf8(&files.log)?,
-            level: LogLevel::Info,
-        }),
-        ApiRequest::Metrics(Metrics {
-            metrics_path: utf8(&files.metrics)?,
-        }),
+        ApiRequest::Logger(Logger { log_path: utf8(&files.log)?, level: LogLevel::Info }),
+        ApiRequest::Metrics(Metrics { metrics_path: utf8(&files.metrics)? }),
         ApiRequest::MachineConfig(MachineConfiguration {
             vcpu_count: spec.cpus,
             mem_size_mib: spec.memory_mib,
@@ -260,10 +252,7 @@ pub fn requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
             is_read_only: disk.read_only,
         }));
     }
-    requests.push(ApiRequest::Vsock(Vsock {
-        guest_cid: GUEST_CID,
-        uds_path: utf8(&files.vsock)?,
-    }));
+    requests.push(ApiRequest::Vsock(Vsock { guest_cid: GUEST_CID, uds_path: utf8(&files.vsock)? }));
     requests.push(ApiRequest::action(ActionType::InstanceStart));
     Ok(requests)
 }
@@ -297,10 +286,7 @@ mod tests {
             cmdline: "  ".into(),
             cpus: 1,
             memory_mib: 256,
-            disks: vec![DiskSpec {
-                path: "/d/root.ext4".into(),
-                read_only: false,
-            }],
+            disks: vec![DiskSpec { path: "/d/root.ext4".into(), read_only: false }],
         }
     }
 
@@ -313,11 +299,7 @@ mod tests {
         });
         assert_eq!(boot.unwrap().boot_args, BOOT_ARGS_SUFFIX);
         assert_eq!(boot.unwrap().initrd_path, None);
-        assert!(!requests[3]
-            .body()
-            .as_object()
-            .unwrap()
-            .contains_key("initrd_path"));
+        assert!(!requests[3].body().as_object().unwrap().contains_key("initrd_path"));
     }
 
     #[test]
@@ -330,19 +312,13 @@ mod tests {
 
     #[test]
     fn drive_ids_name_the_root_disk() {
-        assert_eq!(
-            [drive_id(0), drive_id(1), drive_id(2)],
-            ["rootfs", "disk1", "disk2"]
-        );
+        assert_eq!([drive_id(0), drive_id(1), drive_id(2)], ["rootfs", "disk1", "disk2"]);
     }
 
     #[test]
     fn non_utf8_paths_are_refused() {
         use std::os::unix::ffi::OsStrExt;
         let kernel = std::ffi::OsStr::from_bytes(b"/k/\xff").into();
-        assert!(matches!(
-            requests(&VmSpec { kernel, ..spec() }),
-            Err(VmmError::InvalidSpec(_))
-        ));
+        assert!(matches!(requests(&VmSpec { kernel, ..spec() }), Err(VmmError::InvalidSpec(_))));
     }
 }

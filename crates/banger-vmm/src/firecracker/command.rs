@@ -18,12 +18,7 @@ pub struct CommandLine {
 pub fn firecracker(binary: &Path, api_sock: &Path, id: &str) -> CommandLine {
     CommandLine {
         program: binary.to_path_buf(),
-        args: vec![
-            "--api-sock".into(),
-            api_sock.into(),
-            "--id".into(),
-            id.into(),
-        ],
+        args: vec!["--api-sock".into(), api_sock.into(), "--id".into(), id.into()],
     }
 }
 
@@ -31,13 +26,7 @@ pub fn firecracker(binary: &Path, api_sock: &Path, id: &str) -> CommandLine {
 /// --chroot-base-dir <base> -- --api-sock <sock>`. The jailer passes `--id`
 /// to Firecracker itself; `api_sock_in_jail` is relative to the chroot
 /// (see [`jail_root`]), and so must be every path sent over the API.
-pub fn jailer(
-    jailer: &Path,
-    firecracker: &Path,
-    id: &str,
-    chroot_base: &Path,
-    api_sock_in_jail: &Path,
-) -> CommandLine {
+pub fn jailer(jailer: &Path, firecracker: &Path, id: &str, chroot_base: &Path, api_sock_in_jail: &Path) -> CommandLine {
     let args: Vec<OsString> = vec![
         "--id".into(),
         id.into(),
@@ -53,10 +42,7 @@ pub fn jailer(
         "--api-sock".into(),
         api_sock_in_jail.into(),
     ];
-    CommandLine {
-        program: jailer.to_path_buf(),
-        args,
-    }
+    CommandLine { program: jailer.to_path_buf(), args }
 }
 
 /// The directory the jailer chroots into:
@@ -70,17 +56,8 @@ pub fn jail_root(chroot_base: &Path, firecracker: &Path, id: &str) -> PathBuf {
 /// and hyphens (the jailer refuses anything else); other characters become
 /// hyphens.
 pub fn instance_id(name: &str) -> String {
-    let id: String = name
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let id: String =
+        name.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
     if id.is_empty() {
         "banger-vm".into()
     } else {
@@ -120,16 +97,9 @@ mod tests {
 
     #[test]
     fn plain_command_line() {
-        let cmd = firecracker(
-            Path::new("/usr/bin/firecracker"),
-            Path::new("/run/vm/firecracker.sock"),
-            "web-1",
-        );
+        let cmd = firecracker(Path::new("/usr/bin/firecracker"), Path::new("/run/vm/firecracker.sock"), "web-1");
         assert_eq!(cmd.program, Path::new("/usr/bin/firecracker"));
-        assert_eq!(
-            cmd.args,
-            ["--api-sock", "/run/vm/firecracker.sock", "--id", "web-1"]
-        );
+        assert_eq!(cmd.args, ["--api-sock", "/run/vm/firecracker.sock", "--id", "web-1"]);
     }
 
     #[test]
@@ -161,11 +131,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            jail_root(
-                Path::new("/run/vm/jail"),
-                Path::new("/usr/bin/firecracker"),
-                "web-1"
-            ),
+            jail_root(Path::new("/run/vm/jail"), Path::new("/usr/bin/firecracker"), "web-1"),
             Path::new("/run/vm/jail/firecracker/web-1/root")
         );
     }

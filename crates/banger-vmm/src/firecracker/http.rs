@@ -22,10 +22,7 @@ const MAX_RESPONSE: usize = 64 * 1024;
 /// Sends `request` to the API socket; a non-2xx answer becomes
 /// [`VmmError::Api`] with Firecracker's `fault_message`.
 pub async fn send(api_sock: &Path, request: &ApiRequest) -> Result<(), VmmError> {
-    let fail = |reason: String| VmmError::Api {
-        request: request.describe(),
-        reason,
-    };
+    let fail = |reason: String| VmmError::Api { request: request.describe(), reason };
     let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange(api_sock, request))
         .await
         .map_err(|_| fail(format!("no answer within {REQUEST_TIMEOUT:?}")))?
@@ -33,11 +30,7 @@ pub async fn send(api_sock: &Path, request: &ApiRequest) -> Result<(), VmmError>
     if (200..300).contains(&response.status) {
         Ok(())
     } else {
-        Err(fail(format!(
-            "{}: {}",
-            response.status,
-            fault_message(&response.body)
-        )))
+        Err(fail(format!("{}: {}", response.status, fault_message(&response.body))))
     }
 }
 
@@ -55,20 +48,14 @@ async fn exchange(api_sock: &Path, request: &ApiRequest) -> std::io::Result<Resp
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed mid-response",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-response"));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
 }
 
 fn invalid(reason: &str) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!("bad HTTP response: {reason}"),
-    )
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad HTTP response: {reason}"))
 }
 
 /// The bytes of `request` on the wire.
@@ -105,10 +92,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<Response>, &'static str> {
     if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
         return Err("no HTTP/1.x status line");
     }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or("no status code")?;
+    let status = parts.next().and_then(|s| s.parse().ok()).ok_or("no status code")?;
     let mut content_length = 0usize;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
@@ -121,10 +105,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<Response>, &'static str> {
     if buf.len() < body_start + content_length {
         return Ok(None);
     }
-    Ok(Some(Response {
-        status,
-        body: buf[body_start..body_start + content_length].to_vec(),
-    }))
+    Ok(Some(Response { status, body: buf[body_start..body_start + content_length].to_vec() }))
 }
 
 /// Firecracker's `{"fault_message": "..."}`, or the body as it is.
@@ -147,57 +128,32 @@ mod tests {
 
     #[test]
     fn request_has_content_length_and_json_body() {
-        let wire =
-            String::from_utf8(encode(&ApiRequest::action(ActionType::InstanceStart))).unwrap();
+        let wire = String::from_utf8(encode(&ApiRequest::action(ActionType::InstanceStart))).unwrap();
         let (head, body) = wire.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("PUT /actions HTTP/1.1\r\n"), "{head}");
-        assert!(
-            head.contains(&format!("Content-Length: {}", body.len())),
-            "{head}"
-        );
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
         assert_eq!(body, r#"{"action_type":"InstanceStart"}"#);
     }
 
     #[test]
     fn no_content_response_parses() {
-        let r = parse_response(
-            b"HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n",
-        );
-        assert_eq!(
-            r,
-            Ok(Some(Response {
-                status: 204,
-                body: vec![]
-            }))
-        );
+        let r = parse_response(b"HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(r, Ok(Some(Response { status: 204, body: vec![] })));
     }
 
     #[test]
     fn partial_response_needs_more_bytes() {
-        assert_eq!(
-            parse_response(b"HTTP/1.1 400 Bad Request\r\nContent-Le"),
-            Ok(None)
-        );
-        assert_eq!(
-            parse_response(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 10\r\n\r\n{\"fa"),
-            Ok(None)
-        );
+        assert_eq!(parse_response(b"HTTP/1.1 400 Bad Request\r\nContent-Le"), Ok(None));
+        assert_eq!(parse_response(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 10\r\n\r\n{\"fa"), Ok(None));
     }
 
     #[test]
     fn error_response_yields_fault_message() {
         let body = br#"{"fault_message":"The kernel file cannot be opened"}"#;
-        let wire = [
-            format!("HTTP/1.1 400 \r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
-            body,
-        ]
-        .concat();
+        let wire = [format!("HTTP/1.1 400 \r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(), body].concat();
         let response = parse_response(&wire).unwrap().unwrap();
         assert_eq!(response.status, 400);
-        assert_eq!(
-            fault_message(&response.body),
-            "The kernel file cannot be opened"
-        );
+        assert_eq!(fault_message(&response.body), "The kernel file cannot be opened");
         assert_eq!(fault_message(b"oops"), "oops");
     }
 

@@ -29,19 +29,14 @@ impl OpenApi {
     /// Loads the API description; panics (failing the test) if it is missing.
     pub fn load() -> Self {
         let path = spec_path();
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "cannot read Firecracker's API description {}: {e}",
-                path.display()
-            )
-        });
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read Firecracker's API description {}: {e}", path.display()));
         Self::from_yaml(&text)
     }
 
     /// Parses a Swagger 2.0 document.
     pub fn from_yaml(text: &str) -> Self {
-        let yaml: serde_norway::Value =
-            serde_norway::from_str(text).expect("the API description is YAML");
+        let yaml: serde_norway::Value = serde_norway::from_str(text).expect("the API description is YAML");
         let doc = yaml_to_json(yaml);
         assert_eq!(doc["swagger"], "2.0", "not a Swagger 2.0 document");
         OpenApi { doc }
@@ -49,23 +44,13 @@ impl OpenApi {
 
     /// Checks a request: the path and method exist, and the body matches
     /// the body parameter's schema.
-    pub fn validate_request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(), String> {
+    pub fn validate_request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(), String> {
         let operation = self.operation(method, path)?;
-        let params = operation["parameters"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let params = operation["parameters"].as_array().map(Vec::as_slice).unwrap_or_default();
         let body_param = params.iter().find(|p| p["in"] == "body");
         match (body_param, body) {
             (Some(param), Some(body)) => self.validate(body, &param["schema"]),
-            (Some(param), None) if param["required"] == true => {
-                Err(format!("{method} {path} needs a body"))
-            }
+            (Some(param), None) if param["required"] == true => Err(format!("{method} {path} needs a body")),
             (None, Some(_)) => Err(format!("{method} {path} takes no body")),
             _ => Ok(()),
         }
@@ -74,15 +59,12 @@ impl OpenApi {
     /// The operation for `method` on the concrete `path` (templates such as
     /// `/drives/{drive_id}` match one non-empty segment per parameter).
     pub fn operation(&self, method: &str, path: &str) -> Result<&Value, String> {
-        let paths = self.doc["paths"]
-            .as_object()
-            .ok_or("the document has no paths")?;
+        let paths = self.doc["paths"].as_object().ok_or("the document has no paths")?;
         let (_, item) = paths
             .iter()
             .find(|(template, _)| path_matches(template, path))
             .ok_or_else(|| format!("no path {path} in the API"))?;
-        item.get(method.to_ascii_lowercase())
-            .ok_or_else(|| format!("{path} has no {method}"))
+        item.get(method.to_ascii_lowercase()).ok_or_else(|| format!("{path} has no {method}"))
     }
 
     /// The definition `name` (`#/definitions/<name>`).
@@ -109,10 +91,7 @@ impl OpenApi {
         }
         if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
             if !allowed.contains(value) {
-                return Err(format!(
-                    "{at}: {value} is not one of {}",
-                    Value::Array(allowed.clone())
-                ));
+                return Err(format!("{at}: {value} is not one of {}", Value::Array(allowed.clone())));
             }
         }
         let ty = schema.get("type").and_then(Value::as_str);
@@ -128,10 +107,7 @@ impl OpenApi {
             Some(other) => return Err(format!("{at}: the validator does not know type {other}")),
         };
         if !type_ok {
-            return Err(format!(
-                "{at}: {value} is not of type {}",
-                ty.unwrap_or_default()
-            ));
+            return Err(format!("{at}: {value} is not of type {}", ty.unwrap_or_default()));
         }
         if let Some(n) = value.as_f64() {
             if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
@@ -148,28 +124,17 @@ impl OpenApi {
         match value {
             Value::Object(fields) => self.check_object(fields, schema, at),
             Value::Array(items) => match schema.get("items") {
-                Some(item_schema) => items
-                    .iter()
-                    .enumerate()
-                    .try_for_each(|(i, v)| self.check(v, item_schema, &format!("{at}[{i}]"))),
+                Some(item_schema) => {
+                    items.iter().enumerate().try_for_each(|(i, v)| self.check(v, item_schema, &format!("{at}[{i}]")))
+                }
                 None => Ok(()),
             },
             _ => Ok(()),
         }
     }
 
-    fn check_object(
-        &self,
-        fields: &Map<String, Value>,
-        schema: &Value,
-        at: &str,
-    ) -> Result<(), String> {
-        for name in schema
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+    fn check_object(&self, fields: &Map<String, Value>, schema: &Value, at: &str) -> Result<(), String> {
+        for name in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
             let name = name.as_str().unwrap_or_default();
             if !fields.contains_key(name) {
                 return Err(format!("{at}: missing required field {name}"));
@@ -196,13 +161,7 @@ impl OpenApi {
 fn path_matches(template: &str, path: &str) -> bool {
     let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
     t.len() == p.len()
-        && t.iter().zip(&p).all(|(t, p)| {
-            if t.starts_with('{') && t.ends_with('}') {
-                !p.is_empty()
-            } else {
-                t == p
-            }
-        })
+        && t.iter().zip(&p).all(|(t, p)| if t.starts_with('{') && t.ends_with('}') { !p.is_empty() } else { t == p })
 }
 
 /// YAML to JSON; mapping keys that are not strings (HTTP status codes)
@@ -277,12 +236,7 @@ pub async fn serve(
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
-        let (api, behaviour, record, vsock) = (
-            api.clone(),
-            behaviour.clone(),
-            record.clone(),
-            vsock_listeners.clone(),
-        );
+        let (api, behaviour, record, vsock) = (api.clone(), behaviour.clone(), record.clone(), vsock_listeners.clone());
         tokio::spawn(async move {
             let _ = connection(stream, &api, &behaviour, &*record, &vsock).await;
         });
@@ -329,9 +283,7 @@ async fn connection(
             Ok(()) => respond(&mut stream, 204, None).await?,
             Err(fault) => respond(&mut stream, 400, Some(&fault)).await?,
         }
-        let ctrl_alt_del = body
-            .as_ref()
-            .is_some_and(|b| b["action_type"] == "SendCtrlAltDel");
+        let ctrl_alt_del = body.as_ref().is_some_and(|b| b["action_type"] == "SendCtrlAltDel");
         if ctrl_alt_del && behaviour.exit_on_ctrl_alt_del {
             stream.flush().await?;
             std::process::exit(0);
@@ -347,22 +299,15 @@ struct Request {
 }
 
 /// Reads one request; `None` at a clean EOF between requests.
-async fn read_request(
-    stream: &mut UnixStream,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<Option<Request>> {
+async fn read_request(stream: &mut UnixStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head =
-                String::from_utf8(buf[..head_end].to_vec()).map_err(|_| bad("head not UTF-8"))?;
+            let head = String::from_utf8(buf[..head_end].to_vec()).map_err(|_| bad("head not UTF-8"))?;
             let mut lines = head.split("\r\n");
             let mut request_line = lines.next().unwrap_or_default().split(' ');
-            let (method, path) = (
-                request_line.next().unwrap_or_default(),
-                request_line.next().unwrap_or_default(),
-            );
+            let (method, path) = (request_line.next().unwrap_or_default(), request_line.next().unwrap_or_default());
             let length: usize = lines
                 .filter_map(|l| l.split_once(':'))
                 .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
@@ -371,22 +316,14 @@ async fn read_request(
                 .unwrap_or(0);
             if buf.len() >= head_end + 4 + length {
                 let body = buf[head_end + 4..head_end + 4 + length].to_vec();
-                let request = Request {
-                    method: method.into(),
-                    path: path.into(),
-                    body,
-                };
+                let request = Request { method: method.into(), path: path.into(), body };
                 buf.drain(..head_end + 4 + length);
                 return Ok(Some(request));
             }
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(bad("EOF inside a request"))
-            };
+            return if buf.is_empty() { Ok(None) } else { Err(bad("EOF inside a request")) };
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -395,9 +332,7 @@ async fn read_request(
 async fn respond(stream: &mut UnixStream, status: u16, fault: Option<&str>) -> std::io::Result<()> {
     let response = match fault {
         // Firecracker's 204 carries no Content-Length.
-        None => format!(
-            "HTTP/1.1 {status} \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n"
-        ),
+        None => format!("HTTP/1.1 {status} \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n"),
         Some(message) => {
             let body = json!({ "fault_message": message }).to_string();
             format!(

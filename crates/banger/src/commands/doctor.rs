@@ -24,9 +24,5 @@ pub async fn run(ctx: &Context) -> anyhow::Result<ExitCode> {
         }
     }
     let failed = report.checks.iter().any(|c| c.status == CheckStatus::Fail);
-    Ok(if failed {
-        ExitCode::from(crate::exit::FAILURE)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::from(crate::exit::FAILURE) } else { ExitCode::SUCCESS })
 }

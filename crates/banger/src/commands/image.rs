@@ -81,15 +81,7 @@ pub enum ImageCommand {
 
 pub async fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     match command {
-        ImageCommand::Build {
-            name,
-            recipe,
-            from_dir,
-            from_tar,
-            kernel,
-            size,
-            force,
-        } => {
+        ImageCommand::Build { name, recipe, from_dir, from_tar, kernel, size, force } => {
             let request = ImageBuildRequest {
                 name,
                 recipe: recipe.map(|r| match r {
@@ -105,20 +97,8 @@ pub async fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCod
             let op = ctx.client.build_image(&request).await?;
             finish(ctx, &op).await?;
         }
-        ImageCommand::Register {
-            name,
-            rootfs,
-            kernel,
-            init,
-            force,
-        } => {
-            let request = ImageRegisterRequest {
-                name,
-                rootfs: absolute(&rootfs)?,
-                kernel,
-                init,
-                force,
-            };
+        ImageCommand::Register { name, rootfs, kernel, init, force } => {
+            let request = ImageRegisterRequest { name, rootfs: absolute(&rootfs)?, kernel, init, force };
             let op = ctx.client.register_image(&request).await?;
             finish(ctx, &op).await?;
         }
@@ -156,17 +136,11 @@ pub async fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCod
 
 async fn finish(ctx: &Context, op: &banger_api::Operation) -> anyhow::Result<()> {
     let done = progress::follow(ctx, op).await?;
-    let image: Image =
-        serde_json::from_value(done.result.unwrap_or_default()).context("operation result")?;
+    let image: Image = serde_json::from_value(done.result.unwrap_or_default()).context("operation result")?;
     if ctx.json {
         return output::json(&image);
     }
-    println!(
-        "image {} ready ({}, kernel {})",
-        image.name,
-        output::size(image.size_bytes),
-        image.kernel
-    );
+    println!("image {} ready ({}, kernel {})", image.name, output::size(image.size_bytes), image.kernel);
     Ok(())
 }
 
@@ -185,7 +159,6 @@ fn show(ctx: &Context, i: &Image) -> anyhow::Result<()> {
 }
 
 fn absolute(path: &Path) -> anyhow::Result<String> {
-    let path =
-        std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let path = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
     Ok(path.display().to_string())
 }

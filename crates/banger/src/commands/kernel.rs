@@ -4,10 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use banger_api::{
-    CatalogEntry, CatalogEntryState, Kernel, KernelImportKind, KernelImportRequest,
-    KernelPullRequest,
-};
+use banger_api::{CatalogEntry, CatalogEntryState, Kernel, KernelImportKind, KernelImportRequest, KernelPullRequest};
 use clap::{ArgGroup, Subcommand};
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
@@ -129,31 +126,17 @@ pub async fn run(command: KernelCommand, ctx: &Context) -> anyhow::Result<ExitCo
                     ]
                 })
                 .collect();
-            output::table(
-                &["NAME", "DISTRO", "VERSION", "SIZE", "STATE", "DESCRIPTION"],
-                &rows,
-            );
+            output::table(&["NAME", "DISTRO", "VERSION", "SIZE", "STATE", "DESCRIPTION"], &rows);
         }
         KernelCommand::Show { name } => {
             let kernel = ctx.client.kernel(&name).await?;
             show(ctx, &kernel)?;
         }
         KernelCommand::Pull { name, force } => {
-            let op = ctx
-                .client
-                .pull_kernel(&KernelPullRequest { name, force })
-                .await?;
+            let op = ctx.client.pull_kernel(&KernelPullRequest { name, force }).await?;
             finish(ctx, &op).await?;
         }
-        KernelCommand::Import {
-            name,
-            file,
-            vmlinux,
-            bzimage,
-            deb,
-            modules,
-            force,
-        } => {
+        KernelCommand::Import { name, file, vmlinux, bzimage, deb, modules, force } => {
             let (path, kind) = match (file, vmlinux, bzimage, deb) {
                 (Some(f), ..) => (f, None),
                 (_, Some(f), ..) => (f, Some(KernelImportKind::Vmlinux)),
@@ -171,13 +154,7 @@ pub async fn run(command: KernelCommand, ctx: &Context) -> anyhow::Result<ExitCo
             let op = ctx.client.import_kernel(&request).await?;
             finish(ctx, &op).await?;
         }
-        KernelCommand::Bundle {
-            name,
-            output: out,
-            url,
-            distro,
-            description,
-        } => {
+        KernelCommand::Bundle { name, output: out, url, distro, description } => {
             let entry = bundle(ctx, &name, &out, url, distro, description).await?;
             output::json(&entry)?;
             if !ctx.json {
@@ -203,18 +180,14 @@ pub async fn run(command: KernelCommand, ctx: &Context) -> anyhow::Result<ExitCo
 /// Follows a pull or import to its end and shows the kernel it made.
 async fn finish(ctx: &Context, op: &banger_api::Operation) -> anyhow::Result<()> {
     let done = progress::follow(ctx, op).await?;
-    let kernel: Kernel =
-        serde_json::from_value(done.result.unwrap_or_default()).context("operation result")?;
+    let kernel: Kernel = serde_json::from_value(done.result.unwrap_or_default()).context("operation result")?;
     if ctx.json {
         return output::json(&kernel);
     }
     println!(
         "kernel {} ready ({}, {})",
         kernel.name,
-        kernel
-            .kernel_version
-            .as_deref()
-            .unwrap_or("unknown version"),
+        kernel.kernel_version.as_deref().unwrap_or("unknown version"),
         output::size(kernel.size_bytes)
     );
     Ok(())
@@ -248,9 +221,8 @@ async fn bundle(
     let mut body = ctx.client.kernel_bundle(name).await?;
     let partial = out.with_extension("partial");
     let result = async {
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut file =
+            tokio::fs::File::create(&partial).await.with_context(|| format!("cannot create {}", partial.display()))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(frame) = body.frame().await {
@@ -280,20 +252,15 @@ async fn bundle(
         name: kernel.name.clone(),
         distro,
         arch: std::env::consts::ARCH.to_owned(),
-        kernel_version: kernel
-            .kernel_version
-            .clone()
-            .unwrap_or_else(|| "unknown".into()),
+        kernel_version: kernel.kernel_version.clone().unwrap_or_else(|| "unknown".into()),
         tarball_url: url,
         tarball_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
         size_bytes: size,
-        description: description
-            .unwrap_or_else(|| format!("Kernel {} bundled by banger", kernel.name)),
+        description: description.unwrap_or_else(|| format!("Kernel {} bundled by banger", kernel.name)),
     })
 }
 
 fn absolute(path: &Path) -> anyhow::Result<String> {
-    let path =
-        std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let path = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
     Ok(path.display().to_string())
 }

@@ -32,20 +32,14 @@ pub async fn run(command: OperationCommand, ctx: &Context) -> anyhow::Result<Exi
                 return output::json(&ops).map(|_| ExitCode::SUCCESS);
             }
             let rows: Vec<Vec<String>> = ops.iter().map(row).collect();
-            output::table(
-                &["ID", "KIND", "TARGET", "STATE", "PROGRESS", "STARTED"],
-                &rows,
-            );
+            output::table(&["ID", "KIND", "TARGET", "STATE", "PROGRESS", "STARTED"], &rows);
         }
         OperationCommand::Show { id } => {
             let op = ctx.client.operation(&id).await?;
             if ctx.json {
                 return output::json(&op).map(|_| ExitCode::SUCCESS);
             }
-            output::table(
-                &["ID", "KIND", "TARGET", "STATE", "PROGRESS", "STARTED"],
-                &[row(&op)],
-            );
+            output::table(&["ID", "KIND", "TARGET", "STATE", "PROGRESS", "STARTED"], &[row(&op)]);
             if let Some(error) = &op.error {
                 println!("error: {} ({})", error.message, error.code);
             }
@@ -66,15 +60,9 @@ pub async fn run(command: OperationCommand, ctx: &Context) -> anyhow::Result<Exi
 fn row(op: &Operation) -> Vec<String> {
     vec![
         op.id.clone(),
-        serde_json::to_value(op.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        serde_json::to_value(op.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
         op.target.clone(),
-        serde_json::to_value(op.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        serde_json::to_value(op.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
         format!("{:.0}% {}", op.progress.percent(), op.progress.step),
         op.created_at.clone(),
     ]

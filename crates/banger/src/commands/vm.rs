@@ -136,17 +136,7 @@ pub enum DiskCommand {
 
 pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     match command {
-        VmCommand::Create {
-            name,
-            image,
-            kernel,
-            cpus,
-            memory,
-            disk_size,
-            work_disk,
-            vmm,
-            no_start,
-        } => {
+        VmCommand::Create { name, image, kernel, cpus, memory, disk_size, work_disk, vmm, no_start } => {
             let request = VmCreateRequest {
                 name,
                 image,
@@ -183,16 +173,11 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
                     ]
                 })
                 .collect();
-            output::table(
-                &["NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "DISK", "VMM"],
-                &rows,
-            );
+            output::table(&["NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "DISK", "VMM"], &rows);
         }
         VmCommand::Show { name } => show(ctx, &ctx.client.vm(&name).await?)?,
         VmCommand::Start { name } => finish(ctx, &ctx.client.start_vm(&name, false).await?).await?,
-        VmCommand::Restart { name } => {
-            finish(ctx, &ctx.client.start_vm(&name, true).await?).await?
-        }
+        VmCommand::Restart { name } => finish(ctx, &ctx.client.start_vm(&name, true).await?).await?,
         VmCommand::Stop { name } => done(ctx, &ctx.client.stop_vm(&name, false).await?, "stopped")?,
         VmCommand::Kill { name } => done(ctx, &ctx.client.stop_vm(&name, true).await?, "killed")?,
         VmCommand::Rm { name, force } => {
@@ -204,25 +189,12 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
             }
         }
         VmCommand::Set { name, cpus, memory } => {
-            let vm = ctx
-                .client
-                .set_vm(
-                    &name,
-                    &VmSetRequest {
-                        cpus,
-                        memory_mib: memory,
-                    },
-                )
-                .await?;
+            let vm = ctx.client.set_vm(&name, &VmSetRequest { cpus, memory_mib: memory }).await?;
             show(ctx, &vm)?;
         }
         VmCommand::Disk(DiskCommand::Resize { name, size }) => {
             let vm = ctx.client.resize_vm_disk(&name, size).await?;
-            done(
-                ctx,
-                &vm,
-                &format!("root disk is now {}", output::size(vm.disk_size_bytes)),
-            )?;
+            done(ctx, &vm, &format!("root disk is now {}", output::size(vm.disk_size_bytes)))?;
         }
         VmCommand::Logs { name, follow } => {
             let mut body = ctx.client.vm_logs(&name, follow).await?;
@@ -234,49 +206,32 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
                 }
             }
         }
-        VmCommand::Exec {
-            name,
-            interactive,
-            command,
-        } => return exec_command(ctx, &name, interactive, command).await,
+        VmCommand::Exec { name, interactive, command } => return exec_command(ctx, &name, interactive, command).await,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs one command, relaying stdin, stdout and stderr, and Ctrl-C as SIGINT.
-async fn exec_command(
-    ctx: &Context,
-    name: &str,
-    interactive: bool,
-    argv: Vec<String>,
-) -> anyhow::Result<ExitCode> {
+async fn exec_command(ctx: &Context, name: &str, interactive: bool, argv: Vec<String>) -> anyhow::Result<ExitCode> {
     let channel = ctx.client.exec_channel(name).await?;
     let (mut reader, writer) = tokio::io::split(channel);
     let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
-    exec::start(
-        &mut *writer.lock().await,
-        banger_agent_proto::ExecRequest {
-            argv,
-            env: Vec::new(),
-            cwd: None,
-        },
-    )
-    .await?;
+    exec::start(&mut *writer.lock().await, banger_agent_proto::ExecRequest { argv, env: Vec::new(), cwd: None })
+        .await?;
 
     let forward_stdin = interactive || !std::io::stdin().is_terminal();
     let stdin_writer = std::sync::Arc::clone(&writer);
     let stdin_task = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 64 * 1024];
-        while forward_stdin {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if exec::send_stdin(&mut *stdin_writer.lock().await, buf[..n].to_vec())
-                        .await
-                        .is_err()
-                    {
-                        return;
+        if forward_stdin {
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if exec::send_stdin(&mut *stdin_writer.lock().await, buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -302,9 +257,7 @@ async fn exec_command(
                 stderr.write_all(&data)?;
                 stderr.flush()?;
             }
-            ExecEvent::Exited { code, signal } => {
-                break code.unwrap_or_else(|| 128 + signal.unwrap_or(0))
-            }
+            ExecEvent::Exited { code, signal } => break code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
         }
     };
     stdin_task.abort();
@@ -315,11 +268,7 @@ async fn exec_command(
 async fn finish(ctx: &Context, op: &banger_api::Operation) -> anyhow::Result<()> {
     let done = progress::follow(ctx, op).await?;
     let vm: Vm = serde_json::from_value(done.result.unwrap_or_default())?;
-    let what = if vm.state == VmState::Running {
-        "running"
-    } else {
-        "created"
-    };
+    let what = if vm.state == VmState::Running { "running" } else { "created" };
     self::done(ctx, &vm, what)
 }
 
@@ -342,11 +291,7 @@ fn show(ctx: &Context, v: &Vm) -> anyhow::Result<()> {
     println!("vmm:       {}", vmm(v));
     println!("cpus:      {}", v.cpus);
     println!("memory:    {} MiB", v.memory_mib);
-    println!(
-        "disk:      {} ({})",
-        output::size(v.disk_size_bytes),
-        v.disk_strategy
-    );
+    println!("disk:      {} ({})", output::size(v.disk_size_bytes), v.disk_strategy);
     if let Some(work) = v.work_disk_bytes {
         println!("work disk: {} at /work", output::size(work));
     }

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use banger_api::{
-    ApiError, Image, ImageBuildRequest, ImageRegisterRequest, ObjectKind, Operation, OperationKind,
-};
+use banger_api::{ApiError, Image, ImageBuildRequest, ImageRegisterRequest, ObjectKind, Operation, OperationKind};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -26,10 +24,7 @@ pub async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Json<Vec<Image>>>
 #[utoipa::path(get, path = "/v1/images/{name}", tag = "images",
     params(("name" = String, Path, description = "Image name")),
     responses((status = 200, body = Image), (status = 404, body = ApiError)))]
-pub async fn show(
-    State(daemon): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-) -> Result<Json<Image>> {
+pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Image>> {
     Ok(Json(daemon.images.get(&name)?))
 }
 
@@ -42,16 +37,9 @@ pub async fn build(
 ) -> Result<(StatusCode, Json<Operation>)> {
     image::validate_build(&request)?;
     let lock = daemon.images.claim(&request.name, request.force)?;
-    let op = daemon.ops.start(
-        OperationKind::ImageBuild,
-        &request.name,
-        4,
-        "resolve kernel",
-    )?;
+    let op = daemon.ops.start(OperationKind::ImageBuild, &request.name, 4, "resolve kernel")?;
     let created = Some((ObjectKind::Image, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| {
-        Box::pin(image::build(daemon, op, request, lock))
-    }))
+    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(image::build(daemon, op, request, lock))))
 }
 
 /// Starts registering an existing ext4 root filesystem.
@@ -63,16 +51,9 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<Operation>)> {
     image::validate_register(&request)?;
     let lock = daemon.images.claim(&request.name, request.force)?;
-    let op = daemon.ops.start(
-        OperationKind::ImageRegister,
-        &request.name,
-        3,
-        "resolve kernel",
-    )?;
+    let op = daemon.ops.start(OperationKind::ImageRegister, &request.name, 3, "resolve kernel")?;
     let created = Some((ObjectKind::Image, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| {
-        Box::pin(image::register(daemon, op, request, lock))
-    }))
+    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(image::register(daemon, op, request, lock))))
 }
 
 /// Query of `DELETE /v1/images/{name}`.
@@ -93,12 +74,7 @@ pub async fn remove(
     Query(query): Query<RemoveQuery>,
 ) -> Result<StatusCode> {
     daemon.images.get(&name)?;
-    let users: Vec<String> = daemon
-        .vm_rows()?
-        .into_iter()
-        .filter(|r| r.vm.image == name)
-        .map(|r| r.vm.name)
-        .collect();
+    let users: Vec<String> = daemon.vm_rows()?.into_iter().filter(|r| r.vm.image == name).map(|r| r.vm.name).collect();
     if !users.is_empty() && !query.force {
         return Err(Error::Conflict(format!(
             "image {name:?} is used by VM(s) {}; --force removes it anyway (the VMs keep their own disks but cannot be recreated from it)",
@@ -107,12 +83,7 @@ pub async fn remove(
     }
     let d = Arc::clone(&daemon);
     let n = name.clone();
-    tokio::task::spawn_blocking(move || d.images.remove(&n))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-    daemon.events.publish(banger_api::Event::Deleted {
-        kind: ObjectKind::Image,
-        name,
-    });
+    tokio::task::spawn_blocking(move || d.images.remove(&n)).await.map_err(|e| Error::Internal(e.to_string()))??;
+    daemon.events.publish(banger_api::Event::Deleted { kind: ObjectKind::Image, name });
     Ok(StatusCode::NO_CONTENT)
 }

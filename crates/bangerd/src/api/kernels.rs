@@ -10,8 +10,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use banger_api::{
-    ApiError, CatalogListing, Event, Kernel, KernelImportRequest, KernelPullRequest, ObjectKind,
-    Operation, OperationKind,
+    ApiError, CatalogListing, Event, Kernel, KernelImportRequest, KernelPullRequest, ObjectKind, Operation,
+    OperationKind,
 };
 use banger_kernel::catalog;
 
@@ -40,10 +40,7 @@ pub async fn catalog(State(daemon): State<Arc<Daemon>>) -> Result<Json<Vec<Catal
 #[utoipa::path(get, path = "/v1/kernels/{name}", tag = "kernels",
     params(("name" = String, Path, description = "Kernel name")),
     responses((status = 200, body = Kernel), (status = 404, body = ApiError)))]
-pub async fn show(
-    State(daemon): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-) -> Result<Json<Kernel>> {
+pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Kernel>> {
     Ok(Json(daemon.kernels.get(&name)?))
 }
 
@@ -51,20 +48,14 @@ pub async fn show(
 #[utoipa::path(delete, path = "/v1/kernels/{name}", tag = "kernels",
     params(("name" = String, Path, description = "Kernel name")),
     responses((status = 204, description = "Removed"), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-pub async fn remove(
-    State(daemon): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-) -> Result<StatusCode> {
+pub async fn remove(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<StatusCode> {
     let d = Arc::clone(&daemon);
     let n = name.clone();
     tokio::task::spawn_blocking(move || d.kernels.remove(&n))
         .await
         .map_err(|e| Error::Internal(format!("remove task: {e}")))??;
     tracing::info!(kernel = %name, "kernel removed");
-    daemon.events.publish(Event::Deleted {
-        kind: ObjectKind::Kernel,
-        name,
-    });
+    daemon.events.publish(Event::Deleted { kind: ObjectKind::Kernel, name });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -80,13 +71,9 @@ pub async fn pull(
     let entry = catalog::lookup(&entries, &request.name)?.clone();
     let lock = daemon.kernels.lock(&request.name)?;
     daemon.kernels.check_replace(&request.name, request.force)?;
-    let op = daemon
-        .ops
-        .start(OperationKind::KernelPull, &request.name, 2, "download")?;
+    let op = daemon.ops.start(OperationKind::KernelPull, &request.name, 2, "download")?;
     let created = Some((ObjectKind::Kernel, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| {
-        Box::pin(kernel::fetch::pull(daemon, op, entry, lock))
-    }))
+    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(kernel::fetch::pull(daemon, op, entry, lock))))
 }
 
 /// Starts importing a kernel from files on the daemon's host.
@@ -100,13 +87,9 @@ pub async fn import(
     kernel::import::validate(&request)?;
     let lock = daemon.kernels.lock(&request.name)?;
     daemon.kernels.check_replace(&request.name, request.force)?;
-    let op = daemon
-        .ops
-        .start(OperationKind::KernelImport, &request.name, 4, "extract")?;
+    let op = daemon.ops.start(OperationKind::KernelImport, &request.name, 4, "extract")?;
     let created = Some((ObjectKind::Kernel, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| {
-        Box::pin(kernel::import::import(daemon, op, request, lock))
-    }))
+    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(kernel::import::import(daemon, op, request, lock))))
 }
 
 /// Streams a stored kernel as a `.tar.zst` bundle; `kernel bundle` writes
@@ -114,10 +97,7 @@ pub async fn import(
 #[utoipa::path(get, path = "/v1/kernels/{name}/bundle", tag = "kernels",
     params(("name" = String, Path, description = "Kernel name")),
     responses((status = 200, description = "The bundle", content_type = "application/zstd"), (status = 404, body = ApiError)))]
-pub async fn bundle(
-    State(daemon): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-) -> Result<Response> {
+pub async fn bundle(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Response> {
     daemon.kernels.get(&name)?;
     let lock = daemon.kernels.lock(&name)?;
     let dir = daemon.kernels.dir(&name);
@@ -143,9 +123,7 @@ impl std::io::Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0
             .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-            })?;
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
         Ok(buf.len())
     }
 

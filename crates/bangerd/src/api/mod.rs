@@ -75,9 +75,7 @@ fn spawn<T, F>(
 ) -> (StatusCode, Json<Operation>)
 where
     T: serde::Serialize,
-    F: for<'a> FnOnce(Arc<Daemon>, &'a OperationHandle) -> BoxFuture<'a, Result<T>>
-        + Send
-        + 'static,
+    F: for<'a> FnOnce(Arc<Daemon>, &'a OperationHandle) -> BoxFuture<'a, Result<T>> + Send + 'static,
 {
     let snapshot = op.snapshot();
     let events = daemon.events.clone();
@@ -92,10 +90,7 @@ where
             Err(error) => op.finish(Err(&error)),
         }
     });
-    (
-        StatusCode::ACCEPTED,
-        Json(snapshot.expect("a just-started operation is running")),
-    )
+    (StatusCode::ACCEPTED, Json(snapshot.expect("a just-started operation is running")))
 }
 
 /// The router, ready to serve.

@@ -29,14 +29,8 @@ pub async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Json<Vec<Operatio
 #[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations",
     params(("id" = String, Path, description = "Operation id")),
     responses((status = 200, body = Operation), (status = 404, body = ApiError)))]
-pub async fn get(
-    State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-) -> Result<Json<Operation>> {
-    daemon.ops.get(&id)?.map(Json).ok_or(Error::NotFound {
-        kind: "operation",
-        name: id,
-    })
+pub async fn get(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Result<Json<Operation>> {
+    daemon.ops.get(&id)?.map(Json).ok_or(Error::NotFound { kind: "operation", name: id })
 }
 
 /// Which events to stream.

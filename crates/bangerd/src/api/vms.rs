@@ -10,8 +10,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use banger_api::{
-    ApiError, DiskResizeRequest, ObjectKind, Operation, OperationKind, Vm, VmCreateRequest,
-    VmSetRequest, VmState, EXEC_UPGRADE,
+    ApiError, DiskResizeRequest, ObjectKind, Operation, OperationKind, Vm, VmCreateRequest, VmSetRequest, VmState,
+    EXEC_UPGRADE,
 };
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -45,16 +45,9 @@ pub async fn create(
     let guard = daemon.vms.lock(&request.name).await;
     create::validate(&daemon, &request)?;
     let steps = if request.no_start { 3 } else { 5 };
-    let op = daemon.ops.start(
-        OperationKind::VmCreate,
-        &request.name,
-        steps,
-        "resolve image and kernel",
-    )?;
+    let op = daemon.ops.start(OperationKind::VmCreate, &request.name, steps, "resolve image and kernel")?;
     let created = Some((ObjectKind::Vm, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| {
-        Box::pin(create::create(daemon, op, request, guard))
-    }))
+    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(create::create(daemon, op, request, guard))))
 }
 
 /// Starts a stopped VM.
@@ -66,9 +59,7 @@ pub async fn start(
 ) -> Result<(StatusCode, Json<Operation>)> {
     daemon.vm_row(&name)?;
     let op = daemon.ops.start(OperationKind::VmStart, &name, 2, "boot")?;
-    Ok(spawn(daemon, op, None, move |daemon, op| {
-        Box::pin(lifecycle::start(daemon, op, name))
-    }))
+    Ok(spawn(daemon, op, None, move |daemon, op| Box::pin(lifecycle::start(daemon, op, name))))
 }
 
 /// Restarts a VM: stop (if running), then start.
@@ -141,9 +132,7 @@ pub async fn resize_disk(
     Path(name): Path<String>,
     Json(request): Json<DiskResizeRequest>,
 ) -> Result<Json<Vm>> {
-    Ok(Json(
-        lifecycle::resize_disk(&daemon, &name, request.size_bytes).await?,
-    ))
+    Ok(Json(lifecycle::resize_disk(&daemon, &name, request.size_bytes).await?))
 }
 
 /// Query of `GET /v1/vms/{name}/logs`.
@@ -163,15 +152,9 @@ pub async fn logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Response> {
     let row = daemon.vm_row(&name)?;
-    let path = daemon
-        .driver(&row.vm)?
-        .console_log(&daemon.vm_run_dir(&name));
+    let path = daemon.driver(&row.vm)?.console_log(&daemon.vm_run_dir(&name));
     let stream = async_stream(daemon, name, path, query.follow);
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
 }
 
 /// The console file from the start, then (when following) what is appended
@@ -194,10 +177,7 @@ fn async_stream(
                     let next = offset + chunk.len() as u64;
                     return Some((Ok(bytes::Bytes::from(chunk)), (next, false)));
                 }
-                let running = daemon
-                    .vm_row(&name)
-                    .map(|r| r.vm.state != VmState::Stopped)
-                    .unwrap_or(false);
+                let running = daemon.vm_row(&name).map(|r| r.vm.state != VmState::Stopped).unwrap_or(false);
                 if !follow || !running {
                     return None;
                 }
@@ -235,15 +215,9 @@ pub async fn exec(
     Path(name): Path<String>,
     mut request: Request,
 ) -> Result<Response> {
-    let wants = request
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        == Some(EXEC_UPGRADE);
+    let wants = request.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()) == Some(EXEC_UPGRADE);
     if !wants {
-        return Err(Error::InvalidArgument(format!(
-            "exec needs `Connection: upgrade` and `Upgrade: {EXEC_UPGRADE}`"
-        )));
+        return Err(Error::InvalidArgument(format!("exec needs `Connection: upgrade` and `Upgrade: {EXEC_UPGRADE}`")));
     }
     let agent = lifecycle::agent(&daemon, &name).await?;
     let upgrade = hyper::upgrade::on(&mut request);
@@ -258,11 +232,7 @@ pub async fn exec(
         }
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    response
-        .headers_mut()
-        .insert(header::UPGRADE, HeaderValue::from_static(EXEC_UPGRADE));
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(EXEC_UPGRADE));
     Ok(response)
 }

@@ -32,11 +32,7 @@ impl ImageStore {
                 db.delete_object(ObjectTable::Images, &image.name)?;
             }
         }
-        Ok(ImageStore {
-            root,
-            db,
-            locks: NameLocks::new("image"),
-        })
+        Ok(ImageStore { root, db, locks: NameLocks::new("image") })
     }
 
     /// Where work-disk seeds live.
@@ -53,22 +49,14 @@ impl ImageStore {
     pub fn get(&self, name: &str) -> Result<Image> {
         self.db
             .object(ObjectTable::Images, name)?
-            .ok_or_else(|| Error::NotFound {
-                kind: "image",
-                name: name.to_owned(),
-            })
+            .ok_or_else(|| Error::NotFound { kind: "image", name: name.to_owned() })
     }
 
     /// Takes the name for a build or register, refusing to replace an image unless `force`.
     pub fn claim(&self, name: &str, force: bool) -> Result<NameLock> {
         crate::vm::validate_name(name)?;
         let lock = self.locks.try_lock(name)?;
-        if !force
-            && self
-                .db
-                .object::<Image>(ObjectTable::Images, name)?
-                .is_some()
-        {
+        if !force && self.db.object::<Image>(ObjectTable::Images, name)?.is_some() {
             return Err(Error::AlreadyExists {
                 kind: "image",
                 name: name.to_owned(),
@@ -82,39 +70,26 @@ impl ImageStore {
     pub fn remove(&self, name: &str) -> Result<()> {
         let _lock = self.locks.try_lock(name)?;
         self.get(name)?;
-        crate::staging::remove_dir(&self.root.join(name), || {
-            self.db.delete_object(ObjectTable::Images, name).map(drop)
-        })
+        crate::staging::remove_dir(&self.root.join(name), || self.db.delete_object(ObjectTable::Images, name).map(drop))
     }
 
     fn install(&self, _lock: &NameLock, staging: Staging, image: &Image) -> Result<()> {
         let manifest = staging.path().join("manifest.json");
-        let text =
-            serde_json::to_string_pretty(image).map_err(|e| Error::Internal(e.to_string()))?;
+        let text = serde_json::to_string_pretty(image).map_err(|e| Error::Internal(e.to_string()))?;
         std::fs::write(&manifest, text + "\n").map_err(Error::io("cannot write", &manifest))?;
-        staging.install(&self.root.join(&image.name), || {
-            self.db.put_object(ObjectTable::Images, &image.name, image)
-        })
+        staging.install(&self.root.join(&image.name), || self.db.put_object(ObjectTable::Images, &image.name, image))
     }
 }
 
 /// Checks a build request before its operation starts.
 pub fn validate_build(request: &ImageBuildRequest) -> Result<()> {
-    let sources = [
-        request.recipe.is_some(),
-        request.from_dir.is_some(),
-        request.from_tar.is_some(),
-    ];
+    let sources = [request.recipe.is_some(), request.from_dir.is_some(), request.from_tar.is_some()];
     if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(Error::InvalidArgument(
-            "give exactly one of a recipe, --from-dir or --from-tar".into(),
-        ));
+        return Err(Error::InvalidArgument("give exactly one of a recipe, --from-dir or --from-tar".into()));
     }
     for path in request.from_dir.iter().chain(&request.from_tar) {
         if !Path::new(path).is_absolute() || !Path::new(path).exists() {
-            return Err(Error::InvalidArgument(format!(
-                "{path} must be an absolute path that exists"
-            )));
+            return Err(Error::InvalidArgument(format!("{path} must be an absolute path that exists")));
         }
     }
     Ok(())
@@ -130,7 +105,10 @@ pub async fn build(
     op.step("resolve kernel");
     let kernel = crate::kernel::resolve::resolve(&daemon, &request.kernel, op).await?;
     let agent = daemon.config.agent_binary().ok_or_else(|| {
-        Error::Unsupported("the guest agent binary is missing: run scripts/build-agent, or set [vms] agent_binary in the config".into())
+        Error::Unsupported(
+            "the guest agent binary is missing: run scripts/build-agent, or set [vms] agent_binary in the config"
+                .into(),
+        )
     })?;
     let (recipe, source) = match (&request.recipe, &request.from_dir, &request.from_tar) {
         (Some(ImageRecipe::Tiny), ..) => (Recipe::Tiny, "recipe:tiny".to_owned()),
@@ -140,11 +118,7 @@ pub async fn build(
         _ => return Err(Error::InvalidArgument("no image source".into())),
     };
     let staging = daemon.images.staging(&request.name, op.id())?;
-    let options = BuildOptions {
-        agent,
-        busybox: daemon.config.busybox.clone(),
-        size_bytes: request.size_bytes,
-    };
+    let options = BuildOptions { agent, busybox: daemon.config.busybox.clone(), size_bytes: request.size_bytes };
     let dest = staging.path().to_path_buf();
     let reporter = op.progress_reporter();
     op.step("build root filesystem");
@@ -159,13 +133,7 @@ pub async fn build(
         source,
         init: built.init,
         size_bytes: built.size_bytes,
-        rootfs_path: daemon
-            .images
-            .root
-            .join(&request.name)
-            .join(ROOTFS_FILE)
-            .display()
-            .to_string(),
+        rootfs_path: daemon.images.root.join(&request.name).join(ROOTFS_FILE).display().to_string(),
         created_at: now_rfc3339(),
     };
     op.step("install");
@@ -177,10 +145,7 @@ pub async fn build(
 pub fn validate_register(request: &ImageRegisterRequest) -> Result<()> {
     let path = Path::new(&request.rootfs);
     if !path.is_absolute() || !path.is_file() {
-        return Err(Error::InvalidArgument(format!(
-            "{} must be an absolute path to an ext4 file",
-            request.rootfs
-        )));
+        return Err(Error::InvalidArgument(format!("{} must be an absolute path to an ext4 file", request.rootfs)));
     }
     Ok(())
 }
@@ -201,27 +166,17 @@ pub async fn register(
     let strategy = daemon.cow_strategy();
     op.step("copy root filesystem");
     let dest_copy = dest.clone();
-    tokio::task::spawn_blocking(move || {
-        banger_storage::clone_disk(strategy, &source, &dest_copy, None)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("copy task: {e}")))??;
-    let size_bytes = std::fs::metadata(&dest)
-        .map_err(Error::io("cannot stat", &dest))?
-        .len();
+    tokio::task::spawn_blocking(move || banger_storage::clone_disk(strategy, &source, &dest_copy, None))
+        .await
+        .map_err(|e| Error::Internal(format!("copy task: {e}")))??;
+    let size_bytes = std::fs::metadata(&dest).map_err(Error::io("cannot stat", &dest))?.len();
     let image = Image {
         name: request.name.clone(),
         kernel: kernel.name,
         source: format!("register:{}", request.rootfs),
         init: request.init.clone().unwrap_or_else(|| "/sbin/init".into()),
         size_bytes,
-        rootfs_path: daemon
-            .images
-            .root
-            .join(&request.name)
-            .join(ROOTFS_FILE)
-            .display()
-            .to_string(),
+        rootfs_path: daemon.images.root.join(&request.name).join(ROOTFS_FILE).display().to_string(),
         created_at: now_rfc3339(),
     };
     op.step("install");

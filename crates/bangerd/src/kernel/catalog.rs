@@ -18,24 +18,15 @@ pub async fn load(http: &reqwest::Client, sources: &[String]) -> Result<Vec<Cata
 
 async fn read_source(http: &reqwest::Client, source: &str) -> Result<String> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let failed = |reason: String| Error::Download {
-            url: source.to_owned(),
-            reason,
-        };
-        let response = http
-            .get(source)
-            .send()
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
+        let failed = |reason: String| Error::Download { url: source.to_owned(), reason };
+        let response = http.get(source).send().await.map_err(|e| failed(error_chain(&e)))?;
         if !response.status().is_success() {
             return Err(failed(format!("HTTP {}", response.status())));
         }
         return response.text().await.map_err(|e| failed(error_chain(&e)));
     }
     let path = source.strip_prefix("file://").unwrap_or(source);
-    tokio::fs::read_to_string(path)
-        .await
-        .map_err(Error::io("cannot read catalog", path))
+    tokio::fs::read_to_string(path).await.map_err(Error::io("cannot read catalog", path))
 }
 
 /// An error and its causes on one line (reqwest hides the useful part in sources).

@@ -23,12 +23,7 @@ use crate::Daemon;
 const PIPELINE_DEPTH: usize = 64;
 
 /// Pulls catalog `entry` into the store under its name.
-pub async fn pull(
-    daemon: Arc<Daemon>,
-    op: &OperationHandle,
-    entry: CatalogEntry,
-    lock: KernelLock,
-) -> Result<Kernel> {
+pub async fn pull(daemon: Arc<Daemon>, op: &OperationHandle, entry: CatalogEntry, lock: KernelLock) -> Result<Kernel> {
     let staging = daemon.kernels.staging(&entry.name, op.id())?;
     let (body, total) = open_source(&daemon.http, &entry.tarball_url).await?;
     let total = total.or(Some(entry.size_bytes).filter(|&n| n > 0));
@@ -37,27 +32,17 @@ pub async fn pull(
     let dest = staging.path().to_path_buf();
     let limit = daemon.config.max_bundle_bytes;
     let extraction = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            rx,
-            current: Bytes::new(),
-        };
+        let reader = ChannelReader { rx, current: Bytes::new() };
         banger_kernel::bundle::extract(reader, &dest, limit)
     });
 
     let download = download(body, tx, op, total).await;
-    let extracted = extraction
-        .await
-        .map_err(|e| Error::Internal(format!("extraction task: {e}")))?;
+    let extracted = extraction.await.map_err(|e| Error::Internal(format!("extraction task: {e}")))?;
 
     // The download's fate decides which error the user hears: a failed
     // download or a wrong checksum explain any extraction error they cause.
     let digest = match download {
-        Download::Failed(reason) => {
-            return Err(Error::Download {
-                url: entry.tarball_url,
-                reason,
-            })
-        }
+        Download::Failed(reason) => return Err(Error::Download { url: entry.tarball_url, reason }),
         Download::Abandoned => {
             return Err(extracted
                 .err()
@@ -67,11 +52,7 @@ pub async fn pull(
         Download::Complete(digest) => digest,
     };
     if digest != entry.tarball_sha256 {
-        return Err(Error::ChecksumMismatch {
-            url: entry.tarball_url,
-            expected: entry.tarball_sha256,
-            actual: digest,
-        });
+        return Err(Error::ChecksumMismatch { url: entry.tarball_url, expected: entry.tarball_sha256, actual: digest });
     }
     extracted?;
     op.step("install");
@@ -79,13 +60,9 @@ pub async fn pull(
     let daemon2 = Arc::clone(&daemon);
     let name = entry.name.clone();
     let version = Some(entry.kernel_version);
-    tokio::task::spawn_blocking(move || {
-        daemon2
-            .kernels
-            .install(&lock, &name, staging, version, source)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("install task: {e}")))?
+    tokio::task::spawn_blocking(move || daemon2.kernels.install(&lock, &name, staging, version, source))
+        .await
+        .map_err(|e| Error::Internal(format!("install task: {e}")))?
 }
 
 enum Download {
@@ -123,29 +100,18 @@ type ByteStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>
 
 /// Opens a bundle source: http(s) URL, `file://` URL or plain path.
 async fn open_source(http: &reqwest::Client, url: &str) -> Result<(ByteStream, Option<u64>)> {
-    let failed = |reason: String| Error::Download {
-        url: url.to_owned(),
-        reason,
-    };
+    let failed = |reason: String| Error::Download { url: url.to_owned(), reason };
     if url.starts_with("http://") || url.starts_with("https://") {
-        let response = http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
+        let response = http.get(url).send().await.map_err(|e| failed(error_chain(&e)))?;
         if !response.status().is_success() {
             return Err(failed(format!("HTTP {}", response.status())));
         }
         let length = response.content_length();
-        let stream = response
-            .bytes_stream()
-            .map(|r| r.map_err(|e| io::Error::other(error_chain(&e))));
+        let stream = response.bytes_stream().map(|r| r.map_err(|e| io::Error::other(error_chain(&e))));
         return Ok((Box::pin(stream), length));
     }
     let path = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| failed(e.to_string()))?;
     let length = file.metadata().await.ok().map(|m| m.len());
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
     Ok((Box::pin(stream), length))

@@ -17,9 +17,7 @@ use crate::Daemon;
 pub fn validate(request: &KernelImportRequest) -> Result<()> {
     for path in std::iter::once(&request.path).chain(&request.modules_dir) {
         if !Path::new(path).is_absolute() {
-            return Err(Error::InvalidArgument(format!(
-                "path {path:?} must be absolute"
-            )));
+            return Err(Error::InvalidArgument(format!("path {path:?} must be absolute")));
         }
         if !Path::new(path).exists() {
             return Err(Error::InvalidArgument(format!("{path} does not exist")));
@@ -49,9 +47,7 @@ pub async fn import(
             Some(kind) => source_kind(kind),
             None => import::detect_kind(&path)?,
         };
-        import::import(&path, kind, &options, &dest, &mut |step: &str| {
-            progress_op.step(step)
-        })
+        import::import(&path, kind, &options, &dest, &mut |step: &str| progress_op.step(step))
     })
     .await
     .map_err(|e| Error::Internal(format!("import task: {e}")))??;
@@ -59,13 +55,7 @@ pub async fn import(
     op.step("install");
     let source = format!("import:{}", request.path);
     tokio::task::spawn_blocking(move || {
-        daemon.kernels.install(
-            &lock,
-            &request.name,
-            staging,
-            imported.kernel_version,
-            source,
-        )
+        daemon.kernels.install(&lock, &request.name, staging, imported.kernel_version, source)
     })
     .await
     .map_err(|e| Error::Internal(format!("install task: {e}")))?

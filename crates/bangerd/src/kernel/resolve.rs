@@ -18,17 +18,11 @@ pub async fn resolve(daemon: &Arc<Daemon>, name: &str, op: &OperationHandle) -> 
     }
     let entries = super::catalog::load(&daemon.http, &daemon.config.catalogs).await?;
     let entry = banger_kernel::catalog::lookup(&entries, name)
-        .map_err(|_| Error::NotFound {
-            kind: "kernel (locally or in the catalog)",
-            name: name.to_owned(),
-        })?
+        .map_err(|_| Error::NotFound { kind: "kernel (locally or in the catalog)", name: name.to_owned() })?
         .clone();
     let lock = daemon.kernels.lock(name)?;
     op.step("pull kernel");
     let kernel = super::fetch::pull(Arc::clone(daemon), op, entry, lock).await?;
-    daemon.events.publish(banger_api::Event::Created {
-        kind: banger_api::ObjectKind::Kernel,
-        name: name.to_owned(),
-    });
+    daemon.events.publish(banger_api::Event::Created { kind: banger_api::ObjectKind::Kernel, name: name.to_owned() });
     Ok(kernel)
 }

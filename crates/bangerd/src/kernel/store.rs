@@ -52,11 +52,7 @@ impl KernelStore {
     pub fn open(state_dir: &Path, db: Arc<Db>) -> Result<KernelStore> {
         let root = state_dir.join("kernels");
         fs::create_dir_all(&root).map_err(Error::io("cannot create", &root))?;
-        let store = KernelStore {
-            root,
-            db,
-            locks: NameLocks::new("kernel"),
-        };
+        let store = KernelStore { root, db, locks: NameLocks::new("kernel") };
         store.reconcile()?;
         Ok(store)
     }
@@ -116,12 +112,7 @@ impl KernelStore {
 
     /// Every stored kernel.
     pub fn list(&self) -> Result<Vec<Kernel>> {
-        Ok(self
-            .db
-            .kernels()?
-            .into_iter()
-            .map(|row| self.to_api(row))
-            .collect())
+        Ok(self.db.kernels()?.into_iter().map(|row| self.to_api(row)).collect())
     }
 
     /// One stored kernel.
@@ -129,10 +120,7 @@ impl KernelStore {
         self.db
             .kernel(name)?
             .map(|row| self.to_api(row))
-            .ok_or_else(|| Error::NotFound {
-                kind: "kernel",
-                name: name.to_owned(),
-            })
+            .ok_or_else(|| Error::NotFound { kind: "kernel", name: name.to_owned() })
     }
 
     /// Removes a kernel, files and row.
@@ -147,9 +135,7 @@ impl KernelStore {
         let dir = self.dir(&row.name);
         Kernel {
             vmlinux_path: dir.join("vmlinux").display().to_string(),
-            initrd_path: row
-                .has_initrd
-                .then(|| dir.join("initrd.img").display().to_string()),
+            initrd_path: row.has_initrd.then(|| dir.join("initrd.img").display().to_string()),
             name: row.name,
             kernel_version: row.kernel_version,
             vmlinux_sha256: row.vmlinux_sha256,
@@ -217,8 +203,7 @@ fn write_manifest(dir: &Path, row: &KernelRow) -> Result<()> {
         created_at: row.created_at.clone(),
     };
     let path = dir.join("manifest.json");
-    let text =
-        serde_json::to_string_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
     fs::write(&path, text + "\n").map_err(Error::io("cannot write", &path))
 }
 
@@ -232,9 +217,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(Error::io("cannot read", path))?;
+        let n = file.read(&mut buf).map_err(Error::io("cannot read", path))?;
         if n == 0 {
             break;
         }
@@ -253,9 +236,7 @@ fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir).map_err(Error::io("cannot read", dir))? {
         let entry = entry.map_err(Error::io("cannot read", dir))?;
-        let meta = entry
-            .metadata()
-            .map_err(Error::io("cannot stat", entry.path()))?;
+        let meta = entry.metadata().map_err(Error::io("cannot stat", entry.path()))?;
         if meta.is_dir() {
             total += dir_size(&entry.path())?;
         } else if meta.is_file() {

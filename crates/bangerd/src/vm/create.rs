@@ -24,32 +24,17 @@ const DEFAULT_MEMORY_MIB: u32 = 512;
 /// nothing is made.
 pub fn validate(daemon: &Daemon, request: &VmCreateRequest) -> Result<()> {
     super::validate_name(&request.name)?;
-    if daemon
-        .db
-        .object::<VmRow>(ObjectTable::Vms, &request.name)?
-        .is_some()
-    {
-        return Err(Error::AlreadyExists {
-            kind: "VM",
-            name: request.name.clone(),
-            hint: "",
-        });
+    if daemon.db.object::<VmRow>(ObjectTable::Vms, &request.name)?.is_some() {
+        return Err(Error::AlreadyExists { kind: "VM", name: request.name.clone(), hint: "" });
     }
     if request.cpus.is_some_and(|c| c == 0 || c > 64) {
-        return Err(Error::InvalidArgument(
-            "--cpus must be between 1 and 64".into(),
-        ));
+        return Err(Error::InvalidArgument("--cpus must be between 1 and 64".into()));
     }
     if request.memory_mib.is_some_and(|m| m < 64) {
-        return Err(Error::InvalidArgument(
-            "--memory must be at least 64 MiB".into(),
-        ));
+        return Err(Error::InvalidArgument("--memory must be at least 64 MiB".into()));
     }
     let image = daemon.images.get(&request.image)?;
-    if request
-        .disk_size_bytes
-        .is_some_and(|size| size < image.size_bytes)
-    {
+    if request.disk_size_bytes.is_some_and(|size| size < image.size_bytes) {
         return Err(Error::InvalidArgument(format!(
             "--disk-size must be at least the image's size ({} bytes)",
             image.size_bytes
@@ -109,12 +94,8 @@ async fn create_steps(
     undo: &mut Vec<Undo>,
 ) -> Result<Vm> {
     let image = daemon.images.get(&request.image)?;
-    let kernel = crate::kernel::resolve::resolve(
-        daemon,
-        request.kernel.as_deref().unwrap_or(&image.kernel),
-        op,
-    )
-    .await?;
+    let kernel =
+        crate::kernel::resolve::resolve(daemon, request.kernel.as_deref().unwrap_or(&image.kernel), op).await?;
 
     op.step("clone disk");
     let dir = daemon.vm_dir(&request.name);
@@ -126,9 +107,7 @@ async fn create_steps(
     let disk_size = request.disk_size_bytes.unwrap_or(image.size_bytes);
     let source = PathBuf::from(&image.rootfs_path);
     let root = dir.join("root.ext4");
-    let work = request
-        .work_disk_bytes
-        .map(|size| (size, dir.join("work.ext4")));
+    let work = request.work_disk_bytes.map(|size| (size, dir.join("work.ext4")));
     let seeds = daemon.images.seeds_dir();
     tokio::task::spawn_blocking(move || -> Result<()> {
         banger_storage::clone_disk(strategy, &source, &root, Some(disk_size))?;
@@ -146,16 +125,10 @@ async fn create_steps(
     vm.kernel = kernel.name;
     vm.disk_size_bytes = disk_size;
     vm.disk_strategy = strategy_name(strategy).to_owned();
-    let mut row = VmRow {
-        vm,
-        init: image.init.clone(),
-    };
+    let mut row = VmRow { vm, init: image.init.clone() };
     undo.push(Undo::ForgetVm(request.name.clone()));
     daemon.save_vm(&row)?;
-    daemon.events.publish(banger_api::Event::Created {
-        kind: banger_api::ObjectKind::Vm,
-        name: request.name.clone(),
-    });
+    daemon.events.publish(banger_api::Event::Created { kind: banger_api::ObjectKind::Vm, name: request.name.clone() });
     if request.no_start {
         return Ok(row.vm);
     }
@@ -181,10 +154,7 @@ async fn rollback(daemon: &Arc<Daemon>, name: &str, undo: Vec<Undo>) {
                 if let Err(e) = daemon.db.delete_object(ObjectTable::Vms, &name) {
                     tracing::warn!(vm = %name, error = %e, "rollback: cannot delete the VM record");
                 }
-                daemon.events.publish(banger_api::Event::Deleted {
-                    kind: banger_api::ObjectKind::Vm,
-                    name,
-                });
+                daemon.events.publish(banger_api::Event::Deleted { kind: banger_api::ObjectKind::Vm, name });
             }
             Undo::RemoveDir(path) => {
                 if let Err(e) = std::fs::remove_dir_all(&path) {

@@ -20,30 +20,17 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Boots a VM from its disks and waits for its agent. The caller holds the
 /// VM's lock. On failure the VMM is killed and the VM is left stopped.
-pub async fn boot(
-    daemon: &Arc<Daemon>,
-    row: &mut VmRow,
-    op: Option<&OperationHandle>,
-) -> Result<()> {
+pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHandle>) -> Result<()> {
     let name = row.vm.name.clone();
     let kernel = daemon.kernels.get(&row.vm.kernel)?;
     let driver = daemon.driver(&row.vm)?;
     let run_dir = daemon.vm_run_dir(&name);
     std::fs::create_dir_all(&run_dir).map_err(Error::io("cannot create", &run_dir))?;
     let dir = daemon.vm_dir(&name);
-    let mut disks = vec![DiskSpec {
-        path: dir.join("root.ext4"),
-        read_only: false,
-    }];
-    let mut cmdline = format!(
-        "root=/dev/vda rw init={} banger.hostname={name} panic=-1 quiet",
-        row.init
-    );
+    let mut disks = vec![DiskSpec { path: dir.join("root.ext4"), read_only: false }];
+    let mut cmdline = format!("root=/dev/vda rw init={} banger.hostname={name} panic=-1 quiet", row.init);
     if row.vm.work_disk_bytes.is_some() {
-        disks.push(DiskSpec {
-            path: dir.join("work.ext4"),
-            read_only: false,
-        });
+        disks.push(DiskSpec { path: dir.join("work.ext4"), read_only: false });
         cmdline.push_str(" banger.work=/dev/vdb");
     }
     let spec = VmSpec {
@@ -107,13 +94,7 @@ pub fn mark_stopped(daemon: &Daemon, row: &mut VmRow) -> Result<()> {
 
 /// Removes a stopped VM's sockets and pid file; the console log stays for `vm logs`.
 fn release_runtime(run_dir: &Path) {
-    for file in [
-        "agent.sock",
-        "qmp.sock",
-        "firecracker.sock",
-        "vsock.sock",
-        "vmm.pid",
-    ] {
+    for file in ["agent.sock", "qmp.sock", "firecracker.sock", "vsock.sock", "vmm.pid"] {
         let _ = std::fs::remove_file(run_dir.join(file));
     }
 }
@@ -125,13 +106,7 @@ pub async fn start(daemon: Arc<Daemon>, op: &OperationHandle, name: String) -> R
     match row.vm.state {
         VmState::Stopped | VmState::Created => {}
         VmState::Running => return Ok(row.vm),
-        state => {
-            return Err(Error::InvalidState {
-                name,
-                state,
-                wanted: "stopped",
-            })
-        }
+        state => return Err(Error::InvalidState { name, state, wanted: "stopped" }),
     }
     boot(&daemon, &mut row, Some(op)).await?;
     Ok(row.vm)
@@ -200,18 +175,11 @@ pub async fn remove(daemon: &Arc<Daemon>, name: &str, force: bool) -> Result<()>
     for dir in [daemon.vm_dir(name), daemon.vm_run_dir(name)] {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(Error::Io {
-                    action: "cannot remove",
-                    path: dir,
-                    source: e,
-                });
+                return Err(Error::Io { action: "cannot remove", path: dir, source: e });
             }
         }
     }
-    daemon.events.publish(banger_api::Event::Deleted {
-        kind: banger_api::ObjectKind::Vm,
-        name: name.to_owned(),
-    });
+    daemon.events.publish(banger_api::Event::Deleted { kind: banger_api::ObjectKind::Vm, name: name.to_owned() });
     tracing::info!(vm = %name, "VM removed");
     Ok(())
 }
@@ -221,25 +189,17 @@ pub async fn set(daemon: &Arc<Daemon>, name: &str, request: VmSetRequest) -> Res
     let _guard = daemon.vms.lock(name).await;
     let mut row = daemon.vm_row(name)?;
     if !matches!(row.vm.state, VmState::Stopped | VmState::Created) {
-        return Err(Error::InvalidState {
-            name: name.to_owned(),
-            state: row.vm.state,
-            wanted: "stopped",
-        });
+        return Err(Error::InvalidState { name: name.to_owned(), state: row.vm.state, wanted: "stopped" });
     }
     if let Some(cpus) = request.cpus {
         if cpus == 0 || cpus > 64 {
-            return Err(Error::InvalidArgument(
-                "--cpus must be between 1 and 64".into(),
-            ));
+            return Err(Error::InvalidArgument("--cpus must be between 1 and 64".into()));
         }
         row.vm.cpus = cpus;
     }
     if let Some(memory) = request.memory_mib {
         if memory < 64 {
-            return Err(Error::InvalidArgument(
-                "--memory must be at least 64 MiB".into(),
-            ));
+            return Err(Error::InvalidArgument("--memory must be at least 64 MiB".into()));
         }
         row.vm.memory_mib = memory;
     }
@@ -252,11 +212,7 @@ pub async fn resize_disk(daemon: &Arc<Daemon>, name: &str, size_bytes: u64) -> R
     let _guard = daemon.vms.lock(name).await;
     let mut row = daemon.vm_row(name)?;
     if !matches!(row.vm.state, VmState::Stopped | VmState::Created) {
-        return Err(Error::InvalidState {
-            name: name.to_owned(),
-            state: row.vm.state,
-            wanted: "stopped",
-        });
+        return Err(Error::InvalidState { name: name.to_owned(), state: row.vm.state, wanted: "stopped" });
     }
     if size_bytes < row.vm.disk_size_bytes {
         return Err(Error::InvalidArgument(format!(
@@ -281,18 +237,10 @@ pub async fn agent(daemon: &Arc<Daemon>, name: &str) -> Result<Arc<AgentConn>> {
     }
     let row = daemon.vm_row(name)?;
     if row.vm.state != VmState::Running {
-        return Err(Error::InvalidState {
-            name: name.to_owned(),
-            state: row.vm.state,
-            wanted: "running",
-        });
+        return Err(Error::InvalidState { name: name.to_owned(), state: row.vm.state, wanted: "running" });
     }
     let driver = daemon.driver(&row.vm)?;
-    let agent = AgentConn::connect(
-        &driver.agent_endpoint(&daemon.vm_run_dir(name)),
-        Duration::from_secs(10),
-    )
-    .await?;
+    let agent = AgentConn::connect(&driver.agent_endpoint(&daemon.vm_run_dir(name)), Duration::from_secs(10)).await?;
     daemon.vms.set_agent(name, Arc::clone(&agent));
     Ok(agent)
 }

@@ -38,13 +38,7 @@ pub struct VmManager {
 impl VmManager {
     /// Serializes operations on one VM: the guard is held for the whole operation.
     pub async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = Arc::clone(
-            self.locks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(name.to_owned())
-                .or_default(),
-        );
+        let lock = Arc::clone(self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_owned()).or_default());
         lock.lock_owned().await
     }
 
@@ -56,26 +50,17 @@ impl VmManager {
 
     /// Remembers a VM's agent connection.
     pub fn set_agent(&self, name: &str, agent: Arc<AgentConn>) {
-        self.agents
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), agent);
+        self.agents.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), agent);
     }
 
     /// Closes every agent connection (the daemon is stopping).
     pub fn drop_all_agents(&self) {
-        self.agents
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.agents.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Forgets a VM's agent connection (it stopped).
     pub fn drop_agent(&self, name: &str) {
-        self.agents
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        self.agents.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
     }
 }
 
@@ -84,9 +69,7 @@ impl VmManager {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -101,12 +84,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 impl Daemon {
     /// A VM's record.
     pub fn vm_row(&self, name: &str) -> Result<VmRow> {
-        self.db
-            .object(ObjectTable::Vms, name)?
-            .ok_or_else(|| Error::NotFound {
-                kind: "VM",
-                name: name.to_owned(),
-            })
+        self.db.object(ObjectTable::Vms, name)?.ok_or_else(|| Error::NotFound { kind: "VM", name: name.to_owned() })
     }
 
     /// Every VM's record.
@@ -117,10 +95,7 @@ impl Daemon {
     /// Saves a VM's record and tells subscribers.
     pub fn save_vm(&self, row: &VmRow) -> Result<()> {
         self.db.put_object(ObjectTable::Vms, &row.vm.name, row)?;
-        self.events.publish(banger_api::Event::Updated {
-            kind: banger_api::ObjectKind::Vm,
-            name: row.vm.name.clone(),
-        });
+        self.events.publish(banger_api::Event::Updated { kind: banger_api::ObjectKind::Vm, name: row.vm.name.clone() });
         Ok(())
     }
 
@@ -150,37 +125,17 @@ impl Daemon {
     pub fn driver(&self, vm: &Vm) -> Result<Vmm> {
         match vm.vmm {
             VmmChoice::Firecracker => {
-                let binary = self
-                    .caps
-                    .firecracker
-                    .as_ref()
-                    .map(|t| t.path.clone())
-                    .ok_or_else(|| {
-                        Error::Unsupported(
-                            "firecracker is not installed (see `banger doctor`)".into(),
-                        )
+                let binary =
+                    self.caps.firecracker.as_ref().map(|t| t.path.clone()).ok_or_else(|| {
+                        Error::Unsupported("firecracker is not installed (see `banger doctor`)".into())
                     })?;
-                Ok(Vmm::Firecracker(Firecracker {
-                    binary,
-                    jailer: None,
-                }))
+                Ok(Vmm::Firecracker(Firecracker { binary, jailer: None }))
             }
             VmmChoice::Qemu => {
-                let binary = self
-                    .caps
-                    .qemu
-                    .as_ref()
-                    .map(|t| t.path.clone())
-                    .ok_or_else(|| {
-                        Error::Unsupported(
-                            "qemu-system-x86_64 is not installed: apt-get install qemu-system-x86"
-                                .into(),
-                        )
-                    })?;
-                Ok(Vmm::Qemu(Qemu {
-                    binary,
-                    kvm: vm.kvm,
-                }))
+                let binary = self.caps.qemu.as_ref().map(|t| t.path.clone()).ok_or_else(|| {
+                    Error::Unsupported("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86".into())
+                })?;
+                Ok(Vmm::Qemu(Qemu { binary, kvm: vm.kvm }))
             }
         }
     }

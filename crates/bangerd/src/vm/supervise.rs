@@ -49,10 +49,7 @@ pub fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
             continue;
         }
         let name = row.vm.name.clone();
-        let running = daemon
-            .driver(&row.vm)
-            .ok()
-            .map(|d| d.state(&daemon.vm_run_dir(&name)));
+        let running = daemon.driver(&row.vm).ok().map(|d| d.state(&daemon.vm_run_dir(&name)));
         match running {
             Some(VmmState::Running { pid }) => {
                 tracing::info!(vm = %name, pid, "adopting running VM");
