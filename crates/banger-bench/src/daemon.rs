@@ -13,6 +13,24 @@ use anyhow::{bail, Context};
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How to run one `bangerd`.
+pub struct DaemonCommand {
+    /// The release-built `bangerd`.
+    pub bangerd: PathBuf,
+    /// Its API socket.
+    pub socket: PathBuf,
+    /// Its state root.
+    pub state_dir: PathBuf,
+    /// Its config file (`BANGER_CONFIG`); a path that does not exist means none.
+    pub config: PathBuf,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    /// Further arguments.
+    pub args: Vec<std::ffi::OsString>,
+    /// Further environment variables.
+    pub env: Vec<(String, String)>,
+}
+
 /// A running `bangerd`.
 pub struct DaemonProcess {
     child: Child,
@@ -20,33 +38,31 @@ pub struct DaemonProcess {
 }
 
 impl DaemonProcess {
-    /// Starts `bangerd` with `socket`, `state_dir` and `catalog`, its output
-    /// going to `log`; returns once the socket accepts connections.
-    pub fn start(
-        bangerd: &Path,
-        socket: &Path,
-        state_dir: &Path,
-        catalog: &Path,
-        log: &Path,
-        no_config: &Path,
-    ) -> anyhow::Result<DaemonProcess> {
+    /// Starts `bangerd` as `command` describes; returns once the socket
+    /// accepts connections.
+    pub fn start(command: &DaemonCommand) -> anyhow::Result<DaemonProcess> {
+        let log = &command.log;
         let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone().context("cannot share the log file")?;
-        let mut command = Command::new(bangerd);
-        command
+        let mut process = Command::new(&command.bangerd);
+        process
             .arg("--socket")
-            .arg(socket)
+            .arg(&command.socket)
             .arg("--state-dir")
-            .arg(state_dir)
-            .arg("--catalog")
-            .arg(catalog)
+            .arg(&command.state_dir)
+            .args(&command.args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        isolate(&mut command, no_config);
-        let child = command.spawn().with_context(|| format!("cannot start {}", bangerd.display()))?;
+        isolate(&mut process, &command.config);
+        // Plain log lines (no colour codes), so timestamps can be parsed.
+        process.env("NO_COLOR", "1");
+        for (key, value) in &command.env {
+            process.env(key, value);
+        }
+        let child = process.spawn().with_context(|| format!("cannot start {}", command.bangerd.display()))?;
         let mut daemon = DaemonProcess { child, log: log.to_owned() };
-        daemon.wait_for_socket(socket)?;
+        daemon.wait_for_socket(&command.socket)?;
         Ok(daemon)
     }
 
@@ -100,7 +116,7 @@ impl Drop for DaemonProcess {
 }
 
 /// Keeps the host's banger configuration out of a benchmark process:
-/// `no_config` is a config path that does not exist.
-pub fn isolate(command: &mut Command, no_config: &Path) {
-    command.env("BANGER_CONFIG", no_config).env_remove("BANGER_SOCKET").env_remove("BANGER_STATE_DIR");
+/// `config` is the benchmark's own config file, or a path that does not exist.
+pub fn isolate(command: &mut Command, config: &Path) {
+    command.env("BANGER_CONFIG", config).env_remove("BANGER_SOCKET").env_remove("BANGER_STATE_DIR");
 }

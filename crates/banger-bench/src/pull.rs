@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 
 use crate::corpus;
-use crate::daemon::{self, DaemonProcess};
+use crate::daemon::{self, DaemonCommand, DaemonProcess};
 use crate::report::{PullReport, Round, Timing};
 use crate::serve::BundleServer;
+use crate::tools::{on_path, settle};
 
 /// Round `n` pulls catalog entry `bench-n`, so no round deletes a tree just
 /// before another is written (see `corpus::make`).
@@ -113,8 +114,15 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     write_catalog(&layout.catalog, args.rounds, &server.url(), &bundle.sha256, compressed)?;
 
     fs::create_dir(&layout.state).context("cannot create the state directory")?;
-    let daemon =
-        DaemonProcess::start(&bangerd, &layout.socket, &layout.state, &layout.catalog, &layout.log, &layout.no_config)?;
+    let daemon = DaemonProcess::start(&DaemonCommand {
+        bangerd,
+        socket: layout.socket.clone(),
+        state_dir: layout.state.clone(),
+        config: layout.no_config.clone(),
+        log: layout.log.clone(),
+        args: vec!["--catalog".into(), layout.catalog.clone().into()],
+        env: Vec::new(),
+    })?;
 
     let mut rounds = Vec::with_capacity(args.rounds);
     for round in 1..=args.rounds {
@@ -214,16 +222,4 @@ fn read_digest(path: &Path) -> anyhow::Result<String> {
         ensure!(Instant::now() < deadline, "sha256sum wrote no digest to {}", path.display());
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Flushes the previous run's dirty pages so neither side pays for the
-/// other's writeback.
-fn settle() -> anyhow::Result<()> {
-    let status = Command::new("sync").status().context("cannot run sync")?;
-    ensure!(status.success(), "sync failed ({status})");
-    Ok(())
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }

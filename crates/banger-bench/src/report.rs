@@ -79,7 +79,7 @@ impl PullReport {
 }
 
 /// The middle value; the mean of the two middle ones for an even count.
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     if mid * 2 == values.len() {

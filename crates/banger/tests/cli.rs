@@ -167,3 +167,70 @@ async fn real_debian_kernel_imports_bundles_and_pulls_back() {
     assert!(!kernels.join("junk").exists());
     assert_eq!(banger_testkit::TestDaemon::kernel_dir_entries(&daemon), ["debian", "debian-pulled", "debian2"]);
 }
+
+async fn banger_stdin(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_banger"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("BANGER_SOCKET")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run banger");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    child.wait_with_output().await.unwrap()
+}
+
+/// The README's main flow with a real guest: import the kernel, build the
+/// tiny image, create a VM, run commands in it, read its console, remove it.
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_create_exec_logs_and_rm_from_the_cli() {
+    let Some(deb) = banger_testkit::debian::cloud_kernel_deb(Path::new(env!("CARGO_TARGET_TMPDIR"))) else {
+        return;
+    };
+    let agent = tokio::task::spawn_blocking(banger_testkit::guest::agent_binary).await.unwrap();
+    let daemon = TestDaemon::start_with(|c| {
+        c.agent_binary = Some(agent);
+        c.vmm = Some(banger_api::VmmChoice::Qemu);
+    })
+    .await;
+    let socket = daemon.config.socket.clone();
+    let ok = |out: &Output| assert!(out.status.success(), "{}", stderr(out));
+    ok(&banger(&socket, &["kernel", "import", "debian", "--deb", deb.to_str().unwrap()]).await);
+    let built = banger(&socket, &["image", "build", "tiny", "--recipe", "tiny", "--kernel-ref", "debian"]).await;
+    ok(&built);
+    assert!(stdout(&built).contains("image tiny ready"), "{}", stdout(&built));
+
+    let created = banger(&socket, &["vm", "create", "dev", "--image", "tiny", "--memory", "256M"]).await;
+    ok(&created);
+    assert!(stdout(&created).contains("VM dev running (qemu"), "{}", stdout(&created));
+    let listed = stdout(&banger(&socket, &["vm", "list"]).await);
+    assert!(listed.lines().nth(1).is_some_and(|l| l.starts_with("dev") && l.contains("running")), "{listed}");
+
+    let uname = banger(&socket, &["vm", "exec", "dev", "--", "uname", "-a"]).await;
+    ok(&uname);
+    assert!(stdout(&uname).starts_with("Linux dev "), "{}", stdout(&uname));
+    let failing = banger(&socket, &["vm", "exec", "dev", "--", "sh", "-c", "echo to-err >&2; exit 42"]).await;
+    assert_eq!(failing.status.code(), Some(42), "the guest's exit code is banger's");
+    assert_eq!(stderr(&failing), "to-err\n");
+    let piped = banger_stdin(&socket, &["vm", "exec", "dev", "--", "wc", "-c"], &[b'x'; 100_000]).await;
+    ok(&piped);
+    assert_eq!(stdout(&piped).trim(), "100000", "stdin is forwarded whole");
+
+    let logs = banger(&socket, &["vm", "logs", "dev"]).await;
+    ok(&logs);
+    assert!(stdout(&logs).contains("Linux version"), "{}", stdout(&logs));
+
+    let refused = banger(&socket, &["vm", "rm", "dev"]).await;
+    assert_eq!(refused.status.code(), Some(4), "a running VM is not removed without --force");
+    ok(&banger(&socket, &["vm", "rm", "dev", "--force"]).await);
+    assert_eq!(json(&banger(&socket, &["vm", "list", "--json"]).await), serde_json::json!([]));
+    let bad = banger(&socket, &["vm", "create", "Not_A_Label", "--image", "tiny"]).await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("invalid name"), "{}", stderr(&bad));
+}

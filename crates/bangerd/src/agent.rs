@@ -236,3 +236,49 @@ where
     agent.close(agent_stream);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in agent on a unix socket that answers hello with `protocol`.
+    async fn fake_agent(protocol: u32) -> (tempfile::TempDir, AgentEndpoint) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let hello = proto::read_frame(&mut stream).await.unwrap().unwrap();
+            assert!(matches!(hello.message::<Request>(), Ok(Request::Hello { .. })));
+            let reply = Reply::Hello { protocol, agent_version: "test".into() };
+            proto::write_frame(&mut stream, &Frame::control(CONTROL_STREAM, &reply)).await.unwrap();
+            // Keep the connection open while the test looks at it.
+            let _ = proto::read_frame(&mut stream).await;
+        });
+        (dir, AgentEndpoint::Unix(path))
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_another_protocol_version_is_refused() {
+        let (_dir, endpoint) = fake_agent(PROTOCOL_VERSION + 1).await;
+        let error = AgentConn::connect(&endpoint, Duration::from_secs(5)).await.err().expect("refused");
+        assert!(matches!(error, AgentError::Version { .. }), "{error}");
+        assert!(error.to_string().contains("rebuild the image"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_our_version_is_accepted() {
+        let (_dir, endpoint) = fake_agent(PROTOCOL_VERSION).await;
+        let conn = AgentConn::connect(&endpoint, Duration::from_secs(5)).await.expect("accepted");
+        assert_eq!(conn.agent_version, "test");
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn silence_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = AgentEndpoint::Unix(dir.path().join("nobody.sock"));
+        let error = AgentConn::connect(&endpoint, Duration::from_millis(300)).await.err().expect("times out");
+        assert!(matches!(error, AgentError::Timeout(_)), "{error}");
+    }
+}

@@ -268,3 +268,62 @@ async fn a_full_disk_fails_the_create_cleanly() {
     let mut daemon = daemon;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn work_disk_settings_resize_logs_and_image_in_use() {
+    let Some(mut daemon) = daemon_with_image(|_| {}).await else { return };
+    let client = daemon.client.clone();
+    let work = 96 << 20;
+    create(&daemon, VmCreateRequest { work_disk_bytes: Some(work), ..create_request("box") }).await;
+
+    let written = client
+        .exec("box", &["sh", "-c", "echo data > /work/f && cat /work/f && grep ' /work ' /proc/mounts"], b"")
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&written.stdout);
+    assert!(text.starts_with("data\n") && text.contains("/dev/vdb /work ext4"), "{text}");
+    let seeds: Vec<_> = std::fs::read_dir(daemon.state_dir().join("images/.seeds")).unwrap().collect();
+    assert_eq!(seeds.len(), 1, "one pre-formatted seed per size");
+
+    let in_use = client.remove_image("tiny", false).await.unwrap_err();
+    assert_eq!(in_use.api().map(|e| e.code), Some(ErrorCode::Conflict));
+    assert!(in_use.to_string().contains("box"), "{in_use}");
+
+    let mut logs = client.vm_logs("box", false).await.unwrap();
+    let mut console = Vec::new();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut logs).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            console.extend_from_slice(&data);
+        }
+    }
+    assert!(String::from_utf8_lossy(&console).contains("Linux version"), "the console shows the boot");
+
+    let running_set =
+        client.set_vm("box", &banger_api::VmSetRequest { cpus: Some(2), memory_mib: None }).await.unwrap_err();
+    assert_eq!(running_set.api().map(|e| e.code), Some(ErrorCode::Conflict), "set needs a stopped VM");
+    client.stop_vm("box", false).await.unwrap();
+    let set = client.set_vm("box", &banger_api::VmSetRequest { cpus: Some(2), memory_mib: Some(384) }).await.unwrap();
+    assert_eq!((set.cpus, set.memory_mib), (2, 384));
+    let old_size = set.disk_size_bytes;
+    let shrink = client.resize_vm_disk("box", old_size / 2).await.unwrap_err();
+    assert_eq!(shrink.api().map(|e| e.code), Some(ErrorCode::InvalidArgument));
+    let grown = client.resize_vm_disk("box", old_size + (64 << 20)).await.unwrap();
+    assert_eq!(grown.disk_size_bytes, old_size + (64 << 20));
+
+    succeed(&client, client.start_vm("box", false).await).await;
+    let facts = client
+        .exec("box", &["sh", "-c", "nproc; cat /sys/block/vda/size; cat /work/f; df -k / | tail -n1"], b"")
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&facts.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "2", "{text}");
+    assert_eq!(lines[1].parse::<u64>().unwrap() * 512, old_size + (64 << 20), "{text}");
+    assert_eq!(lines[2], "data", "the work disk keeps its data");
+    let fs_kib: u64 = lines[3].split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(fs_kib * 1024 > old_size, "the filesystem grew with the disk: {text}");
+
+    client.remove_vm("box", true).await.unwrap();
+    client.remove_image("tiny", false).await.unwrap();
+    daemon.stop().await;
+}

@@ -44,6 +44,7 @@ pub fn watch(daemon: Arc<Daemon>, name: String, pid: u32) {
 /// At daemon start: VMs whose VMM still runs are adopted (watched again,
 /// their agent reconnected on first use); the others are marked stopped.
 pub fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
+    remove_orphans(daemon)?;
     for mut row in daemon.vm_rows()? {
         if matches!(row.vm.state, VmState::Stopped | VmState::Created) {
             continue;
@@ -62,6 +63,30 @@ pub fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
                 tracing::info!(vm = %name, "VM is no longer running; marking it stopped");
                 super::lifecycle::mark_stopped(daemon, &mut row)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Removes VM directories (disks, runtime files) that no VM record owns:
+/// what a create left behind when the daemon died in the middle of it.
+fn remove_orphans(daemon: &Daemon) -> Result<()> {
+    let known: std::collections::HashSet<String> = daemon.vm_rows()?.into_iter().map(|r| r.vm.name).collect();
+    for root in [daemon.config.state_dir.join("vms"), daemon.config.run_dir.join("vms")] {
+        let Ok(entries) = std::fs::read_dir(&root) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if known.contains(&name) {
+                continue;
+            }
+            let path = entry.path();
+            // A VMM still running from such a create is killed first.
+            if let Some(pid) = banger_vmm::read_pid(&path.join("vmm.pid")).filter(|&pid| banger_vmm::pid_alive(pid)) {
+                tracing::warn!(vm = %name, pid, "killing the VMM of a half-made VM");
+                let _ = banger_vmm::signal(pid, libc::SIGKILL);
+            }
+            tracing::info!(path = %path.display(), "removing files of a VM that does not exist");
+            std::fs::remove_dir_all(&path).map_err(crate::error::Error::io("cannot remove", &path))?;
         }
     }
     Ok(())
