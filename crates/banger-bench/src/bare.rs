@@ -16,9 +16,6 @@ use tokio::net::UnixStream;
 
 /// How long a bare boot may take until the exec has run.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-/// Resend the hello this often, as bangerd does (a hello written before the
-/// guest opens its port may be lost).
-const HELLO_RETRY: Duration = Duration::from_secs(2);
 /// How often to try the agent socket until QEMU has made it.
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
 /// The exec's stream; stream 0 is the handshake's.
@@ -35,6 +32,9 @@ pub struct BareGuest {
     pub init: String,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// Resend the hello this often until answered (bangerd: 2 s; a hello
+    /// written before the guest opens its port is lost).
+    pub hello_retry: Duration,
 }
 
 /// Seconds from spawning QEMU to each step.
@@ -68,13 +68,13 @@ impl BareGuest {
         let args = Qemu { binary: self.qemu.clone(), kvm: false }.args(&spec);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         crate::tools::settle()?;
-        let result = runtime.block_on(time_boot(&self.qemu, &args, run_dir));
+        let result = runtime.block_on(time_boot(&self.qemu, &args, run_dir, self.hello_retry));
         kill_vmm(run_dir);
         result
     }
 }
 
-async fn time_boot(qemu: &Path, args: &[String], run_dir: &Path) -> anyhow::Result<BareTiming> {
+async fn time_boot(qemu: &Path, args: &[String], run_dir: &Path, hello_retry: Duration) -> anyhow::Result<BareTiming> {
     let log = std::fs::File::create(run_dir.join("vmm.log"))?;
     let started = Instant::now();
     let status = Command::new(qemu)
@@ -87,20 +87,21 @@ async fn time_boot(qemu: &Path, args: &[String], run_dir: &Path) -> anyhow::Resu
     let vmm_started_s = started.elapsed().as_secs_f64();
     ensure!(status.success(), "QEMU failed ({status}): {}", std::fs::read_to_string(run_dir.join("vmm.log"))?);
     let remaining = BOOT_TIMEOUT.saturating_sub(started.elapsed());
-    let (agent_hello_s, exited_s) = tokio::time::timeout(remaining, talk(&run_dir.join("agent.sock"), started))
-        .await
-        .map_err(|_| anyhow::anyhow!("the agent did not run `true` within {BOOT_TIMEOUT:?} of starting QEMU"))??;
+    let (agent_hello_s, exited_s) =
+        tokio::time::timeout(remaining, talk(&run_dir.join("agent.sock"), started, hello_retry))
+            .await
+            .map_err(|_| anyhow::anyhow!("the agent did not run `true` within {BOOT_TIMEOUT:?} of starting QEMU"))??;
     Ok(BareTiming { vmm_started_s, agent_hello_s, exited_s })
 }
 
 /// Handshakes with the agent and runs `true`: seconds since `started` to
 /// the hello and to the exit.
-async fn talk(socket: &Path, started: Instant) -> anyhow::Result<(f64, f64)> {
+async fn talk(socket: &Path, started: Instant, hello_retry: Duration) -> anyhow::Result<(f64, f64)> {
     let (mut reader, mut writer) = connect(socket).await.into_split();
     let hello = Frame::control(proto::CONTROL_STREAM, &Request::Hello { protocol: PROTOCOL_VERSION });
     loop {
         proto::write_frame(&mut writer, &hello).await?;
-        if let Ok(answer) = tokio::time::timeout(HELLO_RETRY, read_hello(&mut reader)).await {
+        if let Ok(answer) = tokio::time::timeout(hello_retry, read_hello(&mut reader)).await {
             break answer?;
         }
     }

@@ -41,6 +41,10 @@ pub struct VmArgs {
     /// Parent of the temporary work directory (state roots, VM disks).
     #[arg(long, value_name = "DIR")]
     work_parent: Option<PathBuf>,
+    /// How often the bare side resends its hello until answered, in ms
+    /// (bangerd resends every 2000); lower it to see what that interval costs.
+    #[arg(long, default_value_t = 2000)]
+    hello_retry_ms: u64,
     /// Skip the disk measurement on a loop-mounted XFS.
     #[arg(long)]
     no_xfs: bool,
@@ -84,7 +88,8 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => download_kernel(work.path())?,
     };
-    let inputs = Inputs { bangerd, banger, agent, deb };
+    let absolute = |p: PathBuf| p.canonicalize().with_context(|| format!("cannot find {}", p.display()));
+    let inputs = Inputs { bangerd, banger, agent: absolute(agent)?, deb: absolute(deb)? };
 
     eprintln!("starting bangerd under {}...", work.path().display());
     let default_dir = work.path().join("default");
@@ -99,6 +104,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         init: image.init,
         memory_mib: args.memory_mib,
         cpus: CPUS,
+        hello_retry: std::time::Duration::from_millis(args.hello_retry_ms),
     };
 
     let mut timed = Vec::with_capacity(args.rounds);

@@ -145,13 +145,13 @@ impl VmReport {
         println!();
         println!("disk per new VM (vm create --no-start, before the guest writes; MiB = 2^20 bytes):");
         println!(
-            "  {:<9} {:<6} {:<12} {:>10} {:>12} {:>12} {:>12}",
+            "  {:<9} {:<10} {:<12} {:>10} {:>12} {:>12} {:>12}",
             "state", "fs", "strategy", "image MiB", "image alloc", "VM alloc", "free delta"
         );
         let mib = |b: f64| b / (1u64 << 20) as f64;
         for d in &self.disk {
             println!(
-                "  {:<9} {:<6} {:<12} {:>10.1} {:>12.2} {:>12.2} {:>12.2}",
+                "  {:<9} {:<10} {:<12} {:>10.1} {:>12.2} {:>12.2} {:>12.2}",
                 d.setting,
                 d.filesystem,
                 d.strategy,
@@ -161,6 +161,7 @@ impl VmReport {
                 mib(d.free_delta_bytes as f64)
             );
         }
+        println!("  (st_blocks counts a reflink's shared extents as allocated; the free delta shows what it costs)");
         for why in &self.disk_skipped {
             println!("  skipped: {why}");
         }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 /// How long one hello waits for an answer before it is sent again.
-const HELLO_RETRY: Duration = Duration::from_secs(2);
+const HELLO_RETRY: Duration = Duration::from_millis(250);
 
 /// Why the agent could not be reached or spoken to.
 #[derive(Debug, thiserror::Error)]

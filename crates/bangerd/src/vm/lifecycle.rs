@@ -28,7 +28,8 @@ pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHa
     std::fs::create_dir_all(&run_dir).map_err(Error::io("cannot create", &run_dir))?;
     let dir = daemon.vm_dir(&name);
     let mut disks = vec![DiskSpec { path: dir.join("root.ext4"), read_only: false }];
-    let mut cmdline = format!("root=/dev/vda rw init={} banger.hostname={name} panic=-1", row.init);
+    let mut cmdline =
+        format!("root=/dev/vda rw init={} banger.hostname={name} systemd.hostname={name} panic=-1", row.init);
     if row.vm.work_disk_bytes.is_some() {
         disks.push(DiskSpec { path: dir.join("work.ext4"), read_only: false });
         cmdline.push_str(" banger.work=/dev/vdb");
