@@ -14,19 +14,19 @@ use crate::Context;
 pub async fn follow(ctx: &Context, op: &Operation) -> anyhow::Result<Operation> {
     let bar = if ctx.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.enable_steady_tick(Duration::from_millis(120));
-    let bytes_style = ProgressStyle::with_template(
-        "{spinner} {prefix} {msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-    )
-    .expect("valid template")
-    .progress_chars("=> ");
-    let step_style = ProgressStyle::with_template("{spinner} {prefix} {msg}").expect("valid template");
-    bar.set_prefix(format!("{} [{}/{}]", op.target, 0, op.progress.steps_total));
+    let bytes_style =
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .expect("valid template")
+            .progress_chars("=> ");
+    let step_style = ProgressStyle::with_template("{spinner} {msg}").expect("valid template");
     let done = ctx
         .client
         .wait(&op.id, |update| {
             let p = &update.progress;
-            bar.set_prefix(format!("{} [{}/{}]", update.target, (p.steps_done + 1).min(p.steps_total), p.steps_total));
-            bar.set_message(p.step.clone());
+            // One message, so a redraw never shows one step's number with another's name.
+            let step =
+                format!("{} [{}/{}] {}", update.target, (p.steps_done + 1).min(p.steps_total), p.steps_total, p.step);
+            bar.set_message(step.clone());
             match p.bytes_total {
                 Some(total) if p.bytes_done > 0 => {
                     bar.set_style(bytes_style.clone());
@@ -35,7 +35,7 @@ pub async fn follow(ctx: &Context, op: &Operation) -> anyhow::Result<Operation> 
                 }
                 _ if p.bytes_done > 0 => {
                     bar.set_style(step_style.clone());
-                    bar.set_message(format!("{} {}", p.step, crate::output::size(p.bytes_done)));
+                    bar.set_message(format!("{step} {}", crate::output::size(p.bytes_done)));
                 }
                 _ => bar.set_style(step_style.clone()),
             }

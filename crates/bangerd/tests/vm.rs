@@ -298,10 +298,27 @@ async fn work_disk_settings_resize_logs_and_image_in_use() {
     }
     assert!(String::from_utf8_lossy(&console).contains("Linux version"), "the console shows the boot");
 
+    // Following the console ends when the VM stops.
+    let follower = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut body = client.vm_logs("box", true).await.unwrap();
+            let mut seen = Vec::new();
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    seen.extend_from_slice(&data);
+                }
+            }
+            seen
+        })
+    };
+
     let running_set =
         client.set_vm("box", &banger_api::VmSetRequest { cpus: Some(2), memory_mib: None }).await.unwrap_err();
     assert_eq!(running_set.api().map(|e| e.code), Some(ErrorCode::Conflict), "set needs a stopped VM");
     client.stop_vm("box", false).await.unwrap();
+    let followed = tokio::time::timeout(Duration::from_secs(10), follower).await.expect("follow ends at stop").unwrap();
+    assert!(String::from_utf8_lossy(&followed).contains("Linux version"));
     let set = client.set_vm("box", &banger_api::VmSetRequest { cpus: Some(2), memory_mib: Some(384) }).await.unwrap();
     assert_eq!((set.cpus, set.memory_mib), (2, 384));
     let old_size = set.disk_size_bytes;
@@ -374,4 +391,60 @@ async fn debian_image_boots_with_systemd_and_the_agent_as_a_service() {
     assert_eq!(stopped.state, VmState::Stopped);
     client.remove_vm("deb-vm", false).await.unwrap();
     daemon.stop().await;
+}
+
+/// Image builds through the daemon: a kernel reference that is only in the
+/// catalog is pulled as part of the build; a bad source fails the build and
+/// leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_builds_pull_their_kernel_and_fail_cleanly() {
+    let server = banger_testkit::HttpServer::start().await;
+    let agent = tokio::task::spawn_blocking(banger_testkit::guest::agent_binary).await.unwrap();
+    let daemon = TestDaemon::start_with(|c| c.agent_binary = Some(agent)).await;
+    let client = &daemon.client;
+    let bundle = banger_testkit::bundles::good_bundle("catalog-kernel");
+    let url = server.route("/k.tar.zst", banger_testkit::Canned::ok(bundle.clone()));
+    daemon.set_catalog(vec![banger_testkit::bundles::entry("from-catalog", &url, &bundle)]);
+    let request = |name: &str| ImageBuildRequest {
+        name: name.into(),
+        recipe: Some(ImageRecipe::Tiny),
+        from_dir: None,
+        from_tar: None,
+        kernel: "from-catalog".into(),
+        size_bytes: None,
+        force: false,
+    };
+    let image: banger_api::Image =
+        serde_json::from_value(succeed(client, client.build_image(&request("t1")).await).await).unwrap();
+    assert_eq!(image.kernel, "from-catalog");
+    assert_eq!(client.kernel("from-catalog").await.unwrap().source, format!("pull:{url}"));
+    assert_eq!(client.images().await.unwrap().len(), 1);
+
+    // A tarball whose member escapes the root.
+    let tar_path = daemon.root.path().join("evil.tar");
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(1);
+    header.set_mode(0o644);
+    header.as_old_mut().name[..9].copy_from_slice(b"../escape");
+    header.set_cksum();
+    builder.append(&header, &b"x"[..]).unwrap();
+    std::fs::write(&tar_path, builder.into_inner().unwrap()).unwrap();
+    let evil = ImageBuildRequest { recipe: None, from_tar: Some(tar_path.display().to_string()), ..request("evil") };
+    let op = client.build_image(&evil).await.unwrap();
+    let done = client.wait(&op.id, |_| {}).await.unwrap();
+    assert_eq!(done.state, OperationState::Failed);
+    assert!(done.error.unwrap().message.contains("escape"));
+    let images_dir: Vec<String> = std::fs::read_dir(daemon.state_dir().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".seeds")
+        .collect();
+    assert_eq!(images_dir, ["t1"], "the failed build left nothing");
+    assert_eq!(client.image("evil").await.unwrap_err().api().map(|e| e.code), Some(ErrorCode::NotFound));
+
+    let both = ImageBuildRequest { from_dir: Some("/".into()), ..request("both") };
+    assert_eq!(client.build_image(&both).await.unwrap_err().api().map(|e| e.code), Some(ErrorCode::InvalidArgument));
+    let again = client.build_image(&request("t1")).await.unwrap_err();
+    assert_eq!(again.api().map(|e| e.code), Some(ErrorCode::AlreadyExists));
 }
