@@ -27,6 +27,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A path made absolute (the daemon resolves paths on its own, from `/`).
+pub fn absolute(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let path = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    Ok(path.display().to_string())
+}
+
 /// Bytes in binary units: `512 B`, `1.5 KiB`, `28.3 MiB`.
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -41,8 +41,10 @@ pub struct Db {
     conn: Mutex<Connection>,
 }
 
-/// A kernel's row, without the paths the store derives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A kernel's row, without the paths the store derives. It is also the
+/// kernel's `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KernelRow {
     /// Name.
     pub name: String,

@@ -1,6 +1,6 @@
 //! `banger image build|register|list|show|rm`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -88,8 +88,8 @@ pub async fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCod
                     RecipeArg::Tiny => ImageRecipe::Tiny,
                     RecipeArg::Debian => ImageRecipe::Debian,
                 }),
-                from_dir: from_dir.as_deref().map(absolute).transpose()?,
-                from_tar: from_tar.as_deref().map(absolute).transpose()?,
+                from_dir: from_dir.as_deref().map(output::absolute).transpose()?,
+                from_tar: from_tar.as_deref().map(output::absolute).transpose()?,
                 kernel,
                 size_bytes: size,
                 force,
@@ -98,7 +98,7 @@ pub async fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCod
             finish(ctx, &op).await?;
         }
         ImageCommand::Register { name, rootfs, kernel, init, force } => {
-            let request = ImageRegisterRequest { name, rootfs: absolute(&rootfs)?, kernel, init, force };
+            let request = ImageRegisterRequest { name, rootfs: output::absolute(&rootfs)?, kernel, init, force };
             let op = ctx.client.register_image(&request).await?;
             finish(ctx, &op).await?;
         }
@@ -156,9 +156,4 @@ fn show(ctx: &Context, i: &Image) -> anyhow::Result<()> {
     println!("rootfs:   {}", i.rootfs_path);
     println!("created:  {}", i.created_at);
     Ok(())
-}
-
-fn absolute(path: &Path) -> anyhow::Result<String> {
-    let path = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
-    Ok(path.display().to_string())
 }

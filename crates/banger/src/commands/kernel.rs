@@ -146,9 +146,9 @@ pub async fn run(command: KernelCommand, ctx: &Context) -> anyhow::Result<ExitCo
             };
             let request = KernelImportRequest {
                 name,
-                path: absolute(&path)?,
+                path: output::absolute(&path)?,
                 kind,
-                modules_dir: modules.as_deref().map(absolute).transpose()?,
+                modules_dir: modules.as_deref().map(output::absolute).transpose()?,
                 force,
             };
             let op = ctx.client.import_kernel(&request).await?;
@@ -246,7 +246,7 @@ async fn bundle(
     std::fs::rename(&partial, out).with_context(|| format!("cannot write {}", out.display()))?;
     let url = match url {
         Some(url) => url,
-        None => format!("file://{}", absolute(out)?),
+        None => format!("file://{}", output::absolute(out)?),
     };
     Ok(CatalogEntry {
         name: kernel.name.clone(),
@@ -258,9 +258,4 @@ async fn bundle(
         size_bytes: size,
         description: description.unwrap_or_else(|| format!("Kernel {} bundled by banger", kernel.name)),
     })
-}
-
-fn absolute(path: &Path) -> anyhow::Result<String> {
-    let path = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
-    Ok(path.display().to_string())
 }

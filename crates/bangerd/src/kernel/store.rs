@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use banger_api::Kernel;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::db::{Db, KernelRow};
@@ -18,26 +17,6 @@ use crate::staging::{NameLock, NameLocks, Staging};
 
 /// Holds a kernel name against concurrent pulls, imports and removals.
 pub type KernelLock = NameLock;
-
-/// `manifest.json`, written beside every kernel for people and tools.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// Name.
-    pub name: String,
-    /// Kernel release.
-    pub kernel_version: Option<String>,
-    /// SHA-256 of vmlinux on disk.
-    pub vmlinux_sha256: String,
-    /// `pull:<url>` or `import:<path>`.
-    pub source: String,
-    /// Bytes on disk.
-    pub size_bytes: u64,
-    /// Whether `initrd.img` is there.
-    pub has_initrd: bool,
-    /// RFC 3339.
-    pub created_at: String,
-}
 
 /// The kernel store.
 pub struct KernelStore {
@@ -171,17 +150,9 @@ impl KernelStore {
         }
         for name in on_disk {
             match read_manifest(&self.dir(&name)) {
-                Some(m) if m.name == name => {
+                Some(row) if row.name == name => {
                     tracing::info!(kernel = %name, "adopting kernel found on disk");
-                    self.db.put_kernel(&KernelRow {
-                        name: m.name,
-                        kernel_version: m.kernel_version,
-                        vmlinux_sha256: m.vmlinux_sha256,
-                        source: m.source,
-                        size_bytes: m.size_bytes,
-                        has_initrd: m.has_initrd,
-                        created_at: m.created_at,
-                    })?;
+                    self.db.put_kernel(&row)?;
                 }
                 _ => {
                     tracing::warn!(kernel = %name, "kernel directory without a valid manifest; leaving it alone")
@@ -193,21 +164,12 @@ impl KernelStore {
 }
 
 fn write_manifest(dir: &Path, row: &KernelRow) -> Result<()> {
-    let manifest = Manifest {
-        name: row.name.clone(),
-        kernel_version: row.kernel_version.clone(),
-        vmlinux_sha256: row.vmlinux_sha256.clone(),
-        source: row.source.clone(),
-        size_bytes: row.size_bytes,
-        has_initrd: row.has_initrd,
-        created_at: row.created_at.clone(),
-    };
     let path = dir.join("manifest.json");
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
+    let text = serde_json::to_string_pretty(row).map_err(|e| Error::Internal(e.to_string()))?;
     fs::write(&path, text + "\n").map_err(Error::io("cannot write", &path))
 }
 
-fn read_manifest(dir: &Path) -> Option<Manifest> {
+fn read_manifest(dir: &Path) -> Option<KernelRow> {
     serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()
 }
 
