@@ -116,9 +116,10 @@ impl Client {
         self.send_json(Method::POST, "/v1/kernels/import", Some(request)).await
     }
 
-    /// `DELETE /v1/kernels/{name}`.
-    pub async fn remove_kernel(&self, name: &str) -> Result<()> {
-        let response = self.request(Method::DELETE, &format!("/v1/kernels/{}", segment(name)), None).await?;
+    /// `DELETE /v1/kernels/{name}`; `force` removes it even if images or VMs boot it.
+    pub async fn remove_kernel(&self, name: &str, force: bool) -> Result<()> {
+        let path = format!("/v1/kernels/{}?force={force}", segment(name));
+        let response = self.request(Method::DELETE, &path, None).await?;
         expect_success(response).await.map(drop)
     }
 

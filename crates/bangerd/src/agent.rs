@@ -43,16 +43,23 @@ pub struct AgentConn {
     streams: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>>,
     next_stream: AtomicU32,
     closed: Arc<AtomicBool>,
-    reader: tokio::task::AbortHandle,
+    /// Held for its `Drop`: closing the connection when this goes.
+    _tasks: Tasks,
     /// The agent's build version.
     pub agent_version: String,
 }
 
-impl Drop for AgentConn {
-    /// Closes the connection: the reader task owns the socket's read half,
-    /// and a VMM's chardev serves one client at a time, so it must go.
+/// The tasks that own the socket's halves. Dropping this closes the
+/// connection, which matters: a VMM's chardev serves one client at a time.
+struct Tasks {
+    reader: tokio::task::AbortHandle,
+    writer: tokio::task::AbortHandle,
+}
+
+impl Drop for Tasks {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
     }
 }
 
@@ -99,34 +106,12 @@ impl AgentConn {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let hello = Frame::control(CONTROL_STREAM, &Request::Hello { protocol: PROTOCOL_VERSION });
-        let agent_version = loop {
-            proto::write_frame(&mut writer, &hello).await?;
-            let wait = HELLO_RETRY.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            match tokio::time::timeout(wait, read_hello(&mut reader)).await {
-                Ok(result) => break result?,
-                Err(_) if tokio::time::Instant::now() >= deadline => return Err(AgentError::Timeout(timeout)),
-                Err(_) => continue,
-            }
-        };
         let (tx, mut rx) = mpsc::channel::<Frame>(256);
         let streams: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let routes = Arc::clone(&streams);
-        let reader_closed = Arc::clone(&closed);
-        let reader = tokio::spawn(async move {
-            while let Ok(Some(frame)) = proto::read_frame(&mut reader).await {
-                let route = routes.lock().unwrap_or_else(|e| e.into_inner()).get(&frame.stream).cloned();
-                if let Some(route) = route {
-                    let _ = route.send(frame);
-                }
-            }
-            reader_closed.store(true, Ordering::SeqCst);
-            // Dropping the senders ends every open stream.
-            routes.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        });
+
         let writer_closed = Arc::clone(&closed);
-        tokio::spawn(async move {
+        let writer_task = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
                 if proto::write_frame(&mut writer, &frame).await.is_err() {
                     break;
@@ -134,12 +119,61 @@ impl AgentConn {
             }
             writer_closed.store(true, Ordering::SeqCst);
         });
+        // One reader for the connection's whole life: the handshake never
+        // cancels a read halfway through a frame. Stream 0 goes to the
+        // handshake; other streams to whoever opened them.
+        let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Frame>();
+        let routes = Arc::clone(&streams);
+        let reader_closed = Arc::clone(&closed);
+        let writer_abort = writer_task.abort_handle();
+        let reader_task = tokio::spawn(async move {
+            while let Ok(Some(frame)) = proto::read_frame(&mut reader).await {
+                if frame.stream == CONTROL_STREAM {
+                    let _ = control_tx.send(frame);
+                    continue;
+                }
+                let route = routes.lock().unwrap_or_else(|e| e.into_inner()).get(&frame.stream).cloned();
+                if let Some(route) = route {
+                    let _ = route.send(frame);
+                }
+            }
+            reader_closed.store(true, Ordering::SeqCst);
+            // The socket closes only when both halves go; a chardev serves
+            // one client at a time, so a dead reader must not keep it.
+            writer_abort.abort();
+            // Dropping the senders ends every open stream.
+            routes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        });
+        let tasks = Tasks { reader: reader_task.abort_handle(), writer: writer_task.abort_handle() };
+
+        let hello = Frame::control(CONTROL_STREAM, &Request::Hello { protocol: PROTOCOL_VERSION });
+        let agent_version = loop {
+            tx.send(hello.clone()).await.map_err(|_| AgentError::Closed)?;
+            let wait = HELLO_RETRY.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let answered = tokio::time::timeout(wait, async {
+                loop {
+                    let frame = control_rx.recv().await.ok_or(AgentError::Closed)?;
+                    if let Ok(Reply::Hello { protocol, agent_version }) = frame.message::<Reply>() {
+                        if protocol != PROTOCOL_VERSION {
+                            return Err(AgentError::Version { agent: protocol, ours: PROTOCOL_VERSION });
+                        }
+                        return Ok(agent_version);
+                    }
+                }
+            })
+            .await;
+            match answered {
+                Ok(result) => break result?,
+                Err(_) if tokio::time::Instant::now() >= deadline => return Err(AgentError::Timeout(timeout)),
+                Err(_) => continue,
+            }
+        };
         Ok(Arc::new(AgentConn {
             writer: tx,
             streams,
             next_stream: AtomicU32::new(1),
             closed,
-            reader: reader.abort_handle(),
+            _tasks: tasks,
             agent_version,
         }))
     }
@@ -175,25 +209,16 @@ impl AgentConn {
     }
 }
 
-async fn read_hello<R: AsyncRead + Unpin>(reader: &mut R) -> Result<String, AgentError> {
-    loop {
-        let frame = proto::read_frame(reader).await?.ok_or(AgentError::Closed)?;
-        if frame.stream != CONTROL_STREAM {
-            continue;
-        }
-        if let Ok(Reply::Hello { protocol, agent_version }) = frame.message::<Reply>() {
-            if protocol != PROTOCOL_VERSION {
-                return Err(AgentError::Version { agent: protocol, ours: PROTOCOL_VERSION });
-            }
-            return Ok(agent_version);
-        }
-    }
-}
+/// How long a command whose client went away gets after SIGHUP, and
+/// again after SIGKILL, to report that it ended.
+const HANGUP_GRACE: Duration = Duration::from_secs(2);
 
 /// Relays one exec between a client connection (which speaks the frame
 /// protocol as a host would: an `exec` control frame first, then stdin and
-/// signals) and the agent, renumbering streams both ways. Ends when the
-/// agent reports the process exited or failed.
+/// signals) and the agent, renumbering streams both ways. Only stdin and
+/// signals pass upstream: a client cannot say hello or power the VM off
+/// through its exec. Ends when the agent reports the command ended (or
+/// failed to start). A client that goes away first hangs the command up.
 pub async fn relay_exec<C>(agent: Arc<AgentConn>, client: C) -> Result<(), AgentError>
 where
     C: AsyncRead + AsyncWrite + Send + 'static,
@@ -211,30 +236,67 @@ where
     agent.send(Frame { stream: agent_stream, ..first }).await?;
 
     let upstream_agent = Arc::clone(&agent);
-    let upstream = tokio::spawn(async move {
+    let mut upstream = tokio::spawn(async move {
         while let Ok(Some(frame)) = proto::read_frame(&mut client_rx).await {
-            if upstream_agent.send(Frame { stream: agent_stream, ..frame }).await.is_err() {
+            let allowed = match frame.kind {
+                proto::FrameKind::Stdin => true,
+                proto::FrameKind::Control => matches!(frame.message::<Request>(), Ok(Request::Signal { .. })),
+                _ => false,
+            };
+            if allowed && upstream_agent.send(Frame { stream: agent_stream, ..frame }).await.is_err() {
                 break;
             }
         }
     });
-    let result = async {
-        while let Some(frame) = stream.frames.recv().await {
-            let last = frame.kind == proto::FrameKind::Control
-                && matches!(frame.message::<Reply>(), Ok(Reply::Exited { .. } | Reply::Error { .. }));
-            proto::write_frame(&mut client_tx, &Frame { stream: client_stream, ..frame }).await?;
-            if last {
-                return Ok(());
+
+    let mut started = false;
+    let mut client_gone = false;
+    let result = loop {
+        tokio::select! {
+            frame = stream.frames.recv() => {
+                let Some(frame) = frame else {
+                    if !client_gone {
+                        let error = Reply::Error { message: "the connection to the guest agent closed".into() };
+                        let _ = proto::write_frame(&mut client_tx, &Frame::control(client_stream, &error)).await;
+                    }
+                    break Err(AgentError::Closed);
+                };
+                let reply = (frame.kind == proto::FrameKind::Control).then(|| frame.message::<Reply>().ok()).flatten();
+                started |= matches!(reply, Some(Reply::Started { .. }));
+                // An error before the start means the command never ran;
+                // after it (a refused signal, say) the command still runs.
+                let last = matches!(reply, Some(Reply::Exited { .. })) || (!started && matches!(reply, Some(Reply::Error { .. })));
+                if !client_gone && proto::write_frame(&mut client_tx, &Frame { stream: client_stream, ..frame }).await.is_err() {
+                    client_gone = true;
+                    hang_up(&agent, agent_stream).await;
+                }
+                if last {
+                    break Ok(());
+                }
+            }
+            _ = &mut upstream, if !client_gone => {
+                client_gone = true;
+                hang_up(&agent, agent_stream).await;
             }
         }
-        let error = Reply::Error { message: "the connection to the guest agent closed".into() };
-        proto::write_frame(&mut client_tx, &Frame::control(client_stream, &error)).await?;
-        Err(AgentError::Closed)
-    }
-    .await;
+    };
     upstream.abort();
     agent.close(agent_stream);
     result
+}
+
+/// The client left before its command ended: SIGHUP now, SIGKILL if it is
+/// still there after a grace period (the relay keeps waiting for `exited`).
+async fn hang_up(agent: &Arc<AgentConn>, stream: u32) {
+    let signal = move |signal| Frame::control(stream, &Request::Signal { signal });
+    let _ = agent.send(signal(libc::SIGHUP)).await;
+    let agent = Arc::clone(agent);
+    tokio::spawn(async move {
+        tokio::time::sleep(HANGUP_GRACE).await;
+        if agent.streams.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&stream) {
+            let _ = agent.send(signal(libc::SIGKILL)).await;
+        }
+    });
 }
 
 #[cfg(test)]

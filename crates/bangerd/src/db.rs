@@ -168,6 +168,13 @@ impl Db {
         Ok(self.conn().execute(&sql, [name])? > 0)
     }
 
+    /// One recorded operation.
+    pub fn operation(&self, id: &str) -> Result<Option<Operation>> {
+        let body: Option<String> =
+            self.conn().query_row("SELECT body FROM operations WHERE id = ?1", [id], |row| row.get(0)).optional()?;
+        Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
+    }
+
     /// Recorded operations, newest first, at most `limit`.
     pub fn operations(&self, limit: u32) -> Result<Vec<Operation>> {
         let conn = self.conn();

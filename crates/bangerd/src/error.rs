@@ -90,7 +90,7 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
     /// The object is not in a state that allows the request.
-    #[error("VM {name:?} is {state:?}; it must be {wanted}")]
+    #[error("VM {name:?} is {}; it must be {wanted}", state_name(*state))]
     InvalidState {
         /// The VM.
         name: String,
@@ -131,7 +131,8 @@ impl Error {
             Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             Error::Busy { .. } => ErrorCode::Conflict,
             Error::Catalog(CatalogError::NotFound { .. }) => ErrorCode::NotFound,
-            Error::Catalog(_) => ErrorCode::InvalidArgument,
+            // A broken configured catalog is the host's problem, not the request's.
+            Error::Catalog(_) => ErrorCode::Internal,
             Error::Bundle(BundleError::TooLarge { .. }) => ErrorCode::TooLarge,
             Error::Bundle(BundleError::Io { .. }) => ErrorCode::Internal,
             Error::Bundle(_) => ErrorCode::BadArchive,
@@ -146,6 +147,8 @@ impl Error {
             Error::Image(e) => image_code(e),
             Error::Storage(e) => storage_code(e),
             Error::Vmm(banger_vmm::VmmError::MissingBinary { .. }) => ErrorCode::Unsupported,
+            Error::Vmm(banger_vmm::VmmError::InvalidSpec(_)) => ErrorCode::InvalidArgument,
+            Error::Agent(crate::agent::AgentError::Version { .. }) => ErrorCode::Unsupported,
             Error::Vmm(_) | Error::Agent(_) => ErrorCode::Internal,
             Error::Db(_) | Error::Io { .. } | Error::Internal(_) => ErrorCode::Internal,
         }
@@ -161,6 +164,16 @@ impl Error {
             source = cause.source();
         }
         ApiError { code: self.code(), message }
+    }
+}
+
+fn state_name(state: banger_api::VmState) -> &'static str {
+    match state {
+        banger_api::VmState::Created => "created",
+        banger_api::VmState::Starting => "starting",
+        banger_api::VmState::Running => "running",
+        banger_api::VmState::Stopping => "stopping",
+        banger_api::VmState::Stopped => "stopped",
     }
 }
 

@@ -47,6 +47,9 @@ pub struct Daemon {
     pub caps: banger_host::Capabilities,
     /// HTTP client for catalogs and pulls.
     pub http: reqwest::Client,
+    /// Background work (operations, supervisors, exec relays), waited for
+    /// at shutdown before the state root is let go.
+    pub tasks: tokio_util::task::TaskTracker,
     shutdown: watch::Receiver<bool>,
     /// Held while serving; released at the end of `serve` so a new daemon
     /// may take the state root even while old tasks finish.
@@ -121,6 +124,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     let http = reqwest::Client::builder()
         .user_agent(concat!("banger/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| error::Error::Internal(format!("http client: {e}")))?;
     let (stop, shutdown) = watch::channel(false);
@@ -134,6 +138,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
         vms: vm::VmManager::default(),
         caps,
         http,
+        tasks: tokio_util::task::TaskTracker::new(),
         shutdown,
         state_lock: std::sync::Mutex::new(Some(lock)),
     };
@@ -170,6 +175,10 @@ impl Prepared {
         };
         let result = axum::serve(listener, app).with_graceful_shutdown(stopping).await;
         let _ = std::fs::remove_file(&socket);
+        // Operations, supervisors and relays end at shutdown (an operation
+        // cut short is recorded as failed); only then is the root let go.
+        daemon.tasks.close();
+        daemon.tasks.wait().await;
         daemon.vms.drop_all_agents();
         daemon.state_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
         result

@@ -118,7 +118,7 @@ impl Operations {
         if let Some(t) = self.lock().get(id) {
             return Ok(Some(t.op.clone()));
         }
-        Ok(self.db.operations(u32::MAX)?.into_iter().find(|op| op.id == id))
+        self.db.operation(id)
     }
 
     /// Recent operations, newest first, running ones with their live progress.

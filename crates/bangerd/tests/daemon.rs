@@ -145,10 +145,10 @@ async fn events_announce_operations_and_objects() {
     assert_eq!(states.last(), Some(&OperationState::Succeeded));
     assert_eq!(created, Event::Created { kind: ObjectKind::Kernel, name: "ev".into() });
 
-    daemon.client.remove_kernel("ev").await.unwrap();
+    daemon.client.remove_kernel("ev", false).await.unwrap();
     assert_eq!(next(&mut events).await, Event::Deleted { kind: ObjectKind::Kernel, name: "ev".into() });
     assert_eq!(daemon.kernel_dir_entries(), Vec::<String>::new());
-    let gone = daemon.client.remove_kernel("ev").await.unwrap_err();
+    let gone = daemon.client.remove_kernel("ev", false).await.unwrap_err();
     assert_eq!(gone.api().unwrap().code, ErrorCode::NotFound);
 }
 

@@ -43,9 +43,10 @@ async fn pull_round_trip_extracts_and_records_the_kernel() {
     let state = |l: &[banger_api::CatalogListing]| l.iter().find(|l| l.entry.name == "k1").unwrap().state;
     assert_eq!(state(&listing), banger_api::CatalogEntryState::Available);
 
-    let mut seen_download_progress = false;
     let op = daemon.client.pull_kernel(&KernelPullRequest { name: "k1".into(), force: false }).await.unwrap();
     assert_eq!(op.state, OperationState::Running);
+    // The pull may be done before `wait` subscribes: its first state counts too.
+    let mut seen_download_progress = op.progress.step == "download";
     let done = daemon.client.wait(&op.id, |o| seen_download_progress |= o.progress.step == "download").await.unwrap();
     assert_eq!(done.state, OperationState::Succeeded, "{:?}", done.error);
     assert!(seen_download_progress);

@@ -79,6 +79,9 @@ pub enum KernelCommand {
     Rm {
         /// Kernel name.
         name: String,
+        /// Remove it even if images or VMs boot it.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -165,8 +168,8 @@ pub async fn run(command: KernelCommand, ctx: &Context) -> anyhow::Result<ExitCo
                 );
             }
         }
-        KernelCommand::Rm { name } => {
-            ctx.client.remove_kernel(&name).await?;
+        KernelCommand::Rm { name, force } => {
+            ctx.client.remove_kernel(&name, force).await?;
             if ctx.json {
                 output::json(&serde_json::json!({ "removed": name }))?;
             } else {

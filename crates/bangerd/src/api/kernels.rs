@@ -44,11 +44,33 @@ pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -
     Ok(Json(daemon.kernels.get(&name)?))
 }
 
-/// Removes a stored kernel.
+/// Query of `DELETE /v1/kernels/{name}`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct RemoveQuery {
+    /// Remove it even if images or VMs boot it.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Removes a stored kernel; refused while images or VMs boot it, unless forced.
 #[utoipa::path(delete, path = "/v1/kernels/{name}", tag = "kernels",
-    params(("name" = String, Path, description = "Kernel name")),
+    params(("name" = String, Path, description = "Kernel name"), RemoveQuery),
     responses((status = 204, description = "Removed"), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-pub async fn remove(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<StatusCode> {
+pub async fn remove(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RemoveQuery>,
+) -> Result<StatusCode> {
+    daemon.kernels.get(&name)?;
+    let mut users: Vec<String> =
+        daemon.images.list()?.into_iter().filter(|i| i.kernel == name).map(|i| format!("image {}", i.name)).collect();
+    users.extend(daemon.vm_rows()?.into_iter().filter(|r| r.vm.kernel == name).map(|r| format!("VM {}", r.vm.name)));
+    if !users.is_empty() && !query.force {
+        return Err(Error::Conflict(format!(
+            "kernel {name:?} is used by {}; --force removes it anyway (they will not boot until it is back)",
+            users.join(", ")
+        )));
+    }
     let d = Arc::clone(&daemon);
     let n = name.clone();
     tokio::task::spawn_blocking(move || d.kernels.remove(&n))

@@ -79,8 +79,18 @@ where
 {
     let snapshot = op.snapshot();
     let events = daemon.events.clone();
-    tokio::spawn(async move {
-        match work(daemon, &op).await {
+    let tasks = daemon.tasks.clone();
+    tasks.spawn(async move {
+        let stopping = Arc::clone(&daemon);
+        let outcome = tokio::select! {
+            outcome = work(daemon, &op) => outcome,
+            // Cut short by shutdown: the work's own guards clean up what
+            // they can, and the operation is recorded as failed.
+            () = stopping.shutting_down() => {
+                Err(crate::error::Error::Internal("interrupted: the daemon stopped while it ran".into()))
+            }
+        };
+        match outcome {
             Ok(value) => {
                 op.finish(Ok(serde_json::to_value(&value).unwrap_or_default()));
                 if let Some((kind, name)) = created {

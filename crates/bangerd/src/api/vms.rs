@@ -42,7 +42,8 @@ pub async fn create(
     State(daemon): State<Arc<Daemon>>,
     Json(request): Json<VmCreateRequest>,
 ) -> Result<(StatusCode, Json<Operation>)> {
-    let guard = daemon.vms.lock(&request.name).await;
+    crate::vm::validate_name(&request.name)?;
+    let guard = daemon.vms.try_lock(&request.name)?;
     create::validate(&daemon, &request)?;
     let steps = if request.no_start { 3 } else { 5 };
     let op = daemon.ops.start(OperationKind::VmCreate, &request.name, steps, "resolve image and kernel")?;
@@ -165,19 +166,25 @@ fn async_stream(
     path: std::path::PathBuf,
     follow: bool,
 ) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
-    futures::stream::unfold((0u64, false), move |(offset, done)| {
+    futures::stream::unfold((0u64, false), move |(mut offset, done)| {
         let (daemon, name, path) = (Arc::clone(&daemon), name.clone(), path.clone());
         async move {
             if done {
                 return None;
             }
             loop {
+                // The console starts over when the VM is started again.
+                if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() < offset) {
+                    offset = 0;
+                }
                 let chunk = read_from(&path, offset).await;
                 if !chunk.is_empty() {
                     let next = offset + chunk.len() as u64;
                     return Some((Ok(bytes::Bytes::from(chunk)), (next, false)));
                 }
-                let running = daemon.vm_row(&name).map(|r| r.vm.state != VmState::Stopped).unwrap_or(false);
+                let running = daemon
+                    .vm_row(&name)
+                    .is_ok_and(|r| matches!(r.vm.state, VmState::Starting | VmState::Running | VmState::Stopping));
                 if !follow || !running {
                     return None;
                 }
@@ -221,14 +228,21 @@ pub async fn exec(
     }
     let agent = lifecycle::agent(&daemon, &name).await?;
     let upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                if let Err(e) = crate::agent::relay_exec(agent, TokioIo::new(upgraded)).await {
-                    tracing::warn!(vm = %name, error = %e, "exec relay ended with an error");
+    let relay_daemon = Arc::clone(&daemon);
+    daemon.tasks.spawn(async move {
+        let relay = async {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    if let Err(e) = crate::agent::relay_exec(agent, TokioIo::new(upgraded)).await {
+                        tracing::warn!(vm = %name, error = %e, "exec relay ended with an error");
+                    }
                 }
+                Err(e) => tracing::warn!(vm = %name, error = %e, "exec upgrade failed"),
             }
-            Err(e) => tracing::warn!(vm = %name, error = %e, "exec upgrade failed"),
+        };
+        tokio::select! {
+            () = relay => {}
+            () = relay_daemon.shutting_down() => {}
         }
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();

@@ -19,11 +19,11 @@ pub async fn load(http: &reqwest::Client, sources: &[String]) -> Result<Vec<Cata
 async fn read_source(http: &reqwest::Client, source: &str) -> Result<String> {
     if source.starts_with("http://") || source.starts_with("https://") {
         let failed = |reason: String| Error::Download { url: source.to_owned(), reason };
-        let response = http.get(source).send().await.map_err(|e| failed(error_chain(&e)))?;
+        let response = http.get(source).send().await.map_err(|e| failed(error_chain(&e.without_url())))?;
         if !response.status().is_success() {
             return Err(failed(format!("HTTP {}", response.status())));
         }
-        return response.text().await.map_err(|e| failed(error_chain(&e)));
+        return response.text().await.map_err(|e| failed(error_chain(&e.without_url())));
     }
     let path = source.strip_prefix("file://").unwrap_or(source);
     tokio::fs::read_to_string(path).await.map_err(Error::io("cannot read catalog", path))

@@ -32,8 +32,14 @@ pub async fn pull(daemon: Arc<Daemon>, op: &OperationHandle, entry: CatalogEntry
     let dest = staging.path().to_path_buf();
     let limit = daemon.config.max_bundle_bytes;
     let extraction = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader { rx, current: Bytes::new() };
-        banger_kernel::bundle::extract(reader, &dest, limit)
+        let mut reader = ChannelReader { rx, current: Bytes::new() };
+        let extracted = banger_kernel::bundle::extract(&mut reader, &dest, limit);
+        // tar stops at its end-of-archive marker; read the rest so the
+        // download completes and its checksum is compared.
+        if extracted.is_ok() {
+            let _ = io::copy(&mut reader, &mut io::sink());
+        }
+        extracted
     });
 
     let download = download(body, tx, op, total).await;
@@ -102,12 +108,12 @@ type ByteStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>
 async fn open_source(http: &reqwest::Client, url: &str) -> Result<(ByteStream, Option<u64>)> {
     let failed = |reason: String| Error::Download { url: url.to_owned(), reason };
     if url.starts_with("http://") || url.starts_with("https://") {
-        let response = http.get(url).send().await.map_err(|e| failed(error_chain(&e)))?;
+        let response = http.get(url).send().await.map_err(|e| failed(error_chain(&e.without_url())))?;
         if !response.status().is_success() {
             return Err(failed(format!("HTTP {}", response.status())));
         }
         let length = response.content_length();
-        let stream = response.bytes_stream().map(|r| r.map_err(|e| io::Error::other(error_chain(&e))));
+        let stream = response.bytes_stream().map(|r| r.map_err(|e| io::Error::other(error_chain(&e.without_url()))));
         return Ok((Box::pin(stream), length));
     }
     let path = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));

@@ -33,6 +33,9 @@ pub fn validate(daemon: &Daemon, request: &VmCreateRequest) -> Result<()> {
     if request.memory_mib.is_some_and(|m| m < 64) {
         return Err(Error::InvalidArgument("--memory must be at least 64 MiB".into()));
     }
+    if request.work_disk_bytes.is_some_and(|size| size < 1 << 20) {
+        return Err(Error::InvalidArgument("--work-disk must be at least 1 MiB".into()));
+    }
     let image = daemon.images.get(&request.image)?;
     if request.disk_size_bytes.is_some_and(|size| size < image.size_bytes) {
         return Err(Error::InvalidArgument(format!(
@@ -56,7 +59,7 @@ fn placeholder_vm(daemon: &Daemon, request: &VmCreateRequest) -> Vm {
         cpus: request.cpus.unwrap_or(DEFAULT_CPUS),
         memory_mib: request.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
         disk_size_bytes: 0,
-        work_disk_bytes: request.work_disk_bytes,
+        work_disk_bytes: request.work_disk_bytes.map(|size| size.next_multiple_of(4096)),
         disk_strategy: String::new(),
         pid: None,
         agent_version: None,
@@ -107,7 +110,7 @@ async fn create_steps(
     let disk_size = request.disk_size_bytes.unwrap_or(image.size_bytes);
     let source = PathBuf::from(&image.rootfs_path);
     let root = dir.join("root.ext4");
-    let work = request.work_disk_bytes.map(|size| (size, dir.join("work.ext4")));
+    let work = request.work_disk_bytes.map(|size| (size.next_multiple_of(4096), dir.join("work.ext4")));
     let seeds = daemon.images.seeds_dir();
     tokio::task::spawn_blocking(move || -> Result<()> {
         banger_storage::clone_disk(strategy, &source, &root, Some(disk_size))?;
@@ -125,15 +128,15 @@ async fn create_steps(
     vm.kernel = kernel.name;
     vm.disk_size_bytes = disk_size;
     vm.disk_strategy = strategy_name(strategy).to_owned();
-    let mut row = VmRow { vm, init: image.init.clone() };
+    let mut row = VmRow { vm, init: image.init.clone(), creating: true };
     undo.push(Undo::ForgetVm(request.name.clone()));
     daemon.save_vm(&row)?;
-    daemon.events.publish(banger_api::Event::Created { kind: banger_api::ObjectKind::Vm, name: request.name.clone() });
-    if request.no_start {
-        return Ok(row.vm);
+    if !request.no_start {
+        undo.push(Undo::StopVm);
+        lifecycle::boot(daemon, &mut row, Some(op)).await?;
     }
-    undo.push(Undo::StopVm);
-    lifecycle::boot(daemon, &mut row, Some(op)).await?;
+    row.creating = false;
+    daemon.save_vm(&row)?;
     Ok(row.vm)
 }
 
@@ -154,10 +157,12 @@ async fn rollback(daemon: &Arc<Daemon>, name: &str, undo: Vec<Undo>) {
                 if let Err(e) = daemon.db.delete_object(ObjectTable::Vms, &name) {
                     tracing::warn!(vm = %name, error = %e, "rollback: cannot delete the VM record");
                 }
+                daemon.vms.drop_agent(&name);
                 daemon.events.publish(banger_api::Event::Deleted { kind: banger_api::ObjectKind::Vm, name });
             }
             Undo::RemoveDir(path) => {
-                if let Err(e) = std::fs::remove_dir_all(&path) {
+                let removed = tokio::task::spawn_blocking(move || (std::fs::remove_dir_all(&path), path)).await;
+                if let Ok((Err(e), path)) = removed {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(path = %path.display(), error = %e, "rollback: cannot remove");
                     }

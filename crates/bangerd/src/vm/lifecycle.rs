@@ -64,7 +64,16 @@ pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHa
     if let Some(op) = op {
         op.step("wait for agent");
     }
-    match AgentConn::connect(&driver.agent_endpoint(&run_dir), daemon.config.boot_timeout).await {
+    let console = driver.console_log(&run_dir);
+    let endpoint = driver.agent_endpoint(&run_dir);
+    let answered = tokio::select! {
+        answered = AgentConn::connect(&endpoint, daemon.config.boot_timeout) => answered.map_err(Error::Agent),
+        // A guest that panics makes the VMM exit (it runs with no reboot):
+        // say so at once, with what the console showed, instead of waiting
+        // out the boot timeout.
+        () = exited(pid) => Err(Error::Vmm(banger_vmm::VmmError::ExitedEarly { log_tail: console_tail(&console) })),
+    };
+    match answered {
         Ok(agent) => {
             row.vm.state = VmState::Running;
             row.vm.agent_version = Some(agent.agent_version.clone());
@@ -78,8 +87,41 @@ pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHa
             if let Err(kill) = driver.kill(&run_dir).await {
                 tracing::warn!(vm = %name, error = %kill, "cannot kill the VMM after a failed boot");
             }
-            mark_stopped(daemon, row)?;
-            Err(Error::Agent(e))
+            settle(daemon, &driver, row)?;
+            Err(e)
+        }
+    }
+}
+
+/// Resolves when process `pid` is gone.
+async fn exited(pid: u32) {
+    while banger_vmm::pid_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last lines of a console log, for error messages.
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+    if tail.is_empty() {
+        "the console is empty".into()
+    } else {
+        format!("the console ended with:\n{tail}")
+    }
+}
+
+/// After a stop or kill: records the VM stopped only if its VMM is really
+/// gone, so a VMM that survived keeps its pid file and record (and no
+/// second VMM can be booted on the same disk).
+fn settle(daemon: &Daemon, driver: &banger_vmm::Vmm, row: &mut VmRow) -> Result<()> {
+    match driver.state(&daemon.vm_run_dir(&row.vm.name)) {
+        VmmState::Stopped => mark_stopped(daemon, row),
+        VmmState::Running { pid } => {
+            tracing::error!(vm = %row.vm.name, pid, "the VMM is still running after a stop");
+            row.vm.pid = Some(pid);
+            daemon.save_vm(row)
         }
     }
 }
@@ -132,10 +174,10 @@ async fn stop_locked(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
     row.vm.state = VmState::Stopping;
     daemon.save_vm(&row)?;
     if let Some(agent) = daemon.vms.agent(name) {
-        agent.poweroff().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), agent.poweroff()).await;
     }
     let result = driver.stop(&run_dir, STOP_TIMEOUT).await;
-    mark_stopped(daemon, &mut row)?;
+    settle(daemon, &driver, &mut row)?;
     result?;
     tracing::info!(vm = %name, "VM stopped");
     Ok(row.vm)
@@ -146,10 +188,11 @@ pub async fn kill(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
     let _guard = daemon.vms.lock(name).await;
     let mut row = daemon.vm_row(name)?;
     let driver = daemon.driver(&row.vm)?;
-    driver.kill(&daemon.vm_run_dir(name)).await?;
+    let killed = driver.kill(&daemon.vm_run_dir(name)).await;
     if row.vm.state != VmState::Created {
-        mark_stopped(daemon, &mut row)?;
+        settle(daemon, &driver, &mut row)?;
     }
+    killed?;
     Ok(row.vm)
 }
 
@@ -172,14 +215,25 @@ pub async fn remove(daemon: &Arc<Daemon>, name: &str, force: bool) -> Result<()>
     if let Ok(driver) = daemon.driver(&row.vm) {
         driver.kill(&daemon.vm_run_dir(name)).await?;
     }
-    daemon.db.delete_object(ObjectTable::Vms, name)?;
-    for dir in [daemon.vm_dir(name), daemon.vm_run_dir(name)] {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(Error::Io { action: "cannot remove", path: dir, source: e });
-            }
+    let (disks, run_dir) = (daemon.vm_dir(name), daemon.vm_run_dir(name));
+    let d = Arc::clone(daemon);
+    let n = name.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        if disks.exists() {
+            crate::staging::remove_dir(&disks, || d.db.delete_object(ObjectTable::Vms, &n).map(drop))?;
+        } else {
+            d.db.delete_object(ObjectTable::Vms, &n)?;
         }
-    }
+        match std::fs::remove_dir_all(&run_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::Io { action: "cannot remove", path: run_dir, source: e })
+            }
+            _ => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("remove task: {e}")))??;
+    daemon.vms.forget(name);
     daemon.events.publish(banger_api::Event::Deleted { kind: banger_api::ObjectKind::Vm, name: name.to_owned() });
     tracing::info!(vm = %name, "VM removed");
     Ok(())
@@ -233,6 +287,10 @@ pub async fn resize_disk(daemon: &Arc<Daemon>, name: &str, size_bytes: u64) -> R
 /// The VM's agent connection, reconnecting if the cached one broke (after
 /// a daemon restart, say).
 pub async fn agent(daemon: &Arc<Daemon>, name: &str) -> Result<Arc<AgentConn>> {
+    if let Some(agent) = daemon.vms.agent(name) {
+        return Ok(agent);
+    }
+    let _connecting = daemon.vms.connect_lock(name).await;
     if let Some(agent) = daemon.vms.agent(name) {
         return Ok(agent);
     }

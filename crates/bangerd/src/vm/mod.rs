@@ -26,6 +26,10 @@ pub struct VmRow {
     pub vm: Vm,
     /// The `init=` to boot (from the image, kept in case the image goes).
     pub init: String,
+    /// Set while its create operation runs: a daemon that finds this at
+    /// start knows the create was cut short and removes the VM.
+    #[serde(default)]
+    pub creating: bool,
 }
 
 /// Per-VM serialization and live connections.
@@ -33,12 +37,33 @@ pub struct VmRow {
 pub struct VmManager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     agents: Mutex<HashMap<String, Arc<AgentConn>>>,
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl VmManager {
     /// Serializes operations on one VM: the guard is held for the whole operation.
     pub async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = Arc::clone(self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_owned()).or_default());
+        lock.lock_owned().await
+    }
+
+    /// Takes a VM's lock if no operation holds it, else says it is busy.
+    pub fn try_lock(&self, name: &str) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = Arc::clone(self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_owned()).or_default());
+        lock.try_lock_owned().map_err(|_| Error::Busy { kind: "VM", name: name.to_owned() })
+    }
+
+    /// Forgets a removed VM's lock and connection.
+    pub fn forget(&self, name: &str) {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.connecting.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.drop_agent(name);
+    }
+
+    /// Serializes (re)connecting to one VM's agent: its channel takes one client.
+    pub async fn connect_lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock =
+            Arc::clone(self.connecting.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_owned()).or_default());
         lock.lock_owned().await
     }
 

@@ -17,7 +17,8 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// Watches the VMM `pid` of VM `name` until it exits or the daemon stops.
 pub fn watch(daemon: Arc<Daemon>, name: String, pid: u32) {
-    tokio::spawn(async move {
+    let tasks = daemon.tasks.clone();
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = daemon.shutting_down() => return,
@@ -44,6 +45,9 @@ pub fn watch(daemon: Arc<Daemon>, name: String, pid: u32) {
 /// At daemon start: VMs whose VMM still runs are adopted (watched again,
 /// their agent reconnected on first use); the others are marked stopped.
 pub fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
+    for row in daemon.vm_rows()?.into_iter().filter(|r| r.creating) {
+        remove_half_made(daemon, row)?;
+    }
     remove_orphans(daemon)?;
     for mut row in daemon.vm_rows()? {
         if matches!(row.vm.state, VmState::Stopped | VmState::Created) {
@@ -52,6 +56,12 @@ pub fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
         let name = row.vm.name.clone();
         let running = daemon.driver(&row.vm).ok().map(|d| d.state(&daemon.vm_run_dir(&name)));
         match running {
+            Some(VmmState::Running { pid }) if row.vm.state == VmState::Starting => {
+                tracing::info!(vm = %name, pid, "adopting a VM that was booting; waiting for its agent");
+                row.vm.pid = Some(pid);
+                daemon.save_vm(&row)?;
+                finish_boot(Arc::clone(daemon), name, pid);
+            }
             Some(VmmState::Running { pid }) => {
                 tracing::info!(vm = %name, pid, "adopting running VM");
                 row.vm.state = VmState::Running;
@@ -90,4 +100,58 @@ fn remove_orphans(daemon: &Daemon) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A VM whose create was cut short by the daemon stopping: its VMM is
+/// killed, its record and its files removed, as the create's rollback would have.
+fn remove_half_made(daemon: &Daemon, row: super::VmRow) -> Result<()> {
+    let name = row.vm.name;
+    tracing::warn!(vm = %name, "removing a VM whose create was cut short");
+    let run_dir = daemon.vm_run_dir(&name);
+    if let Some(pid) = banger_vmm::read_pid(&run_dir.join("vmm.pid")).filter(|&pid| banger_vmm::pid_alive(pid)) {
+        let _ = banger_vmm::signal(pid, libc::SIGKILL);
+    }
+    daemon.db.delete_object(crate::db::ObjectTable::Vms, &name)?;
+    for dir in [daemon.vm_dir(&name), run_dir] {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(crate::error::Error::Io { action: "cannot remove", path: dir, source: e });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A VM that was booting when the daemon stopped: wait for its agent as
+/// the boot would have; if it never answers, stop it.
+fn finish_boot(daemon: Arc<Daemon>, name: String, pid: u32) {
+    let tasks = daemon.tasks.clone();
+    tasks.spawn(async move {
+        let _guard = daemon.vms.lock(&name).await;
+        let Ok(mut row) = daemon.vm_row(&name) else { return };
+        let Ok(driver) = daemon.driver(&row.vm) else { return };
+        let endpoint = driver.agent_endpoint(&daemon.vm_run_dir(&name));
+        let answered = tokio::select! {
+            answered = crate::agent::AgentConn::connect(&endpoint, daemon.config.boot_timeout) => answered,
+            () = daemon.shutting_down() => return,
+        };
+        let saved = match answered {
+            Ok(agent) => {
+                row.vm.state = VmState::Running;
+                row.vm.agent_version = Some(agent.agent_version.clone());
+                daemon.vms.set_agent(&name, agent);
+                let saved = daemon.save_vm(&row);
+                watch(Arc::clone(&daemon), name.clone(), pid);
+                saved
+            }
+            Err(e) => {
+                tracing::warn!(vm = %name, error = %e, "an adopted VM never answered; killing it");
+                let _ = driver.kill(&daemon.vm_run_dir(&name)).await;
+                super::lifecycle::mark_stopped(&daemon, &mut row)
+            }
+        };
+        if let Err(e) = saved {
+            tracing::error!(vm = %name, error = %e, "cannot record the adopted VM");
+        }
+    });
 }
