@@ -3,6 +3,7 @@
 //! (Firecracker), or a unix socket for running the agent on a host in tests.
 
 use std::fs;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -75,13 +76,33 @@ fn has_virtio_vsock(sys: &Path) -> bool {
 ///
 /// Blocking reads and writes (in tokio's blocking pool) match the driver:
 /// a read returns 0 while no host is connected, a write waits for one. The
-/// port can be opened once only, so reads and writes share a duplicated fd.
+/// port can be opened once only, so reads and writes share duplicated fds.
 pub(crate) async fn serve_port(path: &Path, agent: Arc<Agent>) -> io::Result<()> {
     let port = fs::OpenOptions::new().read(true).write(true).open(path)?;
-    let writer = tokio::fs::File::from_std(port.try_clone()?);
     log!("serving on {}", path.display());
-    serve(tokio::fs::File::from_std(port), writer, Transport::Port, agent).await;
-    Ok(())
+    restart_on_panic(|| {
+        let reader = tokio::fs::File::from_std(port.try_clone()?);
+        let writer = tokio::fs::File::from_std(port.try_clone()?);
+        Ok(serve(reader, writer, Transport::Port, agent.clone()))
+    })
+    .await
+}
+
+/// Runs the future `start` makes in a task of its own, again each time it
+/// panics: the agent is often init, and a bug in handling one frame must
+/// not end it (nor leave the guest unreachable).
+async fn restart_on_panic<F, S>(mut start: S) -> io::Result<()>
+where
+    S: FnMut() -> io::Result<F>,
+    F: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(start()?).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_panic() => log!("serving the host panicked; serving again"),
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    }
 }
 
 /// Serves each connection to a unix socket at `path` (host-side testing).
@@ -162,6 +183,19 @@ impl AsyncWrite for FdStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_while_serving_restarts_it() {
+        let mut starts = 0;
+        let served = restart_on_panic(|| {
+            starts += 1;
+            let first = starts == 1;
+            Ok(async move { assert!(!first, "a bug in frame handling (expected in this test)") })
+        })
+        .await;
+        assert!(served.is_ok());
+        assert_eq!(starts, 2);
+    }
 
     #[test]
     fn the_port_is_found_by_name_in_sysfs() {

@@ -15,6 +15,7 @@ mod reaper;
 mod serve;
 mod sys;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +40,17 @@ enum Mode {
     ListenUnix(PathBuf),
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, String> {
+/// Init gets the kernel command line's leftover words, which need not be
+/// UTF-8: such a word is no flag of ours, so it is ignored. Paths may be anything.
+fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Mode, String> {
     let mut mode = Mode::Discover;
     while let Some(arg) = args.next() {
+        let Some(arg) = arg.to_str() else {
+            log!("ignoring an argument that is not UTF-8: {arg:?}");
+            continue;
+        };
         let mut value = || args.next().map(PathBuf::from).ok_or(format!("{arg} needs a path"));
-        mode = match arg.as_str() {
+        mode = match arg {
             "--port" => Mode::Port(value()?),
             "--listen-unix" => Mode::ListenUnix(value()?),
             _ => return Err(format!("unknown argument {arg:?}")),
@@ -54,7 +61,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, String> {
 
 fn main() {
     let is_init = std::process::id() == 1;
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if args.iter().any(|a| a == "--version") {
         println!("banger-agent {}", env!("CARGO_PKG_VERSION"));
         return;
@@ -143,7 +150,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Mode, String> {
-        parse_args(args.iter().map(|s| s.to_string()))
+        parse_args(args.iter().map(OsString::from))
     }
 
     #[test]
@@ -153,5 +160,16 @@ mod tests {
         assert_eq!(parse(&["--listen-unix", "/tmp/a.sock"]), Ok(Mode::ListenUnix("/tmp/a.sock".into())));
         assert!(parse(&["--port"]).is_err());
         assert!(parse(&["single"]).is_err());
+    }
+
+    #[test]
+    fn arguments_that_are_not_utf8_are_skipped() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"x=\xff".to_vec());
+        let args = [bad(), "--port".into(), OsString::from_vec(b"/dev/\xff".to_vec()), bad()];
+        assert_eq!(
+            parse_args(args.into_iter()),
+            Ok(Mode::Port(PathBuf::from(OsString::from_vec(b"/dev/\xff".to_vec()))))
+        );
     }
 }

@@ -67,6 +67,14 @@ impl Reaper {
         sys::kill(pid as i32, signal)
     }
 
+    /// Signals the process group a started process leads. It may outlive its
+    /// leader: a group id is not handed out again while the group has members.
+    pub(crate) fn signal_group(&self, pgid: u32, signal: i32) -> io::Result<()> {
+        // Never 0 or 1: kill(0) and kill(-1) would reach the agent's own group or everyone.
+        let pgid = i32::try_from(pgid).ok().filter(|p| *p > 1);
+        sys::kill(-pgid.ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?, signal)
+    }
+
     /// Collects every exited child; signals coalesce, so one SIGCHLD may stand for many.
     fn reap_all(&self) {
         loop {

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use banger_agent_proto::{ExecRequest, Frame, FrameKind, Reply, Request, CONTROL_STREAM, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::mpsc;
 
 use crate::decoder::{Decoded, FrameDecoder};
-use crate::exec::{self, Running, Streams};
+use crate::exec::{self, Running, StdinOverflow, Streams};
 use crate::init;
 use crate::log::log;
 use crate::outbox::Writer;
@@ -37,6 +36,9 @@ pub(crate) enum Transport {
     /// one may connect later and starts again with a hello.
     Port,
 }
+
+/// What a command is told when the host sends stdin faster than it reads.
+const STDIN_OVERFLOW: &str = "stdin overflow: the command did not read its input fast enough; input closed";
 
 /// Serves one channel until it ends (a [`Transport::Port`] never does).
 pub(crate) async fn serve<R, W>(mut reader: R, writer: W, transport: Transport, agent: Arc<Agent>)
@@ -73,6 +75,8 @@ where
                     log!("the host disconnected from the port");
                 }
                 host_present = false;
+                // No host, no more input: commands waiting for it see its end.
+                session.streams.close_stdin();
                 // A frame cut short by a departed host must not swallow the next host's hello.
                 decoder.clear();
                 tokio::time::sleep(HOST_POLL).await;
@@ -88,23 +92,27 @@ struct Session {
     streams: Streams,
 }
 
+impl Drop for Session {
+    /// The host connection is over (or its handling panicked): its commands
+    /// go on running, but no more input will come for them.
+    fn drop(&mut self) {
+        self.streams.close_stdin();
+    }
+}
+
 impl Session {
     async fn handle(&mut self, frame: Frame) {
         let stream = frame.stream;
         match frame.kind {
             FrameKind::Control => match serde_json::from_slice::<Request>(&frame.payload) {
-                Ok(Request::Hello { protocol }) => self.hello(stream, protocol).await,
+                Ok(Request::Hello { protocol }) if stream == CONTROL_STREAM => self.hello(stream, protocol).await,
+                Ok(Request::Hello { .. }) => log!("ignoring a hello on stream {stream}: hellos belong on stream 0"),
                 Ok(Request::Exec(req)) => self.exec(stream, req).await,
                 Ok(Request::Signal { signal }) => self.signal(stream, signal).await,
                 Ok(Request::Poweroff) => self.power_off(stream).await,
                 Err(e) => self.reply(stream, Reply::Error { message: format!("bad request: {e}") }).await,
             },
-            FrameKind::Stdin => {
-                if let Some(running) = self.streams.lock().get(&stream) {
-                    // A closed receiver means the process stopped reading: drop the input.
-                    let _ = running.stdin.send(frame.payload);
-                }
-            }
+            FrameKind::Stdin => self.stdin(stream, frame.payload).await,
             FrameKind::Stdout | FrameKind::Stderr => {
                 log!("ignoring an output frame from the host on stream {stream}")
             }
@@ -115,13 +123,35 @@ impl Session {
         self.writer.outbox().send(Frame::control(stream, &reply)).await;
     }
 
+    /// Queues input for the command on `stream`. Input beyond
+    /// [`exec::STDIN_LIMIT`] closes its stdin: the command goes on running.
+    async fn stdin(&mut self, stream: u32, chunk: Vec<u8>) {
+        let overflowed = {
+            let mut streams = self.streams.lock();
+            let Some(running) = streams.get_mut(&stream) else {
+                return;
+            };
+            match running.stdin.as_ref().map(|stdin| stdin.send(chunk)) {
+                Some(Err(StdinOverflow)) => running.stdin.take(),
+                // Sent, or the input was closed before: dropped.
+                Some(Ok(())) | None => None,
+            }
+        };
+        if let Some(stdin) = overflowed {
+            stdin.discard();
+            log!("stream {stream}: {STDIN_OVERFLOW}");
+            self.reply(stream, Reply::Error { message: STDIN_OVERFLOW.into() }).await;
+        }
+    }
+
     /// A hello starts a new host connection. Commands of the previous one keep
-    /// running (their stdin stays open), but their output is dropped.
+    /// running (their stdin is closed), but their output is dropped.
     async fn hello(&mut self, stream: u32, protocol: u32) {
         if protocol != PROTOCOL_VERSION {
             log!("the host speaks protocol {protocol}, this agent {PROTOCOL_VERSION}");
         }
         self.writer.next_generation();
+        self.streams.close_stdin();
         self.streams = Streams::default();
         let reply = Reply::Hello { protocol: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").into() };
         self.reply(stream, reply).await;
@@ -140,20 +170,22 @@ impl Session {
         }
         match exec::spawn(&req, &self.agent.reaper) {
             Ok(spawned) => {
-                let (stdin, stdin_rx) = mpsc::unbounded_channel();
-                self.streams.lock().insert(stream, Running { pid: spawned.pid, stdin: stdin.clone() });
+                let (stdin, stdin_rx) = exec::stdin_queue();
+                self.streams.lock().insert(stream, Running { pid: spawned.pid, stdin: Some(stdin) });
                 let (outbox, streams) = (self.writer.outbox(), self.streams.clone());
-                tokio::spawn(exec::supervise(stream, spawned, (stdin, stdin_rx), outbox, streams));
+                tokio::spawn(exec::supervise(stream, spawned, stdin_rx, outbox, streams));
             }
             Err(message) => self.reply(stream, Reply::Error { message }).await,
         }
     }
 
+    /// Signals the command's whole process group, which may outlive the
+    /// command itself while its output is drained.
     async fn signal(&self, stream: u32, signal: i32) {
         let Some(pid) = self.streams.lock().get(&stream).map(|r| r.pid) else {
             return; // The command already ended; its Exited is on the way.
         };
-        match self.agent.reaper.signal(pid, signal) {
+        match self.agent.reaper.signal_group(pid, signal) {
             Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
                 let message = format!("cannot send signal {signal} to process {pid}: {e}");
                 self.reply(stream, Reply::Error { message }).await;

@@ -26,7 +26,7 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Sends `signal` to `pid` (or, with -1, to every process but init).
+/// Sends `signal` to `pid` (with -pgid, to a process group; with -1, to every process but init).
 pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: kill takes plain integers and touches no memory of ours.
     check(unsafe { libc::kill(pid, signal) }).map(drop)

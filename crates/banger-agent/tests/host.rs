@@ -1,9 +1,11 @@
 //! The agent binary on the host, serving a unix socket: the protocol as the
 //! host speaks it, with real processes behind it.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use banger_agent_proto::{read_frame, write_frame, ExecRequest, Frame, FrameKind, Reply, Request, PROTOCOL_VERSION};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -20,11 +22,17 @@ struct Agent {
 
 impl Agent {
     async fn start() -> Agent {
+        Agent::start_with(&[]).await
+    }
+
+    /// Starts the agent with `extra` arguments after its own.
+    async fn start_with(extra: &[&OsStr]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_banger-agent"))
             .arg("--listen-unix")
             .arg(&socket)
+            .args(extra)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -280,4 +288,94 @@ async fn a_new_connection_after_a_disconnect_works() {
     drop(host);
     let mut host = agent.connect().await;
     assert_eq!(host.run(1, &["echo", "again"]).await.stdout, b"again\n");
+}
+
+#[tokio::test]
+async fn a_background_child_does_not_hold_the_exec_open() {
+    let agent = Agent::start().await;
+    let mut host = agent.connect().await;
+    let started = Instant::now();
+    // The background sleep inherits stdout and stderr and keeps them open for 30 s.
+    let out = host.run(1, &["sh", "-c", "sleep 30 & echo hi"]).await;
+    assert_eq!(out.stdout, b"hi\n");
+    assert_eq!(out.exited, Some((Some(0), None)));
+    assert!(started.elapsed() < Duration::from_secs(5), "exited only after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_signal_reaches_the_whole_process_group() {
+    let agent = Agent::start().await;
+    let mut host = agent.connect().await;
+    host.exec(1, &["sh", "-c", "sleep 30; echo after"]).await;
+    host.recv().await; // Started
+    tokio::time::sleep(Duration::from_millis(200)).await; // let sh start sleep
+    let started = Instant::now();
+    host.send(Frame::control(1, &Request::Signal { signal: libc::SIGINT })).await;
+    let out = host.outcomes(&[1]).await.pop().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "ended only after {:?}", started.elapsed());
+    assert!(out.exited.is_some(), "{out:?}");
+    assert_eq!(out.stdout, b"", "sleep survived the signal");
+}
+
+#[tokio::test]
+async fn stdin_the_command_does_not_read_is_capped_and_closed() {
+    let agent = Agent::start().await;
+    let mut host = agent.connect().await;
+    host.exec(1, &["sleep", "30"]).await;
+    host.recv().await; // Started
+                       // 4 MiB in 256 KiB frames: a pipe's worth is absorbed, then the queue fills.
+    for _ in 0..16 {
+        host.stdin(1, &[b'x'; 256 * 1024]).await;
+    }
+    let error = tokio::time::timeout(Duration::from_secs(5), host.recv()).await.expect("no overflow error");
+    assert_eq!(error.stream, 1);
+    assert_eq!(
+        error.message::<Reply>().unwrap(),
+        Reply::Error { message: "stdin overflow: the command did not read its input fast enough; input closed".into() }
+    );
+    // The command keeps running and frames are still read: a signal ends it.
+    host.stdin(1, b"more").await;
+    host.send(Frame::control(1, &Request::Signal { signal: 9 })).await;
+    let out = host.outcomes(&[1]).await.pop().unwrap();
+    assert_eq!(out.error, None);
+    assert_eq!(out.exited, Some((None, Some(9))));
+}
+
+#[tokio::test]
+async fn a_hello_off_stream_0_is_ignored() {
+    let agent = Agent::start().await;
+    let mut host = agent.connect().await;
+    host.exec(1, &["cat"]).await;
+    host.recv().await; // Started
+    host.send(Frame::control(7, &Request::Hello { protocol: PROTOCOL_VERSION })).await;
+    host.stdin(1, b"still mine\n").await;
+    let echoed = host.recv().await;
+    assert_eq!((echoed.stream, echoed.kind), (1, FrameKind::Stdout), "{echoed:?}");
+    assert_eq!(echoed.payload, b"still mine\n");
+    host.stdin(1, b"").await;
+    assert_eq!(host.outcomes(&[1]).await[0].exited, Some((Some(0), None)));
+}
+
+#[tokio::test]
+async fn arguments_that_are_not_utf8_are_ignored() {
+    let agent = Agent::start_with(&[OsStr::from_bytes(b"BOOT_IMAGE=\xff\xfe")]).await;
+    let mut host = agent.connect().await;
+    assert_eq!(host.run(1, &["echo", "hi"]).await.stdout, b"hi\n");
+}
+
+#[tokio::test]
+async fn a_disconnect_closes_the_stdin_of_running_commands() {
+    let agent = Agent::start().await;
+    let mut host = agent.connect().await;
+    let marker = agent._dir.path().join("saw-eof");
+    // Writing the marker after EOF also shows the command was not killed.
+    host.exec(1, &["sh", "-c", &format!("cat >/dev/null; sleep 0.2; echo eof > {}", marker.display())]).await;
+    host.recv().await; // Started
+    host.stdin(1, b"some input\n").await;
+    drop(host);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the command never saw the end of its input");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
