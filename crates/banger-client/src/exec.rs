@@ -36,11 +36,14 @@ impl Client {
         }
         send_stdin(&mut writer, Vec::new()).await?;
         let mut output = ExecOutput { stdout: Vec::new(), stderr: Vec::new(), code: None, signal: None };
+        let mut started = false;
         loop {
             match next_event(&mut reader).await? {
                 ExecEvent::Stdout(data) => output.stdout.extend(data),
                 ExecEvent::Stderr(data) => output.stderr.extend(data),
-                ExecEvent::Started => {}
+                ExecEvent::Started => started = true,
+                ExecEvent::Error(message) if !started => return Err(not_started(message)),
+                ExecEvent::Error(_) => {}
                 ExecEvent::Exited { code, signal } => {
                     output.code = code;
                     output.signal = signal;
@@ -75,6 +78,10 @@ pub enum ExecEvent {
     Stdout(Vec<u8>),
     /// It wrote to stderr.
     Stderr(Vec<u8>),
+    /// The agent refused something: before `Started`, the command never
+    /// ran (no such program); after it, the command still runs (a refused
+    /// signal, input it did not read in time).
+    Error(String),
     /// It ended.
     Exited {
         /// Exit code.
@@ -84,7 +91,7 @@ pub enum ExecEvent {
     },
 }
 
-/// Reads the next event; an agent-side failure (no such program) is an error.
+/// Reads the next event.
 pub async fn next_event<R: AsyncRead + Unpin>(reader: &mut R) -> Result<ExecEvent> {
     loop {
         let frame = proto::read_frame(reader)
@@ -98,16 +105,16 @@ pub async fn next_event<R: AsyncRead + Unpin>(reader: &mut R) -> Result<ExecEven
             FrameKind::Control => match frame.message::<Reply>().map_err(|e| ClientError::Protocol(e.to_string()))? {
                 Reply::Started { .. } => return Ok(ExecEvent::Started),
                 Reply::Exited { code, signal } => return Ok(ExecEvent::Exited { code, signal }),
-                Reply::Error { message } => {
-                    return Err(ClientError::Api(banger_api::ApiError {
-                        code: banger_api::ErrorCode::InvalidArgument,
-                        message,
-                    }))
-                }
+                Reply::Error { message } => return Ok(ExecEvent::Error(message)),
                 Reply::Hello { .. } => continue,
             },
         }
     }
+}
+
+/// The error for a command that never started.
+pub fn not_started(message: String) -> ClientError {
+    ClientError::Api(banger_api::ApiError { code: banger_api::ErrorCode::InvalidArgument, message })
 }
 
 async fn write<W: AsyncWrite + Unpin>(writer: &mut W, frame: Frame) -> Result<()> {

@@ -218,6 +218,11 @@ async fn vm_create_exec_logs_and_rm_from_the_cli() {
     let failing = banger(&socket, &["vm", "exec", "dev", "--", "sh", "-c", "echo to-err >&2; exit 42"]).await;
     assert_eq!(failing.status.code(), Some(42), "the guest's exit code is banger's");
     assert_eq!(stderr(&failing), "to-err\n");
+    let missing = banger(&socket, &["vm", "exec", "dev", "--", "no-such-program"]).await;
+    assert_eq!(missing.status.code(), Some(127), "a program that cannot start exits 127: {}", stderr(&missing));
+    assert!(stderr(&missing).contains("no-such-program"), "{}", stderr(&missing));
+    let stopped_vm = banger(&socket, &["vm", "exec", "nope", "--", "true"]).await;
+    assert_eq!(stopped_vm.status.code(), Some(255), "banger's own failure exits 255");
     let piped = banger_stdin(&socket, &["vm", "exec", "dev", "--", "wc", "-c"], &[b'x'; 100_000]).await;
     ok(&piped);
     assert_eq!(stdout(&piped).trim(), "100000", "stdin is forwarded whole");

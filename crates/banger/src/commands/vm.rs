@@ -206,13 +206,47 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
                 }
             }
         }
-        VmCommand::Exec { name, interactive, command } => return exec_command(ctx, &name, interactive, command).await,
+        VmCommand::Exec { name, interactive, command } => {
+            // The command's exit code is banger's, so banger's own failures
+            // use codes a command rarely does, as ssh does: 127 when the
+            // program could not be started, 255 for anything else.
+            let code = match exec_command(ctx, &name, interactive, command).await {
+                Ok(code) => code,
+                Err(ExecFailure::NotStarted(message)) => {
+                    eprintln!("error: {message}");
+                    127
+                }
+                Err(ExecFailure::Banger(error)) => {
+                    eprintln!("error: {error:#}");
+                    255
+                }
+            };
+            // A read of stdin still pending cannot be cancelled; exit now
+            // rather than wait for it.
+            let _ = std::io::stdout().flush();
+            std::process::exit(code);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs one command, relaying stdin, stdout and stderr, and Ctrl-C as SIGINT.
-async fn exec_command(ctx: &Context, name: &str, interactive: bool, argv: Vec<String>) -> anyhow::Result<ExitCode> {
+/// Why `vm exec` did not get an exit code from the command.
+enum ExecFailure {
+    /// The agent could not start the program.
+    NotStarted(String),
+    /// banger itself failed (daemon, connection, VM state).
+    Banger(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for ExecFailure {
+    fn from(error: E) -> Self {
+        ExecFailure::Banger(error.into())
+    }
+}
+
+/// Runs one command, relaying stdin, stdout and stderr, and Ctrl-C as
+/// SIGINT; returns the command's exit code (128+N for signal N).
+async fn exec_command(ctx: &Context, name: &str, interactive: bool, argv: Vec<String>) -> Result<i32, ExecFailure> {
     let channel = ctx.client.exec_channel(name).await?;
     let (mut reader, writer) = tokio::io::split(channel);
     let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
@@ -246,9 +280,12 @@ async fn exec_command(ctx: &Context, name: &str, interactive: bool, argv: Vec<St
     });
 
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let mut started = false;
     let code = loop {
         match exec::next_event(&mut reader).await? {
-            ExecEvent::Started => {}
+            ExecEvent::Started => started = true,
+            ExecEvent::Error(message) if !started => return Err(ExecFailure::NotStarted(message)),
+            ExecEvent::Error(message) => eprintln!("banger: {message}"),
             ExecEvent::Stdout(data) => {
                 stdout.write_all(&data)?;
                 stdout.flush()?;
@@ -262,7 +299,7 @@ async fn exec_command(ctx: &Context, name: &str, interactive: bool, argv: Vec<St
     };
     stdin_task.abort();
     signal_task.abort();
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    Ok(code.clamp(0, 255))
 }
 
 async fn finish(ctx: &Context, op: &banger_api::Operation) -> anyhow::Result<()> {

@@ -58,7 +58,10 @@ pub async fn start(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Operation>)> {
-    daemon.vm_row(&name)?;
+    let row = daemon.vm_row(&name)?;
+    if matches!(row.vm.state, VmState::Starting | VmState::Stopping) {
+        return Err(Error::InvalidState { name, state: row.vm.state, wanted: "stopped" });
+    }
     let op = daemon.ops.start(OperationKind::VmStart, &name, 2, "boot")?;
     Ok(spawn(daemon, op, None, move |daemon, op| Box::pin(lifecycle::start(daemon, op, name))))
 }
