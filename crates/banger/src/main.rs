@@ -70,6 +70,7 @@ mod exit {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
         commands::completions::print(shell);
@@ -120,6 +121,17 @@ fn report(error: &anyhow::Error) -> ExitCode {
         _ => exit::FAILURE,
     };
     ExitCode::from(code)
+}
+
+/// Lets `banger ... | head` end quietly, as other command-line tools do,
+/// instead of panicking on a closed stdout (Rust ignores SIGPIPE by default).
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default at start-up,
+    // before any thread exists, has no memory effects.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// The socket from the config file, else the default.

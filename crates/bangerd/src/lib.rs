@@ -53,7 +53,7 @@ pub struct Daemon {
     shutdown: watch::Receiver<bool>,
     /// Held while serving; released at the end of `serve` so a new daemon
     /// may take the state root even while old tasks finish.
-    state_lock: std::sync::Mutex<Option<std::fs::File>>,
+    state_lock: std::sync::Mutex<Option<(std::fs::File, std::fs::File)>>,
 }
 
 impl Daemon {
@@ -78,6 +78,9 @@ pub enum StartError {
     /// Another bangerd holds the state root.
     #[error("another bangerd is already using the state directory {0}")]
     AlreadyRunning(PathBuf),
+    /// Another bangerd uses the run directory.
+    #[error("another bangerd is already using the run directory {0} (give each daemon its own run_dir)")]
+    RunDirInUse(PathBuf),
     /// Another process listens on the socket.
     #[error("another process is already listening on {0}")]
     SocketInUse(PathBuf),
@@ -112,6 +115,15 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     if lock.try_lock().is_err() {
         return Err(StartError::AlreadyRunning(state_dir.clone()));
     }
+    // The run directory holds the VMs' pid files and sockets; a daemon
+    // treats what it finds there as its own, so two must never share one.
+    let run_dir = &config.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(error::Error::io("cannot create", run_dir))?;
+    let run_lock_path = run_dir.join("bangerd.lock");
+    let run_lock = std::fs::File::create(&run_lock_path).map_err(error::Error::io("cannot create", &run_lock_path))?;
+    if run_lock.try_lock().is_err() {
+        return Err(StartError::RunDirInUse(run_dir.clone()));
+    }
     let db = Arc::new(Db::open(&state_dir.join("banger.db"))?);
     let events = Events::new();
     let ops = Operations::open(Arc::clone(&db), events.clone())?;
@@ -140,7 +152,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
         http,
         tasks: tokio_util::task::TaskTracker::new(),
         shutdown,
-        state_lock: std::sync::Mutex::new(Some(lock)),
+        state_lock: std::sync::Mutex::new(Some((lock, run_lock))),
     };
     tracing::info!(
         socket = %daemon.config.socket.display(),

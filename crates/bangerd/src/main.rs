@@ -19,9 +19,9 @@ struct Args {
     /// State root (database, kernels, images, VMs).
     #[arg(long, env = "BANGER_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// Config file.
-    #[arg(long, env = "BANGER_CONFIG", default_value = banger_api::DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// Config file [default: /etc/banger/config.toml, if it exists].
+    #[arg(long, env = "BANGER_CONFIG")]
+    config: Option<PathBuf>,
     /// An extra kernel catalog, a URL or a path; repeatable.
     #[arg(long = "catalog", value_name = "URL|PATH")]
     catalogs: Vec<String>,
@@ -29,6 +29,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -36,7 +38,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let mut config = Config::new(banger_api::DEFAULT_STATE_DIR, banger_api::DEFAULT_SOCKET);
-    config.apply_file(config::read_file(&args.config)?);
+    match &args.config {
+        // A file named on purpose must exist; the default one may not.
+        Some(path) if !path.exists() => anyhow::bail!("config file {} does not exist", path.display()),
+        Some(path) => config.apply_file(config::read_file(path)?),
+        None => config.apply_file(config::read_file(std::path::Path::new(banger_api::DEFAULT_CONFIG))?),
+    }
     if let Some(socket) = args.socket {
         config.socket = socket;
     }

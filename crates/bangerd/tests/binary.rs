@@ -55,7 +55,12 @@ async fn flags_beat_environment_which_beats_the_config_file_and_sigterm_stops_cl
     let socket = root.path().join("b.sock");
     std::fs::write(
         &config,
-        format!("socket = {:?}\nstate_dir = {:?}\n", socket.display().to_string(), file_state.display().to_string()),
+        format!(
+            "socket = {:?}\nstate_dir = {:?}\nrun_dir = {:?}\n",
+            socket.display().to_string(),
+            file_state.display().to_string(),
+            root.path().join("run").display().to_string()
+        ),
     )
     .unwrap();
 
@@ -81,6 +86,16 @@ async fn flags_beat_environment_which_beats_the_config_file_and_sigterm_stops_cl
     assert_eq!(client.health().await.unwrap().state_dir, flag_state.display().to_string());
     assert!(terminate(&mut child).success());
     assert!(flag_state.join("banger.db").exists());
+}
+
+#[test]
+fn a_missing_config_file_named_on_purpose_is_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("nope.toml");
+    let out = spawn(&["--config", missing.to_str().unwrap()], &[]).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
 #[test]

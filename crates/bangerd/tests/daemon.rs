@@ -28,10 +28,24 @@ async fn health_socket_mode_and_single_instance() {
 }
 
 #[tokio::test]
+async fn a_run_dir_is_never_shared() {
+    let daemon = TestDaemon::start().await;
+    let mut other = daemon.config.clone();
+    other.state_dir = daemon.root.path().join("other-state");
+    other.socket = daemon.root.path().join("other.sock");
+    match bangerd::prepare(other) {
+        Err(bangerd::StartError::RunDirInUse(dir)) => assert_eq!(dir, daemon.config.run_dir),
+        Err(other) => panic!("expected RunDirInUse, got {other}"),
+        Ok(_) => panic!("a second daemon took a run directory in use"),
+    }
+}
+
+#[tokio::test]
 async fn a_live_socket_is_not_stolen() {
     let daemon = TestDaemon::start().await;
     let mut other = daemon.config.clone();
     other.state_dir = daemon.root.path().join("other-state");
+    other.run_dir = daemon.root.path().join("other-run");
     match bangerd::prepare(other) {
         Err(bangerd::StartError::SocketInUse(path)) => assert_eq!(path, daemon.config.socket),
         Err(other) => panic!("expected SocketInUse, got {other}"),

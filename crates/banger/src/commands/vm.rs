@@ -116,8 +116,8 @@ pub enum VmCommand {
         /// Forward stdin even when it is a terminal.
         #[arg(short, long)]
         interactive: bool,
-        /// The command and its arguments (after `--`).
-        #[arg(last = true, required = true)]
+        /// The command and its arguments (everything after NAME; `--` is optional).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
 }
@@ -355,7 +355,7 @@ fn state(s: VmState) -> &'static str {
 fn vmm(v: &Vm) -> String {
     match (v.vmm, v.kvm) {
         (VmmChoice::Firecracker, _) => "firecracker".into(),
-        (VmmChoice::Qemu, true) => "qemu (kvm)".into(),
-        (VmmChoice::Qemu, false) => "qemu (tcg)".into(),
+        (VmmChoice::Qemu, true) => "qemu/kvm".into(),
+        (VmmChoice::Qemu, false) => "qemu/tcg".into(),
     }
 }

@@ -147,7 +147,19 @@ pub fn validate_register(request: &ImageRegisterRequest) -> Result<()> {
     if !path.is_absolute() || !path.is_file() {
         return Err(Error::InvalidArgument(format!("{} must be an absolute path to an ext4 file", request.rootfs)));
     }
+    if !is_ext_filesystem(path) {
+        return Err(Error::InvalidArgument(format!("{} is not an ext2/3/4 filesystem image", request.rootfs)));
+    }
     Ok(())
+}
+
+/// Whether the file carries the ext2/3/4 superblock magic (0xEF53 at byte 1080).
+fn is_ext_filesystem(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.seek(SeekFrom::Start(1080)).and_then(|_| f.read_exact(&mut magic)))
+        .is_ok_and(|()| magic == [0x53, 0xEF])
 }
 
 /// Registers an existing ext4 root filesystem (an operation's work): it is
