@@ -12,7 +12,7 @@ pub mod qemu;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use process::{pid_alive, read_pid, signal};
+pub use process::{exited, pid_alive, read_pid, signal};
 
 /// Which VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

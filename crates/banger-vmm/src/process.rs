@@ -35,14 +35,42 @@ pub fn signal(pid: u32, signal: i32) -> std::io::Result<()> {
 
 /// Waits until `pid` is gone, up to `timeout`; true if it went.
 pub async fn wait_gone(pid: u32, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while pid_alive(pid) {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
+    tokio::time::timeout(timeout, exited(pid)).await.is_ok()
+}
+
+/// Resolves once process `pid` has exited. VMMs are not the daemon's
+/// children (they run detached), so this waits on a pidfd, which becomes
+/// readable when the process ends; only where pidfds are missing (Linux
+/// before 5.3) does it poll.
+pub async fn exited(pid: u32) {
+    if let Ok(fd) = pidfd_open(pid) {
+        // SAFETY: `fd` is an OwnedFd the AsyncFd takes over: it stays open,
+        // and is the same descriptor, until the AsyncFd is dropped.
+        let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+        if let Ok(fd) = registered {
+            // A pid reused between the open and now would be someone else:
+            // check liveness once more after arming the wait.
+            if pid_alive(pid) {
+                let _ = fd.readable().await;
+            }
+            return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    true
+    while pid_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new file
+    // descriptor or -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; we own it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// SIGKILLs the VMM named by the pid file and waits for it to go.

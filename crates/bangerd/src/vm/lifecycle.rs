@@ -71,7 +71,7 @@ pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHa
         // A guest that panics makes the VMM exit (it runs with no reboot):
         // say so at once, with what the console showed, instead of waiting
         // out the boot timeout.
-        () = exited(pid) => Err(Error::Vmm(banger_vmm::VmmError::ExitedEarly { log_tail: console_tail(&console) })),
+        () = banger_vmm::exited(pid) => Err(Error::Vmm(banger_vmm::VmmError::ExitedEarly { log_tail: console_tail(&console) })),
     };
     match answered {
         Ok(agent) => {
@@ -90,13 +90,6 @@ pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHa
             settle(daemon, &driver, row)?;
             Err(e)
         }
-    }
-}
-
-/// Resolves when process `pid` is gone.
-async fn exited(pid: u32) {
-    while banger_vmm::pid_alive(pid) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -4,7 +4,6 @@
 //! marked stopped.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use banger_api::VmState;
 use banger_vmm::VmmState;
@@ -12,21 +11,13 @@ use banger_vmm::VmmState;
 use crate::error::Result;
 use crate::Daemon;
 
-/// How often a VMM's liveness is checked.
-const POLL: Duration = Duration::from_millis(250);
-
 /// Watches the VMM `pid` of VM `name` until it exits or the daemon stops.
 pub fn watch(daemon: Arc<Daemon>, name: String, pid: u32) {
     let tasks = daemon.tasks.clone();
     tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                _ = daemon.shutting_down() => return,
-                _ = tokio::time::sleep(POLL) => {}
-            }
-            if !banger_vmm::pid_alive(pid) {
-                break;
-            }
+        tokio::select! {
+            () = daemon.shutting_down() => return,
+            () = banger_vmm::exited(pid) => {}
         }
         let _guard = daemon.vms.lock(&name).await;
         // The VM may have been stopped, restarted or removed meanwhile.
