@@ -1,11 +1,14 @@
-//! The Firecracker driver: spawns `firecracker` detached in its own session,
+//! The Firecracker driver: spawns `firecracker` (directly, or under its
+//! jailer in a chroot of the run directory) detached in its own session,
 //! configures and boots the guest over the REST API on its unix socket, and
-//! stops it with Ctrl+Alt+Del, then SIGKILL. Request building ([`api`]) and
-//! command lines ([`command`]) are pure; this file holds the host effects.
+//! stops it with Ctrl+Alt+Del, then SIGKILL. Request building ([`api`]),
+//! command lines ([`command`]) and the jail's layout ([`jail`]) are pure;
+//! this file holds the host effects.
 
 pub mod api;
 pub mod command;
 mod http;
+pub mod jail;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::process::Child;
 
-pub use api::{requests, ActionType, ApiRequest, RunFiles};
+pub use api::{requests, requests_with_paths, ActionType, ApiPaths, ApiRequest, RunFiles};
 
 use crate::process::{pid_alive, read_pid, signal, wait_gone};
 use crate::{AgentEndpoint, VmSpec, VmmError};
@@ -34,9 +37,21 @@ const LOG_TAIL_LINES: usize = 20;
 pub struct Firecracker {
     /// The firecracker binary (a path, or a name looked up in `PATH`).
     pub binary: PathBuf,
-    /// The jailer binary, to run Firecracker in a chroot. Starting under
-    /// the jailer is not supported yet: [`Firecracker::start`] refuses it.
+    /// The jailer binary, to run Firecracker chrooted in
+    /// `<run_dir>/jail/<binary's file name>/<id>/root` (see [`jail`]), as
+    /// uid and gid 0. Firecracker must then be a path whose file name
+    /// contains `firecracker`, as the jailer requires.
     pub jailer: Option<PathBuf>,
+}
+
+/// A spawned Firecracker and what start needs to talk to it.
+struct Launched {
+    child: Child,
+    /// The API socket on the host.
+    api_sock: PathBuf,
+    /// The requests that configure and boot the guest, with the paths
+    /// Firecracker sees.
+    requests: Vec<api::ApiRequest>,
 }
 
 impl Firecracker {
@@ -47,31 +62,41 @@ impl Firecracker {
 
     /// Starts the VM: spawns Firecracker detached (its stdout, the serial
     /// console, to `console.log`; its stderr to `vmm.log`), writes
-    /// `vmm.pid`, configures the VM over the API and boots it. Returns the
-    /// pid; on error nothing is left running.
+    /// `vmm.pid`, configures the VM over the API and boots it. Under the
+    /// jailer, first links the kernel, initrd and disks into the jail.
+    /// Returns the pid; on error nothing is left running and the jail is
+    /// gone.
     pub async fn start(&self, spec: &VmSpec) -> Result<u32, VmmError> {
-        if self.jailer.is_some() {
-            return Err(VmmError::InvalidSpec("starting Firecracker under the jailer is not supported yet".into()));
-        }
         check_kernel(&spec.kernel)?;
-        // Refuse a spec Firecracker cannot take before anything is spawned.
+        // Refuse a spec Firecracker cannot take before anything is made.
         requests(spec)?;
         let files = RunFiles::new(&spec.run_dir);
         remove_runtime_files(&files);
-        let mut child = self.spawn(spec, &files)?;
+        let launched = match self.jailer.as_deref() {
+            None => self.spawn_direct(spec, &files),
+            Some(jailer) => self.spawn_jailed(jailer, spec, &files),
+        };
+        let Launched { mut child, api_sock, requests } = match launched {
+            Ok(launched) => launched,
+            Err(e) => {
+                remove_runtime_files(&files);
+                return Err(e);
+            }
+        };
         let Some(pid) = child.id() else {
             let log_tail = log_tail(&files);
+            remove_runtime_files(&files);
             return Err(VmmError::ExitedEarly { log_tail });
         };
         let started = async {
             std::fs::write(&files.pid, format!("{pid}\n"))
                 .map_err(|source| VmmError::Process { action: "record the pid of", source })?;
-            wait_for_api(&mut child, &files).await?;
-            self.configure(&files.api_sock, spec).await
+            wait_for_api(&mut child, &api_sock, &files).await?;
+            send_all(&spec.name, &api_sock, &requests).await
         };
         match started.await {
             Ok(()) => {
-                tracing::info!(vm = %spec.name, pid, "firecracker started");
+                tracing::info!(vm = %spec.name, pid, jailed = self.jailer.is_some(), "firecracker started");
                 Ok(pid)
             }
             Err(e) => {
@@ -84,29 +109,18 @@ impl Firecracker {
     }
 
     /// Configures and boots the VM of `spec` through the Firecracker API at
-    /// `api_sock`: the requests of [`requests`], in order, stopping at the
-    /// first refused one. Creates the log and metrics files Firecracker
-    /// needs to exist.
+    /// `api_sock`: the requests of [`requests`] (host paths), in order,
+    /// stopping at the first refused one. Creates the log and metrics files
+    /// Firecracker needs to exist.
     pub async fn configure(&self, api_sock: &Path, spec: &VmSpec) -> Result<(), VmmError> {
         let requests = requests(spec)?;
-        let files = RunFiles::new(&spec.run_dir);
-        for path in [&files.log, &files.metrics] {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| VmmError::Process { action: "create the log files of", source })?;
-        }
-        for request in &requests {
-            tracing::debug!(vm = %spec.name, request = %request.describe(), "firecracker API");
-            http::send(api_sock, request).await?;
-        }
-        Ok(())
+        create_log_files(&RunFiles::new(&spec.run_dir))?;
+        send_all(&spec.name, api_sock, &requests).await
     }
 
     /// Stops the VM: sends Ctrl+Alt+Del (with `reboot=k` the guest's
     /// reboot ends Firecracker), waits up to `timeout`, then SIGKILLs it.
-    /// Removes the sockets and the pid file.
+    /// Removes the sockets, the pid file and the jail.
     pub async fn stop(&self, run_dir: &Path, timeout: Duration) -> Result<(), VmmError> {
         let files = RunFiles::new(run_dir);
         if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
@@ -129,13 +143,49 @@ impl Firecracker {
         Ok(())
     }
 
-    /// Spawns Firecracker in its own session, so it outlives the daemon.
+    /// Kills the VM's Firecracker at once and removes the sockets, the pid
+    /// file and the jail.
+    pub async fn kill(&self, run_dir: &Path) -> Result<(), VmmError> {
+        let files = RunFiles::new(run_dir);
+        crate::process::kill(run_dir, &files.pid).await?;
+        remove_runtime_files(&files);
+        Ok(())
+    }
+
+    /// Spawns `firecracker --api-sock <run_dir>/firecracker.sock`.
+    fn spawn_direct(&self, spec: &VmSpec, files: &RunFiles) -> Result<Launched, VmmError> {
+        create_log_files(files)?;
+        let line = command::firecracker(&self.binary, &files.api_sock, &command::instance_id(&spec.name));
+        let child = self.spawn(&line, files)?;
+        Ok(Launched { child, api_sock: files.api_sock.clone(), requests: requests(spec)? })
+    }
+
+    /// Builds the jail and spawns the jailer, which execs Firecracker in
+    /// place (no `--daemonize`), so the child's pid is Firecracker's.
+    fn spawn_jailed(&self, jailer: &Path, spec: &VmSpec, files: &RunFiles) -> Result<Launched, VmmError> {
+        let id = command::instance_id(&spec.name);
+        let jail = jail::Jail::new(&spec.run_dir, &self.binary, &id);
+        let (jail_files, paths) = jail::plan(spec);
+        let requests = requests_with_paths(spec, &paths)?;
+        create_log_files(files)?;
+        let placed = jail.prepare(&jail_files)?;
+        tracing::debug!(vm = %spec.name, root = %jail.root.display(), ?placed, "jail prepared");
+        jail.link_sockets(files)?;
+        let api_sock_in_jail = Path::new(jail::API_SOCK);
+        let line = command::jailer(jailer, &self.binary, &id, &jail.chroot_base, api_sock_in_jail);
+        let child = self.spawn(&line, files).map_err(|e| match e {
+            VmmError::MissingBinary { .. } => VmmError::MissingBinary { binary: jailer.display().to_string() },
+            e => e,
+        })?;
+        Ok(Launched { child, api_sock: jail.host_path(api_sock_in_jail), requests })
+    }
+
+    /// Spawns `line` in its own session, so it outlives the daemon.
     #[allow(unsafe_code)]
-    fn spawn(&self, spec: &VmSpec, files: &RunFiles) -> Result<Child, VmmError> {
+    fn spawn(&self, line: &command::CommandLine, files: &RunFiles) -> Result<Child, VmmError> {
         let log_error = |source| VmmError::Process { action: "create the log files of", source };
         let console = std::fs::File::create(&files.console).map_err(log_error)?;
         let vmm_log = std::fs::File::create(&files.vmm_log).map_err(log_error)?;
-        let line = command::firecracker(&self.binary, &files.api_sock, &command::instance_id(&spec.name));
         let mut cmd = tokio::process::Command::new(&line.program);
         cmd.args(&line.args).stdin(Stdio::null()).stdout(console).stderr(vmm_log).kill_on_drop(false);
         // SAFETY: the closure runs in the child between fork and exec, and
@@ -148,10 +198,31 @@ impl Firecracker {
             });
         }
         cmd.spawn().map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => VmmError::MissingBinary { binary: self.binary.display().to_string() },
+            std::io::ErrorKind::NotFound => VmmError::MissingBinary { binary: line.program.display().to_string() },
             _ => VmmError::Process { action: "spawn", source },
         })
     }
+}
+
+/// Sends `requests` in order, stopping at the first refused one.
+async fn send_all(vm: &str, api_sock: &Path, requests: &[ApiRequest]) -> Result<(), VmmError> {
+    for request in requests {
+        tracing::debug!(vm = %vm, request = %request.describe(), "firecracker API");
+        http::send(api_sock, request).await?;
+    }
+    Ok(())
+}
+
+/// Creates the log and metrics files, which Firecracker needs to exist.
+fn create_log_files(files: &RunFiles) -> Result<(), VmmError> {
+    for path in [&files.log, &files.metrics] {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| VmmError::Process { action: "create the log files of", source })?;
+    }
+    Ok(())
 }
 
 /// Where the guest agent is reached.
@@ -178,14 +249,14 @@ fn check_kernel(kernel: &Path) -> Result<(), VmmError> {
 
 /// Waits until the API socket accepts a connection, the process exits, or
 /// [`API_SOCKET_TIMEOUT`] passes.
-async fn wait_for_api(child: &mut Child, files: &RunFiles) -> Result<(), VmmError> {
+async fn wait_for_api(child: &mut Child, api_sock: &Path, files: &RunFiles) -> Result<(), VmmError> {
     let deadline = tokio::time::Instant::now() + API_SOCKET_TIMEOUT;
     loop {
         let exited = child.try_wait().map_err(|source| VmmError::Process { action: "wait for", source })?;
         if let Some(status) = exited {
             return Err(VmmError::ExitedEarly { log_tail: format!("{status}: {}", log_tail(files)) });
         }
-        if UnixStream::connect(&files.api_sock).await.is_ok() {
+        if UnixStream::connect(api_sock).await.is_ok() {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
@@ -208,17 +279,23 @@ async fn kill_now(pid: u32) {
     }
 }
 
-/// Removes the sockets and the pid file of a VM that does not run (or
-/// stale ones before a start: Firecracker cannot bind over them).
+/// Removes the sockets, the pid file and the jail of a VM that does not
+/// run (or stale ones before a start: Firecracker cannot bind over them).
+/// The jail holds only links and copies: removing it never touches the
+/// kernel or disks it names, and symlinks in it are not followed.
 fn remove_runtime_files(files: &RunFiles) {
+    let warn = |path: &Path, e: std::io::Error| tracing::warn!(path = %path.display(), error = %e, "cannot remove a firecracker file");
     for path in [&files.api_sock, &files.vsock, &files.pid] {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove a firecracker file")
-            }
+            Err(e) => warn(path, e),
         }
+    }
+    match std::fs::remove_dir_all(&files.chroot_base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn(&files.chroot_base, e),
     }
 }
 

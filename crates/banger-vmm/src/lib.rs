@@ -194,13 +194,7 @@ impl Vmm {
     /// Kills the VMM at once.
     pub async fn kill(&self, run_dir: &Path) -> Result<(), VmmError> {
         match self {
-            Vmm::Firecracker(_) => {
-                process::kill(run_dir, &self.pid_file(run_dir)).await?;
-                for file in ["firecracker.sock", "vsock.sock", "vmm.pid"] {
-                    let _ = std::fs::remove_file(run_dir.join(file));
-                }
-                Ok(())
-            }
+            Vmm::Firecracker(d) => d.kill(run_dir).await,
             Vmm::Qemu(d) => d.kill(run_dir).await,
         }
     }

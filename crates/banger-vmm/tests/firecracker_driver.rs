@@ -3,8 +3,11 @@
 //! Firecracker's API description), in-process for `configure`, and as a
 //! separate process for `start`/`stop`. The fake process is this test
 //! binary itself, run through a script by the `fake_firecracker` test.
+//! Starting under the jailer is in `firecracker_driver/jailer.rs`.
 
 mod firecracker_openapi;
+#[path = "firecracker_driver/jailer.rs"]
+mod jailer;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,8 @@ struct Fakes {
     firecracker: PathBuf,
     /// Prints an error and exits 1, as Firecracker does on a bad argument.
     exits_early: PathBuf,
+    /// Runs `jailer::fake_jailer`.
+    jailer: PathBuf,
 }
 
 fn fakes() -> &'static Fakes {
@@ -50,7 +55,14 @@ fn fakes() -> &'static Fakes {
         write_script(&firecracker, &script);
         let exits_early = dir.join("firecracker-bad");
         write_script(&exits_early, "#!/bin/sh\necho 'Error: unknown argument --frobnicate' >&2\nexit 1\n");
-        Fakes { firecracker, exits_early }
+        let jailer = dir.join("jailer");
+        let script = format!(
+            "#!/bin/sh\nFAKE_JAILER_ARGS=\"$(printf '%s\\n' \"$@\")\"\nexport FAKE_JAILER_ARGS\n\
+             exec '{}' jailer::fake_jailer --exact --ignored --nocapture --test-threads=1\n",
+            exe.display()
+        );
+        write_script(&jailer, &script);
+        Fakes { firecracker, exits_early, jailer }
     })
 }
 
@@ -61,8 +73,11 @@ fn write_script(path: &Path, text: &str) {
 
 /// The fake Firecracker process: serves the validating API on the
 /// `--api-sock` it is given, records requests to `requests.jsonl` beside
-/// the socket, and reads its [`Behaviour`] from `fake.json` there. Does
-/// nothing when run as an ordinary test.
+/// the socket, and reads its [`Behaviour`] from `fake.json` there. Run by
+/// the fake jailer, it sees its paths under the jail root in
+/// `FAKE_FC_CHROOT` (its working directory) and keeps those files in the
+/// run directory `FAKE_FC_RUN_DIR` instead. Does nothing when run as an
+/// ordinary test.
 #[test]
 #[ignore = "the fake firecracker process, started by the other tests"]
 fn fake_firecracker() {
@@ -71,12 +86,21 @@ fn fake_firecracker() {
     };
     let args: Vec<&str> = args.lines().collect();
     let value = |flag: &str| args.iter().position(|a| *a == flag).map(|i| args[i + 1].to_string());
-    let api_sock = PathBuf::from(value("--api-sock").expect("--api-sock"));
-    let run_dir = api_sock.parent().unwrap().to_path_buf();
+    let chroot = std::env::var_os("FAKE_FC_CHROOT").map(PathBuf::from);
+    if let Some(root) = &chroot {
+        assert_eq!(&std::env::current_dir().unwrap(), root, "the jailer leaves firecracker in the jail root");
+    }
+    let in_jail = Behaviour { chroot, ..Behaviour::default() };
+    let api_sock = in_jail.resolve(&value("--api-sock").expect("--api-sock"));
+    let run_dir = match std::env::var_os("FAKE_FC_RUN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => api_sock.parent().unwrap().to_path_buf(),
+    };
     std::fs::write(run_dir.join("fake.args"), args.join("\n")).unwrap();
     std::fs::write(run_dir.join("fake.pid"), std::process::id().to_string()).unwrap();
     let behaviour: Behaviour =
         std::fs::read(run_dir.join("fake.json")).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or_default();
+    let behaviour = Behaviour { chroot: in_jail.chroot, ..behaviour };
     println!("fake firecracker console");
     let log = run_dir.join("requests.jsonl");
     let record = Arc::new(move |received: Received| {
@@ -95,10 +119,14 @@ fn fake_firecracker() {
     });
 }
 
-/// A VM in a fresh run directory, with an ELF "kernel" and two disks.
+/// A VM in a fresh run directory, with an ELF "kernel", an initrd and two
+/// disks.
 fn vm(dir: &Path) -> VmSpec {
     let kernel = dir.join("vmlinux");
     std::fs::write(&kernel, b"\x7fELF\x02\x01\x01\0not really a kernel").unwrap();
+    for file in ["initrd.img", "root.ext4", "seed.ext4"] {
+        std::fs::write(dir.join(file), format!("contents of {file}")).unwrap();
+    }
     let run_dir = dir.join("run");
     std::fs::create_dir_all(&run_dir).unwrap();
     VmSpec {
@@ -132,8 +160,9 @@ fn expected(spec: &VmSpec) -> Vec<Received> {
 
 fn assert_nothing_left(run_dir: &Path, pid: u32) {
     assert!(!pid_alive(pid), "firecracker (pid {pid}) still runs");
-    for file in ["firecracker.sock", "vsock.sock", "vmm.pid"] {
-        assert!(!run_dir.join(file).exists(), "{file} is left behind");
+    // symlink_metadata: a dangling symlink to a socket in the jail counts.
+    for file in ["firecracker.sock", "vsock.sock", "vmm.pid", "jail"] {
+        assert!(run_dir.join(file).symlink_metadata().is_err(), "{file} is left behind");
     }
 }
 
@@ -263,15 +292,6 @@ async fn start_reports_a_missing_binary() {
     let spec = vm(dir.path());
     let error = Firecracker::new(dir.path().join("no-firecracker")).start(&spec).await.unwrap_err();
     assert!(matches!(error, VmmError::MissingBinary { .. }), "{error}");
-}
-
-#[tokio::test]
-async fn start_under_the_jailer_is_refused_for_now() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = vm(dir.path());
-    let driver = Firecracker { jailer: Some("/usr/bin/jailer".into()), ..Firecracker::new(&fakes().firecracker) };
-    assert!(matches!(driver.start(&spec).await, Err(VmmError::InvalidSpec(_))));
-    assert!(!spec.run_dir.join("fake.pid").exists(), "nothing may be spawned");
 }
 
 fn sid(pid: u32) -> String {

@@ -198,6 +198,9 @@ pub struct RunFiles {
     pub vmm_log: PathBuf,
     /// The pid file.
     pub pid: PathBuf,
+    /// The jailer's chroot base (`--chroot-base-dir`), when Firecracker
+    /// runs under the jailer.
+    pub chroot_base: PathBuf,
 }
 
 impl RunFiles {
@@ -211,48 +214,90 @@ impl RunFiles {
             console: run_dir.join("console.log"),
             vmm_log: run_dir.join("vmm.log"),
             pid: run_dir.join("vmm.pid"),
+            chroot_base: run_dir.join("jail"),
+        }
+    }
+}
+
+/// The paths Firecracker is given over the API: the host's own when it
+/// runs directly, the ones inside its chroot under the jailer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiPaths {
+    /// `kernel_image_path`.
+    pub kernel: PathBuf,
+    /// `initrd_path`.
+    pub initrd: Option<PathBuf>,
+    /// `path_on_host` of each drive, in the spec's order.
+    pub disks: Vec<PathBuf>,
+    /// `log_path`.
+    pub log: PathBuf,
+    /// `metrics_path`.
+    pub metrics: PathBuf,
+    /// The vsock's `uds_path`.
+    pub vsock: PathBuf,
+}
+
+impl ApiPaths {
+    /// The spec's files and those of its run directory, as they are on the
+    /// host.
+    pub fn on_host(spec: &VmSpec) -> Self {
+        let files = RunFiles::new(&spec.run_dir);
+        ApiPaths {
+            kernel: spec.kernel.clone(),
+            initrd: spec.initrd.clone(),
+            disks: spec.disks.iter().map(|d| d.path.clone()).collect(),
+            log: files.log,
+            metrics: files.metrics,
+            vsock: files.vsock,
         }
     }
 }
 
 /// The requests that configure and boot `spec`, in the order they must be
 /// sent: logger and metrics first (so later errors are logged),
-/// `InstanceStart` last.
+/// `InstanceStart` last. Paths are the host's.
 pub fn requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
+    requests_with_paths(spec, &ApiPaths::on_host(spec))
+}
+
+/// [`requests`], naming files by `paths` (the ones Firecracker sees).
+pub fn requests_with_paths(spec: &VmSpec, paths: &ApiPaths) -> Result<Vec<ApiRequest>, VmmError> {
     if !(1..=32).contains(&spec.cpus) {
         return Err(VmmError::InvalidSpec(format!("Firecracker runs 1 to 32 vCPUs, not {}", spec.cpus)));
     }
     if spec.memory_mib == 0 {
         return Err(VmmError::InvalidSpec("the VM needs some memory".into()));
     }
-    let files = RunFiles::new(&spec.run_dir);
+    if paths.disks.len() != spec.disks.len() {
+        return Err(VmmError::InvalidSpec(format!("{} disk paths for {} disks", paths.disks.len(), spec.disks.len())));
+    }
     let boot_args = match spec.cmdline.trim() {
         "" => BOOT_ARGS_SUFFIX.to_string(),
         cmdline => format!("{cmdline} {BOOT_ARGS_SUFFIX}"),
     };
     let mut requests = vec![
-        ApiRequest::Logger(Logger { log_path: utf8(&files.log)?, level: LogLevel::Info }),
-        ApiRequest::Metrics(Metrics { metrics_path: utf8(&files.metrics)? }),
+        ApiRequest::Logger(Logger { log_path: utf8(&paths.log)?, level: LogLevel::Info }),
+        ApiRequest::Metrics(Metrics { metrics_path: utf8(&paths.metrics)? }),
         ApiRequest::MachineConfig(MachineConfiguration {
             vcpu_count: spec.cpus,
             mem_size_mib: spec.memory_mib,
             smt: false,
         }),
         ApiRequest::BootSource(BootSource {
-            kernel_image_path: utf8(&spec.kernel)?,
-            initrd_path: spec.initrd.as_deref().map(utf8).transpose()?,
+            kernel_image_path: utf8(&paths.kernel)?,
+            initrd_path: paths.initrd.as_deref().map(utf8).transpose()?,
             boot_args,
         }),
     ];
-    for (index, disk) in spec.disks.iter().enumerate() {
+    for (index, (disk, path)) in spec.disks.iter().zip(&paths.disks).enumerate() {
         requests.push(ApiRequest::Drive(Drive {
             drive_id: drive_id(index),
-            path_on_host: utf8(&disk.path)?,
+            path_on_host: utf8(path)?,
             is_root_device: index == 0,
             is_read_only: disk.read_only,
         }));
     }
-    requests.push(ApiRequest::Vsock(Vsock { guest_cid: GUEST_CID, uds_path: utf8(&files.vsock)? }));
+    requests.push(ApiRequest::Vsock(Vsock { guest_cid: GUEST_CID, uds_path: utf8(&paths.vsock)? }));
     requests.push(ApiRequest::action(ActionType::InstanceStart));
     Ok(requests)
 }

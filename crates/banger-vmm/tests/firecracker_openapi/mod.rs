@@ -219,12 +219,44 @@ pub struct Behaviour {
     /// does when the guest reboots with `reboot=k`.
     #[serde(default)]
     pub exit_on_ctrl_alt_del: bool,
+    /// The directory Firecracker is jailed in: the paths in requests are
+    /// resolved under it, as the jailer's chroot would (the fake emulates
+    /// the chroot rather than entering one).
+    #[serde(default)]
+    pub chroot: Option<PathBuf>,
+}
+
+impl Behaviour {
+    /// Where a path from a request is for this process.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        match &self.chroot {
+            Some(root) => root.join(path.trim_start_matches('/')),
+            None => PathBuf::from(path),
+        }
+    }
+}
+
+/// Body fields naming a file Firecracker opens when it applies the
+/// request, and so refuses when it does not exist.
+const FILE_FIELDS: [&str; 5] = ["log_path", "metrics_path", "kernel_image_path", "initrd_path", "path_on_host"];
+
+/// Refuses a request naming a file that does not exist (seen from the
+/// process's root, which is the jail's under the jailer).
+fn check_files(behaviour: &Behaviour, body: Option<&Value>) -> Result<(), String> {
+    for field in FILE_FIELDS {
+        if let Some(path) = body.and_then(|b| b[field].as_str()) {
+            if !behaviour.resolve(path).is_file() {
+                return Err(format!("{field}: cannot open {path}: No such file or directory"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Serves Firecracker's API on `listener` until the task is dropped:
 /// every request is recorded, validated against `api`, and answered 204,
-/// or 400 with a `fault_message`. `PUT /vsock` binds `uds_path`, as
-/// Firecracker does.
+/// or 400 with a `fault_message` (also when a file it names is missing).
+/// `PUT /vsock` binds `uds_path`, as Firecracker does.
 pub async fn serve(
     listener: UnixListener,
     api: Arc<OpenApi>,
@@ -270,12 +302,13 @@ async fn connection(
             body: body.clone().unwrap_or(Value::Null),
         });
         let verdict = api.validate_request(&request.method, &request.path, body.as_ref());
+        let verdict = verdict.and_then(|()| check_files(behaviour, body.as_ref()));
         let verdict = verdict.and_then(|()| match &behaviour.fail_path {
             Some(fail) if *fail == request.path => Err(format!("injected failure on {fail}")),
             _ => Ok(()),
         });
         if let (Ok(()), "/vsock", Some(uds)) = (&verdict, request.path.as_str(), body.as_ref()) {
-            if let Ok(listener) = UnixListener::bind(uds["uds_path"].as_str().unwrap_or_default()) {
+            if let Ok(listener) = UnixListener::bind(behaviour.resolve(uds["uds_path"].as_str().unwrap_or_default())) {
                 vsock.lock().unwrap().push(listener);
             }
         }
