@@ -59,9 +59,13 @@ pub struct Daemon {
 impl Daemon {
     /// How VM disks are cloned on this host.
     pub fn cow_strategy(&self) -> banger_storage::CowStrategy {
+        // A dm-snapshot disk is a /dev/mapper device that must be set up
+        // at every boot and torn down at every stop; until the VM
+        // lifecycle does that, hosts with device-mapper get a sparse copy.
+        let device_mapper_wired = false;
         banger_storage::choose(
             matches!(self.caps.reflink, banger_host::Reflink::Supported { .. }),
-            self.caps.device_mapper,
+            self.caps.device_mapper && device_mapper_wired,
         )
     }
 
