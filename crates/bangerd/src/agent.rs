@@ -236,10 +236,16 @@ where
     agent.send(Frame { stream: agent_stream, ..first }).await?;
 
     let upstream_agent = Arc::clone(&agent);
+    // Ends with whether the client had closed stdin before it stopped
+    // sending: then its end of stream is a half-close, not a departure.
     let mut upstream = tokio::spawn(async move {
+        let mut stdin_closed = false;
         while let Ok(Some(frame)) = proto::read_frame(&mut client_rx).await {
             let allowed = match frame.kind {
-                proto::FrameKind::Stdin => true,
+                proto::FrameKind::Stdin => {
+                    stdin_closed |= frame.payload.is_empty();
+                    true
+                }
                 proto::FrameKind::Control => matches!(frame.message::<Request>(), Ok(Request::Signal { .. })),
                 _ => false,
             };
@@ -247,10 +253,12 @@ where
                 break;
             }
         }
+        stdin_closed
     });
 
     let mut started = false;
     let mut client_gone = false;
+    let mut upstream_done = false;
     let result = loop {
         tokio::select! {
             frame = stream.frames.recv() => {
@@ -274,9 +282,12 @@ where
                     break Ok(());
                 }
             }
-            _ = &mut upstream, if !client_gone => {
-                client_gone = true;
-                hang_up(&agent, agent_stream).await;
+            half_closed = &mut upstream, if !upstream_done => {
+                upstream_done = true;
+                if !matches!(half_closed, Ok(true)) {
+                    client_gone = true;
+                    hang_up(&agent, agent_stream).await;
+                }
             }
         }
     };
@@ -334,6 +345,93 @@ mod tests {
         let conn = AgentConn::connect(&endpoint, Duration::from_secs(5)).await.expect("accepted");
         assert_eq!(conn.agent_version, "test");
         assert!(!conn.is_closed());
+    }
+
+    /// A stand-in agent that starts every exec and reports each frame it
+    /// gets; it answers `exited` when told to through `finish`.
+    async fn exec_agent() -> (tempfile::TempDir, Arc<AgentConn>, mpsc::UnboundedReceiver<Frame>, mpsc::Sender<u32>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+        let (finish_tx, mut finish_rx) = mpsc::channel::<u32>(1);
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut reader, mut writer) = tokio::io::split(stream);
+            loop {
+                tokio::select! {
+                    frame = proto::read_frame(&mut reader) => {
+                        let Ok(Some(frame)) = frame else { return };
+                        let reply = match frame.message::<Request>() {
+                            Ok(Request::Hello { .. }) => Some(Reply::Hello { protocol: PROTOCOL_VERSION, agent_version: "t".into() }),
+                            Ok(Request::Exec(_)) => Some(Reply::Started { pid: 7 }),
+                            _ => None,
+                        };
+                        if let Some(reply) = reply {
+                            proto::write_frame(&mut writer, &Frame::control(frame.stream, &reply)).await.unwrap();
+                        }
+                        let _ = seen_tx.send(frame);
+                    }
+                    Some(stream) = finish_rx.recv() => {
+                        let exited = Reply::Exited { code: Some(0), signal: None };
+                        proto::write_frame(&mut writer, &Frame::control(stream, &exited)).await.unwrap();
+                    }
+                }
+            }
+        });
+        let conn = AgentConn::connect(&AgentEndpoint::Unix(path), Duration::from_secs(5)).await.unwrap();
+        (dir, conn, seen_rx, finish_tx)
+    }
+
+    fn exec_frame() -> Frame {
+        Frame::control(1, &Request::Exec(proto::ExecRequest { argv: vec!["cat".into()], env: vec![], cwd: None }))
+    }
+
+    async fn next_signal(seen: &mut mpsc::UnboundedReceiver<Frame>, within: Duration) -> Option<i32> {
+        tokio::time::timeout(within, async {
+            loop {
+                let frame = seen.recv().await?;
+                if let Ok(Request::Signal { signal }) = frame.message::<Request>() {
+                    return Some(signal);
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_hangs_its_command_up() {
+        let (_dir, agent, mut seen, _finish) = exec_agent().await;
+        let (client, relay_side) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(relay_exec(Arc::clone(&agent), relay_side));
+        let (mut client_rx, mut client_tx) = tokio::io::split(client);
+        proto::write_frame(&mut client_tx, &exec_frame()).await.unwrap();
+        let started = proto::read_frame(&mut client_rx).await.unwrap().unwrap();
+        assert!(matches!(started.message::<Reply>(), Ok(Reply::Started { .. })));
+        drop((client_rx, client_tx));
+        assert_eq!(next_signal(&mut seen, Duration::from_secs(2)).await, Some(libc::SIGHUP));
+        relay.abort();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_only_closed_its_input_is_not_hung_up() {
+        let (_dir, agent, mut seen, finish) = exec_agent().await;
+        let (client, relay_side) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(relay_exec(Arc::clone(&agent), relay_side));
+        let (mut client_rx, mut client_tx) = tokio::io::split(client);
+        proto::write_frame(&mut client_tx, &exec_frame()).await.unwrap();
+        proto::write_frame(&mut client_tx, &Frame::data(1, proto::FrameKind::Stdin, Vec::new())).await.unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut client_tx).await.unwrap();
+        assert_eq!(next_signal(&mut seen, Duration::from_millis(500)).await, None, "no hang-up for a half-close");
+        finish.send(1).await.unwrap();
+        let mut last = None;
+        while let Ok(Some(frame)) = proto::read_frame(&mut client_rx).await {
+            last = frame.message::<Reply>().ok();
+        }
+        assert_eq!(last, Some(Reply::Exited { code: Some(0), signal: None }));
+        relay.await.unwrap().unwrap();
     }
 
     #[tokio::test]
