@@ -36,6 +36,9 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// How many operations the history keeps.
+const OPERATIONS_KEPT: u32 = 1000;
+
 /// The open database.
 pub struct Db {
     conn: Mutex<Connection>,
@@ -122,9 +125,16 @@ impl Db {
     /// Records an operation's latest state.
     pub fn put_operation(&self, op: &Operation) -> Result<()> {
         let body = serde_json::to_string(op).map_err(|e| crate::error::Error::Internal(e.to_string()))?;
-        self.conn().execute(
+        let conn = self.conn();
+        conn.execute(
             "INSERT OR REPLACE INTO operations (id, body, created_at) VALUES (?1, ?2, ?3)",
             params![op.id, body, op.created_at],
+        )?;
+        // History is for people looking back, not an archive: keep the newest.
+        conn.execute(
+            "DELETE FROM operations WHERE rowid NOT IN
+             (SELECT rowid FROM operations ORDER BY created_at DESC, rowid DESC LIMIT ?1)",
+            [OPERATIONS_KEPT],
         )?;
         Ok(())
     }

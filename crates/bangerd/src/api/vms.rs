@@ -75,12 +75,7 @@ pub async fn restart(
 ) -> Result<(StatusCode, Json<Operation>)> {
     daemon.vm_row(&name)?;
     let op = daemon.ops.start(OperationKind::VmStart, &name, 3, "stop")?;
-    Ok(spawn(daemon, op, None, move |daemon, op| {
-        Box::pin(async move {
-            lifecycle::stop(&daemon, &name).await?;
-            lifecycle::start(daemon, op, name).await
-        })
-    }))
+    Ok(spawn(daemon, op, None, move |daemon, op| Box::pin(lifecycle::restart(daemon, op, name))))
 }
 
 /// Stops a VM: the guest is asked to power off, then the VMM is stopped, then killed.

@@ -137,8 +137,7 @@ pub async fn build(
         created_at: now_rfc3339(),
     };
     op.step("install");
-    daemon.images.install(&lock, staging, &image)?;
-    Ok(image)
+    install(daemon, lock, staging, image).await
 }
 
 /// Checks a register request before its operation starts.
@@ -192,8 +191,15 @@ pub async fn register(
         created_at: now_rfc3339(),
     };
     op.step("install");
-    daemon.images.install(&lock, staging, &image)?;
-    Ok(image)
+    install(daemon, lock, staging, image).await
+}
+
+/// Installs a built image off the async runtime (replacing one removes a
+/// whole root filesystem).
+async fn install(daemon: Arc<Daemon>, lock: NameLock, staging: Staging, image: Image) -> Result<Image> {
+    tokio::task::spawn_blocking(move || daemon.images.install(&lock, staging, &image).map(|()| image))
+        .await
+        .map_err(|e| Error::Internal(format!("install task: {e}")))?
 }
 
 impl ImageStore {

@@ -148,6 +148,16 @@ pub async fn start(daemon: Arc<Daemon>, op: &OperationHandle, name: String) -> R
     Ok(row.vm)
 }
 
+/// Stops a VM if it runs, then boots it, holding its lock throughout so
+/// nothing (an `rm`, say) comes between (an operation's work).
+pub async fn restart(daemon: Arc<Daemon>, op: &OperationHandle, name: String) -> Result<Vm> {
+    let _guard = daemon.vms.lock(&name).await;
+    stop_locked(&daemon, &name).await?;
+    let mut row = daemon.vm_row(&name)?;
+    boot(&daemon, &mut row, Some(op)).await?;
+    Ok(row.vm)
+}
+
 /// Stops a VM: asks the guest to power off, then the VMM, then kills it.
 pub async fn stop(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
     let _guard = daemon.vms.lock(name).await;
