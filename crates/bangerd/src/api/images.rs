@@ -36,6 +36,7 @@ pub async fn build(
     Json(request): Json<ImageBuildRequest>,
 ) -> Result<(StatusCode, Json<Operation>)> {
     image::validate_build(&request)?;
+    image::agent_binary(&daemon)?;
     let lock = daemon.images.claim(&request.name, request.force)?;
     let op = daemon.ops.start(OperationKind::ImageBuild, &request.name, 4, "resolve kernel")?;
     let created = Some((ObjectKind::Image, request.name.clone()));

@@ -95,6 +95,15 @@ pub fn validate_build(request: &ImageBuildRequest) -> Result<()> {
     Ok(())
 }
 
+/// The static guest agent every image carries.
+pub fn agent_binary(daemon: &Daemon) -> Result<PathBuf> {
+    daemon.config.agent_binary().ok_or_else(|| {
+        Error::Unsupported(
+            "the guest agent binary is missing: run scripts/build-agent --install, or set [vms] agent_binary".into(),
+        )
+    })
+}
+
 /// Builds an image (an operation's work).
 pub async fn build(
     daemon: Arc<Daemon>,
@@ -102,14 +111,9 @@ pub async fn build(
     request: ImageBuildRequest,
     lock: NameLock,
 ) -> Result<Image> {
+    let agent = agent_binary(&daemon)?;
     op.step("resolve kernel");
     let kernel = crate::kernel::resolve::resolve(&daemon, &request.kernel, op).await?;
-    let agent = daemon.config.agent_binary().ok_or_else(|| {
-        Error::Unsupported(
-            "the guest agent binary is missing: run scripts/build-agent, or set [vms] agent_binary in the config"
-                .into(),
-        )
-    })?;
     let (recipe, source) = match (&request.recipe, &request.from_dir, &request.from_tar) {
         (Some(ImageRecipe::Tiny), ..) => (Recipe::Tiny, "recipe:tiny".to_owned()),
         (Some(ImageRecipe::Debian), ..) => (Recipe::debian(), "recipe:debian".to_owned()),
