@@ -1,3 +1,5 @@
+//! The error body and its stable codes.
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

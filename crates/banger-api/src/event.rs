@@ -1,3 +1,5 @@
+//! Events the daemon streams: operation progress and object changes.
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

@@ -1,3 +1,5 @@
+//! Host checks, as `banger doctor` reports them.
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

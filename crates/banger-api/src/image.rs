@@ -1,3 +1,5 @@
+//! Root filesystem images and the requests that make them.
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

@@ -1,3 +1,5 @@
+//! Kernels, catalogs, and the requests that pull and import them.
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

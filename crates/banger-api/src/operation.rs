@@ -1,3 +1,5 @@
+//! Operations: long work with progress and an outcome.
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

@@ -1,3 +1,5 @@
+//! VMs: their record, create and change requests, and the exec upgrade token.
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
