@@ -24,7 +24,7 @@ use crate::Daemon;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "bangerd", description = "The banger daemon's API: kernels, operations and events over a unix socket."),
+    info(title = "bangerd", description = "The banger daemon's API over a unix socket: kernels, images, VMs, operations and events."),
     tags(
         (name = "system", description = "Health, host checks and this document"),
         (name = "operations", description = "Long work and the event stream"),
