@@ -65,7 +65,7 @@ impl BareGuest {
             memory_mib: self.memory_mib,
             disks: vec![DiskSpec { path: root, read_only: false }],
         };
-        let args = Qemu { binary: self.qemu.clone(), kvm: false }.args(&spec);
+        let args = Qemu { binary: self.qemu.clone(), kvm: false, vsock_cid: None }.args(&spec);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         crate::tools::settle()?;
         let result = runtime.block_on(time_boot(&self.qemu, &args, run_dir, self.hello_retry));

@@ -23,6 +23,8 @@ pub struct Capabilities {
     pub jailer: Option<Tool>,
     /// The `qemu-system-x86_64` binary.
     pub qemu: Option<Tool>,
+    /// Whether `/dev/vhost-vsock` exists, so QEMU guests can have a vsock device.
+    pub vhost_vsock: bool,
     /// Whether the kernel has device-mapper (needed for dm-snapshot disks).
     pub device_mapper: bool,
     /// Whether the state root's filesystem can make reflink copies.
@@ -110,6 +112,7 @@ impl Capabilities {
             firecracker: probe::tool("firecracker"),
             jailer: probe::tool("jailer"),
             qemu: probe::tool("qemu-system-x86_64"),
+            vhost_vsock: probe::vhost_vsock_at(root),
             device_mapper: probe::device_mapper_at(root),
             reflink: reflink::probe(state_dir),
             nftables: probe::tool("nft"),
@@ -140,6 +143,6 @@ mod tests {
             caps.reflink
         );
         assert!(caps.disk.is_some_and(|d| d.total_bytes > 0));
-        assert_eq!(checks(&caps).len(), 10);
+        assert_eq!(checks(&caps).len(), 11);
     }
 }

@@ -111,6 +111,12 @@ pub(crate) fn device_mapper_at(root: &Path) -> bool {
             .is_ok_and(|misc| misc.lines().any(|l| l.split_whitespace().nth(1) == Some("device-mapper")))
 }
 
+/// Whether the kernel under `root` offers vhost-vsock to QEMU: `dev/vhost-vsock`
+/// exists. Whether the daemon may open it is QEMU's to find out at start.
+pub(crate) fn vhost_vsock_at(root: &Path) -> bool {
+    root.join("dev/vhost-vsock").exists()
+}
+
 /// Whether systemd-resolved is running under `root`: its varlink socket exists.
 pub(crate) fn resolved_at(root: &Path) -> bool {
     root.join("run/systemd/resolve/io.systemd.Resolve").exists()
@@ -216,6 +222,12 @@ mod tests {
         assert!(device_mapper_at(root.path()));
         fs::write(root.path().join("proc/misc"), "232 kvm\n237 loop-control\n").unwrap();
         assert!(!device_mapper_at(root.path()));
+    }
+
+    #[test]
+    fn vhost_vsock_from_its_device_node() {
+        assert!(!vhost_vsock_at(fake_root(&["dev/vsock"]).path()));
+        assert!(vhost_vsock_at(fake_root(&["dev/vhost-vsock"]).path()));
     }
 
     #[test]

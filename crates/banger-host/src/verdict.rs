@@ -55,13 +55,14 @@ fn kvm_summary(kvm: &Kvm) -> &'static str {
 }
 
 /// Every `banger doctor` check, in a stable order: kvm, firecracker, jailer,
-/// qemu, vmm, device_mapper, reflink, nftables, resolved, disk.
+/// qemu, vsock, vmm, device_mapper, reflink, nftables, resolved, disk.
 pub fn checks(c: &Capabilities) -> Vec<Check> {
     vec![
         kvm_check(&c.kvm),
         firecracker_check(c),
         jailer_check(c.jailer.as_ref()),
         qemu_check(c),
+        vsock_check(c.vhost_vsock),
         vmm_check(c),
         device_mapper_check(c.device_mapper),
         reflink_check(&c.reflink, c),
@@ -144,6 +145,15 @@ fn qemu_check(c: &Capabilities) -> Check {
             warn(NAME, "qemu-system-x86_64 is not installed; there is no fallback if Firecracker fails", FIX)
         }
         None => fail(NAME, "qemu-system-x86_64 is not installed and Firecracker cannot run here", FIX),
+    }
+}
+
+fn vsock_check(vhost_vsock: bool) -> Check {
+    const NAME: &str = "vsock";
+    if vhost_vsock {
+        pass(NAME, "vhost-vsock is available: QEMU guests use vsock for the agent")
+    } else {
+        warn(NAME, "no vhost-vsock: QEMU guests reach their agent over virtio-serial", "modprobe vhost_vsock")
     }
 }
 
@@ -253,6 +263,7 @@ mod tests {
             firecracker: tool("firecracker", "Firecracker v1.16.1"),
             jailer: tool("jailer", "Jailer v1.16.1"),
             qemu: tool("qemu-system-x86_64", "10.0.2"),
+            vhost_vsock: true,
             device_mapper: true,
             reflink: Reflink::Supported { fs: "xfs".into() },
             nftables: tool("nft", "nftables v1.0.6"),
@@ -269,8 +280,19 @@ mod tests {
     #[test]
     fn checks_come_in_a_stable_order() {
         let names: Vec<_> = checks(&all_good()).into_iter().map(|c| c.name).collect();
-        let want =
-            ["kvm", "firecracker", "jailer", "qemu", "vmm", "device_mapper", "reflink", "nftables", "resolved", "disk"];
+        let want = [
+            "kvm",
+            "firecracker",
+            "jailer",
+            "qemu",
+            "vsock",
+            "vmm",
+            "device_mapper",
+            "reflink",
+            "nftables",
+            "resolved",
+            "disk",
+        ];
         assert_eq!(names, want);
     }
 
@@ -381,6 +403,19 @@ mod tests {
     }
 
     #[test]
+    fn vsock_check_says_which_agent_channel_qemu_guests_get() {
+        let checks_with = |vhost_vsock| checks(&Capabilities { vhost_vsock, ..all_good() });
+        let with = checks_with(true);
+        let vsock = check(&with, "vsock");
+        assert_eq!((vsock.status, vsock.fix.as_deref()), (CheckStatus::Pass, None));
+        assert!(vsock.detail.contains("use vsock"), "{}", vsock.detail);
+        let without = checks_with(false);
+        let vsock = check(&without, "vsock");
+        assert_eq!((vsock.status, vsock.fix.as_deref()), (CheckStatus::Warn, Some("modprobe vhost_vsock")));
+        assert!(vsock.detail.contains("virtio-serial"), "{}", vsock.detail);
+    }
+
+    #[test]
     fn disk_thresholds() {
         let at = |free_bytes| {
             let c = Capabilities { disk: Some(DiskSpace { free_bytes, total_bytes: 100 * GIB }), ..all_good() };
@@ -400,6 +435,7 @@ mod tests {
             firecracker: None,
             jailer: None,
             qemu: None,
+            vhost_vsock: false,
             device_mapper: false,
             reflink: Reflink::Unknown { reason: "cannot create".into() },
             nftables: None,

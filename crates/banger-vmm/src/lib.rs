@@ -8,11 +8,18 @@
 pub mod firecracker;
 mod process;
 pub mod qemu;
+mod vsock;
 
+use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
 pub use process::{exited, pid_alive, read_pid, signal};
+pub use vsock::VsockStream;
 
 /// Which VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,14 +76,21 @@ pub enum AgentEndpoint {
         /// The guest port.
         port: u32,
     },
+    /// An AF_VSOCK port of a guest with a vhost-vsock device (QEMU).
+    Vsock {
+        /// The guest's context id.
+        cid: u32,
+        /// The guest port.
+        port: u32,
+    },
 }
 
 impl AgentEndpoint {
     /// Opens a byte stream to the guest agent.
-    pub async fn connect(&self) -> std::io::Result<tokio::net::UnixStream> {
+    pub async fn connect(&self) -> io::Result<AgentSocket> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         match self {
-            AgentEndpoint::Unix(path) => tokio::net::UnixStream::connect(path).await,
+            AgentEndpoint::Unix(path) => tokio::net::UnixStream::connect(path).await.map(AgentSocket::Unix),
             AgentEndpoint::FirecrackerVsock { uds, port } => {
                 let mut stream = tokio::net::UnixStream::connect(uds).await?;
                 stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
@@ -92,13 +106,55 @@ impl AgentEndpoint {
                     line.push(byte[0]);
                 }
                 if !line.starts_with(b"OK ") {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionRefused,
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
                         format!("vsock CONNECT refused: {:?}", String::from_utf8_lossy(&line)),
                     ));
                 }
-                Ok(stream)
+                Ok(AgentSocket::Unix(stream))
             }
+            AgentEndpoint::Vsock { cid, port } => VsockStream::connect(*cid, *port).await.map(AgentSocket::Vsock),
+        }
+    }
+}
+
+/// An open byte stream to a guest agent, whichever way it was reached.
+#[derive(Debug)]
+pub enum AgentSocket {
+    /// A unix socket (a virtio-serial chardev, or Firecracker's vsock proxy).
+    Unix(tokio::net::UnixStream),
+    /// An AF_VSOCK stream.
+    Vsock(VsockStream),
+}
+
+impl AsyncRead for AgentSocket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AgentSocket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            AgentSocket::Vsock(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for AgentSocket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            AgentSocket::Unix(s) => Pin::new(s).poll_write(cx, data),
+            AgentSocket::Vsock(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AgentSocket::Unix(s) => Pin::new(s).poll_flush(cx),
+            AgentSocket::Vsock(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AgentSocket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            AgentSocket::Vsock(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -134,7 +190,7 @@ pub enum VmmError {
         action: &'static str,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
     /// The VMM exited during start; its log tail says why.
     #[error("the VMM exited during start: {log_tail}")]
@@ -207,11 +263,11 @@ impl Vmm {
         }
     }
 
-    /// How to reach the guest agent.
+    /// How to reach the guest agent of the VM whose run directory this is.
     pub fn agent_endpoint(&self, run_dir: &Path) -> AgentEndpoint {
         match self {
             Vmm::Firecracker(_) => firecracker::agent_endpoint(run_dir),
-            Vmm::Qemu(_) => qemu::agent_endpoint(run_dir),
+            Vmm::Qemu(d) => d.agent_endpoint(run_dir),
         }
     }
 

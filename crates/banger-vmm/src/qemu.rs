@@ -3,6 +3,8 @@
 //! the VM outlives the daemon), and stops it through QMP with a kill as the
 //! last resort. Under KVM it uses `microvm` with virtio-mmio devices; under
 //! TCG `pc` with virtio-pci, because `microvm` hangs in timer set-up there.
+//! The agent is reached over vsock when the VM has a context id (the host
+//! has vhost-vsock), else over a virtio-serial port.
 
 mod qmp;
 
@@ -31,6 +33,10 @@ pub struct Qemu {
     pub binary: PathBuf,
     /// Use KVM (else TCG emulation).
     pub kvm: bool,
+    /// The guest's vsock context id, when the host has vhost-vsock: the
+    /// guest then gets a vsock device for its agent instead of a
+    /// virtio-serial port.
+    pub vsock_cid: Option<u32>,
 }
 
 /// The files QEMU keeps in a VM's run directory.
@@ -100,10 +106,17 @@ impl Qemu {
             push(&["-drive", &drive, "-device", &format!("virtio-blk-{bus},drive=disk{i}")]);
         }
 
-        push(&["-device", &format!("virtio-serial-{bus}")]);
-        let agent = format!("socket,id=agent,path={},server=on,wait=off", escape_path(&files.agent));
-        push(&["-chardev", &agent]);
-        push(&["-device", &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}")]);
+        match self.vsock_cid {
+            // The agent listens on vsock when it finds no port named
+            // AGENT_PORT_NAME, so the guest needs no other hint.
+            Some(cid) => push(&["-device", &format!("vhost-vsock-{bus},guest-cid={cid}")]),
+            None => {
+                push(&["-device", &format!("virtio-serial-{bus}")]);
+                let agent = format!("socket,id=agent,path={},server=on,wait=off", escape_path(&files.agent));
+                push(&["-chardev", &agent]);
+                push(&["-device", &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}")]);
+            }
+        }
 
         push(&["-chardev", &format!("file,id=console,path={}", escape_path(&files.console))]);
         push(&["-serial", "chardev:console"]);
@@ -119,6 +132,7 @@ impl Qemu {
     /// (the guest is then booting). On error nothing is left running.
     pub async fn start(&self, spec: &VmSpec) -> Result<u32, VmmError> {
         check_spec(spec)?;
+        check_cid(self.vsock_cid)?;
         let files = RunFiles::new(&spec.run_dir);
         if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
             return Err(VmmError::InvalidSpec(format!("a VMM already runs in {} (pid {pid})", spec.run_dir.display())));
@@ -184,6 +198,15 @@ impl Qemu {
         }
         files.remove_runtime_files();
         Ok(())
+    }
+
+    /// Where the guest agent is reached: its vsock port when the guest has
+    /// a context id, else the chardev socket behind its virtio-serial port.
+    pub fn agent_endpoint(&self, run_dir: &Path) -> AgentEndpoint {
+        match self.vsock_cid {
+            Some(cid) => AgentEndpoint::Vsock { cid, port: banger_agent_proto::VSOCK_PORT },
+            None => AgentEndpoint::Unix(RunFiles::new(run_dir).agent),
+        }
     }
 }
 
@@ -256,6 +279,17 @@ fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
     Ok(())
 }
 
+/// Rejects context ids a guest cannot have: 0 to 2 are the hypervisor, the
+/// local loopback and the host; `u32::MAX` means any.
+fn check_cid(cid: Option<u32>) -> Result<(), VmmError> {
+    match cid {
+        Some(cid) if cid < 3 || cid == u32::MAX => {
+            Err(VmmError::InvalidSpec(format!("{cid} is not a guest vsock context id")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Escapes a value inside a QEMU `key=value,...` option: commas double.
 fn escape(value: &str) -> String {
     value.replace(',', ",,")
@@ -273,11 +307,6 @@ fn log_tail(log: &Path, fallback: &str) -> String {
         return format!("{fallback}, with nothing in {}", log.display());
     }
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-}
-
-/// Where the guest agent is reached.
-pub fn agent_endpoint(run_dir: &Path) -> AgentEndpoint {
-    AgentEndpoint::Unix(run_dir.join("agent.sock"))
 }
 
 #[cfg(test)]
@@ -316,7 +345,7 @@ mod tests {
 
     #[test]
     fn tcg_uses_pc_with_virtio_pci() {
-        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false };
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false, vsock_cid: None };
         let line = joined(&qemu, &spec());
         for part in COMMON {
             assert!(line.contains(part), "missing {part:?} in {line}");
@@ -332,7 +361,7 @@ mod tests {
 
     #[test]
     fn kvm_uses_microvm_with_virtio_mmio() {
-        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: true };
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: true, vsock_cid: None };
         let line = joined(&qemu, &spec());
         for part in COMMON {
             assert!(line.contains(part), "missing {part:?} in {line}");
@@ -348,7 +377,7 @@ mod tests {
 
     #[test]
     fn the_command_line_is_one_argument_with_the_console_appended() {
-        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false };
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false, vsock_cid: None };
         let args = qemu.args(&spec());
         let at = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[at + 1], "root=/dev/vda rw panic=-1 console=ttyS0");
@@ -362,11 +391,53 @@ mod tests {
 
     #[test]
     fn the_agent_socket_in_the_args_is_the_endpoint() {
-        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false };
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false, vsock_cid: None };
         let spec = spec();
-        let AgentEndpoint::Unix(path) = agent_endpoint(&spec.run_dir) else { panic!("not a unix endpoint") };
+        let AgentEndpoint::Unix(path) = qemu.agent_endpoint(&spec.run_dir) else { panic!("not a unix endpoint") };
         let chardev = format!("socket,id=agent,path={},server=on,wait=off", path.display());
         assert!(qemu.args(&spec).contains(&chardev));
+    }
+
+    #[test]
+    fn a_vsock_cid_replaces_the_virtio_serial_port() {
+        for (kvm, device) in [(false, "vhost-vsock-pci"), (true, "vhost-vsock-device")] {
+            let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm, vsock_cid: Some(7) };
+            let args = qemu.args(&spec());
+            let line = args.join(" ");
+            let at = args.iter().position(|a| a.starts_with("vhost-vsock")).expect(&line);
+            assert_eq!((args[at - 1].as_str(), args[at].as_str()), ("-device", &*format!("{device},guest-cid=7")));
+            assert_eq!(args.iter().filter(|a| a.contains("vsock")).count(), 1, "{line}");
+            for gone in ["virtio-serial", "virtserialport", "id=agent", "agent.sock"] {
+                assert!(!line.contains(gone), "{gone} in {line}");
+            }
+            // Everything else stays as it was.
+            for part in COMMON.iter().filter(|p| !p.contains("agent")) {
+                assert!(line.contains(part), "missing {part:?} in {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_endpoint_follows_the_agent_channel() {
+        let run_dir = Path::new("/run/banger/vms/dev");
+        let serial = Qemu { binary: "qemu-system-x86_64".into(), kvm: false, vsock_cid: None };
+        assert_eq!(serial.agent_endpoint(run_dir), AgentEndpoint::Unix(run_dir.join("agent.sock")));
+        let vsock = Qemu { vsock_cid: Some(3), ..serial };
+        assert_eq!(vsock.agent_endpoint(run_dir), AgentEndpoint::Vsock { cid: 3, port: 1024 });
+        assert_eq!(
+            crate::Vmm::Qemu(vsock).agent_endpoint(run_dir),
+            AgentEndpoint::Vsock { cid: 3, port: banger_agent_proto::VSOCK_PORT }
+        );
+    }
+
+    #[test]
+    fn reserved_context_ids_are_refused() {
+        for cid in [0, 1, 2, u32::MAX] {
+            assert!(matches!(check_cid(Some(cid)), Err(VmmError::InvalidSpec(_))), "{cid}");
+        }
+        for cid in [None, Some(3), Some(u32::MAX - 1)] {
+            assert!(check_cid(cid).is_ok(), "{cid:?}");
+        }
     }
 
     #[test]

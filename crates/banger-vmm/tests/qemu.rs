@@ -103,7 +103,7 @@ impl TestVm {
             memory_mib: 512,
             disks: vec![DiskSpec { path: root, read_only: false }],
         };
-        Some(Self { _dir: dir, spec, vmm: Vmm::Qemu(Qemu { binary, kvm: false }) })
+        Some(Self { _dir: dir, spec, vmm: Vmm::Qemu(Qemu { binary, kvm: false, vsock_cid: None }) })
     }
 
     fn run_dir(&self) -> &Path {
@@ -250,7 +250,7 @@ async fn a_missing_kernel_is_rejected_before_qemu_runs() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-vmlinux");
     let spec = unbootable(dir.path(), missing.clone());
-    let err = Qemu { binary, kvm: false }.start(&spec).await.unwrap_err();
+    let err = Qemu { binary, kvm: false, vsock_cid: None }.start(&spec).await.unwrap_err();
     assert!(matches!(err, VmmError::InvalidSpec(_)), "{err:?}");
     assert_eq!(err.to_string(), format!("invalid VM spec: kernel {} does not exist", missing.display()));
     assert_nothing_left(&spec.run_dir);
@@ -264,7 +264,7 @@ async fn a_kernel_qemu_cannot_load_fails_with_its_log() {
     let empty = dir.path().join("vmlinux");
     std::fs::write(&empty, b"").unwrap();
     let spec = unbootable(dir.path(), empty);
-    let err = Qemu { binary, kvm: false }.start(&spec).await.unwrap_err();
+    let err = Qemu { binary, kvm: false, vsock_cid: None }.start(&spec).await.unwrap_err();
     let VmmError::ExitedEarly { log_tail } = &err else { panic!("not ExitedEarly: {err:?}") };
     assert!(log_tail.contains("could not load kernel"), "{log_tail}");
     assert_nothing_left(&spec.run_dir);
@@ -277,7 +277,7 @@ async fn a_missing_binary_is_reported_as_such() {
     std::fs::write(&kernel, b"").unwrap();
     let spec = unbootable(dir.path(), kernel);
     let binary = dir.path().join("qemu-system-x86_64");
-    let err = Qemu { binary: binary.clone(), kvm: false }.start(&spec).await.unwrap_err();
+    let err = Qemu { binary: binary.clone(), kvm: false, vsock_cid: None }.start(&spec).await.unwrap_err();
     assert!(matches!(err, VmmError::MissingBinary { .. }), "{err:?}");
     assert_eq!(err.to_string(), format!("{} is not installed", binary.display()));
 }

@@ -224,10 +224,20 @@ async fn doctor_reports_every_check() {
     let daemon = TestDaemon::start().await;
     let report = daemon.client.doctor().await.unwrap();
     let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["kvm", "firecracker", "jailer", "qemu", "vmm", "device_mapper", "reflink", "nftables", "resolved", "disk"]
-    );
+    let want = [
+        "kvm",
+        "firecracker",
+        "jailer",
+        "qemu",
+        "vsock",
+        "vmm",
+        "device_mapper",
+        "reflink",
+        "nftables",
+        "resolved",
+        "disk",
+    ];
+    assert_eq!(names, want);
     for check in &report.checks {
         if check.status != banger_api::CheckStatus::Pass {
             assert!(check.fix.is_some(), "{} has no fix", check.name);

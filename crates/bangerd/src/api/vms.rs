@@ -151,7 +151,7 @@ pub async fn logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Response> {
     let row = daemon.vm_row(&name)?;
-    let path = daemon.driver(&row.vm)?.console_log(&daemon.vm_run_dir(&name));
+    let path = daemon.driver(&row)?.console_log(&daemon.vm_run_dir(&name));
     let stream = async_stream(daemon, name, path, query.follow);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
 }

@@ -43,7 +43,8 @@ pub fn validate(daemon: &Daemon, request: &VmCreateRequest) -> Result<()> {
             image.size_bytes
         )));
     }
-    daemon.driver(&placeholder_vm(daemon, request))?;
+    let vm = placeholder_vm(daemon, request);
+    daemon.driver(&VmRow { vm, init: String::new(), creating: true, vsock_cid: None })?;
     Ok(())
 }
 
@@ -128,9 +129,9 @@ async fn create_steps(
     vm.kernel = kernel.name;
     vm.disk_size_bytes = disk_size;
     vm.disk_strategy = strategy_name(strategy).to_owned();
-    let mut row = VmRow { vm, init: image.init.clone(), creating: true };
+    let mut row = VmRow { vm, init: image.init.clone(), creating: true, vsock_cid: None };
     undo.push(Undo::ForgetVm(request.name.clone()));
-    daemon.save_vm(&row)?;
+    daemon.save_new_vm(&mut row)?;
     if !request.no_start {
         undo.push(Undo::StopVm);
         lifecycle::boot(daemon, &mut row, Some(op)).await?;
@@ -145,7 +146,7 @@ async fn rollback(daemon: &Arc<Daemon>, name: &str, undo: Vec<Undo>) {
         match step {
             Undo::StopVm => {
                 if let Ok(row) = daemon.vm_row(name) {
-                    if let Ok(driver) = daemon.driver(&row.vm) {
+                    if let Ok(driver) = daemon.driver(&row) {
                         if let Err(e) = driver.kill(&daemon.vm_run_dir(name)).await {
                             tracing::warn!(vm = %name, error = %e, "rollback: cannot kill the VMM");
                         }

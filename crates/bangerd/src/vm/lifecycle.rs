@@ -23,7 +23,7 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHandle>) -> Result<()> {
     let name = row.vm.name.clone();
     let kernel = daemon.kernels.get(&row.vm.kernel)?;
-    let driver = daemon.driver(&row.vm)?;
+    let driver = daemon.driver(row)?;
     let run_dir = daemon.vm_run_dir(&name);
     std::fs::create_dir_all(&run_dir).map_err(Error::io("cannot create", &run_dir))?;
     let dir = daemon.vm_dir(&name);
@@ -166,7 +166,7 @@ pub async fn stop(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
 
 async fn stop_locked(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
     let mut row = daemon.vm_row(name)?;
-    let driver = daemon.driver(&row.vm)?;
+    let driver = daemon.driver(&row)?;
     let run_dir = daemon.vm_run_dir(name);
     if driver.state(&run_dir) == VmmState::Stopped {
         if row.vm.state != VmState::Created {
@@ -190,7 +190,7 @@ async fn stop_locked(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
 pub async fn kill(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
     let _guard = daemon.vms.lock(name).await;
     let mut row = daemon.vm_row(name)?;
-    let driver = daemon.driver(&row.vm)?;
+    let driver = daemon.driver(&row)?;
     let killed = driver.kill(&daemon.vm_run_dir(name)).await;
     if row.vm.state != VmState::Created {
         settle(daemon, &driver, &mut row)?;
@@ -215,7 +215,7 @@ pub async fn remove(daemon: &Arc<Daemon>, name: &str, force: bool) -> Result<()>
         stop_locked(daemon, name).await?;
     }
     // Make sure nothing runs even if the record was stale.
-    if let Ok(driver) = daemon.driver(&row.vm) {
+    if let Ok(driver) = daemon.driver(&row) {
         driver.kill(&daemon.vm_run_dir(name)).await?;
     }
     let (disks, run_dir) = (daemon.vm_dir(name), daemon.vm_run_dir(name));
@@ -301,7 +301,7 @@ pub async fn agent(daemon: &Arc<Daemon>, name: &str) -> Result<Arc<AgentConn>> {
     if row.vm.state != VmState::Running {
         return Err(Error::InvalidState { name: name.to_owned(), state: row.vm.state, wanted: "running" });
     }
-    let driver = daemon.driver(&row.vm)?;
+    let driver = daemon.driver(&row)?;
     let agent = AgentConn::connect(&driver.agent_endpoint(&daemon.vm_run_dir(name)), Duration::from_secs(10)).await?;
     daemon.vms.set_agent(name, Arc::clone(&agent));
     Ok(agent)

@@ -30,6 +30,11 @@ pub struct VmRow {
     /// start knows the create was cut short and removes the VM.
     #[serde(default)]
     pub creating: bool,
+    /// The guest's vsock context id, given at create when the host has
+    /// vhost-vsock and the VM runs under QEMU; else its agent is reached
+    /// over virtio-serial.
+    #[serde(default)]
+    pub vsock_cid: Option<u32>,
 }
 
 /// Per-VM serialization and live connections.
@@ -38,6 +43,9 @@ pub struct VmManager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     agents: Mutex<HashMap<String, Arc<AgentConn>>>,
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held from choosing a new VM's vsock context id to saving its record,
+    /// so two creates cannot take the same one.
+    cids: Mutex<()>,
 }
 
 impl VmManager {
@@ -117,6 +125,17 @@ impl Daemon {
         self.db.objects(ObjectTable::Vms)
     }
 
+    /// Saves a new VM's record, first giving it a vsock context id when its
+    /// guest will have a vsock device (QEMU on a host with vhost-vsock).
+    pub fn save_new_vm(&self, row: &mut VmRow) -> Result<()> {
+        let _cids = self.vms.cids.lock().unwrap_or_else(|e| e.into_inner());
+        if row.vm.vmm == VmmChoice::Qemu && self.caps.vhost_vsock {
+            let taken: Vec<u32> = self.vm_rows()?.iter().filter_map(|r| r.vsock_cid).collect();
+            row.vsock_cid = Some(free_vsock_cid(&taken));
+        }
+        self.save_vm(row)
+    }
+
     /// Saves a VM's record and tells subscribers.
     pub fn save_vm(&self, row: &VmRow) -> Result<()> {
         self.db.put_object(ObjectTable::Vms, &row.vm.name, row)?;
@@ -147,7 +166,8 @@ impl Daemon {
     }
 
     /// The driver for a VM.
-    pub fn driver(&self, vm: &Vm) -> Result<Vmm> {
+    pub fn driver(&self, row: &VmRow) -> Result<Vmm> {
+        let vm = &row.vm;
         match vm.vmm {
             VmmChoice::Firecracker => {
                 let binary =
@@ -160,8 +180,59 @@ impl Daemon {
                 let binary = self.caps.qemu.as_ref().map(|t| t.path.clone()).ok_or_else(|| {
                     Error::Unsupported("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86".into())
                 })?;
-                Ok(Vmm::Qemu(Qemu { binary, kvm: vm.kvm }))
+                // A record moved from a host with vhost-vsock boots with
+                // virtio-serial here: the agent picks whichever it finds.
+                let vsock_cid = row.vsock_cid.filter(|_| self.caps.vhost_vsock);
+                Ok(Vmm::Qemu(Qemu { binary, kvm: vm.kvm, vsock_cid }))
             }
         }
+    }
+}
+
+/// The smallest vsock context id a guest can have (0 to 2 are the
+/// hypervisor, loopback and the host) that is not in `taken`.
+pub fn free_vsock_cid(taken: &[u32]) -> u32 {
+    (3..u32::MAX).find(|cid| !taken.contains(cid)).unwrap_or(u32::MAX - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vsock_cids_fill_the_lowest_gap_from_three() {
+        assert_eq!(free_vsock_cid(&[]), 3);
+        assert_eq!(free_vsock_cid(&[3, 4, 5]), 6);
+        assert_eq!(free_vsock_cid(&[5, 3, 7]), 4);
+        assert_eq!(free_vsock_cid(&[4]), 3);
+        assert_eq!(free_vsock_cid(&[0, 1, 2]), 3);
+    }
+
+    #[test]
+    fn records_without_a_cid_still_load() {
+        let row = VmRow {
+            vm: Vm {
+                name: "dev".into(),
+                state: banger_api::VmState::Stopped,
+                image: "debian".into(),
+                kernel: "k".into(),
+                vmm: VmmChoice::Qemu,
+                kvm: false,
+                cpus: 1,
+                memory_mib: 512,
+                disk_size_bytes: 0,
+                work_disk_bytes: None,
+                disk_strategy: "sparse_copy".into(),
+                pid: None,
+                agent_version: None,
+                created_at: "2025-01-01T00:00:00Z".into(),
+            },
+            init: "/sbin/init".into(),
+            creating: false,
+            vsock_cid: None,
+        };
+        let mut json = serde_json::to_value(&row).unwrap();
+        json.as_object_mut().unwrap().remove("vsock_cid");
+        assert_eq!(serde_json::from_value::<VmRow>(json).unwrap(), row);
     }
 }

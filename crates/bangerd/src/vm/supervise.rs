@@ -45,7 +45,7 @@ pub fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
             continue;
         }
         let name = row.vm.name.clone();
-        let running = daemon.driver(&row.vm).ok().map(|d| d.state(&daemon.vm_run_dir(&name)));
+        let running = daemon.driver(&row).ok().map(|d| d.state(&daemon.vm_run_dir(&name)));
         match running {
             Some(VmmState::Running { pid }) if row.vm.state == VmState::Starting => {
                 tracing::info!(vm = %name, pid, "adopting a VM that was booting; waiting for its agent");
@@ -120,7 +120,7 @@ fn finish_boot(daemon: Arc<Daemon>, name: String, pid: u32) {
     tasks.spawn(async move {
         let _guard = daemon.vms.lock(&name).await;
         let Ok(mut row) = daemon.vm_row(&name) else { return };
-        let Ok(driver) = daemon.driver(&row.vm) else { return };
+        let Ok(driver) = daemon.driver(&row) else { return };
         let endpoint = driver.agent_endpoint(&daemon.vm_run_dir(&name));
         let answered = tokio::select! {
             answered = crate::agent::AgentConn::connect(&endpoint, daemon.config.boot_timeout) => answered,
