@@ -12,6 +12,10 @@ use banger_vmm::AgentEndpoint;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+/// Frames one stream may have waiting for its reader (each at most 32 KiB
+/// from the agent, so about 16 MiB).
+const STREAM_BUFFER: usize = 512;
+
 /// How long one hello waits for an answer before it is sent again.
 const HELLO_RETRY: Duration = Duration::from_millis(250);
 
@@ -40,7 +44,7 @@ pub enum AgentError {
 /// A live, handshaken connection to one guest's agent.
 pub struct AgentConn {
     writer: mpsc::Sender<Frame>,
-    streams: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>>,
+    streams: Arc<Mutex<HashMap<u32, mpsc::Sender<Frame>>>>,
     next_stream: AtomicU32,
     closed: Arc<AtomicBool>,
     /// Held for its `Drop`: closing the connection when this goes.
@@ -68,7 +72,7 @@ pub struct AgentStream {
     /// Its id.
     pub id: u32,
     /// Frames the agent sends on it.
-    pub frames: mpsc::UnboundedReceiver<Frame>,
+    pub frames: mpsc::Receiver<Frame>,
 }
 
 impl AgentConn {
@@ -107,7 +111,7 @@ impl AgentConn {
     {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Frame>(256);
-        let streams: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>> = Arc::default();
+        let streams: Arc<Mutex<HashMap<u32, mpsc::Sender<Frame>>>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
 
         let writer_closed = Arc::clone(&closed);
@@ -134,7 +138,9 @@ impl AgentConn {
                 }
                 let route = routes.lock().unwrap_or_else(|e| e.into_inner()).get(&frame.stream).cloned();
                 if let Some(route) = route {
-                    let _ = route.send(frame);
+                    // A stream whose reader is far behind holds the others
+                    // up rather than grow the daemon's memory without end.
+                    let _ = route.send(frame).await;
                 }
             }
             reader_closed.store(true, Ordering::SeqCst);
@@ -186,7 +192,7 @@ impl AgentConn {
     /// Opens a new logical stream.
     pub fn open(&self) -> AgentStream {
         let id = self.next_stream.fetch_add(1, Ordering::SeqCst);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         self.streams.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         AgentStream { id, frames: rx }
     }
