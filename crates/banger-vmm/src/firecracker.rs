@@ -42,6 +42,10 @@ pub struct Firecracker {
     /// uid and gid 0. Firecracker must then be a path whose file name
     /// contains `firecracker`, as the jailer requires.
     pub jailer: Option<PathBuf>,
+    /// Where the jail goes instead of `<run_dir>/jail`: it must be on the
+    /// disks' filesystem, since they are hard-linked into it (the run dir
+    /// is often a tmpfs). One per VM: the whole directory is removed at stop.
+    pub jail_dir: Option<PathBuf>,
 }
 
 /// A spawned Firecracker and what start needs to talk to it.
@@ -57,7 +61,16 @@ struct Launched {
 impl Firecracker {
     /// Firecracker at `binary`, without the jailer.
     pub fn new(binary: impl Into<PathBuf>) -> Self {
-        Firecracker { binary: binary.into(), jailer: None }
+        Firecracker { binary: binary.into(), jailer: None, jail_dir: None }
+    }
+
+    /// The VM's runtime files, with the jail where this driver puts it.
+    fn files(&self, run_dir: &Path) -> RunFiles {
+        let mut files = RunFiles::new(run_dir);
+        if let Some(jail_dir) = &self.jail_dir {
+            files.chroot_base = jail_dir.clone();
+        }
+        files
     }
 
     /// Starts the VM: spawns Firecracker detached (its stdout, the serial
@@ -70,7 +83,7 @@ impl Firecracker {
         check_kernel(&spec.kernel)?;
         // Refuse a spec Firecracker cannot take before anything is made.
         requests(spec)?;
-        let files = RunFiles::new(&spec.run_dir);
+        let files = self.files(&spec.run_dir);
         remove_runtime_files(&files);
         let launched = match self.jailer.as_deref() {
             None => self.spawn_direct(spec, &files),
@@ -114,7 +127,7 @@ impl Firecracker {
     /// Firecracker needs to exist.
     pub async fn configure(&self, api_sock: &Path, spec: &VmSpec) -> Result<(), VmmError> {
         let requests = requests(spec)?;
-        create_log_files(&RunFiles::new(&spec.run_dir))?;
+        create_log_files(&self.files(&spec.run_dir))?;
         send_all(&spec.name, api_sock, &requests).await
     }
 
@@ -122,7 +135,7 @@ impl Firecracker {
     /// reboot ends Firecracker), waits up to `timeout`, then SIGKILLs it.
     /// Removes the sockets, the pid file and the jail.
     pub async fn stop(&self, run_dir: &Path, timeout: Duration) -> Result<(), VmmError> {
-        let files = RunFiles::new(run_dir);
+        let files = self.files(run_dir);
         if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
             let graceful = async {
                 match http::send(&files.api_sock, &ApiRequest::action(ActionType::SendCtrlAltDel)).await {
@@ -146,7 +159,7 @@ impl Firecracker {
     /// Kills the VM's Firecracker at once and removes the sockets, the pid
     /// file and the jail.
     pub async fn kill(&self, run_dir: &Path) -> Result<(), VmmError> {
-        let files = RunFiles::new(run_dir);
+        let files = self.files(run_dir);
         crate::process::kill(run_dir, &files.pid).await?;
         remove_runtime_files(&files);
         Ok(())
@@ -164,7 +177,7 @@ impl Firecracker {
     /// place (no `--daemonize`), so the child's pid is Firecracker's.
     fn spawn_jailed(&self, jailer: &Path, spec: &VmSpec, files: &RunFiles) -> Result<Launched, VmmError> {
         let id = command::instance_id(&spec.name);
-        let jail = jail::Jail::new(&spec.run_dir, &self.binary, &id);
+        let jail = jail::Jail::new(&files.chroot_base, &self.binary, &id);
         let (jail_files, paths) = jail::plan(spec);
         let requests = requests_with_paths(spec, &paths)?;
         create_log_files(files)?;

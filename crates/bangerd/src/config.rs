@@ -29,6 +29,8 @@ pub struct Config {
     pub agent_binary: Option<PathBuf>,
     /// Force a VMM instead of choosing from the host's capabilities.
     pub vmm: Option<banger_api::VmmChoice>,
+    /// Run Firecracker under this jailer binary.
+    pub jailer: Option<PathBuf>,
     /// How long a boot may take until the agent answers.
     pub boot_timeout: std::time::Duration,
 }
@@ -54,6 +56,7 @@ impl Config {
             run_dir: PathBuf::from("/run/banger"),
             agent_binary: None,
             vmm: None,
+            jailer: None,
             boot_timeout: std::time::Duration::from_secs(180),
         }
     }
@@ -75,6 +78,9 @@ impl Config {
             }
             if let Some(vmm) = vms.vmm {
                 self.vmm = Some(vmm);
+            }
+            if let Some(jailer) = vms.jailer {
+                self.jailer = Some(jailer);
             }
             if let Some(secs) = vms.boot_timeout_secs {
                 self.boot_timeout = std::time::Duration::from_secs(secs);
@@ -117,6 +123,8 @@ pub struct VmsSection {
     pub agent_binary: Option<PathBuf>,
     /// Force a VMM: "firecracker" or "qemu".
     pub vmm: Option<banger_api::VmmChoice>,
+    /// Run Firecracker under this jailer binary (a path).
+    pub jailer: Option<PathBuf>,
     /// Seconds a boot may take until the agent answers.
     pub boot_timeout_secs: Option<u64>,
 }

@@ -43,10 +43,10 @@ pub enum Placement {
 }
 
 impl Jail {
-    /// The jail of the VM with Firecracker instance id `id`, run by the
-    /// jailer with `--exec-file firecracker`.
-    pub fn new(run_dir: &Path, firecracker: &Path, id: &str) -> Self {
-        let chroot_base = RunFiles::new(run_dir).chroot_base;
+    /// The jail under `chroot_base` of the VM with Firecracker instance id
+    /// `id`, run by the jailer with `--exec-file firecracker`.
+    pub fn new(chroot_base: &Path, firecracker: &Path, id: &str) -> Self {
+        let chroot_base = chroot_base.to_path_buf();
         let root = command::jail_root(&chroot_base, firecracker, id);
         Jail { chroot_base, root }
     }
@@ -182,8 +182,8 @@ mod tests {
     }
 
     #[test]
-    fn jail_paths_are_under_the_run_directory() {
-        let jail = Jail::new(Path::new("/run/vm"), Path::new("/usr/bin/firecracker"), "web-1");
+    fn jail_paths_are_under_the_chroot_base() {
+        let jail = Jail::new(Path::new("/run/vm/jail"), Path::new("/usr/bin/firecracker"), "web-1");
         assert_eq!(jail.chroot_base, Path::new("/run/vm/jail"));
         assert_eq!(jail.root, Path::new("/run/vm/jail/firecracker/web-1/root"));
         assert_eq!(

@@ -239,6 +239,24 @@ async fn kill_removes_the_jail() {
     assert_originals_intact(&spec);
 }
 
+/// The daemon puts each VM's jail beside its disks (the run dir is often
+/// a tmpfs, and disks are hard-linked into the jail).
+#[tokio::test]
+async fn the_jail_can_live_beside_the_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = vm(dir.path());
+    let jail_dir = dir.path().join("disks-jail");
+    let driver = Firecracker { jail_dir: Some(jail_dir.clone()), ..jailed() };
+    let pid = driver.start(&spec).await.unwrap();
+    let root = jail_dir.join("firecracker/fake-vm/root");
+    assert_eq!(inode(&root.join("disk0.ext4")), inode(&spec.disks[0].path));
+    assert!(!spec.run_dir.join("jail").exists(), "nothing under the run dir's default jail");
+    driver.kill(&spec.run_dir).await.unwrap();
+    assert!(!jail_dir.exists(), "kill removes the jail where it is");
+    assert_nothing_left(&spec.run_dir, pid);
+    assert_originals_intact(&spec);
+}
+
 #[tokio::test]
 async fn a_stale_jail_is_replaced_on_start() {
     let dir = tempfile::tempdir().unwrap();

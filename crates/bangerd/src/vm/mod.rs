@@ -174,7 +174,9 @@ impl Daemon {
                     self.caps.firecracker.as_ref().map(|t| t.path.clone()).ok_or_else(|| {
                         Error::Unsupported("firecracker is not installed (see `banger doctor`)".into())
                     })?;
-                Ok(Vmm::Firecracker(Firecracker { binary, jailer: None }))
+                // The jail goes beside the VM's disks, which are hard-linked into it.
+                let jail_dir = Some(self.vm_dir(&row.vm.name).join("jail"));
+                Ok(Vmm::Firecracker(Firecracker { binary, jailer: self.config.jailer.clone(), jail_dir }))
             }
             VmmChoice::Qemu => {
                 let binary = self.caps.qemu.as_ref().map(|t| t.path.clone()).ok_or_else(|| {
