@@ -16,18 +16,20 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 pub struct NameLocks {
     kind: &'static str,
     busy: Arc<Mutex<HashSet<String>>>,
+    released: Arc<tokio::sync::Notify>,
 }
 
 /// Holds one name; released when dropped.
 pub struct NameLock {
     name: String,
     busy: Arc<Mutex<HashSet<String>>>,
+    released: Arc<tokio::sync::Notify>,
 }
 
 impl NameLocks {
     /// Locks for objects of `kind` ("kernel", "image").
     pub fn new(kind: &'static str) -> NameLocks {
-        NameLocks { kind, busy: Arc::default() }
+        NameLocks { kind, busy: Arc::default(), released: Arc::default() }
     }
 
     /// Takes `name`, or says it is busy.
@@ -36,13 +38,26 @@ impl NameLocks {
         if !busy.insert(name.to_owned()) {
             return Err(Error::Busy { kind: self.kind, name: name.to_owned() });
         }
-        Ok(NameLock { name: name.to_owned(), busy: Arc::clone(&self.busy) })
+        Ok(NameLock { name: name.to_owned(), busy: Arc::clone(&self.busy), released: Arc::clone(&self.released) })
+    }
+
+    /// Takes `name`, waiting while another holder has it.
+    pub async fn lock(&self, name: &str) -> NameLock {
+        loop {
+            // Armed before trying, so a release in between is not missed.
+            let released = self.released.notified();
+            if let Ok(lock) = self.try_lock(name) {
+                return lock;
+            }
+            released.await;
+        }
     }
 }
 
 impl Drop for NameLock {
     fn drop(&mut self) {
         self.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
+        self.released.notify_waiters();
     }
 }
 
@@ -139,4 +154,27 @@ pub fn sweep(root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_waiting_lock_is_granted_when_the_holder_lets_go() {
+        let locks = Arc::new(NameLocks::new("kernel"));
+        let held = locks.try_lock("k").unwrap();
+        assert!(matches!(locks.try_lock("k"), Err(Error::Busy { .. })));
+        let waiter = {
+            let locks = Arc::clone(&locks);
+            tokio::spawn(async move { locks.lock("k").await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the waiter waits while the name is held");
+        drop(held);
+        let granted = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert!(matches!(locks.try_lock("k"), Err(Error::Busy { .. })), "the waiter now holds it");
+        drop(granted);
+        assert!(locks.try_lock("k").is_ok());
+    }
 }

@@ -78,15 +78,20 @@ async fn create(daemon: &TestDaemon, request: VmCreateRequest) -> Vm {
 }
 
 async fn wait_state(client: &Client, name: &str, state: VmState) -> Vm {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let vm = client.vm(name).await.unwrap();
-        if vm.state == state {
-            return vm;
+    // Subscribe before looking, so no change falls between the two.
+    let mut events = client.events(None).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let vm = client.vm(name).await.unwrap();
+            if vm.state == state {
+                return vm;
+            }
+            // Every change to a VM's record is announced as an update.
+            events.next().await.unwrap().expect("the event stream stays open");
         }
-        assert!(tokio::time::Instant::now() < deadline, "{name} never became {state:?}: {vm:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} never became {state:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,34 +11,23 @@ use crate::Daemon;
 
 /// The kernel named `name`, pulling it from the catalog if it is not stored.
 pub async fn resolve(daemon: &Arc<Daemon>, name: &str, op: &OperationHandle) -> Result<Kernel> {
-    loop {
-        match daemon.kernels.get(name) {
-            Ok(kernel) => return Ok(kernel),
-            Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        // Another operation may be pulling the same kernel: wait for it
-        // rather than fail, then look again.
-        let lock = match daemon.kernels.lock(name) {
-            Ok(lock) => lock,
-            Err(Error::Busy { .. }) => {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if let Ok(kernel) = daemon.kernels.get(name) {
-            return Ok(kernel);
-        }
-        let entries = super::catalog::load(&daemon.http, &daemon.config.catalogs).await?;
-        let entry = banger_kernel::catalog::lookup(&entries, name)
-            .map_err(|_| Error::NotFound { kind: "kernel (locally or in the catalog)", name: name.to_owned() })?
-            .clone();
-        op.step("pull kernel");
-        let kernel = super::fetch::pull(Arc::clone(daemon), op, entry, lock).await?;
-        daemon
-            .events
-            .publish(banger_api::Event::Created { kind: banger_api::ObjectKind::Kernel, name: name.to_owned() });
+    match daemon.kernels.get(name) {
+        Ok(kernel) => return Ok(kernel),
+        Err(Error::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    // Another operation may be pulling the same kernel: wait for it rather
+    // than fail, then look again.
+    let lock = daemon.kernels.lock_wait(name).await;
+    if let Ok(kernel) = daemon.kernels.get(name) {
         return Ok(kernel);
     }
+    let entries = super::catalog::load(&daemon.http, &daemon.config.catalogs).await?;
+    let entry = banger_kernel::catalog::lookup(&entries, name)
+        .map_err(|_| Error::NotFound { kind: "kernel (locally or in the catalog)", name: name.to_owned() })?
+        .clone();
+    op.step("pull kernel");
+    let kernel = super::fetch::pull(Arc::clone(daemon), op, entry, lock).await?;
+    daemon.events.publish(banger_api::Event::Created { kind: banger_api::ObjectKind::Kernel, name: name.to_owned() });
+    Ok(kernel)
 }

@@ -46,6 +46,11 @@ impl KernelStore {
         self.locks.try_lock(name)
     }
 
+    /// Takes the per-name lock, waiting while another operation holds it.
+    pub async fn lock_wait(&self, name: &str) -> KernelLock {
+        self.locks.lock(name).await
+    }
+
     /// Refuses to go on if `name` is stored and `force` is not set.
     pub fn check_replace(&self, name: &str, force: bool) -> Result<()> {
         if !force && self.db.kernel(name)?.is_some() {
