@@ -21,6 +21,14 @@ pub enum OperationKind {
     VmCreate,
     /// `vm start`.
     VmStart,
+    /// `vm stop`.
+    VmStop,
+    /// `vm restart`.
+    VmRestart,
+    /// `vm kill`.
+    VmKill,
+    /// `vm rm`.
+    VmRemove,
 }
 
 /// Where an operation is in its life.

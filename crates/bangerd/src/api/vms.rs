@@ -74,7 +74,7 @@ pub async fn restart(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Operation>)> {
     daemon.vm_row(&name)?;
-    let op = daemon.ops.start(OperationKind::VmStart, &name, 3, "stop")?;
+    let op = daemon.ops.start(OperationKind::VmRestart, &name, 3, "stop")?;
     Ok(spawn(daemon, op, None, move |daemon, op| Box::pin(lifecycle::restart(daemon, op, name))))
 }
 
