@@ -184,6 +184,10 @@ pub enum Request {
     },
     /// Syncs the guest's disks and powers it off. No reply: the VM ends.
     Poweroff,
+    /// A keepalive (stream 0): answered with `pong` and nothing else
+    /// changes. An agent that predates it answers with an `error`, which
+    /// shows it is alive just as well.
+    Ping,
 }
 
 /// A command to run.
@@ -228,6 +232,8 @@ pub enum Reply {
         /// What went wrong.
         message: String,
     },
+    /// Answers a ping.
+    Pong,
 }
 
 #[cfg(test)]
@@ -277,10 +283,12 @@ mod tests {
             .unwrap(),
             serde_json::to_string(&Request::Signal { signal: 15 }).unwrap(),
             serde_json::to_string(&Request::Poweroff).unwrap(),
+            serde_json::to_string(&Request::Ping).unwrap(),
             serde_json::to_string(&Reply::Hello { protocol: 1, agent_version: "0.1.0".into() }).unwrap(),
             serde_json::to_string(&Reply::Started { pid: 42 }).unwrap(),
             serde_json::to_string(&Reply::Exited { code: Some(3), signal: None }).unwrap(),
             serde_json::to_string(&Reply::Error { message: "no such program".into() }).unwrap(),
+            serde_json::to_string(&Reply::Pong).unwrap(),
         ];
         let expected = include_str!("../schema.snapshot").lines().collect::<Vec<_>>();
         assert_eq!(samples.to_vec(), expected);

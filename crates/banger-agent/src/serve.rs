@@ -110,6 +110,7 @@ impl Session {
                 Ok(Request::Exec(req)) => self.exec(stream, req).await,
                 Ok(Request::Signal { signal }) => self.signal(stream, signal).await,
                 Ok(Request::Poweroff) => self.power_off(stream).await,
+                Ok(Request::Ping) => self.reply(stream, Reply::Pong).await,
                 Err(e) => self.reply(stream, Reply::Error { message: format!("bad request: {e}") }).await,
             },
             FrameKind::Stdin => self.stdin(stream, frame.payload).await,

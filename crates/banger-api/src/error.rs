@@ -25,6 +25,10 @@ pub enum ErrorCode {
     TooLarge,
     /// The host cannot do what was asked.
     Unsupported,
+    /// The guest did not come up: its VMM exited, or its agent never answered.
+    BootFailed,
+    /// An operation was cut short by another (a boot by `vm kill`, say).
+    Cancelled,
     /// A bug or an unexpected host failure.
     Internal,
 }
@@ -42,6 +46,8 @@ impl ErrorCode {
             ErrorCode::BadArchive => "bad_archive",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::BootFailed => "boot_failed",
+            ErrorCode::Cancelled => "cancelled",
             ErrorCode::Internal => "internal",
         }
     }

@@ -19,7 +19,7 @@ pub use kernel::{
     KernelImportRequest, KernelPullRequest,
 };
 pub use operation::{Operation, OperationKind, OperationState, Progress};
-pub use vm::{DiskResizeRequest, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice, EXEC_UPGRADE};
+pub use vm::{AgentStatus, DiskResizeRequest, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice, EXEC_UPGRADE};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

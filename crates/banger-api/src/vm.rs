@@ -29,6 +29,17 @@ pub enum VmState {
     Stopped,
 }
 
+/// Whether a running VM's agent answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// It answered the last keepalive.
+    Answering,
+    /// It missed its keepalives: the guest hangs, is overloaded, or its
+    /// agent died. Commands are refused until it answers again.
+    NotAnswering,
+}
+
 /// A VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +68,9 @@ pub struct Vm {
     pub disk_strategy: String,
     /// The VMM's pid while it runs.
     pub pid: Option<u32>,
+    /// Whether its agent answers the daemon's keepalive, while it runs.
+    #[serde(default)]
+    pub agent: Option<AgentStatus>,
     /// The agent's version, once it answered.
     pub agent_version: Option<String>,
     /// When it was created (RFC 3339).

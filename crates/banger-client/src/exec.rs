@@ -106,7 +106,7 @@ pub async fn next_event<R: AsyncRead + Unpin>(reader: &mut R) -> Result<ExecEven
                 Reply::Started { .. } => return Ok(ExecEvent::Started),
                 Reply::Exited { code, signal } => return Ok(ExecEvent::Exited { code, signal }),
                 Reply::Error { message } => return Ok(ExecEvent::Error(message)),
-                Reply::Hello { .. } => continue,
+                Reply::Hello { .. } | Reply::Pong => continue,
             },
         }
     }

@@ -177,16 +177,16 @@ impl Client {
         self.send_json::<(), _>(Method::POST, &format!("/v1/vms/{}/{verb}", segment(name)), None).await
     }
 
-    /// `POST /v1/vms/{name}/stop` or `/kill`.
-    pub async fn stop_vm(&self, name: &str, kill: bool) -> Result<Vm> {
+    /// `POST /v1/vms/{name}/stop` or `/kill`: an operation whose result is the VM.
+    pub async fn stop_vm(&self, name: &str, kill: bool) -> Result<Operation> {
         let verb = if kill { "kill" } else { "stop" };
         self.send_json::<(), _>(Method::POST, &format!("/v1/vms/{}/{verb}", segment(name)), None).await
     }
 
-    /// `DELETE /v1/vms/{name}`.
-    pub async fn remove_vm(&self, name: &str, force: bool) -> Result<()> {
+    /// `DELETE /v1/vms/{name}`: an operation.
+    pub async fn remove_vm(&self, name: &str, force: bool) -> Result<Operation> {
         let path = format!("/v1/vms/{}?force={force}", segment(name));
-        expect_success(self.request(Method::DELETE, &path, None).await?).await.map(drop)
+        self.send_json::<(), _>(Method::DELETE, &path, None).await
     }
 
     /// `PATCH /v1/vms/{name}`.

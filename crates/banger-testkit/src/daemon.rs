@@ -38,18 +38,18 @@ impl TestDaemon {
         adjust(&mut config);
         let mut daemon = TestDaemon { client: Client::new(&config.socket), root, config, stop: None, task: None };
         daemon.set_catalog(Vec::new());
-        daemon.launch();
+        daemon.launch().await;
         daemon
     }
 
     /// Starts a second daemon on the same root (after `stop`).
-    pub fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         assert!(self.task.is_none(), "stop the daemon first");
-        self.launch();
+        self.launch().await;
     }
 
-    fn launch(&mut self) {
-        let prepared = bangerd::prepare(self.config.clone()).expect("daemon starts");
+    async fn launch(&mut self) {
+        let prepared = bangerd::prepare(self.config.clone()).await.expect("daemon starts");
         let (stop, stopped) = oneshot::channel::<()>();
         self.task = Some(tokio::spawn(prepared.serve(async move {
             let _ = stopped.await;

@@ -47,6 +47,8 @@ pub struct AgentConn {
     streams: Arc<Mutex<HashMap<u32, mpsc::Sender<Frame>>>>,
     next_stream: AtomicU32,
     closed: Arc<AtomicBool>,
+    /// What the agent sends on stream 0 after the handshake: answers to pings.
+    control: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>,
     /// Held for its `Drop`: closing the connection when this goes.
     _tasks: Tasks,
     /// The agent's build version.
@@ -179,6 +181,7 @@ impl AgentConn {
             streams,
             next_stream: AtomicU32::new(1),
             closed,
+            control: tokio::sync::Mutex::new(control_rx),
             _tasks: tasks,
             agent_version,
         }))
@@ -200,6 +203,21 @@ impl AgentConn {
     /// Forgets a stream once its exchange is over.
     pub fn close(&self, id: u32) {
         self.streams.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    /// Pings the agent and waits for its answer (a `pong`, or an `error`
+    /// from an agent that predates pings): the caller bounds the wait.
+    pub async fn ping(&self) -> Result<(), AgentError> {
+        let mut control = self.control.lock().await;
+        // An answer to an earlier ping that timed out is not this one's.
+        while control.try_recv().is_ok() {}
+        self.send(Frame::control(CONTROL_STREAM, &Request::Ping)).await?;
+        loop {
+            let frame = control.recv().await.ok_or(AgentError::Closed)?;
+            if matches!(frame.message::<Reply>(), Ok(Reply::Pong | Reply::Error { .. })) {
+                return Ok(());
+            }
+        }
     }
 
     /// Asks the guest to power off; the VM ends without a reply.

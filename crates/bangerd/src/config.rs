@@ -33,6 +33,11 @@ pub struct Config {
     pub jailer: Option<PathBuf>,
     /// How long a boot may take until the agent answers.
     pub boot_timeout: std::time::Duration,
+    /// For tests: run every VM with the test driver, which runs the guest
+    /// agent as a host process (no guest). Not settable from the file.
+    pub test_driver: Option<banger_vmm::local::Local>,
+    /// For tests: make `vm create` fail right after this step.
+    pub fail_create_after: Option<crate::vm::create::CreateStep>,
 }
 
 impl Config {
@@ -58,6 +63,8 @@ impl Config {
             vmm: None,
             jailer: None,
             boot_timeout: std::time::Duration::from_secs(180),
+            test_driver: None,
+            fail_create_after: None,
         }
     }
 

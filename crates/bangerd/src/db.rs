@@ -9,6 +9,7 @@ use banger_api::Operation;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::Result;
+use crate::vm::ledger::{EntryId, Resource};
 
 /// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -34,6 +35,15 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         body TEXT NOT NULL
     );",
+    // What each VM holds (see vm::ledger), in the order it was entered;
+    // and VM rows in their own flat form.
+    "CREATE TABLE vm_resources (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        vm TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX vm_resources_by_vm ON vm_resources (vm, id);",
+    crate::vm::record::FLATTEN_LEGACY_ROWS,
 ];
 
 /// How many operations the history keeps.
@@ -192,6 +202,47 @@ impl Db {
         let bodies = stmt.query_map([limit], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
         Ok(bodies.iter().filter_map(|b| serde_json::from_str(b).ok()).collect())
     }
+}
+
+impl Db {
+    /// Enters a resource in a VM's ledger.
+    pub fn record_resource(&self, vm: &str, resource: &Resource) -> Result<EntryId> {
+        let conn = self.conn();
+        conn.execute("INSERT INTO vm_resources (vm, body) VALUES (?1, ?2)", params![vm, to_json(resource)?])?;
+        Ok(EntryId(conn.last_insert_rowid()))
+    }
+
+    /// Rewrites a ledger entry (a VMM's process, once known).
+    pub fn update_resource(&self, id: EntryId, resource: &Resource) -> Result<()> {
+        self.conn().execute("UPDATE vm_resources SET body = ?2 WHERE id = ?1", params![id.0, to_json(resource)?])?;
+        Ok(())
+    }
+
+    /// A VM's ledger, oldest entry first.
+    pub fn resources(&self, vm: &str) -> Result<Vec<(EntryId, Resource)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, body FROM vm_resources WHERE vm = ?1 ORDER BY id")?;
+        let rows = stmt
+            .query_map([vm], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, body)| {
+                let resource = serde_json::from_str(&body)
+                    .map_err(|e| crate::error::Error::Internal(format!("corrupt ledger entry {id} of {vm}: {e}")))?;
+                Ok((EntryId(id), resource))
+            })
+            .collect()
+    }
+
+    /// Removes a ledger entry: what it named is gone.
+    pub fn forget_resource(&self, id: EntryId) -> Result<()> {
+        self.conn().execute("DELETE FROM vm_resources WHERE id = ?1", [id.0])?;
+        Ok(())
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| crate::error::Error::Internal(e.to_string()))
 }
 
 /// Tables whose rows are a name and a JSON body.

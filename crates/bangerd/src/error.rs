@@ -89,15 +89,53 @@ pub enum Error {
     /// The host lacks something the request needs.
     #[error("{0}")]
     Unsupported(String),
-    /// The object is not in a state that allows the request.
-    #[error("VM {name:?} is {}; it must be {wanted}", state_name(*state))]
+    /// The VM is not in a state that admits the action.
+    #[error("cannot {}: VM {name:?} is {}; it must be {wanted}", action.verb(), crate::vm::state::state_name(*state))]
     InvalidState {
         /// The VM.
         name: String,
         /// Its state.
         state: banger_api::VmState,
-        /// The state the request needs.
+        /// What was asked.
+        action: crate::vm::VmAction,
+        /// The state the action needs.
         wanted: &'static str,
+    },
+    /// A boot ran out of time without the guest's agent answering.
+    #[error("the guest agent of VM {name:?} never answered within {}; {report}", humantime::format_duration(*after))]
+    AgentNeverAnswered {
+        /// The VM.
+        name: String,
+        /// The boot timeout.
+        after: std::time::Duration,
+        /// What the console (and the VMM's log) ended with.
+        report: String,
+    },
+    /// The VMM exited before the guest's agent answered.
+    #[error("the VMM of VM {name:?} exited during boot; {report}")]
+    VmmExited {
+        /// The VM.
+        name: String,
+        /// What the console (and the VMM's log) ended with.
+        report: String,
+    },
+    /// Another action cut this one short.
+    #[error("the {what} of VM {name:?} was cancelled by `{}`", by.verb())]
+    Preempted {
+        /// The VM.
+        name: String,
+        /// What was cut short ("boot").
+        what: &'static str,
+        /// The action that cut it short.
+        by: crate::vm::VmAction,
+    },
+    /// A running VM's agent has missed its keepalives.
+    #[error("the guest agent of VM {name:?} has not answered for {}s (see `banger vm show {name}`)", silent.as_secs())]
+    AgentNotAnswering {
+        /// The VM.
+        name: String,
+        /// For how long.
+        silent: std::time::Duration,
     },
     /// An image could not be built.
     #[error("cannot build image")]
@@ -143,7 +181,9 @@ impl Error {
             Error::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::Conflict(_) => ErrorCode::Conflict,
-            Error::InvalidState { .. } => ErrorCode::Conflict,
+            Error::InvalidState { .. } | Error::AgentNotAnswering { .. } => ErrorCode::Conflict,
+            Error::AgentNeverAnswered { .. } | Error::VmmExited { .. } => ErrorCode::BootFailed,
+            Error::Preempted { .. } => ErrorCode::Cancelled,
             Error::Image(e) => image_code(e),
             Error::Storage(e) => storage_code(e),
             Error::Vmm(banger_vmm::VmmError::MissingBinary { .. }) => ErrorCode::Unsupported,
@@ -164,16 +204,6 @@ impl Error {
             source = cause.source();
         }
         ApiError { code: self.code(), message }
-    }
-}
-
-fn state_name(state: banger_api::VmState) -> &'static str {
-    match state {
-        banger_api::VmState::Created => "created",
-        banger_api::VmState::Starting => "starting",
-        banger_api::VmState::Running => "running",
-        banger_api::VmState::Stopping => "stopping",
-        banger_api::VmState::Stopped => "stopped",
     }
 }
 
@@ -211,6 +241,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::ChecksumMismatch | ErrorCode::DownloadFailed => StatusCode::BAD_GATEWAY,
         ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::BootFailed => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Cancelled => StatusCode::CONFLICT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -110,8 +110,8 @@ pub struct Prepared {
 }
 
 /// Takes the state root (a single-instance lock), opens the database,
-/// reconciles the stores and binds the socket. Call it inside a Tokio runtime.
-pub fn prepare(config: Config) -> Result<Prepared, StartError> {
+/// reconciles the stores and VMs, and binds the socket.
+pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     let state_dir = &config.state_dir;
     std::fs::create_dir_all(state_dir).map_err(error::Error::io("cannot create", state_dir))?;
     let lock_path = state_dir.join("bangerd.lock");
@@ -164,7 +164,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
         "bangerd ready"
     );
     let daemon = Arc::new(daemon);
-    vm::supervise::adopt_all(&daemon)?;
+    vm::supervise::adopt_all(&daemon).await?;
     Ok(Prepared { daemon, listener, stop })
 }
 
@@ -203,6 +203,6 @@ impl Prepared {
 
 /// Prepares and serves in one call.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    prepare(config)?.serve(shutdown).await?;
+    prepare(config).await?.serve(shutdown).await?;
     Ok(())
 }

@@ -20,7 +20,7 @@ async fn health_socket_mode_and_single_instance() {
 
     let mut second = daemon.config.clone();
     second.socket = daemon.root.path().join("other.sock");
-    match bangerd::prepare(second) {
+    match bangerd::prepare(second).await {
         Err(bangerd::StartError::AlreadyRunning(dir)) => assert_eq!(dir, daemon.config.state_dir),
         Err(other) => panic!("expected AlreadyRunning, got {other}"),
         Ok(_) => panic!("a second daemon took the same state root"),
@@ -33,7 +33,7 @@ async fn a_run_dir_is_never_shared() {
     let mut other = daemon.config.clone();
     other.state_dir = daemon.root.path().join("other-state");
     other.socket = daemon.root.path().join("other.sock");
-    match bangerd::prepare(other) {
+    match bangerd::prepare(other).await {
         Err(bangerd::StartError::RunDirInUse(dir)) => assert_eq!(dir, daemon.config.run_dir),
         Err(other) => panic!("expected RunDirInUse, got {other}"),
         Ok(_) => panic!("a second daemon took a run directory in use"),
@@ -46,7 +46,7 @@ async fn a_live_socket_is_not_stolen() {
     let mut other = daemon.config.clone();
     other.state_dir = daemon.root.path().join("other-state");
     other.run_dir = daemon.root.path().join("other-run");
-    match bangerd::prepare(other) {
+    match bangerd::prepare(other).await {
         Err(bangerd::StartError::SocketInUse(path)) => assert_eq!(path, daemon.config.socket),
         Err(other) => panic!("expected SocketInUse, got {other}"),
         Ok(_) => panic!("a second daemon took a live socket"),
@@ -194,7 +194,7 @@ async fn restart_keeps_kernels_and_history_and_reconciles_the_disk() {
     let manifest = std::fs::read_to_string(kernels.join("found/manifest.json")).unwrap();
     std::fs::write(kernels.join("found/manifest.json"), manifest.replace("\"keep\"", "\"found\"")).unwrap();
 
-    daemon.restart();
+    daemon.restart().await;
     let names: Vec<String> = daemon.client.kernels().await.unwrap().into_iter().map(|k| k.name).collect();
     assert_eq!(names, ["found", "keep"]);
     assert_eq!(daemon.kernel_dir_entries(), ["found", "keep"]);

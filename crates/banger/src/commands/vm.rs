@@ -49,6 +49,8 @@ pub enum VmCommand {
         /// Make it, but do not boot it.
         #[arg(long)]
         no_start: bool,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Every VM.
     #[command(alias = "ls")]
@@ -62,30 +64,41 @@ pub enum VmCommand {
     Start {
         /// VM name.
         name: String,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Shut a VM down (the guest powers off; after 10 s its VMM is killed).
+    /// A boot in progress is cancelled.
     Stop {
         /// VM name.
         name: String,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Stop, then start.
     Restart {
         /// VM name.
         name: String,
+        #[command(flatten)]
+        wait: Wait,
     },
-    /// Kill a VM's VMM at once.
+    /// Kill a VM's VMM at once, cancelling a boot or a stop in progress.
     Kill {
         /// VM name.
         name: String,
+        #[command(flatten)]
+        wait: Wait,
     },
-    /// Remove a VM and its disks.
+    /// Remove a VM and everything it holds.
     #[command(alias = "remove")]
     Rm {
         /// VM name.
         name: String,
-        /// Stop it first if it runs.
+        /// Kill it first if it is not stopped (cancelling a boot in progress).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Change a stopped VM's vCPUs or memory.
     Set {
@@ -122,6 +135,15 @@ pub enum VmCommand {
     },
 }
 
+/// Whether to wait for the operation a command starts.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Wait {
+    /// Print the operation's id and return at once instead of waiting for it
+    /// (follow it with `banger operation wait ID`).
+    #[arg(long)]
+    no_wait: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {
     /// Grow a stopped VM's root disk and its filesystem.
@@ -136,7 +158,7 @@ pub enum DiskCommand {
 
 pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     match command {
-        VmCommand::Create { name, image, kernel, cpus, memory, disk_size, work_disk, vmm, no_start } => {
+        VmCommand::Create { name, image, kernel, cpus, memory, disk_size, work_disk, vmm, no_start, wait } => {
             let request = VmCreateRequest {
                 name,
                 image,
@@ -152,7 +174,7 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
                 no_start,
             };
             let op = ctx.client.create_vm(&request).await?;
-            finish(ctx, &op).await?;
+            finish(ctx, &op, wait).await?;
         }
         VmCommand::List => {
             let vms = ctx.client.vms().await?;
@@ -164,7 +186,7 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
                 .map(|v| {
                     vec![
                         v.name.clone(),
-                        state(v.state).into(),
+                        state(v),
                         v.image.clone(),
                         v.cpus.to_string(),
                         format!("{} MiB", v.memory_mib),
@@ -176,12 +198,16 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
             output::table(&["NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "DISK", "VMM"], &rows);
         }
         VmCommand::Show { name } => show(ctx, &ctx.client.vm(&name).await?)?,
-        VmCommand::Start { name } => finish(ctx, &ctx.client.start_vm(&name, false).await?).await?,
-        VmCommand::Restart { name } => finish(ctx, &ctx.client.start_vm(&name, true).await?).await?,
-        VmCommand::Stop { name } => done(ctx, &ctx.client.stop_vm(&name, false).await?, "stopped")?,
-        VmCommand::Kill { name } => done(ctx, &ctx.client.stop_vm(&name, true).await?, "killed")?,
-        VmCommand::Rm { name, force } => {
-            ctx.client.remove_vm(&name, force).await?;
+        VmCommand::Start { name, wait } => finish(ctx, &ctx.client.start_vm(&name, false).await?, wait).await?,
+        VmCommand::Restart { name, wait } => finish(ctx, &ctx.client.start_vm(&name, true).await?, wait).await?,
+        VmCommand::Stop { name, wait } => finish(ctx, &ctx.client.stop_vm(&name, false).await?, wait).await?,
+        VmCommand::Kill { name, wait } => finish(ctx, &ctx.client.stop_vm(&name, true).await?, wait).await?,
+        VmCommand::Rm { name, force, wait } => {
+            let op = ctx.client.remove_vm(&name, force).await?;
+            if wait.no_wait {
+                return started(ctx, &op).map(|()| ExitCode::SUCCESS);
+            }
+            progress::follow(ctx, &op).await?;
             if ctx.json {
                 output::json(&serde_json::json!({ "removed": name }))?;
             } else {
@@ -302,11 +328,23 @@ async fn exec_command(ctx: &Context, name: &str, interactive: bool, argv: Vec<St
     Ok(code.clamp(0, 255))
 }
 
-async fn finish(ctx: &Context, op: &banger_api::Operation) -> anyhow::Result<()> {
+/// Waits for a VM operation (unless `--no-wait`) and says where the VM is now.
+async fn finish(ctx: &Context, op: &banger_api::Operation, wait: Wait) -> anyhow::Result<()> {
+    if wait.no_wait {
+        return started(ctx, op);
+    }
     let done = progress::follow(ctx, op).await?;
     let vm: Vm = serde_json::from_value(done.result.unwrap_or_default())?;
-    let what = if vm.state == VmState::Running { "running" } else { "created" };
-    self::done(ctx, &vm, what)
+    self::done(ctx, &vm, state(&vm).as_str())
+}
+
+/// What `--no-wait` prints: the operation (its id, for people).
+fn started(ctx: &Context, op: &banger_api::Operation) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json(op);
+    }
+    println!("{}", op.id);
+    Ok(())
 }
 
 fn done(ctx: &Context, vm: &Vm, what: &str) -> anyhow::Result<()> {
@@ -322,7 +360,7 @@ fn show(ctx: &Context, v: &Vm) -> anyhow::Result<()> {
         return output::json(v);
     }
     println!("name:      {}", v.name);
-    println!("state:     {}", state(v.state));
+    println!("state:     {}", state(v));
     println!("image:     {}", v.image);
     println!("kernel:    {}", v.kernel);
     println!("vmm:       {}", vmm(v));
@@ -342,13 +380,17 @@ fn show(ctx: &Context, v: &Vm) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn state(s: VmState) -> &'static str {
-    match s {
+fn state(v: &Vm) -> String {
+    let state = match v.state {
         VmState::Created => "created",
         VmState::Starting => "starting",
         VmState::Running => "running",
         VmState::Stopping => "stopping",
         VmState::Stopped => "stopped",
+    };
+    match v.agent {
+        Some(banger_api::AgentStatus::NotAnswering) => format!("{state} (agent not answering)"),
+        _ => state.to_owned(),
     }
 }
 

@@ -75,7 +75,7 @@ pub async fn remove(
     Query(query): Query<RemoveQuery>,
 ) -> Result<StatusCode> {
     daemon.images.get(&name)?;
-    let users: Vec<String> = daemon.vm_rows()?.into_iter().filter(|r| r.vm.image == name).map(|r| r.vm.name).collect();
+    let users: Vec<String> = daemon.vm_records()?.into_iter().filter(|r| r.image == name).map(|r| r.name).collect();
     if !users.is_empty() && !query.force {
         return Err(Error::Conflict(format!(
             "image {name:?} is used by VM(s) {}; --force removes it anyway (the VMs keep their own disks but cannot be recreated from it)",

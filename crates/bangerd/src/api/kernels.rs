@@ -64,7 +64,7 @@ pub async fn remove(
     daemon.kernels.get(&name)?;
     let mut users: Vec<String> =
         daemon.images.list()?.into_iter().filter(|i| i.kernel == name).map(|i| format!("image {}", i.name)).collect();
-    users.extend(daemon.vm_rows()?.into_iter().filter(|r| r.vm.kernel == name).map(|r| format!("VM {}", r.vm.name)));
+    users.extend(daemon.vm_records()?.into_iter().filter(|r| r.kernel == name).map(|r| format!("VM {}", r.name)));
     if !users.is_empty() && !query.force {
         return Err(Error::Conflict(format!(
             "kernel {name:?} is used by {}; --force removes it anyway (they will not boot until it is back)",

@@ -19,20 +19,22 @@ use utoipa::IntoParams;
 
 use super::spawn;
 use crate::error::{Error, Result};
-use crate::vm::{create, lifecycle};
+use crate::vm::state::Admitted;
+use crate::vm::{create, lifecycle, VmAction};
 use crate::Daemon;
 
 /// Every VM.
 #[utoipa::path(get, path = "/v1/vms", tag = "vms", responses((status = 200, body = Vec<Vm>), (status = 500, body = ApiError)))]
 pub async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Json<Vec<Vm>>> {
-    Ok(Json(daemon.vm_rows()?.into_iter().map(|r| r.vm).collect()))
+    let records = daemon.vm_records()?;
+    Ok(Json(records.iter().map(|r| daemon.vm_view(r)).collect::<Result<_>>()?))
 }
 
 /// One VM.
 #[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name")),
     responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
 pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Vm>> {
-    Ok(Json(daemon.vm_row(&name)?.vm))
+    Ok(Json(daemon.vm_view(&daemon.vm_record(&name)?)?))
 }
 
 /// Starts creating (and booting) a VM.
@@ -51,65 +53,79 @@ pub async fn create(
     Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(create::create(daemon, op, request, guard))))
 }
 
-/// Starts a stopped VM.
+/// Admits `action` on VM `name` and, when the state machine says it
+/// preempts, asks the operation in progress to give way at once; the
+/// operation's work then takes the VM's lock.
+fn admit(daemon: &Daemon, name: &str, action: VmAction) -> Result<Admitted> {
+    let (_, admitted) = daemon.admit(name, action)?;
+    if admitted == Admitted::Preempt {
+        daemon.vms.preempt(name, action);
+    }
+    Ok(admitted)
+}
+
+/// Boots a stopped VM (an operation).
 #[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path, description = "VM name")),
     responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn start(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Operation>)> {
-    let row = daemon.vm_row(&name)?;
-    if matches!(row.vm.state, VmState::Starting | VmState::Stopping) {
-        return Err(Error::InvalidState { name, state: row.vm.state, wanted: "stopped" });
-    }
+    admit(&daemon, &name, VmAction::Start)?;
     let op = daemon.ops.start(OperationKind::VmStart, &name, 2, "boot")?;
     Ok(spawn(daemon, op, None, move |daemon, op| Box::pin(lifecycle::start(daemon, op, name))))
 }
 
-/// Restarts a VM: stop (if running), then start.
+/// Restarts a VM: stop (if running), then start (an operation).
 #[utoipa::path(post, path = "/v1/vms/{name}/restart", tag = "vms", params(("name" = String, Path, description = "VM name")),
-    responses((status = 202, body = Operation), (status = 404, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn restart(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Operation>)> {
-    daemon.vm_row(&name)?;
+    let admitted = admit(&daemon, &name, VmAction::Restart)?;
     let op = daemon.ops.start(OperationKind::VmRestart, &name, 3, "stop")?;
-    Ok(spawn(daemon, op, None, move |daemon, op| Box::pin(lifecycle::restart(daemon, op, name))))
+    Ok(spawn(daemon, op, None, move |daemon, op| Box::pin(lifecycle::restart(daemon, op, name, admitted))))
 }
 
-/// Stops a VM: the guest is asked to power off, then the VMM is stopped, then killed.
+/// Stops a VM (an operation): the guest is asked to power off, then the
+/// VMM is stopped, then killed. A boot in progress is cancelled.
 #[utoipa::path(post, path = "/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path, description = "VM name")),
-    responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
-pub async fn stop(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Vm>> {
-    Ok(Json(lifecycle::stop(&daemon, &name).await?))
+    responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn stop(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>)> {
+    let admitted = admit(&daemon, &name, VmAction::Stop)?;
+    let op = daemon.ops.start(OperationKind::VmStop, &name, 1, "stop")?;
+    Ok(spawn(daemon, op, None, move |daemon, _| Box::pin(lifecycle::stop(daemon, name, admitted))))
 }
 
-/// Kills a VM's VMM at once.
+/// Kills a VM's VMM at once (an operation), cancelling a boot or a stop in progress.
 #[utoipa::path(post, path = "/v1/vms/{name}/kill", tag = "vms", params(("name" = String, Path, description = "VM name")),
-    responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
-pub async fn kill(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Json<Vm>> {
-    Ok(Json(lifecycle::kill(&daemon, &name).await?))
+    responses((status = 202, body = Operation), (status = 404, body = ApiError)))]
+pub async fn kill(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>)> {
+    let admitted = admit(&daemon, &name, VmAction::Kill)?;
+    let op = daemon.ops.start(OperationKind::VmKill, &name, 1, "kill")?;
+    Ok(spawn(daemon, op, None, move |daemon, _| Box::pin(lifecycle::kill(daemon, name, admitted))))
 }
 
 /// Query of `DELETE /v1/vms/{name}`.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct RemoveQuery {
-    /// Stop a running VM first instead of refusing.
+    /// Kill a VM that is not stopped (cancelling its boot or stop) instead of refusing.
     #[serde(default)]
     pub force: bool,
 }
 
-/// Removes a VM and its disks.
+/// Removes a VM and everything it holds (an operation).
 #[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name"), RemoveQuery),
-    responses((status = 204, description = "Removed"), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn remove(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
     Query(query): Query<RemoveQuery>,
-) -> Result<StatusCode> {
-    lifecycle::remove(&daemon, &name, query.force).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<(StatusCode, Json<Operation>)> {
+    let admitted = admit(&daemon, &name, VmAction::Remove { force: query.force })?;
+    let op = daemon.ops.start(OperationKind::VmRemove, &name, 1, "remove")?;
+    Ok(spawn(daemon, op, None, move |daemon, _| Box::pin(lifecycle::remove(daemon, name, query.force, admitted))))
 }
 
 /// Changes a stopped VM's vCPUs or memory.
@@ -150,8 +166,8 @@ pub async fn logs(
     Path(name): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response> {
-    let row = daemon.vm_row(&name)?;
-    let path = daemon.driver(&row)?.console_log(&daemon.vm_run_dir(&name));
+    let record = daemon.vm_record(&name)?;
+    let path = daemon.driver(&record)?.console_log(&daemon.vm_run_dir(&name));
     let stream = async_stream(daemon, name, path, query.follow);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
 }
@@ -181,8 +197,8 @@ fn async_stream(
                     return Some((Ok(bytes::Bytes::from(chunk)), (next, false)));
                 }
                 let running = daemon
-                    .vm_row(&name)
-                    .is_ok_and(|r| matches!(r.vm.state, VmState::Starting | VmState::Running | VmState::Stopping));
+                    .vm_record(&name)
+                    .is_ok_and(|r| matches!(r.state, VmState::Starting | VmState::Running | VmState::Stopping));
                 if !follow || !running {
                     return None;
                 }

@@ -1,14 +1,15 @@
-//! `vm create`: resolve the image and kernel, clone the disks, record the
-//! VM, boot it and wait for its agent. Everything a step makes is
-//! registered for rollback before the next step runs, so a failure at any
-//! point leaves nothing behind.
+//! `vm create`: record the VM, resolve its kernel, clone its disks, boot it
+//! and wait for its agent. Everything is entered in the VM's ledger before
+//! it is made, so a failure at any point is undone by releasing the ledger,
+//! and a daemon that dies midway finds the same entries at start.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use banger_api::{Vm, VmCreateRequest, VmState};
 
-use super::{lifecycle, VmRow};
+use super::ledger::{self, Resource};
+use super::{lifecycle, VmGuard, VmRecord};
 use crate::db::ObjectTable;
 use crate::error::{Error, Result};
 use crate::operations::{now_rfc3339, OperationHandle};
@@ -19,20 +20,45 @@ const DEFAULT_CPUS: u32 = 1;
 /// Default memory, MiB.
 const DEFAULT_MEMORY_MIB: u32 = 512;
 
+/// The steps of a create after which a test can make it fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateStep {
+    /// The record is saved.
+    Record,
+    /// The kernel is resolved (pulled if needed).
+    Kernel,
+    /// The disks are cloned.
+    Disks,
+    /// The guest booted and its agent answered.
+    Boot,
+}
+
+/// Checks a vCPU count.
+pub fn check_cpus(cpus: u32) -> Result<()> {
+    if cpus == 0 || cpus > 64 {
+        return Err(Error::InvalidArgument("--cpus must be between 1 and 64".into()));
+    }
+    Ok(())
+}
+
+/// Checks a memory size.
+pub fn check_memory(memory_mib: u32) -> Result<()> {
+    if memory_mib < 64 {
+        return Err(Error::InvalidArgument("--memory must be at least 64 MiB".into()));
+    }
+    Ok(())
+}
+
 /// Checks a create request before its operation starts: names, sizes,
 /// duplicates and the image, so plain mistakes are answered at once and
 /// nothing is made.
 pub fn validate(daemon: &Daemon, request: &VmCreateRequest) -> Result<()> {
     super::validate_name(&request.name)?;
-    if daemon.db.object::<VmRow>(ObjectTable::Vms, &request.name)?.is_some() {
-        return Err(Error::AlreadyExists { kind: "VM", name: request.name.clone(), hint: "" });
+    if daemon.db.object::<VmRecord>(ObjectTable::Vms, &request.name)?.is_some() {
+        daemon.admit(&request.name, super::VmAction::Create)?;
     }
-    if request.cpus.is_some_and(|c| c == 0 || c > 64) {
-        return Err(Error::InvalidArgument("--cpus must be between 1 and 64".into()));
-    }
-    if request.memory_mib.is_some_and(|m| m < 64) {
-        return Err(Error::InvalidArgument("--memory must be at least 64 MiB".into()));
-    }
+    request.cpus.map(check_cpus).transpose()?;
+    request.memory_mib.map(check_memory).transpose()?;
     if request.work_disk_bytes.is_some_and(|size| size < 1 << 20) {
         return Err(Error::InvalidArgument("--work-disk must be at least 1 MiB".into()));
     }
@@ -43,77 +69,91 @@ pub fn validate(daemon: &Daemon, request: &VmCreateRequest) -> Result<()> {
             image.size_bytes
         )));
     }
-    let vm = placeholder_vm(daemon, request);
-    daemon.driver(&VmRow { vm, init: String::new(), creating: true, vsock_cid: None })?;
+    daemon.driver(&new_record(daemon, request, &image))?;
     Ok(())
 }
 
-fn placeholder_vm(daemon: &Daemon, request: &VmCreateRequest) -> Vm {
+fn new_record(daemon: &Daemon, request: &VmCreateRequest, image: &banger_api::Image) -> VmRecord {
     let (vmm, kvm) = daemon.choose_vmm(request.vmm);
-    Vm {
+    VmRecord {
         name: request.name.clone(),
         state: VmState::Created,
         image: request.image.clone(),
-        kernel: String::new(),
+        kernel: request.kernel.clone().unwrap_or_else(|| image.kernel.clone()),
+        init: image.init.clone(),
         vmm,
         kvm,
         cpus: request.cpus.unwrap_or(DEFAULT_CPUS),
         memory_mib: request.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
-        disk_size_bytes: 0,
+        disk_size_bytes: request.disk_size_bytes.unwrap_or(image.size_bytes),
         work_disk_bytes: request.work_disk_bytes.map(|size| size.next_multiple_of(4096)),
-        disk_strategy: String::new(),
-        pid: None,
+        disk_strategy: strategy_name(daemon.cow_strategy()).to_owned(),
         agent_version: None,
         created_at: now_rfc3339(),
+        creating: true,
+        vsock_cid: None,
+        in_ledger: true,
     }
 }
 
-/// What a failed create must undo, newest first.
-enum Undo {
-    RemoveDir(PathBuf),
-    ForgetVm(String),
-    StopVm,
-}
-
 /// Creates (and, unless `no_start`, boots) a VM: an operation's work.
-/// `_guard` is the VM's lock, held throughout.
+/// `guard` is the VM's lock, held throughout.
 pub async fn create(
     daemon: Arc<Daemon>,
     op: &OperationHandle,
     request: VmCreateRequest,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
+    mut guard: VmGuard,
 ) -> Result<Vm> {
-    let mut undo = Vec::new();
-    let result = create_steps(&daemon, op, &request, &mut undo).await;
-    if result.is_err() {
-        rollback(&daemon, &request.name, undo).await;
+    let image = daemon.images.get(&request.image)?;
+    let mut record = new_record(&daemon, &request, &image);
+    daemon.save_new_vm(&mut record)?;
+    let result = create_steps(&daemon, op, &request, &mut record, &mut guard).await;
+    match result {
+        Ok(()) => daemon.vm_view(&record),
+        // Cut short by the user (`vm stop`, `vm kill`): the VM stays, stopped.
+        Err(e @ Error::Preempted { .. }) => {
+            record.creating = false;
+            daemon.save_vm(&record)?;
+            Err(e)
+        }
+        Err(e) => {
+            if let Err(undo) = lifecycle::forget(&daemon, record).await {
+                tracing::error!(vm = %request.name, error = %undo, "rollback of a failed create is incomplete");
+            }
+            Err(e)
+        }
     }
-    result
 }
 
 async fn create_steps(
     daemon: &Arc<Daemon>,
     op: &OperationHandle,
     request: &VmCreateRequest,
-    undo: &mut Vec<Undo>,
-) -> Result<Vm> {
-    let image = daemon.images.get(&request.image)?;
-    let kernel =
-        crate::kernel::resolve::resolve(daemon, request.kernel.as_deref().unwrap_or(&image.kernel), op).await?;
+    record: &mut VmRecord,
+    guard: &mut VmGuard,
+) -> Result<()> {
+    failpoint(daemon, CreateStep::Record)?;
+    let kernel = crate::kernel::resolve::resolve(daemon, &record.kernel, op).await?;
+    record.kernel = kernel.name;
+    failpoint(daemon, CreateStep::Kernel)?;
 
     op.step("clone disk");
-    let dir = daemon.vm_dir(&request.name);
-    std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
-    undo.push(Undo::RemoveDir(dir.clone()));
-    let run_dir = daemon.vm_run_dir(&request.name);
-    undo.push(Undo::RemoveDir(run_dir));
-    let strategy = daemon.cow_strategy();
-    let disk_size = request.disk_size_bytes.unwrap_or(image.size_bytes);
-    let source = PathBuf::from(&image.rootfs_path);
+    let (dir, run_dir) = (daemon.vm_dir(&record.name), daemon.vm_run_dir(&record.name));
+    daemon.hold(&record.name, &Resource::Dir { path: dir.clone() })?;
+    daemon.hold(&record.name, &Resource::Dir { path: run_dir.clone() })?;
     let root = dir.join("root.ext4");
-    let work = request.work_disk_bytes.map(|size| (size.next_multiple_of(4096), dir.join("work.ext4")));
-    let seeds = daemon.images.seeds_dir();
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    daemon.hold(&record.name, &Resource::Disk { path: root.clone() })?;
+    let work = record.work_disk_bytes.map(|size| (size, dir.join("work.ext4")));
+    if let Some((_, path)) = &work {
+        daemon.hold(&record.name, &Resource::Disk { path: path.clone() })?;
+    }
+    let strategy = daemon.cow_strategy();
+    let (source, disk_size, seeds) =
+        (PathBuf::from(&daemon.images.get(&request.image)?.rootfs_path), record.disk_size_bytes, daemon.images.seeds_dir());
+    ledger::blocking(move || {
+        for made in [&dir, &run_dir] {
+            std::fs::create_dir_all(made).map_err(Error::io("cannot create", made))?;
+        }
         banger_storage::clone_disk(strategy, &source, &root, Some(disk_size))?;
         if let Some((size, path)) = work {
             let seed = banger_image::ensure_seed(&seeds, size)?;
@@ -121,56 +161,27 @@ async fn create_steps(
         }
         Ok(())
     })
-    .await
-    .map_err(|e| Error::Internal(format!("disk task: {e}")))??;
+    .await?;
+    failpoint(daemon, CreateStep::Disks)?;
 
     op.step("prepare");
-    let mut vm = placeholder_vm(daemon, request);
-    vm.kernel = kernel.name;
-    vm.disk_size_bytes = disk_size;
-    vm.disk_strategy = strategy_name(strategy).to_owned();
-    let mut row = VmRow { vm, init: image.init.clone(), creating: true, vsock_cid: None };
-    undo.push(Undo::ForgetVm(request.name.clone()));
-    daemon.save_new_vm(&mut row)?;
-    if !request.no_start {
-        undo.push(Undo::StopVm);
-        lifecycle::boot(daemon, &mut row, Some(op)).await?;
+    if request.no_start {
+        record.creating = false;
+        daemon.save_vm(record)?;
+        return Ok(());
     }
-    row.creating = false;
-    daemon.save_vm(&row)?;
-    Ok(row.vm)
+    lifecycle::boot(daemon, record, guard, Some(op)).await?;
+    failpoint(daemon, CreateStep::Boot)?;
+    record.creating = false;
+    daemon.save_vm(record)
 }
 
-async fn rollback(daemon: &Arc<Daemon>, name: &str, undo: Vec<Undo>) {
-    for step in undo.into_iter().rev() {
-        match step {
-            Undo::StopVm => {
-                if let Ok(row) = daemon.vm_row(name) {
-                    if let Ok(driver) = daemon.driver(&row) {
-                        if let Err(e) = driver.kill(&daemon.vm_run_dir(name)).await {
-                            tracing::warn!(vm = %name, error = %e, "rollback: cannot kill the VMM");
-                        }
-                    }
-                }
-                daemon.vms.drop_agent(name);
-            }
-            Undo::ForgetVm(name) => {
-                if let Err(e) = daemon.db.delete_object(ObjectTable::Vms, &name) {
-                    tracing::warn!(vm = %name, error = %e, "rollback: cannot delete the VM record");
-                }
-                daemon.vms.drop_agent(&name);
-                daemon.events.publish(banger_api::Event::Deleted { kind: banger_api::ObjectKind::Vm, name });
-            }
-            Undo::RemoveDir(path) => {
-                let removed = tokio::task::spawn_blocking(move || (std::fs::remove_dir_all(&path), path)).await;
-                if let Ok((Err(e), path)) = removed {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(path = %path.display(), error = %e, "rollback: cannot remove");
-                    }
-                }
-            }
-        }
+/// Fails the create here if a test asked for it.
+fn failpoint(daemon: &Daemon, step: CreateStep) -> Result<()> {
+    if daemon.config.fail_create_after == Some(step) {
+        return Err(Error::Internal(format!("failing the create after {step:?}, as the test asked")));
     }
+    Ok(())
 }
 
 fn strategy_name(strategy: banger_storage::CowStrategy) -> &'static str {

@@ -1,14 +1,17 @@
-//! Booting, stopping, killing, removing and changing VMs. Every function
-//! that changes a VM holds its lock for the whole change.
+//! Booting, stopping, killing, removing and changing VMs. Each action
+//! takes the VM's lock, asks the state machine again under it, and waits
+//! only for bounded things or for things a preempting action cuts short:
+//! a boot gives way to a kill, a stop or a forced rm; a stop to a kill.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use banger_api::{Vm, VmSetRequest, VmState};
-use banger_vmm::{DiskSpec, VmSpec, VmmState};
+use banger_vmm::{DiskSpec, VmSpec, VmmProcess};
 
-use super::VmRow;
+use super::ledger::{self, Resource, Scope};
+use super::state::Admitted;
+use super::{VmAction, VmGuard, VmRecord};
 use crate::agent::AgentConn;
 use crate::db::ObjectTable;
 use crate::error::{Error, Result};
@@ -18,278 +21,277 @@ use crate::Daemon;
 /// How long a guest gets to shut down before its VMM is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Boots a VM from its disks and waits for its agent. The caller holds the
-/// VM's lock. On failure the VMM is killed and the VM is left stopped.
-pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHandle>) -> Result<()> {
-    let name = row.vm.name.clone();
-    let kernel = daemon.kernels.get(&row.vm.kernel)?;
-    let driver = daemon.driver(row)?;
+/// How long the guest's agent gets to take a power-off request.
+const POWEROFF_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long reconnecting to a running guest's agent may take.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Takes the VM's lock the way `action` needs it: preempting whoever holds
+/// it when the state machine says so.
+pub async fn lock_for(daemon: &Daemon, name: &str, action: VmAction, admitted: Admitted) -> VmGuard {
+    match admitted {
+        Admitted::Preempt => daemon.vms.lock_preempting(name, action).await,
+        Admitted::Proceed | Admitted::AlreadyDone => daemon.vms.lock(name).await,
+    }
+}
+
+/// Re-reads the VM under its lock and asks the state machine again.
+fn readmit(daemon: &Daemon, name: &str, action: VmAction) -> Result<(VmRecord, Admitted)> {
+    daemon.admit(name, action)
+}
+
+/// Boots a VM from its disks and waits for its agent, until the boot
+/// timeout, the VMM's exit or a preempting action. On failure the VMM is
+/// killed, what the boot made is released and the VM is left stopped.
+pub async fn boot(
+    daemon: &Arc<Daemon>,
+    record: &mut VmRecord,
+    guard: &mut VmGuard,
+    op: Option<&OperationHandle>,
+) -> Result<()> {
+    let name = record.name.clone();
+    let kernel = daemon.kernels.get(&record.kernel)?;
+    let driver = daemon.driver(record)?;
     let run_dir = daemon.vm_run_dir(&name);
     std::fs::create_dir_all(&run_dir).map_err(Error::io("cannot create", &run_dir))?;
-    let dir = daemon.vm_dir(&name);
-    let mut disks = vec![DiskSpec { path: dir.join("root.ext4"), read_only: false }];
-    let mut cmdline =
-        format!("root=/dev/vda rw init={} banger.hostname={name} systemd.hostname={name} panic=-1", row.init);
-    if row.vm.work_disk_bytes.is_some() {
-        disks.push(DiskSpec { path: dir.join("work.ext4"), read_only: false });
-        cmdline.push_str(" banger.work=/dev/vdb");
-    }
-    let spec = VmSpec {
-        name: name.clone(),
-        run_dir: run_dir.clone(),
-        kernel: kernel.vmlinux_path.into(),
-        initrd: kernel.initrd_path.map(Into::into),
-        cmdline,
-        cpus: row.vm.cpus,
-        memory_mib: row.vm.memory_mib,
-        disks,
-    };
+    let spec = spec(daemon, record, kernel.vmlinux_path.into(), kernel.initrd_path.map(Into::into));
 
     if let Some(op) = op {
         op.step("boot");
     }
-    row.vm.state = VmState::Starting;
-    daemon.save_vm(row)?;
-    let pid = match driver.start(&spec).await {
-        Ok(pid) => pid,
-        Err(e) => {
-            mark_stopped(daemon, row)?;
-            return Err(e.into());
+    record.state = VmState::Starting;
+    daemon.save_vm(record)?;
+    let entry = daemon.hold(&name, &Resource::Vmm { run_dir: run_dir.clone(), process: None })?;
+    // Starting is short and bounded (the drivers time out their own
+    // waits), so it is not cut short: its process must be known to be released.
+    let started = driver.start(&spec).await;
+    let result = match started {
+        Ok(process) => {
+            daemon.db.update_resource(entry, &Resource::Vmm { run_dir: run_dir.clone(), process: Some(process) })?;
+            tracing::info!(vm = %name, pid = process.pid, vmm = ?record.vmm, "VMM started");
+            if let Some(op) = op {
+                op.step("wait for agent");
+            }
+            wait_for_agent(daemon, record, guard, &driver, process).await
         }
+        Err(e) => Err(e.into()),
     };
-    row.vm.pid = Some(pid);
-    daemon.save_vm(row)?;
-    tracing::info!(vm = %name, pid, vmm = ?row.vm.vmm, "VMM started");
-
-    if let Some(op) = op {
-        op.step("wait for agent");
-    }
-    let console = driver.console_log(&run_dir);
-    let endpoint = driver.agent_endpoint(&run_dir);
-    let answered = tokio::select! {
-        answered = AgentConn::connect(&endpoint, daemon.config.boot_timeout) => answered.map_err(Error::Agent),
-        // A guest that panics makes the VMM exit (it runs with no reboot):
-        // say so at once, with what the console showed, instead of waiting
-        // out the boot timeout.
-        () = banger_vmm::exited(pid) => Err(Error::Vmm(banger_vmm::VmmError::ExitedEarly { log_tail: console_tail(&console) })),
-    };
-    match answered {
-        Ok(agent) => {
-            row.vm.state = VmState::Running;
-            row.vm.agent_version = Some(agent.agent_version.clone());
-            daemon.save_vm(row)?;
+    match result {
+        Ok((agent, process)) => {
+            record.state = VmState::Running;
+            record.agent_version = Some(agent.agent_version.clone());
             daemon.vms.set_agent(&name, agent);
-            super::supervise::watch(Arc::clone(daemon), name.clone(), pid);
+            daemon.save_vm(record)?;
+            super::supervise::watch(Arc::clone(daemon), name.clone(), process);
             tracing::info!(vm = %name, "VM running");
             Ok(())
         }
         Err(e) => {
-            if let Err(kill) = driver.kill(&run_dir).await {
-                tracing::warn!(vm = %name, error = %kill, "cannot kill the VMM after a failed boot");
-            }
-            settle(daemon, &driver, row)?;
+            tracing::warn!(vm = %name, error = %e, "boot failed");
+            stopped(daemon, record).await?;
             Err(e)
         }
     }
 }
 
-/// The last lines of a console log, for error messages.
-fn console_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
-    if tail.is_empty() {
-        "the console is empty".into()
-    } else {
-        format!("the console ended with:\n{tail}")
+/// What the VMM is asked to boot.
+fn spec(
+    daemon: &Daemon,
+    record: &VmRecord,
+    kernel: std::path::PathBuf,
+    initrd: Option<std::path::PathBuf>,
+) -> VmSpec {
+    let name = &record.name;
+    let dir = daemon.vm_dir(name);
+    let mut disks = vec![DiskSpec { path: dir.join("root.ext4"), read_only: false }];
+    let mut cmdline =
+        format!("root=/dev/vda rw init={} banger.hostname={name} systemd.hostname={name} panic=-1", record.init);
+    if record.work_disk_bytes.is_some() {
+        disks.push(DiskSpec { path: dir.join("work.ext4"), read_only: false });
+        cmdline.push_str(" banger.work=/dev/vdb");
+    }
+    VmSpec {
+        name: name.clone(),
+        run_dir: daemon.vm_run_dir(name),
+        kernel,
+        initrd,
+        cmdline,
+        cpus: record.cpus,
+        memory_mib: record.memory_mib,
+        disks,
     }
 }
 
-/// After a stop or kill: records the VM stopped only if its VMM is really
-/// gone, so a VMM that survived keeps its pid file and record (and no
-/// second VMM can be booted on the same disk).
-fn settle(daemon: &Daemon, driver: &banger_vmm::Vmm, row: &mut VmRow) -> Result<()> {
-    match driver.state(&daemon.vm_run_dir(&row.vm.name)) {
-        VmmState::Stopped => mark_stopped(daemon, row),
-        VmmState::Running { pid } => {
-            tracing::error!(vm = %row.vm.name, pid, "the VMM is still running after a stop");
-            row.vm.pid = Some(pid);
-            daemon.save_vm(row)
-        }
+/// Waits for a booting guest's agent to answer. Always ends: at the boot
+/// timeout (whatever the guest does), when the VMM exits, or when another
+/// action preempts the boot.
+async fn wait_for_agent(
+    daemon: &Arc<Daemon>,
+    record: &VmRecord,
+    guard: &mut VmGuard,
+    driver: &banger_vmm::Vmm,
+    process: VmmProcess,
+) -> Result<(Arc<AgentConn>, VmmProcess)> {
+    let run_dir = daemon.vm_run_dir(&record.name);
+    let endpoint = driver.agent_endpoint(&run_dir);
+    let timeout = daemon.config.boot_timeout;
+    let name = record.name.clone();
+    tokio::select! {
+        answered = tokio::time::timeout(timeout, AgentConn::connect(&endpoint, timeout)) => match answered {
+            Ok(Ok(agent)) => Ok((agent, process)),
+            Ok(Err(crate::agent::AgentError::Timeout(_))) | Err(_) => {
+                Err(Error::AgentNeverAnswered { name, after: timeout, report: driver.failure_report(&run_dir) })
+            }
+            Ok(Err(e)) => Err(e.into()),
+        },
+        // A guest that panics makes the VMM exit (it runs with no reboot):
+        // say so at once, with what the console showed.
+        () = process.exited() => Err(Error::VmmExited { name, report: driver.failure_report(&run_dir) }),
+        by = guard.preempted() => Err(Error::Preempted { name, what: "boot", by }),
     }
 }
 
-/// Records a VM as stopped and releases what it held while running.
-pub fn mark_stopped(daemon: &Daemon, row: &mut VmRow) -> Result<()> {
-    daemon.vms.drop_agent(&row.vm.name);
-    release_runtime(&daemon.vm_run_dir(&row.vm.name));
-    row.vm.state = VmState::Stopped;
-    row.vm.pid = None;
-    daemon.save_vm(row)
-}
-
-/// Removes a stopped VM's sockets and pid file; the console log stays for `vm logs`.
-fn release_runtime(run_dir: &Path) {
-    for file in ["agent.sock", "qmp.sock", "firecracker.sock", "vsock.sock", "vmm.pid"] {
-        let _ = std::fs::remove_file(run_dir.join(file));
-    }
+/// Releases what the VM's boots made (its VMM, killed if it still runs,
+/// and the driver's runtime files) and records it stopped. A VMM that
+/// cannot be killed keeps its ledger entry and the VM its state.
+pub async fn stopped(daemon: &Arc<Daemon>, record: &mut VmRecord) -> Result<()> {
+    daemon.vms.drop_agent(&record.name);
+    ledger::release(daemon, record, Scope::Boot).await?;
+    record.state = VmState::Stopped;
+    daemon.save_vm(record)
 }
 
 /// Starts a stopped VM (an operation's work).
 pub async fn start(daemon: Arc<Daemon>, op: &OperationHandle, name: String) -> Result<Vm> {
-    let _guard = daemon.vms.lock(&name).await;
-    let mut row = daemon.vm_row(&name)?;
-    match row.vm.state {
-        VmState::Stopped | VmState::Created => {}
-        VmState::Running => return Ok(row.vm),
-        state => return Err(Error::InvalidState { name, state, wanted: "stopped" }),
+    let mut guard = daemon.vms.lock(&name).await;
+    let (mut record, admitted) = readmit(&daemon, &name, VmAction::Start)?;
+    if admitted != Admitted::AlreadyDone {
+        boot(&daemon, &mut record, &mut guard, Some(op)).await?;
     }
-    boot(&daemon, &mut row, Some(op)).await?;
-    Ok(row.vm)
+    daemon.vm_view(&record)
 }
 
 /// Stops a VM if it runs, then boots it, holding its lock throughout so
 /// nothing (an `rm`, say) comes between (an operation's work).
-pub async fn restart(daemon: Arc<Daemon>, op: &OperationHandle, name: String) -> Result<Vm> {
-    let _guard = daemon.vms.lock(&name).await;
-    stop_locked(&daemon, &name).await?;
-    let mut row = daemon.vm_row(&name)?;
-    boot(&daemon, &mut row, Some(op)).await?;
-    Ok(row.vm)
+pub async fn restart(daemon: Arc<Daemon>, op: &OperationHandle, name: String, admitted: Admitted) -> Result<Vm> {
+    let mut guard = lock_for(&daemon, &name, VmAction::Restart, admitted).await;
+    let (mut record, _) = readmit(&daemon, &name, VmAction::Restart)?;
+    stop_locked(&daemon, &mut record, &mut guard).await?;
+    op.step("boot");
+    boot(&daemon, &mut record, &mut guard, Some(op)).await?;
+    daemon.vm_view(&record)
 }
 
-/// Stops a VM: asks the guest to power off, then the VMM, then kills it.
-pub async fn stop(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
-    let _guard = daemon.vms.lock(name).await;
-    stop_locked(daemon, name).await
+/// Stops a VM: asks the guest to power off, then the VMM, then kills it
+/// (an operation's work). A booting VM's boot is cut short.
+pub async fn stop(daemon: Arc<Daemon>, name: String, admitted: Admitted) -> Result<Vm> {
+    let mut guard = lock_for(&daemon, &name, VmAction::Stop, admitted).await;
+    let (mut record, admitted) = readmit(&daemon, &name, VmAction::Stop)?;
+    if admitted != Admitted::AlreadyDone {
+        stop_locked(&daemon, &mut record, &mut guard).await?;
+        tracing::info!(vm = %name, "VM stopped");
+    }
+    daemon.vm_view(&record)
 }
 
-async fn stop_locked(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
-    let mut row = daemon.vm_row(name)?;
-    let driver = daemon.driver(&row)?;
-    let run_dir = daemon.vm_run_dir(name);
-    if driver.state(&run_dir) == VmmState::Stopped {
-        if row.vm.state != VmState::Created {
-            mark_stopped(daemon, &mut row)?;
-        }
-        return Ok(row.vm);
+/// Stops the VM whose lock the caller holds. A kill that preempts the
+/// stop ends it at once; the VM is stopped either way.
+async fn stop_locked(daemon: &Arc<Daemon>, record: &mut VmRecord, guard: &mut VmGuard) -> Result<()> {
+    let Some(process) = daemon.running_vmm(&record.name)? else {
+        return stopped(daemon, record).await;
+    };
+    record.state = VmState::Stopping;
+    daemon.save_vm(record)?;
+    if let Some(agent) = daemon.vms.agent(&record.name) {
+        let _ = tokio::time::timeout(POWEROFF_REQUEST_TIMEOUT, agent.poweroff()).await;
     }
-    row.vm.state = VmState::Stopping;
-    daemon.save_vm(&row)?;
-    if let Some(agent) = daemon.vms.agent(name) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), agent.poweroff()).await;
-    }
-    let result = driver.stop(&run_dir, STOP_TIMEOUT).await;
-    settle(daemon, &driver, &mut row)?;
-    result?;
-    tracing::info!(vm = %name, "VM stopped");
-    Ok(row.vm)
-}
-
-/// Kills a VM's VMM at once.
-pub async fn kill(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
-    let _guard = daemon.vms.lock(name).await;
-    let mut row = daemon.vm_row(name)?;
-    let driver = daemon.driver(&row)?;
-    let killed = driver.kill(&daemon.vm_run_dir(name)).await;
-    if row.vm.state != VmState::Created {
-        settle(daemon, &driver, &mut row)?;
-    }
-    killed?;
-    Ok(row.vm)
-}
-
-/// Removes a VM and its disks. A running VM is refused unless `force`,
-/// which stops it first.
-pub async fn remove(daemon: &Arc<Daemon>, name: &str, force: bool) -> Result<()> {
-    let _guard = daemon.vms.lock(name).await;
-    let row = daemon.vm_row(name)?;
-    if !matches!(row.vm.state, VmState::Stopped | VmState::Created) {
-        if !force {
-            return Err(Error::InvalidState {
-                name: name.to_owned(),
-                state: row.vm.state,
-                wanted: "stopped (or use --force)",
-            });
-        }
-        stop_locked(daemon, name).await?;
-    }
-    // Make sure nothing runs even if the record was stale.
-    if let Ok(driver) = daemon.driver(&row) {
-        driver.kill(&daemon.vm_run_dir(name)).await?;
-    }
-    let (disks, run_dir) = (daemon.vm_dir(name), daemon.vm_run_dir(name));
-    let d = Arc::clone(daemon);
-    let n = name.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        if disks.exists() {
-            crate::staging::remove_dir(&disks, || d.db.delete_object(ObjectTable::Vms, &n).map(drop))?;
-        } else {
-            d.db.delete_object(ObjectTable::Vms, &n)?;
-        }
-        match std::fs::remove_dir_all(&run_dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::Io { action: "cannot remove", path: run_dir, source: e })
+    let driver = daemon.driver(record)?;
+    let run_dir = daemon.vm_run_dir(&record.name);
+    tokio::select! {
+        graceful = driver.stop(&run_dir, process, STOP_TIMEOUT) => {
+            if let Err(e) = graceful {
+                tracing::warn!(vm = %record.name, error = %e, "graceful stop failed; killing");
             }
-            _ => Ok(()),
         }
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("remove task: {e}")))??;
-    daemon.vms.forget(name);
-    daemon.events.publish(banger_api::Event::Deleted { kind: banger_api::ObjectKind::Vm, name: name.to_owned() });
+        by = guard.preempted() => tracing::info!(vm = %record.name, by = by.verb(), "stop cut short"),
+    }
+    stopped(daemon, record).await
+}
+
+/// Kills a VM's VMM at once, cutting short a boot or a stop (an operation's work).
+pub async fn kill(daemon: Arc<Daemon>, name: String, admitted: Admitted) -> Result<Vm> {
+    let _guard = lock_for(&daemon, &name, VmAction::Kill, admitted).await;
+    let (mut record, admitted) = readmit(&daemon, &name, VmAction::Kill)?;
+    if admitted != Admitted::AlreadyDone {
+        stopped(&daemon, &mut record).await?;
+        tracing::info!(vm = %name, "VM killed");
+    }
+    daemon.vm_view(&record)
+}
+
+/// Removes a VM and everything it holds (an operation's work). One that is
+/// not stopped is refused unless `force`, which kills it first.
+pub async fn remove(daemon: Arc<Daemon>, name: String, force: bool, admitted: Admitted) -> Result<()> {
+    let action = VmAction::Remove { force };
+    let _guard = lock_for(&daemon, &name, action, admitted).await;
+    let (record, _) = readmit(&daemon, &name, action)?;
+    forget(&daemon, record).await?;
     tracing::info!(vm = %name, "VM removed");
+    Ok(())
+}
+
+/// Releases everything a VM holds, then its record. The caller holds its lock.
+pub async fn forget(daemon: &Arc<Daemon>, record: VmRecord) -> Result<()> {
+    daemon.vms.drop_agent(&record.name);
+    ledger::release(daemon, &record, Scope::All).await?;
+    daemon.db.delete_object(ObjectTable::Vms, &record.name)?;
+    daemon.vms.forget(&record.name);
+    daemon.events.publish(banger_api::Event::Deleted { kind: banger_api::ObjectKind::Vm, name: record.name });
     Ok(())
 }
 
 /// Changes a stopped VM's vCPUs or memory.
 pub async fn set(daemon: &Arc<Daemon>, name: &str, request: VmSetRequest) -> Result<Vm> {
     let _guard = daemon.vms.lock(name).await;
-    let mut row = daemon.vm_row(name)?;
-    if !matches!(row.vm.state, VmState::Stopped | VmState::Created) {
-        return Err(Error::InvalidState { name: name.to_owned(), state: row.vm.state, wanted: "stopped" });
-    }
+    let (mut record, _) = readmit(daemon, name, VmAction::Set)?;
     if let Some(cpus) = request.cpus {
-        if cpus == 0 || cpus > 64 {
-            return Err(Error::InvalidArgument("--cpus must be between 1 and 64".into()));
-        }
-        row.vm.cpus = cpus;
+        super::create::check_cpus(cpus)?;
+        record.cpus = cpus;
     }
     if let Some(memory) = request.memory_mib {
-        if memory < 64 {
-            return Err(Error::InvalidArgument("--memory must be at least 64 MiB".into()));
-        }
-        row.vm.memory_mib = memory;
+        super::create::check_memory(memory)?;
+        record.memory_mib = memory;
     }
-    daemon.save_vm(&row)?;
-    Ok(row.vm)
+    daemon.save_vm(&record)?;
+    daemon.vm_view(&record)
 }
 
 /// Grows a stopped VM's root disk (and its filesystem).
 pub async fn resize_disk(daemon: &Arc<Daemon>, name: &str, size_bytes: u64) -> Result<Vm> {
     let _guard = daemon.vms.lock(name).await;
-    let mut row = daemon.vm_row(name)?;
-    if !matches!(row.vm.state, VmState::Stopped | VmState::Created) {
-        return Err(Error::InvalidState { name: name.to_owned(), state: row.vm.state, wanted: "stopped" });
-    }
-    if size_bytes < row.vm.disk_size_bytes {
+    let (mut record, _) = readmit(daemon, name, VmAction::ResizeDisk)?;
+    if size_bytes < record.disk_size_bytes {
         return Err(Error::InvalidArgument(format!(
             "disks only grow: {name} has {} bytes, asked for {size_bytes}",
-            row.vm.disk_size_bytes
+            record.disk_size_bytes
         )));
     }
     let path = daemon.vm_dir(name).join("root.ext4");
-    tokio::task::spawn_blocking(move || banger_storage::grow_disk(&path, size_bytes))
-        .await
-        .map_err(|e| Error::Internal(format!("resize task: {e}")))??;
-    row.vm.disk_size_bytes = size_bytes;
-    daemon.save_vm(&row)?;
-    Ok(row.vm)
+    ledger::blocking(move || Ok(banger_storage::grow_disk(&path, size_bytes)?)).await?;
+    record.disk_size_bytes = size_bytes;
+    daemon.save_vm(&record)?;
+    daemon.vm_view(&record)
 }
 
-/// The VM's agent connection, reconnecting if the cached one broke (after
-/// a daemon restart, say).
+/// The VM's agent connection for a command, reconnecting if the cached one
+/// broke (after a daemon restart, say). A VM whose agent has stopped
+/// answering is refused at once rather than waited on.
 pub async fn agent(daemon: &Arc<Daemon>, name: &str) -> Result<Arc<AgentConn>> {
+    daemon.admit(name, VmAction::Exec)?;
+    if let Some(silent) = daemon.vms.health().silent_for(name) {
+        return Err(Error::AgentNotAnswering { name: name.to_owned(), silent });
+    }
     if let Some(agent) = daemon.vms.agent(name) {
         return Ok(agent);
     }
@@ -297,12 +299,11 @@ pub async fn agent(daemon: &Arc<Daemon>, name: &str) -> Result<Arc<AgentConn>> {
     if let Some(agent) = daemon.vms.agent(name) {
         return Ok(agent);
     }
-    let row = daemon.vm_row(name)?;
-    if row.vm.state != VmState::Running {
-        return Err(Error::InvalidState { name: name.to_owned(), state: row.vm.state, wanted: "running" });
-    }
-    let driver = daemon.driver(&row)?;
-    let agent = AgentConn::connect(&driver.agent_endpoint(&daemon.vm_run_dir(name)), Duration::from_secs(10)).await?;
+    let (record, _) = daemon.admit(name, VmAction::Exec)?;
+    let endpoint = daemon.driver(&record)?.agent_endpoint(&daemon.vm_run_dir(name));
+    let agent = tokio::time::timeout(RECONNECT_TIMEOUT, AgentConn::connect(&endpoint, RECONNECT_TIMEOUT))
+        .await
+        .map_err(|_| crate::agent::AgentError::Timeout(RECONNECT_TIMEOUT))??;
     daemon.vms.set_agent(name, Arc::clone(&agent));
     Ok(agent)
 }

@@ -1,99 +1,169 @@
-//! VMs: their records, per-VM locks, the live agent connections, and the
-//! choice of VMM. Creation, the lifecycle and supervision live in their own
-//! modules.
+//! VMs: their records, the per-VM locks that actions preempt, the live
+//! agent connections and their health, and the choice of VMM. The state
+//! machine, creation, the lifecycle, the ledger and supervision live in
+//! their own modules.
 
 pub mod create;
+pub mod health;
+pub mod ledger;
 pub mod lifecycle;
+pub mod record;
+pub mod state;
 pub mod supervise;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use banger_api::{Vm, VmmChoice};
+use banger_api::VmmChoice;
 use banger_vmm::{firecracker::Firecracker, qemu::Qemu, Vmm};
-use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, OwnedMutexGuard};
 
 use crate::agent::AgentConn;
 use crate::db::ObjectTable;
 use crate::error::{Error, Result};
 use crate::Daemon;
+pub use record::VmRecord;
+pub use state::VmAction;
 
-/// What the database keeps for a VM: what clients see, and what a boot needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmRow {
-    /// The client-visible record.
-    pub vm: Vm,
-    /// The `init=` to boot (from the image, kept in case the image goes).
-    pub init: String,
-    /// Set while its create operation runs: a daemon that finds this at
-    /// start knows the create was cut short and removes the VM.
-    #[serde(default)]
-    pub creating: bool,
-    /// The guest's vsock context id, given at create when the host has
-    /// vhost-vsock and the VM runs under QEMU; else its agent is reached
-    /// over virtio-serial.
-    #[serde(default)]
-    pub vsock_cid: Option<u32>,
+/// How often a preempting action repeats its request while it waits for
+/// the VM's lock (a second holder may have queued before it).
+const PREEMPT_REPEAT: Duration = Duration::from_millis(200);
+
+/// One VM's lock, and the channel through which an action asks its holder
+/// to give it up.
+struct Slot {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    preempt: watch::Sender<Option<VmAction>>,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot { lock: Arc::default(), preempt: watch::channel(None).0 }
+    }
+}
+
+/// Holds a VM's lock. Work that waits (a boot, a stop) also waits on
+/// [`VmGuard::preempted`], so a kill, a stop or a forced rm can cut it short.
+pub struct VmGuard {
+    _lock: OwnedMutexGuard<()>,
+    preempted: watch::Receiver<Option<VmAction>>,
+}
+
+impl VmGuard {
+    /// Resolves when another action asks for the VM; says which.
+    pub async fn preempted(&mut self) -> VmAction {
+        match self.preempted.wait_for(Option::is_some).await {
+            Ok(by) => by.expect("waited for Some"),
+            // The slot went (the VM was forgotten): nothing will ask.
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 /// Per-VM serialization and live connections.
 #[derive(Default)]
 pub struct VmManager {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
     agents: Mutex<HashMap<String, Arc<AgentConn>>>,
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    health: health::Health,
     /// Held from choosing a new VM's vsock context id to saving its record,
     /// so two creates cannot take the same one.
     cids: Mutex<()>,
 }
 
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl VmManager {
-    /// Serializes operations on one VM: the guard is held for the whole operation.
-    pub async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = Arc::clone(self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_owned()).or_default());
-        lock.lock_owned().await
+    fn slot(&self, name: &str) -> Arc<Slot> {
+        Arc::clone(locked(&self.slots).entry(name.to_owned()).or_default())
+    }
+
+    fn guard(slot: &Slot, lock: OwnedMutexGuard<()>) -> VmGuard {
+        // A request meant for the previous holder is not for us.
+        slot.preempt.send_replace(None);
+        VmGuard { _lock: lock, preempted: slot.preempt.subscribe() }
+    }
+
+    /// Waits for a VM's lock. Its holder only ever waits for bounded or
+    /// preemptible things, so this returns.
+    pub async fn lock(&self, name: &str) -> VmGuard {
+        let slot = self.slot(name);
+        let lock = Arc::clone(&slot.lock).lock_owned().await;
+        Self::guard(&slot, lock)
+    }
+
+    /// Takes a VM's lock, asking its holder to give it up (a boot to be
+    /// cancelled, a stop to be cut short) until it does.
+    pub async fn lock_preempting(&self, name: &str, by: VmAction) -> VmGuard {
+        let slot = self.slot(name);
+        let mut acquiring = std::pin::pin!(Arc::clone(&slot.lock).lock_owned());
+        loop {
+            slot.preempt.send_replace(Some(by));
+            tokio::select! {
+                lock = &mut acquiring => return Self::guard(&slot, lock),
+                () = tokio::time::sleep(PREEMPT_REPEAT) => {}
+            }
+        }
     }
 
     /// Takes a VM's lock if no operation holds it, else says it is busy.
-    pub fn try_lock(&self, name: &str) -> Result<tokio::sync::OwnedMutexGuard<()>> {
-        let lock = Arc::clone(self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_owned()).or_default());
-        lock.try_lock_owned().map_err(|_| Error::Busy { kind: "VM", name: name.to_owned() })
+    pub fn try_lock(&self, name: &str) -> Result<VmGuard> {
+        let slot = self.slot(name);
+        let lock =
+            Arc::clone(&slot.lock).try_lock_owned().map_err(|_| Error::Busy { kind: "VM", name: name.to_owned() })?;
+        Ok(Self::guard(&slot, lock))
     }
 
-    /// Forgets a removed VM's lock and connection.
+    /// Asks whoever holds the VM's lock to give it up, without waiting.
+    pub fn preempt(&self, name: &str, by: VmAction) {
+        if let Some(slot) = locked(&self.slots).get(name) {
+            slot.preempt.send_replace(Some(by));
+        }
+    }
+
+    /// Forgets a removed VM's lock, connection and health.
     pub fn forget(&self, name: &str) {
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-        self.connecting.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        locked(&self.slots).remove(name);
+        locked(&self.connecting).remove(name);
         self.drop_agent(name);
     }
 
     /// Serializes (re)connecting to one VM's agent: its channel takes one client.
     pub async fn connect_lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock =
-            Arc::clone(self.connecting.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_owned()).or_default());
+        let lock = Arc::clone(locked(&self.connecting).entry(name.to_owned()).or_default());
         lock.lock_owned().await
     }
 
     /// The cached agent connection, if it is still open.
     pub fn agent(&self, name: &str) -> Option<Arc<AgentConn>> {
-        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        agents.get(name).filter(|a| !a.is_closed()).cloned()
+        locked(&self.agents).get(name).filter(|a| !a.is_closed()).cloned()
     }
 
-    /// Remembers a VM's agent connection.
+    /// Remembers a VM's agent connection; it answers, having just handshaken.
     pub fn set_agent(&self, name: &str, agent: Arc<AgentConn>) {
-        self.agents.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), agent);
+        self.health.answered(name);
+        locked(&self.agents).insert(name.to_owned(), agent);
     }
 
     /// Closes every agent connection (the daemon is stopping).
     pub fn drop_all_agents(&self) {
-        self.agents.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        locked(&self.agents).clear();
     }
 
-    /// Forgets a VM's agent connection (it stopped).
+    /// Forgets a VM's agent connection and health (it stopped).
     pub fn drop_agent(&self, name: &str) {
-        self.agents.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        locked(&self.agents).remove(name);
+        self.health.forget(name);
+    }
+
+    /// Whether a running VM's agent answers its keepalives.
+    pub fn health(&self) -> &health::Health {
+        &self.health
     }
 }
 
@@ -116,31 +186,57 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 impl Daemon {
     /// A VM's record.
-    pub fn vm_row(&self, name: &str) -> Result<VmRow> {
+    pub fn vm_record(&self, name: &str) -> Result<VmRecord> {
         self.db.object(ObjectTable::Vms, name)?.ok_or_else(|| Error::NotFound { kind: "VM", name: name.to_owned() })
     }
 
     /// Every VM's record.
-    pub fn vm_rows(&self) -> Result<Vec<VmRow>> {
+    pub fn vm_records(&self) -> Result<Vec<VmRecord>> {
         self.db.objects(ObjectTable::Vms)
+    }
+
+    /// A VM as clients see it: its record and what is live about it.
+    pub fn vm_view(&self, record: &VmRecord) -> Result<banger_api::Vm> {
+        let live = record::Live {
+            pid: self.running_vmm(&record.name)?.map(|p| p.pid),
+            agent: self.vms.health.status(&record.name),
+        };
+        Ok(record.to_api(live))
+    }
+
+    /// Admits `action` on VM `name` (see [`state::admit`]), or says why not.
+    pub fn admit(&self, name: &str, action: VmAction) -> Result<(VmRecord, state::Admitted)> {
+        let record = self.vm_record(name)?;
+        match state::admit(record.state, action) {
+            Ok(admitted) => Ok((record, admitted)),
+            Err(state::Refused::Exists) => Err(Error::AlreadyExists { kind: "VM", name: name.to_owned(), hint: "" }),
+            Err(state::Refused::WrongState { wanted }) => {
+                Err(Error::InvalidState { name: name.to_owned(), state: record.state, action, wanted })
+            }
+        }
     }
 
     /// Saves a new VM's record, first giving it a vsock context id when its
     /// guest will have a vsock device (QEMU on a host with vhost-vsock).
-    pub fn save_new_vm(&self, row: &mut VmRow) -> Result<()> {
-        let _cids = self.vms.cids.lock().unwrap_or_else(|e| e.into_inner());
-        if row.vm.vmm == VmmChoice::Qemu && self.caps.vhost_vsock {
-            let taken: Vec<u32> = self.vm_rows()?.iter().filter_map(|r| r.vsock_cid).collect();
-            row.vsock_cid = Some(free_vsock_cid(&taken));
+    pub fn save_new_vm(&self, record: &mut VmRecord) -> Result<()> {
+        let _cids = locked(&self.vms.cids);
+        if record.vmm == VmmChoice::Qemu && self.caps.vhost_vsock {
+            let taken: Vec<u32> = self.vm_records()?.iter().filter_map(|r| r.vsock_cid).collect();
+            record.vsock_cid = Some(free_vsock_cid(&taken));
         }
-        self.save_vm(row)
+        self.save_vm(record)
     }
 
     /// Saves a VM's record and tells subscribers.
-    pub fn save_vm(&self, row: &VmRow) -> Result<()> {
-        self.db.put_object(ObjectTable::Vms, &row.vm.name, row)?;
-        self.events.publish(banger_api::Event::Updated { kind: banger_api::ObjectKind::Vm, name: row.vm.name.clone() });
+    pub fn save_vm(&self, record: &VmRecord) -> Result<()> {
+        self.db.put_object(ObjectTable::Vms, &record.name, record)?;
+        self.publish_vm_update(&record.name);
         Ok(())
+    }
+
+    /// Tells subscribers a VM changed.
+    pub fn publish_vm_update(&self, name: &str) {
+        self.events.publish(banger_api::Event::Updated { kind: banger_api::ObjectKind::Vm, name: name.to_owned() });
     }
 
     /// The directory holding a VM's disks.
@@ -165,17 +261,20 @@ impl Daemon {
         }
     }
 
-    /// The driver for a VM.
-    pub fn driver(&self, row: &VmRow) -> Result<Vmm> {
-        let vm = &row.vm;
-        match vm.vmm {
+    /// The driver for a VM: the test driver when the config sets one,
+    /// else the VM's VMM.
+    pub fn driver(&self, record: &VmRecord) -> Result<Vmm> {
+        if let Some(local) = &self.config.test_driver {
+            return Ok(Vmm::Local(local.clone()));
+        }
+        match record.vmm {
             VmmChoice::Firecracker => {
                 let binary =
                     self.caps.firecracker.as_ref().map(|t| t.path.clone()).ok_or_else(|| {
                         Error::Unsupported("firecracker is not installed (see `banger doctor`)".into())
                     })?;
                 // The jail goes beside the VM's disks, which are hard-linked into it.
-                let jail_dir = Some(self.vm_dir(&row.vm.name).join("jail"));
+                let jail_dir = Some(self.vm_dir(&record.name).join("jail"));
                 Ok(Vmm::Firecracker(Firecracker { binary, jailer: self.config.jailer.clone(), jail_dir }))
             }
             VmmChoice::Qemu => {
@@ -184,8 +283,8 @@ impl Daemon {
                 })?;
                 // A record moved from a host with vhost-vsock boots with
                 // virtio-serial here: the agent picks whichever it finds.
-                let vsock_cid = row.vsock_cid.filter(|_| self.caps.vhost_vsock);
-                Ok(Vmm::Qemu(Qemu { binary, kvm: vm.kvm, vsock_cid }))
+                let vsock_cid = record.vsock_cid.filter(|_| self.caps.vhost_vsock);
+                Ok(Vmm::Qemu(Qemu { binary, kvm: record.kvm, vsock_cid }))
             }
         }
     }
@@ -210,31 +309,19 @@ mod tests {
         assert_eq!(free_vsock_cid(&[0, 1, 2]), 3);
     }
 
-    #[test]
-    fn records_without_a_cid_still_load() {
-        let row = VmRow {
-            vm: Vm {
-                name: "dev".into(),
-                state: banger_api::VmState::Stopped,
-                image: "debian".into(),
-                kernel: "k".into(),
-                vmm: VmmChoice::Qemu,
-                kvm: false,
-                cpus: 1,
-                memory_mib: 512,
-                disk_size_bytes: 0,
-                work_disk_bytes: None,
-                disk_strategy: "sparse_copy".into(),
-                pid: None,
-                agent_version: None,
-                created_at: "2025-01-01T00:00:00Z".into(),
-            },
-            init: "/sbin/init".into(),
-            creating: false,
-            vsock_cid: None,
+    #[tokio::test]
+    async fn a_preempting_lock_cuts_the_holder_short() {
+        let vms = Arc::new(VmManager::default());
+        let mut holder = vms.lock("a").await;
+        let waiter = {
+            let vms = Arc::clone(&vms);
+            tokio::spawn(async move { vms.lock_preempting("a", VmAction::Kill).await })
         };
-        let mut json = serde_json::to_value(&row).unwrap();
-        json.as_object_mut().unwrap().remove("vsock_cid");
-        assert_eq!(serde_json::from_value::<VmRow>(json).unwrap(), row);
+        let by = tokio::time::timeout(Duration::from_secs(2), holder.preempted()).await.expect("asked to yield");
+        assert_eq!(by, VmAction::Kill);
+        drop(holder);
+        let mut next = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap();
+        // The new holder is not asked to yield by the request meant for the old one.
+        assert!(tokio::time::timeout(Duration::from_millis(300), next.preempted()).await.is_err());
     }
 }

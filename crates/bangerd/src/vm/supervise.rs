@@ -1,78 +1,162 @@
-//! Watching VMM processes: a VM whose VMM dies (killed from outside, or a
-//! guest that powered off) is marked stopped and its runtime files are
-//! released; at daemon start, VMs still running are adopted and the rest
-//! marked stopped.
+//! Watching running VMs: a supervisor per VM waits on its VMM's exit (a
+//! kill from outside, a guest that powered off) and pings its agent; at
+//! daemon start, every VM is reconciled with what its ledger says it holds.
 
 use std::sync::Arc;
 
 use banger_api::VmState;
-use banger_vmm::VmmState;
+use banger_vmm::VmmProcess;
 
+use super::health::{KEEPALIVE_INTERVAL, PING_TIMEOUT};
+use super::ledger::Resource;
+use super::{lifecycle, VmGuard, VmRecord};
+use crate::agent::AgentConn;
 use crate::error::Result;
 use crate::Daemon;
 
-/// Watches the VMM `pid` of VM `name` until it exits or the daemon stops.
-pub fn watch(daemon: Arc<Daemon>, name: String, pid: u32) {
+/// Supervises VM `name` while `process` runs: pings its agent, and when the
+/// process exits releases what the boot made and records the VM stopped.
+pub fn watch(daemon: Arc<Daemon>, name: String, process: VmmProcess) {
     let tasks = daemon.tasks.clone();
     tasks.spawn(async move {
         tokio::select! {
             () = daemon.shutting_down() => return,
-            () = banger_vmm::exited(pid) => {}
+            () = process.exited() => {}
+            () = keepalive(&daemon, &name) => {}
         }
         let _guard = daemon.vms.lock(&name).await;
-        // The VM may have been stopped, restarted or removed meanwhile.
-        let Ok(mut row) = daemon.vm_row(&name) else {
-            return;
-        };
-        if row.vm.pid == Some(pid) {
-            tracing::info!(vm = %name, pid, "VMM exited; marking the VM stopped");
-            if let Err(e) = super::lifecycle::mark_stopped(&daemon, &mut row) {
-                tracing::error!(vm = %name, error = %e, "cannot record the VM as stopped");
+        // The VM may have been stopped, restarted or removed meanwhile:
+        // only the boot that started this process is this one's to end.
+        let Ok(mut record) = daemon.vm_record(&name) else { return };
+        let ours = daemon.db.resources(&name).is_ok_and(|entries| {
+            entries.iter().any(|(_, r)| matches!(r, Resource::Vmm { process: Some(p), .. } if *p == process))
+        });
+        if ours {
+            tracing::info!(vm = %name, pid = process.pid, "VMM exited; marking the VM stopped");
+            if let Err(e) = lifecycle::stopped(&daemon, &mut record).await {
+                tracing::error!(vm = %name, error = %e, "cannot release a VM whose VMM exited");
             }
         }
     });
 }
 
-/// At daemon start: VMs whose VMM still runs are adopted (watched again,
-/// their agent reconnected on first use); the others are marked stopped.
-pub fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
-    for row in daemon.vm_rows()?.into_iter().filter(|r| r.creating) {
-        remove_half_made(daemon, row)?;
+/// Pings the VM's agent for as long as the VM runs, keeping its health
+/// current and telling subscribers when it changes. Never returns.
+async fn keepalive(daemon: &Arc<Daemon>, name: &str) {
+    let mut answering = true;
+    let mut ticks = tokio::time::interval(KEEPALIVE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let agent = match daemon.vms.agent(name) {
+            Some(agent) => Some(agent),
+            None => reconnect(daemon, name).await,
+        };
+        let answered = match agent {
+            Some(agent) => tokio::time::timeout(PING_TIMEOUT, agent.ping()).await.is_ok_and(|r| r.is_ok()),
+            None => false,
+        };
+        if answered {
+            daemon.vms.health().answered(name);
+        }
+        let now = daemon.vms.health().silent_for(name).is_none();
+        if now != answering {
+            answering = now;
+            tracing::warn!(vm = %name, answering, "the guest agent's health changed");
+            daemon.publish_vm_update(name);
+        }
+    }
+}
+
+/// A new connection to a running VM's agent, when the last one broke.
+async fn reconnect(daemon: &Arc<Daemon>, name: &str) -> Option<Arc<AgentConn>> {
+    let record = daemon.vm_record(name).ok()?;
+    let endpoint = daemon.driver(&record).ok()?.agent_endpoint(&daemon.vm_run_dir(name));
+    let _connecting = daemon.vms.connect_lock(name).await;
+    let agent = tokio::time::timeout(PING_TIMEOUT, AgentConn::connect(&endpoint, PING_TIMEOUT)).await.ok()?.ok()?;
+    daemon.vms.set_agent(name, Arc::clone(&agent));
+    Some(agent)
+}
+
+/// At daemon start: each VM is reconciled with its ledger. A create cut
+/// short is undone; a VM whose VMM still runs (the same process: pid and
+/// start time) is adopted; what a dead VMM held is released. Each VM is
+/// locked before the daemon serves, so no request sees it half-reconciled.
+pub async fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
+    let mut adoptions = Vec::new();
+    for record in daemon.vm_records()? {
+        let guard = daemon.vms.try_lock(&record.name)?;
+        adoptions.push((record, guard));
     }
     remove_orphans(daemon)?;
-    for mut row in daemon.vm_rows()? {
-        if matches!(row.vm.state, VmState::Stopped | VmState::Created) {
+    for (mut record, guard) in adoptions {
+        if !record.in_ledger {
+            enter_legacy(daemon, &mut record)?;
+        }
+        if record.creating {
+            tracing::warn!(vm = %record.name, "removing a VM whose create was cut short");
+            lifecycle::forget(daemon, record).await?;
             continue;
         }
-        let name = row.vm.name.clone();
-        let running = daemon.driver(&row).ok().map(|d| d.state(&daemon.vm_run_dir(&name)));
-        match running {
-            Some(VmmState::Running { pid }) if row.vm.state == VmState::Starting => {
-                tracing::info!(vm = %name, pid, "adopting a VM that was booting; waiting for its agent");
-                row.vm.pid = Some(pid);
-                daemon.save_vm(&row)?;
-                finish_boot(Arc::clone(daemon), name, pid);
+        adopt(daemon, record, guard).await?;
+    }
+    Ok(())
+}
+
+async fn adopt(daemon: &Arc<Daemon>, mut record: VmRecord, guard: VmGuard) -> Result<()> {
+    let name = record.name.clone();
+    let process = match record.state {
+        VmState::Running | VmState::Starting => daemon.running_vmm(&name)?,
+        VmState::Created | VmState::Stopped | VmState::Stopping => None,
+    };
+    match (record.state, process) {
+        (VmState::Running, Some(process)) => {
+            tracing::info!(vm = %name, pid = process.pid, "adopting running VM");
+            watch(Arc::clone(daemon), name, process);
+        }
+        (VmState::Starting, Some(process)) => {
+            tracing::info!(vm = %name, pid = process.pid, "adopting a VM that was booting; waiting for its agent");
+            finish_boot(Arc::clone(daemon), record, guard, process);
+        }
+        _ => {
+            // Stopped, or its VMM is gone: nothing of a boot may remain.
+            if record.state != VmState::Created {
+                tracing::info!(vm = %name, "VM is not running; releasing what its boots held");
             }
-            Some(VmmState::Running { pid }) => {
-                tracing::info!(vm = %name, pid, "adopting running VM");
-                row.vm.state = VmState::Running;
-                row.vm.pid = Some(pid);
-                daemon.save_vm(&row)?;
-                watch(Arc::clone(daemon), name, pid);
-            }
-            _ => {
-                tracing::info!(vm = %name, "VM is no longer running; marking it stopped");
-                super::lifecycle::mark_stopped(daemon, &mut row)?;
+            let created = record.state == VmState::Created;
+            lifecycle::stopped(daemon, &mut record).await?;
+            if created {
+                record.state = VmState::Created;
+                daemon.save_vm(&record)?;
             }
         }
     }
     Ok(())
 }
 
-/// Removes VM directories (disks, runtime files) that no VM record owns:
-/// what a create left behind when the daemon died in the middle of it.
+/// Gives a VM recorded before the ledger existed the entries of what it
+/// holds by the old layout, so every release path finds them.
+fn enter_legacy(daemon: &Daemon, record: &mut VmRecord) -> Result<()> {
+    let name = record.name.clone();
+    let (dir, run_dir) = (daemon.vm_dir(&name), daemon.vm_run_dir(&name));
+    daemon.hold(&name, &Resource::Dir { path: dir.clone() })?;
+    daemon.hold(&name, &Resource::Dir { path: run_dir.clone() })?;
+    for disk in ["root.ext4", "work.ext4"] {
+        if dir.join(disk).exists() {
+            daemon.hold(&name, &Resource::Disk { path: dir.join(disk) })?;
+        }
+    }
+    let process = daemon.driver(record).ok().and_then(|d| d.process(&run_dir));
+    daemon.hold(&name, &Resource::Vmm { run_dir, process })?;
+    record.in_ledger = true;
+    daemon.save_vm(record)
+}
+
+/// Removes VM directories that no VM record owns (left by a daemon from
+/// before the ledger). Nothing in them is signalled: without a record,
+/// no process there is known to be banger's.
 fn remove_orphans(daemon: &Daemon) -> Result<()> {
-    let known: std::collections::HashSet<String> = daemon.vm_rows()?.into_iter().map(|r| r.vm.name).collect();
+    let known: std::collections::HashSet<String> = daemon.vm_records()?.into_iter().map(|r| r.name).collect();
     for root in [daemon.config.state_dir.join("vms"), daemon.config.run_dir.join("vms")] {
         let Ok(entries) = std::fs::read_dir(&root) else { continue };
         for entry in entries.flatten() {
@@ -81,11 +165,6 @@ fn remove_orphans(daemon: &Daemon) -> Result<()> {
                 continue;
             }
             let path = entry.path();
-            // A VMM still running from such a create is killed first.
-            if let Some(pid) = banger_vmm::read_pid(&path.join("vmm.pid")).filter(|&pid| banger_vmm::pid_alive(pid)) {
-                tracing::warn!(vm = %name, pid, "killing the VMM of a half-made VM");
-                let _ = banger_vmm::signal(pid, libc::SIGKILL);
-            }
             tracing::info!(path = %path.display(), "removing files of a VM that does not exist");
             std::fs::remove_dir_all(&path).map_err(crate::error::Error::io("cannot remove", &path))?;
         }
@@ -93,54 +172,37 @@ fn remove_orphans(daemon: &Daemon) -> Result<()> {
     Ok(())
 }
 
-/// A VM whose create was cut short by the daemon stopping: its VMM is
-/// killed, its record and its files removed, as the create's rollback would have.
-fn remove_half_made(daemon: &Daemon, row: super::VmRow) -> Result<()> {
-    let name = row.vm.name;
-    tracing::warn!(vm = %name, "removing a VM whose create was cut short");
-    let run_dir = daemon.vm_run_dir(&name);
-    if let Some(pid) = banger_vmm::read_pid(&run_dir.join("vmm.pid")).filter(|&pid| banger_vmm::pid_alive(pid)) {
-        let _ = banger_vmm::signal(pid, libc::SIGKILL);
-    }
-    daemon.db.delete_object(crate::db::ObjectTable::Vms, &name)?;
-    for dir in [daemon.vm_dir(&name), run_dir] {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(crate::error::Error::Io { action: "cannot remove", path: dir, source: e });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// A VM that was booting when the daemon stopped: wait for its agent as
-/// the boot would have; if it never answers, stop it.
-fn finish_boot(daemon: Arc<Daemon>, name: String, pid: u32) {
+/// the boot would have (bounded, and preemptible by a kill, a stop or a
+/// forced rm); if it never answers, release what the boot made.
+fn finish_boot(daemon: Arc<Daemon>, mut record: VmRecord, mut guard: VmGuard, process: VmmProcess) {
     let tasks = daemon.tasks.clone();
     tasks.spawn(async move {
-        let _guard = daemon.vms.lock(&name).await;
-        let Ok(mut row) = daemon.vm_row(&name) else { return };
-        let Ok(driver) = daemon.driver(&row) else { return };
+        let name = record.name.clone();
+        let Ok(driver) = daemon.driver(&record) else { return };
         let endpoint = driver.agent_endpoint(&daemon.vm_run_dir(&name));
+        let timeout = daemon.config.boot_timeout;
         let answered = tokio::select! {
-            answered = crate::agent::AgentConn::connect(&endpoint, daemon.config.boot_timeout) => answered,
+            answered = tokio::time::timeout(timeout, AgentConn::connect(&endpoint, timeout)) => answered.ok().and_then(Result::ok),
+            () = process.exited() => None,
+            _ = guard.preempted() => None,
             () = daemon.shutting_down() => return,
         };
         let saved = match answered {
-            Ok(agent) => {
-                row.vm.state = VmState::Running;
-                row.vm.agent_version = Some(agent.agent_version.clone());
+            Some(agent) => {
+                record.state = VmState::Running;
+                record.agent_version = Some(agent.agent_version.clone());
                 daemon.vms.set_agent(&name, agent);
-                let saved = daemon.save_vm(&row);
-                watch(Arc::clone(&daemon), name.clone(), pid);
+                let saved = daemon.save_vm(&record);
+                watch(Arc::clone(&daemon), name.clone(), process);
                 saved
             }
-            Err(e) => {
-                tracing::warn!(vm = %name, error = %e, "an adopted VM never answered; killing it");
-                let _ = driver.kill(&daemon.vm_run_dir(&name)).await;
-                super::lifecycle::mark_stopped(&daemon, &mut row)
+            None => {
+                tracing::warn!(vm = %name, "an adopted VM never answered; stopping it");
+                lifecycle::stopped(&daemon, &mut record).await
             }
         };
+        drop(guard);
         if let Err(e) = saved {
             tracing::error!(vm = %name, error = %e, "cannot record the adopted VM");
         }

@@ -1,0 +1,452 @@
+//! The VM lifecycle against the test driver: no guest, the real static
+//! agent runs as a host process, so every path (a boot that never answers,
+//! one cut short, rollback after each create step, the supervisor,
+//! adoption, keepalives) runs in milliseconds. After each path the test
+//! checks what a user would find: the VM's state, its ledger, its files
+//! and whether its process still runs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use banger_api::{
+    AgentStatus, ErrorCode, ImageBuildRequest, ImageRecipe, KernelImportRequest, Operation, OperationState, Vm,
+    VmCreateRequest, VmState,
+};
+use banger_client::Client;
+use banger_testkit::TestDaemon;
+use banger_vmm::local::{BootFault, Local, LocalFaults};
+use banger_vmm::VmmProcess;
+use bangerd::vm::create::CreateStep;
+
+/// Every test here ends within this, whatever the daemon does.
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A daemon whose VMs run on the test driver, with a kernel (any ELF will
+/// do: nothing boots it) and the tiny image.
+struct Harness {
+    daemon: TestDaemon,
+    client: Client,
+    faults: LocalFaults,
+}
+
+async fn harness(adjust: impl FnOnce(&mut bangerd::Config)) -> Harness {
+    let agent = tokio::task::spawn_blocking(banger_testkit::guest::agent_binary).await.unwrap();
+    let faults = LocalFaults::default();
+    let daemon = TestDaemon::start_with(|c| {
+        c.agent_binary = Some(agent.clone());
+        c.test_driver = Some(Local { agent: agent.clone(), faults: faults.clone() });
+        c.boot_timeout = Duration::from_secs(3);
+        adjust(c);
+    })
+    .await;
+    let client = daemon.client.clone();
+    let import = KernelImportRequest {
+        name: "k".into(),
+        path: agent.display().to_string(),
+        kind: None,
+        modules_dir: None,
+        force: false,
+    };
+    succeed(&client, client.import_kernel(&import).await.unwrap()).await;
+    let build = ImageBuildRequest {
+        name: "tiny".into(),
+        recipe: Some(ImageRecipe::Tiny),
+        from_dir: None,
+        from_tar: None,
+        kernel: "k".into(),
+        size_bytes: None,
+        force: false,
+    };
+    succeed(&client, client.build_image(&build).await.unwrap()).await;
+    Harness { daemon, client, faults }
+}
+
+fn request(name: &str) -> VmCreateRequest {
+    VmCreateRequest {
+        name: name.into(),
+        image: "tiny".into(),
+        kernel: None,
+        cpus: None,
+        memory_mib: Some(128),
+        disk_size_bytes: None,
+        work_disk_bytes: Some(1 << 20),
+        vmm: None,
+        no_start: false,
+    }
+}
+
+/// Waits for an operation to finish.
+async fn finished(client: &Client, op: Operation) -> Operation {
+    tokio::time::timeout(Duration::from_secs(60), client.wait(&op.id, |_| {}))
+        .await
+        .expect("the operation finishes")
+        .expect("the operation can be followed")
+}
+
+async fn succeed(client: &Client, op: Operation) -> serde_json::Value {
+    let done = finished(client, op).await;
+    assert_eq!(done.state, OperationState::Succeeded, "{:?} failed: {:?}", done.kind, done.error);
+    done.result.unwrap_or_default()
+}
+
+async fn fail(client: &Client, op: Operation) -> banger_api::ApiError {
+    let done = finished(client, op).await;
+    assert_eq!(done.state, OperationState::Failed, "{:?} should have failed", done.kind);
+    done.error.expect("a failed operation says why")
+}
+
+fn vm_of(value: serde_json::Value) -> Vm {
+    serde_json::from_value(value).expect("the result is a VM")
+}
+
+impl Harness {
+    async fn create(&self, name: &str) -> Vm {
+        vm_of(succeed(&self.client, self.client.create_vm(&request(name)).await.unwrap()).await)
+    }
+
+    fn run_dir(&self, name: &str) -> PathBuf {
+        self.daemon.config.run_dir.join("vms").join(name)
+    }
+
+    fn vm_dir(&self, name: &str) -> PathBuf {
+        self.daemon.config.state_dir.join("vms").join(name)
+    }
+
+    /// The kinds of the entries in a VM's ledger, oldest first.
+    fn ledger(&self, name: &str) -> Vec<String> {
+        let db = rusqlite::Connection::open(self.daemon.config.state_dir.join("banger.db")).unwrap();
+        let mut stmt = db.prepare("SELECT body FROM vm_resources WHERE vm = ?1 ORDER BY id").unwrap();
+        let bodies = stmt.query_map([name], |row| row.get::<_, String>(0)).unwrap();
+        bodies
+            .map(|b| serde_json::from_str::<serde_json::Value>(&b.unwrap()).unwrap()["kind"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Asserts that nothing of a removed VM remains.
+    fn assert_gone(&self, name: &str, process: Option<VmmProcess>) {
+        assert!(!self.vm_dir(name).exists(), "{name}'s disks remain");
+        assert!(!self.run_dir(name).exists(), "{name}'s run dir remains");
+        assert_eq!(self.ledger(name), Vec::<String>::new(), "{name}'s ledger is not empty");
+        if let Some(process) = process {
+            assert!(!process.is_running(), "{name}'s VMM still runs");
+        }
+    }
+
+    /// Asserts that a stopped VM holds only what outlives a boot.
+    fn assert_stopped_clean(&self, name: &str, process: Option<VmmProcess>) {
+        assert_eq!(self.ledger(name), ["dir", "dir", "disk", "disk"], "{name} holds only its directories and disks");
+        let files = files_in(&self.run_dir(name));
+        assert!(files.iter().all(|f| f == "console.log"), "{name}'s run dir keeps only its console: {files:?}");
+        assert!(self.vm_dir(name).join("root.ext4").exists());
+        if let Some(process) = process {
+            assert!(!process.is_running(), "{name}'s VMM still runs");
+        }
+    }
+
+    /// Waits for the VM's state, by its events.
+    async fn wait_state(&self, name: &str, state: VmState) -> Vm {
+        let mut events = self.client.events(None).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let vm = self.client.vm(name).await.unwrap();
+                if vm.state == state {
+                    return vm;
+                }
+                events.next().await.unwrap().expect("the event stream stays open");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} never became {state:?}"))
+    }
+
+    /// The process the driver started for the VM (it writes its pid file before it returns).
+    async fn wait_process(&self, name: &str) -> VmmProcess {
+        let run_dir = self.run_dir(name);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(process) = VmmProcess::recorded_in(&run_dir) {
+                    return process;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the VMM starts")
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+async fn within<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("the test finishes in time");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_exec_stop_start_kill_rm_release_everything() {
+    within(async {
+        let h = harness(|_| {}).await;
+        let vm = h.create("a").await;
+        assert_eq!(vm.state, VmState::Running);
+        assert_eq!(vm.agent, Some(AgentStatus::Answering));
+        let pid = vm.pid.expect("a running VM has a pid");
+        let process = VmmProcess::of(pid).unwrap();
+        assert_eq!(h.ledger("a"), ["dir", "dir", "disk", "disk", "vmm"]);
+        let echo = h.client.exec("a", &["echo", "hi"], b"").await.unwrap();
+        assert_eq!((echo.stdout.as_slice(), echo.code), (&b"hi\n"[..], Some(0)));
+
+        let stopped = vm_of(succeed(&h.client, h.client.stop_vm("a", false).await.unwrap()).await);
+        assert_eq!((stopped.state, stopped.pid, stopped.agent), (VmState::Stopped, None, None));
+        h.assert_stopped_clean("a", Some(process));
+
+        let started = vm_of(succeed(&h.client, h.client.start_vm("a", false).await.unwrap()).await);
+        assert_eq!(started.state, VmState::Running);
+        let second = VmmProcess::of(started.pid.unwrap()).unwrap();
+        let restarted = vm_of(succeed(&h.client, h.client.start_vm("a", true).await.unwrap()).await);
+        assert_ne!(restarted.pid, started.pid, "restart boots a new VMM");
+        assert!(!second.is_running());
+        let third = VmmProcess::of(restarted.pid.unwrap()).unwrap();
+
+        let killed = vm_of(succeed(&h.client, h.client.stop_vm("a", true).await.unwrap()).await);
+        assert_eq!(killed.state, VmState::Stopped);
+        h.assert_stopped_clean("a", Some(third));
+        // Stopping what is stopped is no error.
+        succeed(&h.client, h.client.stop_vm("a", false).await.unwrap()).await;
+
+        let refused = h.client.exec("a", &["true"], b"").await.unwrap_err();
+        assert_eq!(refused.api().map(|e| e.code), Some(ErrorCode::Conflict), "{refused}");
+        succeed(&h.client, h.client.remove_vm("a", false).await.unwrap()).await;
+        h.assert_gone("a", None);
+        assert_eq!(h.client.vms().await.unwrap(), Vec::<Vm>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_never_answers_fails_at_the_boot_timeout_and_leaves_nothing() {
+    within(async {
+        let h = harness(|c| c.boot_timeout = Duration::from_secs(2)).await;
+        for (name, fault) in [("never", BootFault::NeverListens), ("silent", BootFault::SilentListener)] {
+            h.faults.set(name, fault);
+            let began = Instant::now();
+            let op = h.client.create_vm(&request(name)).await.unwrap();
+            let process = h.wait_process(name).await;
+            let error = fail(&h.client, op).await;
+            let took = began.elapsed();
+            assert!(took < Duration::from_secs(6), "{name}: the 2 s boot timeout fired after {took:?}");
+            assert_eq!(error.code, ErrorCode::BootFailed, "{name}: {error}");
+            assert!(error.message.contains("never answered within 2s"), "{name}: {error}");
+            assert!(error.message.contains("console"), "{name}: the error shows the console: {error}");
+            h.assert_gone(name, Some(process));
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_dies_at_boot_fails_at_once_with_its_console() {
+    within(async {
+        let h = harness(|c| c.boot_timeout = Duration::from_secs(60)).await;
+        h.faults.set("dies", BootFault::DiesAtBoot);
+        let began = Instant::now();
+        let error = fail(&h.client, h.client.create_vm(&request("dies")).await.unwrap()).await;
+        assert!(began.elapsed() < Duration::from_secs(5), "took {:?}", began.elapsed());
+        assert_eq!(error.code, ErrorCode::BootFailed);
+        assert!(error.message.contains(banger_vmm::local::DIES_AT_BOOT_LINE), "{error}");
+        h.assert_gone("dies", None);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_stop_and_forced_rm_cut_a_hung_boot_short() {
+    within(async {
+        // A boot timeout far beyond the test's: only preemption ends these boots.
+        let h = harness(|c| c.boot_timeout = Duration::from_secs(600)).await;
+        for (name, how) in [("k1", "kill"), ("s1", "stop"), ("r1", "rm --force")] {
+            h.faults.set(name, BootFault::NeverListens);
+            let create = h.client.create_vm(&request(name)).await.unwrap();
+            let process = h.wait_process(name).await;
+            h.wait_state(name, VmState::Starting).await;
+            let began = Instant::now();
+            let op = match how {
+                "kill" => h.client.stop_vm(name, true).await.unwrap(),
+                "stop" => h.client.stop_vm(name, false).await.unwrap(),
+                _ => h.client.remove_vm(name, true).await.unwrap(),
+            };
+            let result = succeed(&h.client, op).await;
+            let took = began.elapsed();
+            assert!(took < Duration::from_secs(3), "`vm {how}` of a hung boot took {took:?}");
+            let cancelled = fail(&h.client, create).await;
+            assert_eq!(cancelled.code, ErrorCode::Cancelled, "{cancelled}");
+            assert!(cancelled.message.contains(&format!("vm {how}")), "{cancelled}");
+            assert!(!process.is_running(), "`vm {how}` left the VMM running");
+            if how == "rm --force" {
+                h.assert_gone(name, Some(process));
+            } else {
+                assert_eq!(vm_of(result).state, VmState::Stopped);
+                h.assert_stopped_clean(name, Some(process));
+            }
+        }
+        // A start that hangs gives way to a kill as well, and the VM boots again afterwards.
+        h.faults.set("k1", BootFault::NeverListens);
+        let start = h.client.start_vm("k1", false).await.unwrap();
+        h.wait_state("k1", VmState::Starting).await;
+        succeed(&h.client, h.client.stop_vm("k1", true).await.unwrap()).await;
+        assert_eq!(fail(&h.client, start).await.code, ErrorCode::Cancelled);
+        h.faults.clear("k1");
+        let vm = vm_of(succeed(&h.client, h.client.start_vm("k1", false).await.unwrap()).await);
+        assert_eq!(vm.state, VmState::Running);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_after_each_create_step_rolls_everything_back() {
+    within(async {
+        for step in [CreateStep::Record, CreateStep::Kernel, CreateStep::Disks, CreateStep::Boot] {
+            let h = harness(|c| c.fail_create_after = Some(step)).await;
+            let op = h.client.create_vm(&request("v")).await.unwrap();
+            let error = fail(&h.client, op).await;
+            assert!(error.message.contains(&format!("{step:?}")), "{step:?}: {error}");
+            h.assert_gone("v", None);
+            assert!(h.client.vm("v").await.is_err(), "{step:?}: the VM record remains");
+            // No VMM of this daemon's remains.
+            assert!(files_in(&h.daemon.config.run_dir.join("vms")).is_empty(), "{step:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_supervisor_releases_a_vmm_killed_from_outside() {
+    within(async {
+        let h = harness(|_| {}).await;
+        let vm = h.create("a").await;
+        let process = VmmProcess::of(vm.pid.unwrap()).unwrap();
+        process.signal(libc::SIGKILL).unwrap();
+        let stopped = h.wait_state("a", VmState::Stopped).await;
+        assert_eq!(stopped.pid, None);
+        h.assert_stopped_clean("a", Some(process));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_keepalive_notices_an_agent_that_stops_answering() {
+    within(async {
+        let h = harness(|_| {}).await;
+        let vm = h.create("a").await;
+        let process = VmmProcess::of(vm.pid.unwrap()).unwrap();
+        process.signal(libc::SIGSTOP).unwrap();
+        let began = Instant::now();
+        let mut events = h.client.events(None).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while h.client.vm("a").await.unwrap().agent != Some(AgentStatus::NotAnswering) {
+                events.next().await.unwrap().unwrap();
+            }
+        })
+        .await
+        .expect("a frozen agent is noticed");
+        assert!(began.elapsed() < Duration::from_secs(8), "noticed after {:?}", began.elapsed());
+        let asked = Instant::now();
+        let refused = h.client.exec("a", &["true"], b"").await.unwrap_err();
+        assert!(asked.elapsed() < Duration::from_secs(1), "exec waited {:?}", asked.elapsed());
+        assert!(refused.to_string().contains("has not answered"), "{refused}");
+
+        process.signal(libc::SIGCONT).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while h.client.vm("a").await.unwrap().agent != Some(AgentStatus::Answering) {
+                events.next().await.unwrap().unwrap();
+            }
+        })
+        .await
+        .expect("an agent that answers again is seen");
+        let echo = h.client.exec("a", &["echo", "back"], b"").await.unwrap();
+        assert_eq!(echo.stdout, b"back\n");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_daemon_adopts_running_vms_and_releases_dead_ones() {
+    within(async {
+        let mut h = harness(|_| {}).await;
+        let alive = h.create("alive").await;
+        let dead = h.create("dead").await;
+        let (alive_process, dead_process) =
+            (VmmProcess::of(alive.pid.unwrap()).unwrap(), VmmProcess::of(dead.pid.unwrap()).unwrap());
+        h.daemon.stop().await;
+        assert!(alive_process.is_running(), "VMs outlive the daemon");
+        dead_process.signal(libc::SIGKILL).unwrap();
+        dead_process.exited().await;
+
+        h.daemon.restart().await;
+        let adopted = h.client.vm("alive").await.unwrap();
+        assert_eq!((adopted.state, adopted.pid), (VmState::Running, Some(alive_process.pid)));
+        let echo = h.client.exec("alive", &["echo", "adopted"], b"").await.unwrap();
+        assert_eq!(echo.stdout, b"adopted\n");
+        assert_eq!(h.client.vm("dead").await.unwrap().state, VmState::Stopped);
+        h.assert_stopped_clean("dead", Some(dead_process));
+
+        // The adopted VM is supervised again.
+        alive_process.signal(libc::SIGKILL).unwrap();
+        h.wait_state("alive", VmState::Stopped).await;
+        h.assert_stopped_clean("alive", Some(alive_process));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_cut_short_by_the_daemon_stopping_is_undone_at_start() {
+    within(async {
+        let mut h = harness(|c| c.boot_timeout = Duration::from_secs(600)).await;
+        h.faults.set("half", BootFault::NeverListens);
+        let _create = h.client.create_vm(&request("half")).await.unwrap();
+        let process = h.wait_process("half").await;
+        h.wait_state("half", VmState::Starting).await;
+        h.daemon.stop().await;
+        h.daemon.restart().await;
+        assert!(h.client.vm("half").await.is_err(), "the half-made VM is removed");
+        h.assert_gone("half", Some(process));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pid_that_another_process_now_has_is_neither_adopted_nor_signalled() {
+    within(async {
+        let mut h = harness(|_| {}).await;
+        let vm = h.create("a").await;
+        let process = VmmProcess::of(vm.pid.unwrap()).unwrap();
+        h.daemon.stop().await;
+        process.signal(libc::SIGKILL).unwrap();
+        process.exited().await;
+        // Another process now has a pid the records name: the VM's pid in
+        // the ledger and in the driver's pid file is pointed at it, with the
+        // dead VMM's start time, as a reused pid would look.
+        let mut stranger = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        let forged = VmmProcess { pid: stranger.id(), start_time: process.start_time };
+        let db = rusqlite::Connection::open(h.daemon.config.state_dir.join("banger.db")).unwrap();
+        let entry = serde_json::json!({"kind": "vmm", "run_dir": h.run_dir("a"), "process": forged}).to_string();
+        db.execute("UPDATE vm_resources SET body = ?1 WHERE vm = 'a' AND body LIKE '%\"vmm\"%'", [entry]).unwrap();
+        drop(db);
+        for file in files_in(&h.run_dir("a")).iter().filter(|f| f.ends_with(".pid")) {
+            std::fs::write(h.run_dir("a").join(file), format!("{} {}\n", forged.pid, forged.start_time)).unwrap();
+        }
+
+        h.daemon.restart().await;
+        let after = h.client.vm("a").await.unwrap();
+        assert_eq!((after.state, after.pid), (VmState::Stopped, None), "the stranger is not adopted");
+        assert!(VmmProcess::of(stranger.id()).unwrap().is_running(), "the stranger was signalled");
+        succeed(&h.client, h.client.remove_vm("a", true).await.unwrap()).await;
+        assert!(VmmProcess::of(stranger.id()).unwrap().is_running(), "rm signalled the stranger");
+        h.assert_gone("a", None);
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
+    })
+    .await;
+}
