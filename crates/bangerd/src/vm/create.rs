@@ -147,7 +147,7 @@ async fn rollback(daemon: &Arc<Daemon>, name: &str, undo: Vec<Undo>) {
             Undo::StopVm => {
                 if let Ok(row) = daemon.vm_row(name) {
                     if let Ok(driver) = daemon.driver(&row) {
-                        if let Err(e) = driver.kill(&daemon.vm_run_dir(name)).await {
+                        if let Err(e) = super::lifecycle::kill_recorded(&driver, &daemon.vm_run_dir(name)).await {
                             tracing::warn!(vm = %name, error = %e, "rollback: cannot kill the VMM");
                         }
                     }

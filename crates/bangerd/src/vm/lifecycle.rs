@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use banger_api::{Vm, VmSetRequest, VmState};
-use banger_vmm::{DiskSpec, VmSpec, VmmState};
+use banger_vmm::{DiskSpec, VmSpec, Vmm, VmmError};
 
 use super::VmRow;
 use crate::agent::AgentConn;
@@ -50,13 +50,14 @@ pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHa
     }
     row.vm.state = VmState::Starting;
     daemon.save_vm(row)?;
-    let pid = match driver.start(&spec).await {
-        Ok(pid) => pid,
+    let process = match driver.start(&spec).await {
+        Ok(process) => process,
         Err(e) => {
             mark_stopped(daemon, row)?;
             return Err(e.into());
         }
     };
+    let pid = process.pid;
     row.vm.pid = Some(pid);
     daemon.save_vm(row)?;
     tracing::info!(vm = %name, pid, vmm = ?row.vm.vmm, "VMM started");
@@ -64,14 +65,13 @@ pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHa
     if let Some(op) = op {
         op.step("wait for agent");
     }
-    let console = driver.console_log(&run_dir);
     let endpoint = driver.agent_endpoint(&run_dir);
     let answered = tokio::select! {
         answered = AgentConn::connect(&endpoint, daemon.config.boot_timeout) => answered.map_err(Error::Agent),
         // A guest that panics makes the VMM exit (it runs with no reboot):
         // say so at once, with what the console showed, instead of waiting
         // out the boot timeout.
-        () = banger_vmm::exited(pid) => Err(Error::Vmm(banger_vmm::VmmError::ExitedEarly { log_tail: console_tail(&console) })),
+        () = process.exited() => Err(Error::Vmm(VmmError::ExitedEarly { log_tail: driver.failure_report(&run_dir) })),
     };
     match answered {
         Ok(agent) => {
@@ -79,12 +79,12 @@ pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHa
             row.vm.agent_version = Some(agent.agent_version.clone());
             daemon.save_vm(row)?;
             daemon.vms.set_agent(&name, agent);
-            super::supervise::watch(Arc::clone(daemon), name.clone(), pid);
+            super::supervise::watch(Arc::clone(daemon), name.clone(), process);
             tracing::info!(vm = %name, "VM running");
             Ok(())
         }
         Err(e) => {
-            if let Err(kill) = driver.kill(&run_dir).await {
+            if let Err(kill) = driver.kill(&run_dir, process).await {
                 tracing::warn!(vm = %name, error = %kill, "cannot kill the VMM after a failed boot");
             }
             settle(daemon, &driver, row)?;
@@ -93,25 +93,21 @@ pub async fn boot(daemon: &Arc<Daemon>, row: &mut VmRow, op: Option<&OperationHa
     }
 }
 
-/// The last lines of a console log, for error messages.
-fn console_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
-    if tail.is_empty() {
-        "the console is empty".into()
-    } else {
-        format!("the console ended with:\n{tail}")
+/// Kills the VMM the run directory's pid file names, if it runs.
+pub(super) async fn kill_recorded(driver: &Vmm, run_dir: &Path) -> std::result::Result<(), VmmError> {
+    match driver.process(run_dir) {
+        Some(process) => driver.kill(run_dir, process).await,
+        None => Ok(()),
     }
 }
 
 /// After a stop or kill: records the VM stopped only if its VMM is really
 /// gone, so a VMM that survived keeps its pid file and record (and no
 /// second VMM can be booted on the same disk).
-fn settle(daemon: &Daemon, driver: &banger_vmm::Vmm, row: &mut VmRow) -> Result<()> {
-    match driver.state(&daemon.vm_run_dir(&row.vm.name)) {
-        VmmState::Stopped => mark_stopped(daemon, row),
-        VmmState::Running { pid } => {
+fn settle(daemon: &Daemon, driver: &Vmm, row: &mut VmRow) -> Result<()> {
+    match driver.process(&daemon.vm_run_dir(&row.vm.name)) {
+        None => mark_stopped(daemon, row),
+        Some(banger_vmm::VmmProcess { pid, .. }) => {
             tracing::error!(vm = %row.vm.name, pid, "the VMM is still running after a stop");
             row.vm.pid = Some(pid);
             daemon.save_vm(row)
@@ -122,16 +118,17 @@ fn settle(daemon: &Daemon, driver: &banger_vmm::Vmm, row: &mut VmRow) -> Result<
 /// Records a VM as stopped and releases what it held while running.
 pub fn mark_stopped(daemon: &Daemon, row: &mut VmRow) -> Result<()> {
     daemon.vms.drop_agent(&row.vm.name);
-    release_runtime(&daemon.vm_run_dir(&row.vm.name));
+    release_runtime(daemon, row);
     row.vm.state = VmState::Stopped;
     row.vm.pid = None;
     daemon.save_vm(row)
 }
 
-/// Removes a stopped VM's sockets and pid file; the console log stays for `vm logs`.
-fn release_runtime(run_dir: &Path) {
-    for file in ["agent.sock", "qmp.sock", "firecracker.sock", "vsock.sock", "vmm.pid"] {
-        let _ = std::fs::remove_file(run_dir.join(file));
+/// Removes a stopped VM's runtime files; the console log stays for `vm logs`.
+fn release_runtime(daemon: &Daemon, row: &VmRow) {
+    let Ok(driver) = daemon.driver(row) else { return };
+    if let Err(e) = driver.release(&daemon.vm_run_dir(&row.vm.name)) {
+        tracing::warn!(vm = %row.vm.name, error = %e, "cannot release the VM's runtime files");
     }
 }
 
@@ -168,18 +165,18 @@ async fn stop_locked(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
     let mut row = daemon.vm_row(name)?;
     let driver = daemon.driver(&row)?;
     let run_dir = daemon.vm_run_dir(name);
-    if driver.state(&run_dir) == VmmState::Stopped {
+    let Some(process) = driver.process(&run_dir) else {
         if row.vm.state != VmState::Created {
             mark_stopped(daemon, &mut row)?;
         }
         return Ok(row.vm);
-    }
+    };
     row.vm.state = VmState::Stopping;
     daemon.save_vm(&row)?;
     if let Some(agent) = daemon.vms.agent(name) {
         let _ = tokio::time::timeout(Duration::from_secs(2), agent.poweroff()).await;
     }
-    let result = driver.stop(&run_dir, STOP_TIMEOUT).await;
+    let result = driver.stop(&run_dir, process, STOP_TIMEOUT).await;
     settle(daemon, &driver, &mut row)?;
     result?;
     tracing::info!(vm = %name, "VM stopped");
@@ -191,7 +188,7 @@ pub async fn kill(daemon: &Arc<Daemon>, name: &str) -> Result<Vm> {
     let _guard = daemon.vms.lock(name).await;
     let mut row = daemon.vm_row(name)?;
     let driver = daemon.driver(&row)?;
-    let killed = driver.kill(&daemon.vm_run_dir(name)).await;
+    let killed = kill_recorded(&driver, &daemon.vm_run_dir(name)).await;
     if row.vm.state != VmState::Created {
         settle(daemon, &driver, &mut row)?;
     }
@@ -216,7 +213,7 @@ pub async fn remove(daemon: &Arc<Daemon>, name: &str, force: bool) -> Result<()>
     }
     // Make sure nothing runs even if the record was stale.
     if let Ok(driver) = daemon.driver(&row) {
-        driver.kill(&daemon.vm_run_dir(name)).await?;
+        kill_recorded(&driver, &daemon.vm_run_dir(name)).await?;
     }
     let (disks, run_dir) = (daemon.vm_dir(name), daemon.vm_run_dir(name));
     let d = Arc::clone(daemon);

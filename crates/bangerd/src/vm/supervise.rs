@@ -6,18 +6,19 @@
 use std::sync::Arc;
 
 use banger_api::VmState;
-use banger_vmm::VmmState;
+use banger_vmm::VmmProcess;
 
 use crate::error::Result;
 use crate::Daemon;
 
-/// Watches the VMM `pid` of VM `name` until it exits or the daemon stops.
-pub fn watch(daemon: Arc<Daemon>, name: String, pid: u32) {
+/// Watches the VMM `process` of VM `name` until it exits or the daemon stops.
+pub fn watch(daemon: Arc<Daemon>, name: String, process: VmmProcess) {
+    let pid = process.pid;
     let tasks = daemon.tasks.clone();
     tasks.spawn(async move {
         tokio::select! {
             () = daemon.shutting_down() => return,
-            () = banger_vmm::exited(pid) => {}
+            () = process.exited() => {}
         }
         let _guard = daemon.vms.lock(&name).await;
         // The VM may have been stopped, restarted or removed meanwhile.
@@ -45,20 +46,20 @@ pub fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
             continue;
         }
         let name = row.vm.name.clone();
-        let running = daemon.driver(&row).ok().map(|d| d.state(&daemon.vm_run_dir(&name)));
+        let running = daemon.driver(&row).ok().and_then(|d| d.process(&daemon.vm_run_dir(&name)));
         match running {
-            Some(VmmState::Running { pid }) if row.vm.state == VmState::Starting => {
-                tracing::info!(vm = %name, pid, "adopting a VM that was booting; waiting for its agent");
-                row.vm.pid = Some(pid);
+            Some(process) if row.vm.state == VmState::Starting => {
+                tracing::info!(vm = %name, pid = process.pid, "adopting a VM that was booting; waiting for its agent");
+                row.vm.pid = Some(process.pid);
                 daemon.save_vm(&row)?;
-                finish_boot(Arc::clone(daemon), name, pid);
+                finish_boot(Arc::clone(daemon), name, process);
             }
-            Some(VmmState::Running { pid }) => {
-                tracing::info!(vm = %name, pid, "adopting running VM");
+            Some(process) => {
+                tracing::info!(vm = %name, pid = process.pid, "adopting running VM");
                 row.vm.state = VmState::Running;
-                row.vm.pid = Some(pid);
+                row.vm.pid = Some(process.pid);
                 daemon.save_vm(&row)?;
-                watch(Arc::clone(daemon), name, pid);
+                watch(Arc::clone(daemon), name, process);
             }
             _ => {
                 tracing::info!(vm = %name, "VM is no longer running; marking it stopped");
@@ -82,9 +83,9 @@ fn remove_orphans(daemon: &Daemon) -> Result<()> {
             }
             let path = entry.path();
             // A VMM still running from such a create is killed first.
-            if let Some(pid) = banger_vmm::read_pid(&path.join("vmm.pid")).filter(|&pid| banger_vmm::pid_alive(pid)) {
-                tracing::warn!(vm = %name, pid, "killing the VMM of a half-made VM");
-                let _ = banger_vmm::signal(pid, libc::SIGKILL);
+            if let Some(process) = VmmProcess::recorded_in(&path) {
+                tracing::warn!(vm = %name, pid = process.pid, "killing the VMM of a half-made VM");
+                let _ = process.signal(libc::SIGKILL);
             }
             tracing::info!(path = %path.display(), "removing files of a VM that does not exist");
             std::fs::remove_dir_all(&path).map_err(crate::error::Error::io("cannot remove", &path))?;
@@ -99,8 +100,8 @@ fn remove_half_made(daemon: &Daemon, row: super::VmRow) -> Result<()> {
     let name = row.vm.name;
     tracing::warn!(vm = %name, "removing a VM whose create was cut short");
     let run_dir = daemon.vm_run_dir(&name);
-    if let Some(pid) = banger_vmm::read_pid(&run_dir.join("vmm.pid")).filter(|&pid| banger_vmm::pid_alive(pid)) {
-        let _ = banger_vmm::signal(pid, libc::SIGKILL);
+    if let Some(process) = VmmProcess::recorded_in(&run_dir) {
+        let _ = process.signal(libc::SIGKILL);
     }
     daemon.db.delete_object(crate::db::ObjectTable::Vms, &name)?;
     for dir in [daemon.vm_dir(&name), run_dir] {
@@ -115,7 +116,7 @@ fn remove_half_made(daemon: &Daemon, row: super::VmRow) -> Result<()> {
 
 /// A VM that was booting when the daemon stopped: wait for its agent as
 /// the boot would have; if it never answers, stop it.
-fn finish_boot(daemon: Arc<Daemon>, name: String, pid: u32) {
+fn finish_boot(daemon: Arc<Daemon>, name: String, process: VmmProcess) {
     let tasks = daemon.tasks.clone();
     tasks.spawn(async move {
         let _guard = daemon.vms.lock(&name).await;
@@ -132,12 +133,12 @@ fn finish_boot(daemon: Arc<Daemon>, name: String, pid: u32) {
                 row.vm.agent_version = Some(agent.agent_version.clone());
                 daemon.vms.set_agent(&name, agent);
                 let saved = daemon.save_vm(&row);
-                watch(Arc::clone(&daemon), name.clone(), pid);
+                watch(Arc::clone(&daemon), name.clone(), process);
                 saved
             }
             Err(e) => {
                 tracing::warn!(vm = %name, error = %e, "an adopted VM never answered; killing it");
-                let _ = driver.kill(&daemon.vm_run_dir(&name)).await;
+                let _ = driver.kill(&daemon.vm_run_dir(&name), process).await;
                 super::lifecycle::mark_stopped(&daemon, &mut row)
             }
         };
