@@ -75,6 +75,20 @@ impl Reaper {
         sys::kill(-pgid.ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?, signal)
     }
 
+    /// Signals the process group of every process it started that still
+    /// runs (each command leads its own group): how a power-off ends the
+    /// commands of an agent that is not init, as a guest's power-off would.
+    pub(crate) fn signal_all_groups(&self, signal: i32) {
+        let waiting = self.lock();
+        for &pid in waiting.keys() {
+            if let Err(e) = self.signal_group(pid, signal) {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    log!("cannot signal process group {pid}: {e}");
+                }
+            }
+        }
+    }
+
     /// Collects every exited child; signals coalesce, so one SIGCHLD may stand for many.
     fn reap_all(&self) {
         loop {

@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 struct Agent {
     _dir: tempfile::TempDir,
     socket: PathBuf,
-    _child: Child,
+    child: Child,
 }
 
 impl Agent {
@@ -41,7 +41,7 @@ impl Agent {
         // a connection is accepted, not merely until the file exists.
         for _ in 0..400 {
             if UnixStream::connect(&socket).await.is_ok() {
-                return Agent { _dir: dir, socket, _child: child };
+                return Agent { _dir: dir, socket, child };
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -211,20 +211,43 @@ async fn a_missing_program_is_an_error_naming_it() {
 }
 
 #[tokio::test]
-async fn a_busy_stream_and_power_off_off_init_are_refused() {
+async fn a_busy_stream_is_refused() {
     let agent = Agent::start().await;
     let mut host = agent.connect().await;
     host.exec(1, &["sleep", "30"]).await;
     host.recv().await; // Started
     host.exec(1, &["echo", "no"]).await;
     let refused = host.recv().await;
-    assert!(matches!(refused.message::<Reply>().unwrap(), Reply::Error { .. }), "{refused:?}");
-    host.send(Frame::control(2, &Request::Poweroff)).await;
-    let refused = host.recv().await;
-    assert_eq!(refused.stream, 2);
+    assert_eq!(refused.stream, 1);
     assert!(matches!(refused.message::<Reply>().unwrap(), Reply::Error { .. }), "{refused:?}");
     host.send(Frame::control(1, &Request::Signal { signal: 9 })).await;
     assert_eq!(host.outcomes(&[1]).await[0].exited, Some((None, Some(9))));
+}
+
+/// Off init, a power-off ends the agent and the commands it runs, as a
+/// guest's power-off ends its VMM.
+#[tokio::test]
+async fn power_off_off_init_ends_the_agent_and_its_commands() {
+    let mut agent = Agent::start().await;
+    let mut host = agent.connect().await;
+    host.exec(1, &["sleep", "30"]).await;
+    let Reply::Started { pid } = host.recv().await.message::<Reply>().unwrap() else { panic!("not started") };
+    host.send(Frame::control(2, &Request::Poweroff)).await;
+    let status = tokio::time::timeout(TIMEOUT, agent.child.wait()).await.expect("the agent still runs").unwrap();
+    assert!(status.success(), "{status}");
+    // Its command is gone too (a zombie at most, until its new parent reaps it).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+        });
+        if state.as_deref().is_none_or(|s| s == "Z") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the command {pid} outlived the power-off");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(tokio::time::timeout(TIMEOUT, read_frame(&mut host.reader)).await.unwrap().unwrap().is_none());
 }
 
 #[tokio::test]

@@ -154,13 +154,11 @@ async fn read_exit<R: AsyncRead + Unpin>(reader: &mut R) -> anyhow::Result<()> {
 /// SIGKILLs the QEMU whose pid file is in `run_dir` (it daemonised, so it
 /// is not our child), if any, and waits until it is gone.
 pub fn kill_vmm(run_dir: &Path) {
-    let Some(pid) = banger_vmm::read_pid(&run_dir.join("vmm.pid")) else { return };
-    if !banger_vmm::pid_alive(pid) {
-        return;
-    }
-    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    let Some(process) = banger_vmm::VmmProcess::recorded_in(run_dir) else { return };
+    // Signalled through a pidfd, checked against its start time.
+    let _ = process.signal(9);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while banger_vmm::pid_alive(pid) && Instant::now() < deadline {
+    while process.is_running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -20,17 +20,11 @@ use tokio::process::Child;
 
 pub use api::{requests, requests_with_paths, ActionType, ApiPaths, ApiRequest, RunFiles};
 
-use crate::process::{pid_alive, read_pid, signal, wait_gone};
-use crate::{AgentEndpoint, VmSpec, VmmError};
+use crate::process::{detach, remove_if_present, write_pid_file, VmmProcess, KILL_TIMEOUT};
+use crate::{report, AgentEndpoint, VmSpec, VmmError};
 
 /// How long Firecracker has to open its API socket after it is spawned.
 const API_SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a SIGKILLed Firecracker has to disappear.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Lines of the VMM's output quoted when it exits during start.
-const LOG_TAIL_LINES: usize = 20;
 
 /// Firecracker, optionally under its jailer.
 #[derive(Debug, Clone)]
@@ -77,13 +71,20 @@ impl Firecracker {
     /// console, to `console.log`; its stderr to `vmm.log`), writes
     /// `vmm.pid`, configures the VM over the API and boots it. Under the
     /// jailer, first links the kernel, initrd and disks into the jail.
-    /// Returns the pid; on error nothing is left running and the jail is
-    /// gone.
-    pub async fn start(&self, spec: &VmSpec) -> Result<u32, VmmError> {
+    /// Returns the process; on error nothing is left running and the
+    /// runtime files and the jail are gone.
+    pub async fn start(&self, spec: &VmSpec) -> Result<VmmProcess, VmmError> {
         check_kernel(&spec.kernel)?;
         // Refuse a spec Firecracker cannot take before anything is made.
         requests(spec)?;
         let files = self.files(&spec.run_dir);
+        if let Some(running) = crate::process::read_pid_file(&files.pid).filter(VmmProcess::is_running) {
+            return Err(VmmError::InvalidSpec(format!(
+                "a VMM already runs in {} (pid {})",
+                spec.run_dir.display(),
+                running.pid
+            )));
+        }
         remove_runtime_files(&files);
         let launched = match self.jailer.as_deref() {
             None => self.spawn_direct(spec, &files),
@@ -96,13 +97,14 @@ impl Firecracker {
                 return Err(e);
             }
         };
-        let Some(pid) = child.id() else {
+        let Some(process) = child.id().and_then(|pid| VmmProcess::of(pid).ok()) else {
             let log_tail = log_tail(&files);
             remove_runtime_files(&files);
             return Err(VmmError::ExitedEarly { log_tail });
         };
+        let pid = process.pid;
         let started = async {
-            std::fs::write(&files.pid, format!("{pid}\n"))
+            write_pid_file(&files.pid, process)
                 .map_err(|source| VmmError::Process { action: "record the pid of", source })?;
             wait_for_api(&mut child, &api_sock, &files).await?;
             send_all(&spec.name, &api_sock, &requests).await
@@ -110,11 +112,13 @@ impl Firecracker {
         match started.await {
             Ok(()) => {
                 tracing::info!(vm = %spec.name, pid, jailed = self.jailer.is_some(), "firecracker started");
-                Ok(pid)
+                Ok(process)
             }
             Err(e) => {
                 tracing::debug!(vm = %spec.name, pid, error = %e, "firecracker start failed, killing it");
-                kill_now(pid).await;
+                if let Err(e) = process.kill_and_wait(KILL_TIMEOUT).await {
+                    tracing::warn!(pid, error = %e, "cannot kill firecracker");
+                }
                 remove_runtime_files(&files);
                 Err(e)
             }
@@ -133,36 +137,45 @@ impl Firecracker {
 
     /// Stops the VM: sends Ctrl+Alt+Del (with `reboot=k` the guest's
     /// reboot ends Firecracker), waits up to `timeout`, then SIGKILLs it.
-    /// Removes the sockets, the pid file and the jail.
-    pub async fn stop(&self, run_dir: &Path, timeout: Duration) -> Result<(), VmmError> {
+    pub async fn stop(&self, run_dir: &Path, process: VmmProcess, timeout: Duration) -> Result<(), VmmError> {
         let files = self.files(run_dir);
-        if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
-            let graceful = async {
-                match http::send(&files.api_sock, &ApiRequest::action(ActionType::SendCtrlAltDel)).await {
-                    Ok(()) => wait_gone(pid, timeout).await,
-                    Err(e) => {
-                        tracing::debug!(pid, error = %e, "cannot ask the guest to shut down");
-                        false
-                    }
+        let pid = process.pid;
+        let graceful = async {
+            match http::send(&files.api_sock, &ApiRequest::action(ActionType::SendCtrlAltDel)).await {
+                Ok(()) => process.wait_gone(timeout).await,
+                Err(e) => {
+                    tracing::debug!(pid, error = %e, "cannot ask the guest to shut down");
+                    false
                 }
-            };
-            let exited = tokio::time::timeout(timeout, graceful).await.unwrap_or(false);
-            if !exited {
-                tracing::info!(pid, ?timeout, "firecracker did not stop in time, killing it");
-                crate::process::kill(run_dir, &files.pid).await?;
             }
+        };
+        let exited = tokio::time::timeout(timeout, graceful).await.unwrap_or(false);
+        if !exited {
+            tracing::info!(pid, ?timeout, "firecracker did not stop in time, killing it");
+            process.kill_and_wait(KILL_TIMEOUT).await?;
         }
-        remove_runtime_files(&files);
         Ok(())
     }
 
-    /// Kills the VM's Firecracker at once and removes the sockets, the pid
-    /// file and the jail.
-    pub async fn kill(&self, run_dir: &Path) -> Result<(), VmmError> {
+    /// Kills the VM's Firecracker at once and waits for it to go.
+    pub async fn kill(&self, _run_dir: &Path, process: VmmProcess) -> Result<(), VmmError> {
+        process.kill_and_wait(KILL_TIMEOUT).await
+    }
+
+    /// Removes the sockets, the pid file, Firecracker's logs and metrics,
+    /// and the jail; the console log stays.
+    pub fn release(&self, run_dir: &Path) -> std::io::Result<()> {
+        release_files(&self.files(run_dir))
+    }
+
+    /// The tails of the guest console and of Firecracker's stderr and log.
+    pub fn failure_report(&self, run_dir: &Path) -> String {
         let files = self.files(run_dir);
-        crate::process::kill(run_dir, &files.pid).await?;
-        remove_runtime_files(&files);
-        Ok(())
+        report::failure_report(&[
+            ("console", &files.console),
+            ("firecracker stderr", &files.vmm_log),
+            ("firecracker log", &files.log),
+        ])
     }
 
     /// Spawns `firecracker --api-sock <run_dir>/firecracker.sock`.
@@ -194,22 +207,13 @@ impl Firecracker {
     }
 
     /// Spawns `line` in its own session, so it outlives the daemon.
-    #[allow(unsafe_code)]
     fn spawn(&self, line: &command::CommandLine, files: &RunFiles) -> Result<Child, VmmError> {
         let log_error = |source| VmmError::Process { action: "create the log files of", source };
         let console = std::fs::File::create(&files.console).map_err(log_error)?;
         let vmm_log = std::fs::File::create(&files.vmm_log).map_err(log_error)?;
         let mut cmd = tokio::process::Command::new(&line.program);
         cmd.args(&line.args).stdin(Stdio::null()).stdout(console).stderr(vmm_log).kill_on_drop(false);
-        // SAFETY: the closure runs in the child between fork and exec, and
-        // only calls setsid(2), which is async-signal-safe and allocates
-        // nothing.
-        unsafe {
-            cmd.pre_exec(|| match libc::setsid() {
-                -1 => Err(std::io::Error::last_os_error()),
-                _ => Ok(()),
-            });
-        }
+        detach(&mut cmd);
         cmd.spawn().map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => VmmError::MissingBinary { binary: line.program.display().to_string() },
             _ => VmmError::Process { action: "spawn", source },
@@ -279,59 +283,34 @@ async fn wait_for_api(child: &mut Child, api_sock: &Path, files: &RunFiles) -> R
     }
 }
 
-/// SIGKILLs `pid` and waits for it to go; used on a failed start, where
-/// there is no error left to report but the first.
-async fn kill_now(pid: u32) {
-    if pid_alive(pid) {
-        if let Err(e) = signal(pid, libc::SIGKILL) {
-            tracing::warn!(pid, error = %e, "cannot kill firecracker");
-        }
-        if !wait_gone(pid, KILL_TIMEOUT).await {
-            tracing::warn!(pid, "firecracker survived SIGKILL");
-        }
-    }
-}
-
 /// Removes the sockets, the pid file and the jail of a VM that does not
 /// run (or stale ones before a start: Firecracker cannot bind over them).
 /// The jail holds only links and copies: removing it never touches the
 /// kernel or disks it names, and symlinks in it are not followed.
 fn remove_runtime_files(files: &RunFiles) {
-    let warn = |path: &Path, e: std::io::Error| tracing::warn!(path = %path.display(), error = %e, "cannot remove a firecracker file");
-    for path in [&files.api_sock, &files.vsock, &files.pid] {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn(path, e),
-        }
+    if let Err(e) = release_files(files) {
+        tracing::warn!(error = %e, "cannot remove a firecracker file");
+    }
+}
+
+/// Removes every runtime file but the console log; the first failure is
+/// the error, with its path.
+fn release_files(files: &RunFiles) -> std::io::Result<()> {
+    let with_path = |path: &Path, e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let partial = files.pid.with_extension("pid.partial");
+    for path in [&files.api_sock, &files.vsock, &files.pid, &partial, &files.log, &files.metrics, &files.vmm_log] {
+        remove_if_present(path).map_err(|e| with_path(path, e))?;
     }
     match std::fs::remove_dir_all(&files.chroot_base) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn(&files.chroot_base, e),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(with_path(&files.chroot_base, e)),
+        _ => Ok(()),
     }
 }
 
 /// The last lines of Firecracker's stderr and stdout, which is where it
 /// says why it exited before its logger is configured.
 fn log_tail(files: &RunFiles) -> String {
-    let tails: Vec<String> = [&files.vmm_log, &files.console]
-        .into_iter()
-        .filter_map(|path| std::fs::read(path).ok())
-        .map(|bytes| last_lines(&String::from_utf8_lossy(&bytes), LOG_TAIL_LINES))
-        .filter(|tail| !tail.is_empty())
-        .collect();
-    if tails.is_empty() {
-        "no output".into()
-    } else {
-        tails.join("\n")
-    }
-}
-
-/// The last `n` non-empty lines of `text`.
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    report::failure_report(&[("firecracker stderr", &files.vmm_log), ("console", &files.console)])
 }
 
 #[cfg(test)]
@@ -339,10 +318,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn last_lines_keeps_the_end() {
-        assert_eq!(last_lines("a\n\nb\nc\n", 2), "b\nc");
-        assert_eq!(last_lines("a\n", 5), "a");
-        assert_eq!(last_lines("", 5), "");
+    fn release_removes_every_runtime_file_but_the_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path();
+        let files = RunFiles::new(run_dir);
+        for path in
+            [&files.api_sock, &files.vsock, &files.pid, &files.log, &files.metrics, &files.vmm_log, &files.console]
+        {
+            std::fs::write(path, "x").unwrap();
+        }
+        std::fs::create_dir_all(files.chroot_base.join("firecracker/vm/root")).unwrap();
+        let driver = Firecracker::new("firecracker");
+        driver.release(run_dir).unwrap();
+        let left: Vec<String> =
+            std::fs::read_dir(run_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(left, ["console.log"]);
+        driver.release(run_dir).expect("idempotent");
     }
 
     #[test]

@@ -1,13 +1,18 @@
-//! VMM drivers behind one interface: [`Vmm::Firecracker`] and [`Vmm::Qemu`].
-//! A driver starts a VMM process detached from the daemon (its own session,
-//! so VMs outlive a daemon restart), configures it, stops it gracefully
-//! with a timeout and then kills it, and tells whether it still runs. All
-//! of a VM's runtime files live in its run directory, so a restarted daemon
-//! finds them again from the path alone.
+//! VMM drivers behind one interface: [`Vmm::Firecracker`], [`Vmm::Qemu`],
+//! and [`Vmm::Local`], which boots nothing and runs the guest agent on the
+//! host so the daemon's lifecycle can be tested in milliseconds. A driver
+//! starts a VMM process detached from the daemon (its own session, so VMs
+//! outlive a daemon restart), configures it, stops it gracefully with a
+//! timeout and then kills it, and releases the files it made. A VMM is
+//! known by pid and start time ([`VmmProcess`]), recorded in its pid file;
+//! all of a VM's runtime files live in its run directory, so a restarted
+//! daemon finds them again from the path alone.
 
 pub mod firecracker;
+pub mod local;
 mod process;
 pub mod qemu;
+pub mod report;
 mod vsock;
 
 use std::io;
@@ -18,8 +23,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use process::{exited, pid_alive, read_pid, signal};
-pub use vsock::VsockStream;
+pub use process::VmmProcess;
+pub use tokio_vsock::VsockStream;
 
 /// Which VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -29,6 +34,8 @@ pub enum VmmKind {
     Firecracker,
     /// QEMU, with KVM or TCG.
     Qemu,
+    /// No VMM: the guest agent as a host process ([`local::Local`]), for tests.
+    Local,
 }
 
 /// A disk attached to the guest, in order: the first is the root disk
@@ -86,36 +93,57 @@ pub enum AgentEndpoint {
 }
 
 impl AgentEndpoint {
-    /// Opens a byte stream to the guest agent.
+    /// Opens a byte stream to the guest agent, or fails within about
+    /// [`CONNECT_ATTEMPT_TIMEOUT`]: never waits without a bound, so a
+    /// caller's retry loop makes progress. (Firecracker keeps a vsock
+    /// connection in its listen queue until the guest activates the device,
+    /// so an unbounded read of its `CONNECT` reply could wait for ever.)
     pub async fn connect(&self) -> io::Result<AgentSocket> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        match self {
-            AgentEndpoint::Unix(path) => tokio::net::UnixStream::connect(path).await.map(AgentSocket::Unix),
-            AgentEndpoint::FirecrackerVsock { uds, port } => {
-                let mut stream = tokio::net::UnixStream::connect(uds).await?;
-                stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
-                // Read the "OK <n>\n" line a byte at a time so nothing of the
-                // agent's stream is consumed by a buffer.
-                let mut line = Vec::new();
-                let mut byte = [0u8; 1];
-                loop {
-                    let n = stream.read(&mut byte).await?;
-                    if n == 0 || byte[0] == b'\n' || line.len() > 64 {
-                        break;
-                    }
-                    line.push(byte[0]);
+        let attempt = async {
+            match self {
+                AgentEndpoint::Unix(path) => tokio::net::UnixStream::connect(path).await.map(AgentSocket::Unix),
+                AgentEndpoint::FirecrackerVsock { uds, port } => {
+                    firecracker_vsock_connect(uds, *port).await.map(AgentSocket::Unix)
                 }
-                if !line.starts_with(b"OK ") {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        format!("vsock CONNECT refused: {:?}", String::from_utf8_lossy(&line)),
-                    ));
-                }
-                Ok(AgentSocket::Unix(stream))
+                AgentEndpoint::Vsock { cid, port } => vsock::connect(*cid, *port).await.map(AgentSocket::Vsock),
             }
-            AgentEndpoint::Vsock { cid, port } => VsockStream::connect(*cid, *port).await.map(AgentSocket::Vsock),
-        }
+        };
+        tokio::time::timeout(CONNECT_ATTEMPT_TIMEOUT, attempt).await.unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection to the guest agent within {CONNECT_ATTEMPT_TIMEOUT:?}"),
+            ))
+        })
     }
+}
+
+/// How long one attempt of [`AgentEndpoint::connect`] may take.
+pub const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Firecracker's vsock handshake: connect to its unix socket, send
+/// `CONNECT <port>\n`, read `OK <n>\n`; the stream is then the agent's.
+async fn firecracker_vsock_connect(uds: &Path, port: u32) -> io::Result<tokio::net::UnixStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(uds).await?;
+    stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    // Read the "OK <n>\n" line a byte at a time so nothing of the agent's
+    // stream is consumed by a buffer.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = stream.read(&mut byte).await?;
+        if n == 0 || byte[0] == b'\n' || line.len() > 64 {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("vsock CONNECT refused: {:?}", String::from_utf8_lossy(&line)),
+        ));
+    }
+    Ok(stream)
 }
 
 /// An open byte stream to a guest agent, whichever way it was reached.
@@ -157,18 +185,6 @@ impl AsyncWrite for AgentSocket {
             AgentSocket::Vsock(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
-}
-
-/// Whether the VMM process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmmState {
-    /// The process is alive.
-    Running {
-        /// Its pid.
-        pid: u32,
-    },
-    /// No process.
-    Stopped,
 }
 
 /// Why a driver failed.
@@ -218,6 +234,8 @@ pub enum Vmm {
     Firecracker(firecracker::Firecracker),
     /// QEMU.
     Qemu(qemu::Qemu),
+    /// No VMM: the guest agent as a host process, to test the daemon.
+    Local(local::Local),
 }
 
 impl Vmm {
@@ -226,40 +244,82 @@ impl Vmm {
         match self {
             Vmm::Firecracker(_) => VmmKind::Firecracker,
             Vmm::Qemu(_) => VmmKind::Qemu,
+            Vmm::Local(_) => VmmKind::Local,
         }
     }
 
     /// Starts the VM: spawns the VMM detached, configures it, boots the
     /// guest. Returns once the guest is started (not once it has booted).
-    /// On error nothing is left running.
-    pub async fn start(&self, spec: &VmSpec) -> Result<u32, VmmError> {
+    /// On error nothing runs and the VM's runtime files are released.
+    pub async fn start(&self, spec: &VmSpec) -> Result<VmmProcess, VmmError> {
         match self {
             Vmm::Firecracker(d) => d.start(spec).await,
             Vmm::Qemu(d) => d.start(spec).await,
+            Vmm::Local(d) => d.start(spec).await,
         }
     }
 
-    /// Asks the guest to shut down, waits up to `timeout`, then kills the VMM.
-    pub async fn stop(&self, run_dir: &Path, timeout: Duration) -> Result<(), VmmError> {
+    /// The VMM of the VM whose run directory this is, from its pid file,
+    /// only if that very process still runs.
+    pub fn process(&self, run_dir: &Path) -> Option<VmmProcess> {
+        let from_file = match self {
+            Vmm::Qemu(d) => d.recorded_process(run_dir),
+            Vmm::Firecracker(_) | Vmm::Local(_) => process::read_pid_file(&run_dir.join(PID_FILE)),
+        };
+        from_file.filter(VmmProcess::is_running)
+    }
+
+    /// Asks the guest to shut down, waits up to `timeout` for `process` to
+    /// exit, then kills it. `Ok(())` once it is gone (at once if it already
+    /// was). Leaves the runtime files: [`Vmm::release`] removes them.
+    pub async fn stop(&self, run_dir: &Path, process: VmmProcess, timeout: Duration) -> Result<(), VmmError> {
+        if !process.is_running() {
+            return Ok(());
+        }
         match self {
-            Vmm::Firecracker(d) => d.stop(run_dir, timeout).await,
-            Vmm::Qemu(d) => d.stop(run_dir, timeout).await,
+            Vmm::Firecracker(d) => d.stop(run_dir, process, timeout).await,
+            Vmm::Qemu(d) => d.stop(run_dir, process, timeout).await,
+            Vmm::Local(d) => d.stop(run_dir, process, timeout).await,
         }
     }
 
-    /// Kills the VMM at once.
-    pub async fn kill(&self, run_dir: &Path) -> Result<(), VmmError> {
+    /// Kills `process` at once (SIGKILL) and waits for it to go. Leaves
+    /// the runtime files: [`Vmm::release`] removes them.
+    pub async fn kill(&self, run_dir: &Path, process: VmmProcess) -> Result<(), VmmError> {
         match self {
-            Vmm::Firecracker(d) => d.kill(run_dir).await,
-            Vmm::Qemu(d) => d.kill(run_dir).await,
+            Vmm::Local(d) => d.kill(run_dir, process).await,
+            Vmm::Firecracker(_) | Vmm::Qemu(_) => process.kill_and_wait(process::KILL_TIMEOUT).await,
         }
     }
 
-    /// Whether the VMM of the VM whose run directory this is still runs.
-    pub fn state(&self, run_dir: &Path) -> VmmState {
-        match read_pid(&self.pid_file(run_dir)) {
-            Some(pid) if pid_alive(pid) => VmmState::Running { pid },
-            _ => VmmState::Stopped,
+    /// Removes every runtime file this driver made for the VM (sockets,
+    /// pid file, logs, the jail...) but the console log. Idempotent: files
+    /// already gone are fine, so the daemon keeps no list of file names.
+    /// Refuses (`ResourceBusy`) while the VMM its pid file names still
+    /// runs: its sockets are in use, and its pid file is how it is found.
+    pub fn release(&self, run_dir: &Path) -> io::Result<()> {
+        if let Some(process) = self.process(run_dir) {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("the VMM (pid {}) of {} still runs", process.pid, run_dir.display()),
+            ));
+        }
+        match self {
+            Vmm::Firecracker(d) => d.release(run_dir),
+            Vmm::Qemu(d) => d.release(run_dir),
+            Vmm::Local(d) => d.release(run_dir),
+        }
+    }
+
+    /// A few lines for an error message when a boot fails: the guest
+    /// console's tail, and the VMM's own log lines where the driver has
+    /// them. Reads only the ends of the files: never blocks long, and the
+    /// report is bounded ([`report::MAX_REPORT_BYTES`]).
+    pub fn failure_report(&self, run_dir: &Path) -> String {
+        match self {
+            Vmm::Firecracker(d) => d.failure_report(run_dir),
+            Vmm::Qemu(d) => d.failure_report(run_dir),
+            Vmm::Local(_) => report::failure_report(&[("console", &self.console_log(run_dir))]),
         }
     }
 
@@ -268,16 +328,18 @@ impl Vmm {
         match self {
             Vmm::Firecracker(_) => firecracker::agent_endpoint(run_dir),
             Vmm::Qemu(d) => d.agent_endpoint(run_dir),
+            Vmm::Local(_) => local::agent_endpoint(run_dir),
         }
     }
 
     /// The guest's console output.
     pub fn console_log(&self, run_dir: &Path) -> PathBuf {
-        run_dir.join("console.log")
-    }
-
-    /// The VMM's pid file.
-    pub fn pid_file(&self, run_dir: &Path) -> PathBuf {
-        run_dir.join("vmm.pid")
+        run_dir.join(CONSOLE_LOG)
     }
 }
+
+/// The guest console's file in a run directory, kept by [`Vmm::release`].
+pub(crate) const CONSOLE_LOG: &str = "console.log";
+
+/// The pid file, `PID STARTTIME`, of every driver.
+pub(crate) const PID_FILE: &str = "vmm.pid";

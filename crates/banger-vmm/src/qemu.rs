@@ -11,8 +11,8 @@ mod qmp;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::process::{pid_alive, read_pid, wait_gone};
-use crate::{AgentEndpoint, VmSpec, VmmError};
+use crate::process::{read_pid_file, remove_if_present, write_pid_file, VmmProcess, KILL_TIMEOUT};
+use crate::{report, AgentEndpoint, VmSpec, VmmError, CONSOLE_LOG, PID_FILE};
 use qmp::Qmp;
 
 /// How long QEMU may take to initialise before its parent process exits.
@@ -21,8 +21,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIT_GRACE: Duration = Duration::from_secs(5);
 /// The name of the guest's virtio-serial port for the agent.
 pub const AGENT_PORT_NAME: &str = "banger.agent";
-/// Lines of QEMU's log quoted in [`VmmError::ExitedEarly`].
-const LOG_TAIL_LINES: usize = 20;
+/// QEMU's own pid file (`-pidfile`) in a run directory.
+pub(crate) const QEMU_PID_FILE: &str = "qemu.pid";
 /// `sun_path` holds 108 bytes, including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -41,8 +41,12 @@ pub struct Qemu {
 
 /// The files QEMU keeps in a VM's run directory.
 struct RunFiles {
-    dir: PathBuf,
+    /// banger's pid file, `PID STARTTIME`, written once QEMU has started.
     pid: PathBuf,
+    /// QEMU's own pid file (`-pidfile`, a bare pid), how the daemonised
+    /// QEMU's pid is learnt; QEMU removes it when it exits.
+    qemu_pid: PathBuf,
+    /// QEMU's stdout and stderr.
     log: PathBuf,
     console: PathBuf,
     qmp: PathBuf,
@@ -52,25 +56,29 @@ struct RunFiles {
 impl RunFiles {
     fn new(run_dir: &Path) -> Self {
         Self {
-            dir: run_dir.to_path_buf(),
-            pid: run_dir.join("vmm.pid"),
+            pid: run_dir.join(PID_FILE),
+            qemu_pid: run_dir.join(QEMU_PID_FILE),
             log: run_dir.join("vmm.log"),
-            console: run_dir.join("console.log"),
+            console: run_dir.join(CONSOLE_LOG),
             qmp: run_dir.join("qmp.sock"),
             agent: run_dir.join("agent.sock"),
         }
     }
 
-    /// Removes what a QEMU that is gone may have left: its sockets and its
-    /// pid file (which would otherwise name a pid that may be reused).
-    fn remove_runtime_files(&self) {
-        for path in [&self.qmp, &self.agent, &self.pid] {
-            if let Err(e) = std::fs::remove_file(path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a QEMU runtime file");
-                }
-            }
+    /// Removes everything but the console log: the sockets, both pid files
+    /// (which would otherwise name a pid that may be reused) and the log.
+    fn remove_runtime_files(&self) -> std::io::Result<()> {
+        let partial = self.pid.with_extension("pid.partial");
+        for path in [&self.qmp, &self.agent, &self.pid, &partial, &self.qemu_pid, &self.log] {
+            remove_if_present(path)?;
         }
+        Ok(())
+    }
+
+    /// The process named by banger's pid file, else by QEMU's (the daemon
+    /// may have stopped between QEMU's start and the writing of its own).
+    fn recorded_process(&self) -> Option<VmmProcess> {
+        read_pid_file(&self.pid).or_else(|| read_pid_file(&self.qemu_pid))
     }
 }
 
@@ -89,7 +97,7 @@ impl Qemu {
 
         push(&["-name", &escape(&spec.name)]);
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-daemonize"]);
-        push(&["-pidfile", &spec.run_dir.join("vmm.pid").display().to_string()]);
+        push(&["-pidfile", &files.qemu_pid.display().to_string()]);
         push(&machine);
         push(&["-smp", &spec.cpus.to_string(), "-m", &spec.memory_mib.to_string()]);
 
@@ -128,17 +136,47 @@ impl Qemu {
         args
     }
 
-    /// Starts QEMU detached and returns its pid once QEMU has initialised
-    /// (the guest is then booting). On error nothing is left running.
-    pub async fn start(&self, spec: &VmSpec) -> Result<u32, VmmError> {
+    /// Starts QEMU detached and returns its process once QEMU has
+    /// initialised (the guest is then booting). On error nothing runs and
+    /// QEMU's runtime files are gone.
+    pub async fn start(&self, spec: &VmSpec) -> Result<VmmProcess, VmmError> {
         check_spec(spec)?;
         check_cid(self.vsock_cid)?;
         let files = RunFiles::new(&spec.run_dir);
-        if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
-            return Err(VmmError::InvalidSpec(format!("a VMM already runs in {} (pid {pid})", spec.run_dir.display())));
+        if let Some(running) = files.recorded_process().filter(VmmProcess::is_running) {
+            return Err(VmmError::InvalidSpec(format!(
+                "a VMM already runs in {} (pid {})",
+                spec.run_dir.display(),
+                running.pid
+            )));
         }
-        files.remove_runtime_files();
+        release_files(&files)?;
+        let started = self.launch(spec, &files).await;
+        match started {
+            Ok(process) => {
+                tracing::info!(vm = %spec.name, pid = process.pid, kvm = self.kvm, "QEMU started");
+                Ok(process)
+            }
+            Err(e) => {
+                // The daemonised QEMU may still run (after a timeout) or
+                // have left its files behind.
+                if let Some(process) = files.recorded_process() {
+                    if let Err(kill_err) = process.kill_and_wait(KILL_TIMEOUT).await {
+                        tracing::warn!(vm = %spec.name, error = %kill_err, "cannot kill QEMU after a failed start");
+                    }
+                }
+                if let Err(e) = files.remove_runtime_files() {
+                    tracing::warn!(vm = %spec.name, error = %e, "cannot remove QEMU's files after a failed start");
+                }
+                Err(e)
+            }
+        }
+    }
 
+    /// Spawns QEMU, waits for its parent to exit (once the daemonised QEMU
+    /// has initialised, with status 0 only if that succeeded) and records
+    /// the daemonised process in banger's pid file.
+    async fn launch(&self, spec: &VmSpec, files: &RunFiles) -> Result<VmmProcess, VmmError> {
         let args = self.args(spec);
         tracing::debug!(vm = %spec.name, binary = %self.binary.display(), ?args, "starting QEMU");
         let log = std::fs::File::create(&files.log).map_err(|source| VmmError::Process { action: "log", source })?;
@@ -153,51 +191,47 @@ impl Qemu {
                 std::io::ErrorKind::NotFound => VmmError::MissingBinary { binary: self.binary.display().to_string() },
                 _ => VmmError::Process { action: "spawn", source },
             })?;
-
-        // With -daemonize the process we spawned exits once the daemonised
-        // QEMU has initialised, with status 0 only if that succeeded.
         let status = match tokio::time::timeout(START_TIMEOUT, child.wait()).await {
-            Ok(status) => status.map_err(|source| VmmError::Process { action: "wait for", source }),
+            Ok(status) => status.map_err(|source| VmmError::Process { action: "wait for", source })?,
             Err(_) => {
                 let _ = child.kill().await;
-                Err(VmmError::Timeout(START_TIMEOUT, "QEMU to initialise"))
+                return Err(VmmError::Timeout(START_TIMEOUT, "QEMU to initialise"));
             }
         };
-        let started = match status {
-            Ok(status) if status.success() => match read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
-                Some(pid) => Ok(pid),
-                None => Err(VmmError::ExitedEarly { log_tail: log_tail(&files.log, "QEMU exited after starting") }),
-            },
-            Ok(status) => Err(VmmError::ExitedEarly { log_tail: log_tail(&files.log, &format!("QEMU {status}")) }),
-            Err(e) => Err(e),
+        let exited_early = |what: String| VmmError::ExitedEarly {
+            log_tail: format!("{what}; {}", report::failure_report(&[("QEMU log", &files.log)])),
         };
-        match started {
-            Ok(pid) => {
-                tracing::info!(vm = %spec.name, pid, kvm = self.kvm, "QEMU started");
-                Ok(pid)
-            }
-            Err(e) => {
-                // The daemonised QEMU may still run (after a timeout) or
-                // have left its files behind.
-                if let Err(kill_err) = crate::process::kill(&spec.run_dir, &files.pid).await {
-                    tracing::warn!(vm = %spec.name, error = %kill_err, "cannot kill QEMU after a failed start");
-                }
-                files.remove_runtime_files();
-                Err(e)
-            }
+        if !status.success() {
+            return Err(exited_early(format!("QEMU {status}")));
         }
+        let process = read_pid_file(&files.qemu_pid)
+            .filter(VmmProcess::is_running)
+            .ok_or_else(|| exited_early("QEMU exited after starting".into()))?;
+        write_pid_file(&files.pid, process)
+            .map_err(|source| VmmError::Process { action: "record the pid of", source })?;
+        Ok(process)
     }
 
     /// Presses the ACPI power button, waits up to `timeout` for QEMU to
-    /// exit, then asks QEMU to quit, then kills it. Afterwards nothing runs
-    /// and QEMU's sockets and pid file are gone.
-    pub async fn stop(&self, run_dir: &Path, timeout: Duration) -> Result<(), VmmError> {
+    /// exit, then asks QEMU to quit, then kills it.
+    pub async fn stop(&self, run_dir: &Path, process: VmmProcess, timeout: Duration) -> Result<(), VmmError> {
+        shut_down(process, &RunFiles::new(run_dir), timeout).await
+    }
+
+    /// The process QEMU's pid files name, whether or not it runs.
+    pub(crate) fn recorded_process(&self, run_dir: &Path) -> Option<VmmProcess> {
+        RunFiles::new(run_dir).recorded_process()
+    }
+
+    /// Removes QEMU's sockets, pid files and log; the console log stays.
+    pub fn release(&self, run_dir: &Path) -> std::io::Result<()> {
+        RunFiles::new(run_dir).remove_runtime_files()
+    }
+
+    /// The tails of the guest console and of QEMU's own output.
+    pub fn failure_report(&self, run_dir: &Path) -> String {
         let files = RunFiles::new(run_dir);
-        if let Some(pid) = read_pid(&files.pid).filter(|&pid| pid_alive(pid)) {
-            shut_down(pid, &files, timeout).await?;
-        }
-        files.remove_runtime_files();
-        Ok(())
+        report::failure_report(&[("console", &files.console), ("QEMU log", &files.log)])
     }
 
     /// Where the guest agent is reached: its vsock port when the guest has
@@ -210,19 +244,14 @@ impl Qemu {
     }
 }
 
-impl Qemu {
-    /// Kills QEMU at once (SIGKILL) and removes its sockets and pid file,
-    /// which a killed QEMU leaves behind.
-    pub async fn kill(&self, run_dir: &Path) -> Result<(), VmmError> {
-        let files = RunFiles::new(run_dir);
-        crate::process::kill(run_dir, &files.pid).await?;
-        files.remove_runtime_files();
-        Ok(())
-    }
+/// Removes QEMU's runtime files, with the path in the error.
+fn release_files(files: &RunFiles) -> Result<(), VmmError> {
+    files.remove_runtime_files().map_err(|source| VmmError::Process { action: "remove the runtime files of", source })
 }
 
-/// Stops the QEMU with this pid, each step only if the previous one failed.
-async fn shut_down(pid: u32, files: &RunFiles, timeout: Duration) -> Result<(), VmmError> {
+/// Stops QEMU, each step only if the previous one failed.
+async fn shut_down(process: VmmProcess, files: &RunFiles, timeout: Duration) -> Result<(), VmmError> {
+    let pid = process.pid;
     let mut qmp = match Qmp::connect(&files.qmp).await {
         Ok(qmp) => Some(qmp),
         Err(e) => {
@@ -232,7 +261,7 @@ async fn shut_down(pid: u32, files: &RunFiles, timeout: Duration) -> Result<(), 
     };
     if let Some(qmp) = &mut qmp {
         match qmp.execute("system_powerdown").await {
-            Ok(_) if wait_gone(pid, timeout).await => return Ok(()),
+            Ok(_) if process.wait_gone(timeout).await => return Ok(()),
             Ok(_) => tracing::debug!(pid, ?timeout, "the guest ignored the power button; quitting QEMU"),
             Err(e) => tracing::warn!(pid, error = %e, "QMP system_powerdown failed"),
         }
@@ -241,12 +270,12 @@ async fn shut_down(pid: u32, files: &RunFiles, timeout: Duration) -> Result<(), 
         if let Err(e) = qmp.execute("quit").await {
             tracing::debug!(pid, error = %e, "QMP quit");
         }
-        if wait_gone(pid, QUIT_GRACE).await {
+        if process.wait_gone(QUIT_GRACE).await {
             return Ok(());
         }
         tracing::warn!(pid, "QEMU ignored QMP quit; killing it");
     }
-    crate::process::kill(&files.dir, &files.pid).await
+    process.kill_and_wait(KILL_TIMEOUT).await
 }
 
 /// Rejects what QEMU would fail on less clearly, or not at all.
@@ -299,16 +328,6 @@ fn escape_path(path: &Path) -> String {
     escape(&path.display().to_string())
 }
 
-/// The last lines of QEMU's log, or `fallback` when it is empty.
-fn log_tail(log: &Path, fallback: &str) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return format!("{fallback}, with nothing in {}", log.display());
-    }
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,7 +354,7 @@ mod tests {
     }
 
     const COMMON: &[&str] = &[
-        "-name dev -nodefaults -no-user-config -display none -no-reboot -daemonize -pidfile /run/banger/vms/dev/vmm.pid",
+        "-name dev -nodefaults -no-user-config -display none -no-reboot -daemonize -pidfile /run/banger/vms/dev/qemu.pid",
         "-smp 2 -m 1024 -kernel /k/vmlinux -initrd /k/initrd.img",
         "-chardev socket,id=agent,path=/run/banger/vms/dev/agent.sock,server=on,wait=off",
         "-device virtserialport,chardev=agent,name=banger.agent",
@@ -457,14 +476,43 @@ mod tests {
     }
 
     #[test]
-    fn log_tail_keeps_the_last_lines() {
+    fn release_removes_every_runtime_file_but_the_console() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("vmm.log");
-        assert!(log_tail(&log, "QEMU exit status: 1").starts_with("QEMU exit status: 1, with nothing in"));
-        let text: String = (0..30).map(|i| format!("line {i}\n\n")).collect();
-        std::fs::write(&log, text).unwrap();
-        let tail = log_tail(&log, "unused");
-        assert_eq!(tail.lines().count(), LOG_TAIL_LINES);
-        assert!(tail.starts_with("line 10\n") && tail.ends_with("line 29"));
+        let run_dir = dir.path();
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false, vsock_cid: None };
+        let made = ["vmm.pid", "vmm.pid.partial", "qemu.pid", "vmm.log", "console.log", "qmp.sock", "agent.sock"];
+        for file in made {
+            std::fs::write(run_dir.join(file), "x").unwrap();
+        }
+        // A bare pid that is no process's now.
+        std::fs::write(run_dir.join("qemu.pid"), format!("{}\n", u32::MAX)).unwrap();
+        std::fs::write(run_dir.join("vmm.pid"), format!("{} 1\n", u32::MAX)).unwrap();
+        crate::Vmm::Qemu(qemu.clone()).release(run_dir).unwrap();
+        let left: Vec<String> =
+            std::fs::read_dir(run_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(left, ["console.log"]);
+        qemu.release(run_dir).expect("idempotent");
+    }
+
+    #[test]
+    fn release_refuses_while_the_recorded_process_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = VmmProcess::of(std::process::id()).unwrap();
+        write_pid_file(&dir.path().join("vmm.pid"), me).unwrap();
+        let vmm = crate::Vmm::Qemu(Qemu { binary: "qemu-system-x86_64".into(), kvm: false, vsock_cid: None });
+        assert_eq!(vmm.process(dir.path()), Some(me));
+        let err = vmm.release(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy, "{err}");
+        assert!(dir.path().join("vmm.pid").exists());
+    }
+
+    #[test]
+    fn the_failure_report_quotes_console_and_qemu_log() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("console.log"), "Kernel panic - not syncing\n").unwrap();
+        std::fs::write(dir.path().join("vmm.log"), "qemu-system-x86_64: warning\n").unwrap();
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false, vsock_cid: None };
+        let report = qemu.failure_report(dir.path());
+        assert!(report.contains("Kernel panic") && report.contains("qemu-system-x86_64: warning"), "{report}");
     }
 }

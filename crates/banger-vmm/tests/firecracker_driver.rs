@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use banger_vmm::firecracker::{requests, ApiRequest, Firecracker};
-use banger_vmm::{pid_alive, read_pid, DiskSpec, VmSpec, VmmError};
+use banger_vmm::{DiskSpec, VmSpec, VmmError, VmmProcess};
 use firecracker_openapi::{serve, Behaviour, OpenApi, Received};
 
 /// Scripts standing in for the firecracker binary. Written once, before
@@ -158,6 +158,12 @@ fn expected(spec: &VmSpec) -> Vec<Received> {
     requests(spec).unwrap().iter().map(to_received).collect()
 }
 
+/// Whether a process with this pid exists and is not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
+}
+
 fn assert_nothing_left(run_dir: &Path, pid: u32) {
     assert!(!pid_alive(pid), "firecracker (pid {pid}) still runs");
     // symlink_metadata: a dangling symlink to a socket in the jail counts.
@@ -213,9 +219,10 @@ async fn start_boots_and_stop_shuts_down_gracefully() {
     std::fs::write(spec.run_dir.join("firecracker.sock"), b"stale").unwrap();
     let driver = Firecracker::new(&fakes().firecracker);
 
-    let pid = driver.start(&spec).await.unwrap();
-    assert!(pid_alive(pid));
-    assert_eq!(read_pid(&spec.run_dir.join("vmm.pid")), Some(pid));
+    let process = driver.start(&spec).await.unwrap();
+    let pid = process.pid;
+    assert!(process.is_running());
+    assert_eq!(VmmProcess::recorded_in(&spec.run_dir), Some(process));
     let args = std::fs::read_to_string(spec.run_dir.join("fake.args")).unwrap();
     let api_sock = spec.run_dir.join("firecracker.sock");
     assert_eq!(args.lines().collect::<Vec<_>>(), ["--api-sock", api_sock.to_str().unwrap(), "--id", "fake-vm"]);
@@ -226,8 +233,9 @@ async fn start_boots_and_stop_shuts_down_gracefully() {
     assert_ne!(current_sid(), sid(pid), "firecracker must run in its own session");
 
     let started = Instant::now();
-    driver.stop(&spec.run_dir, Duration::from_secs(20)).await.unwrap();
+    driver.stop(&spec.run_dir, process, Duration::from_secs(20)).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10), "a guest that shuts down is not waited for");
+    driver.release(&spec.run_dir).unwrap();
     assert_eq!(received(&spec.run_dir).last().unwrap().body["action_type"], "SendCtrlAltDel");
     assert_nothing_left(&spec.run_dir, pid);
 }
@@ -237,15 +245,16 @@ async fn stop_kills_a_guest_that_ignores_ctrl_alt_del() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let driver = Firecracker::new(&fakes().firecracker);
-    let pid = driver.start(&spec).await.unwrap();
+    let process = driver.start(&spec).await.unwrap();
 
     let started = Instant::now();
-    driver.stop(&spec.run_dir, Duration::from_millis(500)).await.unwrap();
+    driver.stop(&spec.run_dir, process, Duration::from_millis(500)).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(500), "stop must wait for the guest first");
     assert_eq!(received(&spec.run_dir).last().unwrap().body["action_type"], "SendCtrlAltDel");
-    assert_nothing_left(&spec.run_dir, pid);
+    driver.release(&spec.run_dir).unwrap();
+    assert_nothing_left(&spec.run_dir, process.pid);
     // Stopping a stopped VM is fine.
-    driver.stop(&spec.run_dir, Duration::from_millis(100)).await.unwrap();
+    driver.stop(&spec.run_dir, process, Duration::from_millis(100)).await.unwrap();
 }
 
 #[tokio::test]

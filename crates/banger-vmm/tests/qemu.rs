@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use banger_vmm::qemu::Qemu;
-use banger_vmm::{pid_alive, read_pid, AgentEndpoint, DiskSpec, VmSpec, Vmm, VmmError, VmmState};
+use banger_vmm::{AgentEndpoint, DiskSpec, VmSpec, Vmm, VmmError, VmmProcess};
 
 const MARKER: &str = "BANGER-GUEST-UP";
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -126,8 +126,8 @@ impl TestVm {
 
 impl Drop for TestVm {
     fn drop(&mut self) {
-        if let Some(pid) = read_pid(&self.vmm.pid_file(self.run_dir())).filter(|&p| pid_alive(p)) {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        if let Some(process) = self.vmm.process(self.run_dir()) {
+            let _ = process.signal(9);
         }
     }
 }
@@ -151,12 +151,13 @@ async fn boots_detached_then_stop_falls_back_to_quit_and_cleans_up() {
             return;
         };
         let started = Instant::now();
-        let pid = vm.vmm.start(&vm.spec).await.expect("start");
+        let process = vm.vmm.start(&vm.spec).await.expect("start");
         eprintln!("start returned after {:?}", started.elapsed());
 
-        assert!(pid_alive(pid));
-        assert_eq!(vm.vmm.state(vm.run_dir()), VmmState::Running { pid });
-        assert_ne!(session_of(&pid.to_string()), session_of("self"), "QEMU shares the test's session");
+        assert!(process.is_running());
+        assert_eq!(vm.vmm.process(vm.run_dir()), Some(process));
+        assert_eq!(VmmProcess::recorded_in(vm.run_dir()), Some(process));
+        assert_ne!(session_of(&process.pid.to_string()), session_of("self"), "QEMU shares the test's session");
         let qmp = vm.run_dir().join("qmp.sock");
         let AgentEndpoint::Unix(agent) = vm.vmm.agent_endpoint(vm.run_dir()) else { panic!("not a unix endpoint") };
         assert!(qmp.exists() && agent.exists());
@@ -164,21 +165,23 @@ async fn boots_detached_then_stop_falls_back_to_quit_and_cleans_up() {
 
         let booted = vm.wait_for_marker(started).await;
         eprintln!("guest printed its marker {booted:?} after start");
-        assert_eq!(vm.vmm.state(vm.run_dir()), VmmState::Running { pid });
+        assert_eq!(vm.vmm.process(vm.run_dir()), Some(process));
 
         // No acpid in this guest: the power button does nothing, so stop
         // must fall back to QMP quit.
         let stopping = Instant::now();
-        vm.vmm.stop(vm.run_dir(), Duration::from_secs(2)).await.expect("stop");
+        vm.vmm.stop(vm.run_dir(), process, Duration::from_secs(2)).await.expect("stop");
         let took = stopping.elapsed();
         eprintln!("stop took {took:?}");
         assert!(took < Duration::from_secs(8), "stop took {took:?}");
-        assert!(!pid_alive(pid));
-        assert_eq!(vm.vmm.state(vm.run_dir()), VmmState::Stopped);
+        assert!(!process.is_running());
+        assert_eq!(vm.vmm.process(vm.run_dir()), None);
+        vm.vmm.release(vm.run_dir()).expect("release");
         assert!(!qmp.exists() && !agent.exists(), "sockets left behind");
+        assert_only_console_left(vm.run_dir());
 
         // Stopping a stopped VM is not an error.
-        vm.vmm.stop(vm.run_dir(), Duration::from_secs(2)).await.expect("second stop");
+        vm.vmm.stop(vm.run_dir(), process, Duration::from_secs(2)).await.expect("second stop");
     })
     .await;
 }
@@ -190,16 +193,17 @@ async fn a_guest_that_powers_off_ends_qemu_by_itself() {
             return;
         };
         let started = Instant::now();
-        let pid = vm.vmm.start(&vm.spec).await.expect("start");
+        let process = vm.vmm.start(&vm.spec).await.expect("start");
         vm.wait_for_marker(started).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while pid_alive(pid) {
-            assert!(Instant::now() < deadline, "QEMU still runs after the guest powered off");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(30), process.exited())
+            .await
+            .expect("QEMU still runs after the guest powered off");
         eprintln!("guest powered off {:?} after start", started.elapsed());
-        assert_eq!(vm.vmm.state(vm.run_dir()), VmmState::Stopped);
-        vm.vmm.stop(vm.run_dir(), Duration::from_secs(2)).await.expect("stop after exit");
+        assert!(!process.is_running());
+        assert_eq!(vm.vmm.process(vm.run_dir()), None);
+        vm.vmm.stop(vm.run_dir(), process, Duration::from_secs(2)).await.expect("stop after exit");
+        vm.vmm.release(vm.run_dir()).expect("release");
+        assert_only_console_left(vm.run_dir());
     })
     .await;
 }
@@ -210,15 +214,16 @@ async fn kill_ends_a_running_vm_at_once() {
         let Some(vm) = TestVm::new("kill-test", "exec /bin/busybox sleep 3600") else {
             return;
         };
-        let pid = vm.vmm.start(&vm.spec).await.expect("start");
-        assert!(pid_alive(pid));
-        let Vmm::Qemu(qemu) = &vm.vmm else { unreachable!() };
+        let process = vm.vmm.start(&vm.spec).await.expect("start");
+        assert!(process.is_running());
         let killing = Instant::now();
-        qemu.kill(vm.run_dir()).await.expect("kill");
+        vm.vmm.kill(vm.run_dir(), process).await.expect("kill");
         eprintln!("kill took {:?}", killing.elapsed());
-        assert!(!pid_alive(pid));
-        assert_eq!(vm.vmm.state(vm.run_dir()), VmmState::Stopped);
+        assert!(!process.is_running());
+        assert_eq!(vm.vmm.process(vm.run_dir()), None);
+        vm.vmm.release(vm.run_dir()).expect("release");
         assert_nothing_left(vm.run_dir());
+        assert_only_console_left(vm.run_dir());
     })
     .await;
 }
@@ -239,8 +244,14 @@ fn unbootable(dir: &Path, kernel: PathBuf) -> VmSpec {
     }
 }
 
+fn assert_only_console_left(run_dir: &Path) {
+    let left: Vec<String> =
+        std::fs::read_dir(run_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(left, ["console.log"], "runtime files left behind");
+}
+
 fn assert_nothing_left(run_dir: &Path) {
-    assert!(!run_dir.join("vmm.pid").exists(), "pid file left behind");
+    assert!(!run_dir.join("vmm.pid").exists() && !run_dir.join("qemu.pid").exists(), "pid file left behind");
     assert!(!run_dir.join("qmp.sock").exists() && !run_dir.join("agent.sock").exists(), "sockets left behind");
 }
 

@@ -132,7 +132,7 @@ async fn vm_lifecycle_with_exec_and_daemon_restart() {
     // The daemon restarts; the VM keeps running and is adopted.
     let pid = client.vm("dev").await.unwrap().pid.unwrap();
     daemon.stop().await;
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the VM outlives the daemon");
+    assert!(banger_vmm::VmmProcess::of(pid).is_ok_and(|p| p.is_running()), "the VM outlives the daemon");
     daemon.restart().await;
     let adopted = client.vm("dev").await.unwrap();
     assert_eq!((adopted.state, adopted.pid), (VmState::Running, Some(pid)));

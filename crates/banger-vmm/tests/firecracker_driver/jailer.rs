@@ -129,9 +129,10 @@ async fn start_under_the_jailer_links_files_in_and_sends_in_jail_paths() {
     with_behaviour(&spec, &Behaviour { exit_on_ctrl_alt_del: true, ..Behaviour::default() });
     let driver = jailed();
 
-    let pid = driver.start(&spec).await.unwrap();
-    assert!(pid_alive(pid));
-    assert_eq!(read_pid(&spec.run_dir.join("vmm.pid")), Some(pid));
+    let process = driver.start(&spec).await.unwrap();
+    assert!(process.is_running());
+    assert_eq!(banger_vmm::VmmProcess::recorded_in(&spec.run_dir), Some(process));
+    let pid = process.pid;
     let fake_pid: u32 = std::fs::read_to_string(spec.run_dir.join("fake.pid")).unwrap().parse().unwrap();
     assert_eq!(fake_pid, pid, "the jailer execs firecracker in place");
     assert_ne!(current_sid(), sid(pid), "firecracker must run in its own session");
@@ -205,12 +206,13 @@ async fn start_under_the_jailer_links_files_in_and_sends_in_jail_paths() {
     tokio::net::UnixStream::connect(&uds).await.expect("the vsock socket is reachable through the run directory");
 
     let started = Instant::now();
-    driver.stop(&spec.run_dir, Duration::from_secs(20)).await.unwrap();
+    driver.stop(&spec.run_dir, process, Duration::from_secs(20)).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10), "a guest that shuts down is not waited for");
     assert_eq!(received(&spec.run_dir).last().unwrap().body["action_type"], "SendCtrlAltDel");
+    assert!(spec.run_dir.join("firecracker.log").is_file(), "Firecracker's log is in the run directory");
+    driver.release(&spec.run_dir).unwrap();
     assert_nothing_left(&spec.run_dir, pid);
     assert_originals_intact(&spec);
-    assert!(spec.run_dir.join("firecracker.log").is_file(), "Firecracker's log outlives the jail");
 }
 
 #[tokio::test]
@@ -232,9 +234,11 @@ async fn kill_removes_the_jail() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let driver = jailed();
-    let pid = driver.start(&spec).await.unwrap();
+    let process = driver.start(&spec).await.unwrap();
+    let pid = process.pid;
     assert!(jail_root(&spec).join("disk0.ext4").is_file());
-    driver.kill(&spec.run_dir).await.unwrap();
+    driver.kill(&spec.run_dir, process).await.unwrap();
+    driver.release(&spec.run_dir).unwrap();
     assert_nothing_left(&spec.run_dir, pid);
     assert_originals_intact(&spec);
 }
@@ -247,11 +251,13 @@ async fn the_jail_can_live_beside_the_disks() {
     let spec = vm(dir.path());
     let jail_dir = dir.path().join("disks-jail");
     let driver = Firecracker { jail_dir: Some(jail_dir.clone()), ..jailed() };
-    let pid = driver.start(&spec).await.unwrap();
+    let process = driver.start(&spec).await.unwrap();
+    let pid = process.pid;
     let root = jail_dir.join("firecracker/fake-vm/root");
     assert_eq!(inode(&root.join("disk0.ext4")), inode(&spec.disks[0].path));
     assert!(!spec.run_dir.join("jail").exists(), "nothing under the run dir's default jail");
-    driver.kill(&spec.run_dir).await.unwrap();
+    driver.kill(&spec.run_dir, process).await.unwrap();
+    driver.release(&spec.run_dir).unwrap();
     assert!(!jail_dir.exists(), "kill removes the jail where it is");
     assert_nothing_left(&spec.run_dir, pid);
     assert_originals_intact(&spec);
@@ -265,9 +271,11 @@ async fn a_stale_jail_is_replaced_on_start() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("disk0.ext4"), b"left by a crashed daemon").unwrap();
     let driver = jailed();
-    let pid = driver.start(&spec).await.unwrap();
+    let process = driver.start(&spec).await.unwrap();
+    let pid = process.pid;
     assert_eq!(inode(&root.join("disk0.ext4")), inode(&spec.disks[0].path));
-    driver.kill(&spec.run_dir).await.unwrap();
+    driver.kill(&spec.run_dir, process).await.unwrap();
+    driver.release(&spec.run_dir).unwrap();
     assert_nothing_left(&spec.run_dir, pid);
 }
 
@@ -308,12 +316,14 @@ async fn across_filesystems_read_only_files_are_copied_and_writable_disks_refuse
     assert!(spec.run_dir.join("jail").symlink_metadata().is_err(), "the jail is left behind");
 
     spec.disks.retain(|d| d.read_only);
-    let pid = driver.start(&spec).await.unwrap();
+    let process = driver.start(&spec).await.unwrap();
+    let pid = process.pid;
     let root = jail_root(&spec);
     assert_ne!(inode(&root.join("vmlinux")), inode(&spec.kernel), "cannot be a link across filesystems");
     assert_eq!(std::fs::read(root.join("vmlinux")).unwrap(), std::fs::read(&spec.kernel).unwrap());
     assert_eq!(std::fs::read(root.join("disk0.ext4")).unwrap(), std::fs::read(&spec.disks[0].path).unwrap());
-    driver.kill(&spec.run_dir).await.unwrap();
+    driver.kill(&spec.run_dir, process).await.unwrap();
+    driver.release(&spec.run_dir).unwrap();
     assert_nothing_left(&spec.run_dir, pid);
     assert!(spec.kernel.is_file() && spec.disks[0].path.is_file());
 }

@@ -54,10 +54,11 @@ pub struct VmGuard {
 impl VmGuard {
     /// Resolves when another action asks for the VM; says which.
     pub async fn preempted(&mut self) -> VmAction {
-        match self.preempted.wait_for(Option::is_some).await {
-            Ok(by) => by.expect("waited for Some"),
+        let by = self.preempted.wait_for(Option::is_some).await.ok().and_then(|by| *by);
+        match by {
+            Some(by) => by,
             // The slot went (the VM was forgotten): nothing will ask.
-            Err(_) => std::future::pending().await,
+            None => std::future::pending().await,
         }
     }
 }
