@@ -29,8 +29,8 @@ struct Harness {
     faults: LocalFaults,
 }
 
-async fn harness(adjust: impl FnOnce(&mut bangerd::Config)) -> Harness {
-    let agent = tokio::task::spawn_blocking(banger_testkit::guest::agent_binary).await.unwrap();
+async fn harness(agent: &Path, adjust: impl FnOnce(&mut bangerd::Config)) -> Harness {
+    let agent = agent.to_owned();
     let faults = LocalFaults::default();
     let daemon = TestDaemon::start_with(|c| {
         c.agent_binary = Some(agent.clone());
@@ -118,7 +118,9 @@ impl Harness {
         let mut stmt = db.prepare("SELECT body FROM vm_resources WHERE vm = ?1 ORDER BY id").unwrap();
         let bodies = stmt.query_map([name], |row| row.get::<_, String>(0)).unwrap();
         bodies
-            .map(|b| serde_json::from_str::<serde_json::Value>(&b.unwrap()).unwrap()["kind"].as_str().unwrap().to_owned())
+            .map(|b| {
+                serde_json::from_str::<serde_json::Value>(&b.unwrap()).unwrap()["kind"].as_str().unwrap().to_owned()
+            })
             .collect()
     }
 
@@ -181,14 +183,21 @@ fn files_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn within<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("the test finishes in time");
+/// Runs a test body under [`TEST_TIMEOUT`], handing it the static agent,
+/// which is built (once per run, which may take a while) before the clock starts.
+async fn within<F, Fut>(test: F)
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let agent = tokio::task::spawn_blocking(banger_testkit::guest::agent_binary).await.unwrap();
+    tokio::time::timeout(TEST_TIMEOUT, test(agent)).await.expect("the test finishes in time");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_exec_stop_start_kill_rm_release_everything() {
-    within(async {
-        let h = harness(|_| {}).await;
+    within(|agent| async move {
+        let h = harness(&agent, |_| {}).await;
         let vm = h.create("a").await;
         assert_eq!(vm.state, VmState::Running);
         assert_eq!(vm.agent, Some(AgentStatus::Answering));
@@ -227,8 +236,8 @@ async fn create_exec_stop_start_kill_rm_release_everything() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_that_never_answers_fails_at_the_boot_timeout_and_leaves_nothing() {
-    within(async {
-        let h = harness(|c| c.boot_timeout = Duration::from_secs(2)).await;
+    within(|agent| async move {
+        let h = harness(&agent, |c| c.boot_timeout = Duration::from_secs(2)).await;
         for (name, fault) in [("never", BootFault::NeverListens), ("silent", BootFault::SilentListener)] {
             h.faults.set(name, fault);
             let began = Instant::now();
@@ -248,8 +257,8 @@ async fn a_guest_that_never_answers_fails_at_the_boot_timeout_and_leaves_nothing
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_that_dies_at_boot_fails_at_once_with_its_console() {
-    within(async {
-        let h = harness(|c| c.boot_timeout = Duration::from_secs(60)).await;
+    within(|agent| async move {
+        let h = harness(&agent, |c| c.boot_timeout = Duration::from_secs(60)).await;
         h.faults.set("dies", BootFault::DiesAtBoot);
         let began = Instant::now();
         let error = fail(&h.client, h.client.create_vm(&request("dies")).await.unwrap()).await;
@@ -263,9 +272,9 @@ async fn a_guest_that_dies_at_boot_fails_at_once_with_its_console() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_stop_and_forced_rm_cut_a_hung_boot_short() {
-    within(async {
+    within(|agent| async move {
         // A boot timeout far beyond the test's: only preemption ends these boots.
-        let h = harness(|c| c.boot_timeout = Duration::from_secs(600)).await;
+        let h = harness(&agent, |c| c.boot_timeout = Duration::from_secs(600)).await;
         for (name, how) in [("k1", "kill"), ("s1", "stop"), ("r1", "rm --force")] {
             h.faults.set(name, BootFault::NeverListens);
             let create = h.client.create_vm(&request(name)).await.unwrap();
@@ -306,25 +315,30 @@ async fn kill_stop_and_forced_rm_cut_a_hung_boot_short() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failure_after_each_create_step_rolls_everything_back() {
-    within(async {
-        for step in [CreateStep::Record, CreateStep::Kernel, CreateStep::Disks, CreateStep::Boot] {
-            let h = harness(|c| c.fail_create_after = Some(step)).await;
-            let op = h.client.create_vm(&request("v")).await.unwrap();
-            let error = fail(&h.client, op).await;
-            assert!(error.message.contains(&format!("{step:?}")), "{step:?}: {error}");
-            h.assert_gone("v", None);
-            assert!(h.client.vm("v").await.is_err(), "{step:?}: the VM record remains");
-            // No VMM of this daemon's remains.
-            assert!(files_in(&h.daemon.config.run_dir.join("vms")).is_empty(), "{step:?}");
-        }
+    within(|agent| async move {
+        let steps = [CreateStep::Record, CreateStep::Kernel, CreateStep::Disks, CreateStep::Boot];
+        futures::future::join_all(steps.map(|step| {
+            let agent = agent.clone();
+            async move {
+                let h = harness(&agent, |c| c.fail_create_after = Some(step)).await;
+                let op = h.client.create_vm(&request("v")).await.unwrap();
+                let error = fail(&h.client, op).await;
+                assert!(error.message.contains(&format!("{step:?}")), "{step:?}: {error}");
+                h.assert_gone("v", None);
+                assert!(h.client.vm("v").await.is_err(), "{step:?}: the VM record remains");
+                // No VMM of this daemon's remains.
+                assert!(files_in(&h.daemon.config.run_dir.join("vms")).is_empty(), "{step:?}");
+            }
+        }))
+        .await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_supervisor_releases_a_vmm_killed_from_outside() {
-    within(async {
-        let h = harness(|_| {}).await;
+    within(|agent| async move {
+        let h = harness(&agent, |_| {}).await;
         let vm = h.create("a").await;
         let process = VmmProcess::of(vm.pid.unwrap()).unwrap();
         process.signal(libc::SIGKILL).unwrap();
@@ -337,8 +351,8 @@ async fn the_supervisor_releases_a_vmm_killed_from_outside() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_keepalive_notices_an_agent_that_stops_answering() {
-    within(async {
-        let h = harness(|_| {}).await;
+    within(|agent| async move {
+        let h = harness(&agent, |_| {}).await;
         let vm = h.create("a").await;
         let process = VmmProcess::of(vm.pid.unwrap()).unwrap();
         process.signal(libc::SIGSTOP).unwrap();
@@ -373,8 +387,8 @@ async fn the_keepalive_notices_an_agent_that_stops_answering() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_daemon_adopts_running_vms_and_releases_dead_ones() {
-    within(async {
-        let mut h = harness(|_| {}).await;
+    within(|agent| async move {
+        let mut h = harness(&agent, |_| {}).await;
         let alive = h.create("alive").await;
         let dead = h.create("dead").await;
         let (alive_process, dead_process) =
@@ -402,8 +416,8 @@ async fn a_restarted_daemon_adopts_running_vms_and_releases_dead_ones() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_create_cut_short_by_the_daemon_stopping_is_undone_at_start() {
-    within(async {
-        let mut h = harness(|c| c.boot_timeout = Duration::from_secs(600)).await;
+    within(|agent| async move {
+        let mut h = harness(&agent, |c| c.boot_timeout = Duration::from_secs(600)).await;
         h.faults.set("half", BootFault::NeverListens);
         let _create = h.client.create_vm(&request("half")).await.unwrap();
         let process = h.wait_process("half").await;
@@ -418,8 +432,8 @@ async fn a_create_cut_short_by_the_daemon_stopping_is_undone_at_start() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pid_that_another_process_now_has_is_neither_adopted_nor_signalled() {
-    within(async {
-        let mut h = harness(|_| {}).await;
+    within(|agent| async move {
+        let mut h = harness(&agent, |_| {}).await;
         let vm = h.create("a").await;
         let process = VmmProcess::of(vm.pid.unwrap()).unwrap();
         h.daemon.stop().await;

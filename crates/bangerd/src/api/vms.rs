@@ -92,7 +92,10 @@ pub async fn restart(
 /// VMM is stopped, then killed. A boot in progress is cancelled.
 #[utoipa::path(post, path = "/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path, description = "VM name")),
     responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-pub async fn stop(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>)> {
+pub async fn stop(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Operation>)> {
     let admitted = admit(&daemon, &name, VmAction::Stop)?;
     let op = daemon.ops.start(OperationKind::VmStop, &name, 1, "stop")?;
     Ok(spawn(daemon, op, None, move |daemon, _| Box::pin(lifecycle::stop(daemon, name, admitted))))
@@ -101,7 +104,10 @@ pub async fn stop(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -
 /// Kills a VM's VMM at once (an operation), cancelling a boot or a stop in progress.
 #[utoipa::path(post, path = "/v1/vms/{name}/kill", tag = "vms", params(("name" = String, Path, description = "VM name")),
     responses((status = 202, body = Operation), (status = 404, body = ApiError)))]
-pub async fn kill(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>)> {
+pub async fn kill(
+    State(daemon): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Operation>)> {
     let admitted = admit(&daemon, &name, VmAction::Kill)?;
     let op = daemon.ops.start(OperationKind::VmKill, &name, 1, "kill")?;
     Ok(spawn(daemon, op, None, move |daemon, _| Box::pin(lifecycle::kill(daemon, name, admitted))))

@@ -148,8 +148,11 @@ async fn create_steps(
         daemon.hold(&record.name, &Resource::Disk { path: path.clone() })?;
     }
     let strategy = daemon.cow_strategy();
-    let (source, disk_size, seeds) =
-        (PathBuf::from(&daemon.images.get(&request.image)?.rootfs_path), record.disk_size_bytes, daemon.images.seeds_dir());
+    let (source, disk_size, seeds) = (
+        PathBuf::from(&daemon.images.get(&request.image)?.rootfs_path),
+        record.disk_size_bytes,
+        daemon.images.seeds_dir(),
+    );
     ledger::blocking(move || {
         for made in [&dir, &run_dir] {
             std::fs::create_dir_all(made).map_err(Error::io("cannot create", made))?;

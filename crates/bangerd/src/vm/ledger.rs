@@ -142,7 +142,9 @@ async fn release_one(daemon: &Arc<Daemon>, record: &VmRecord, resource: &Resourc
 /// Removes a file or directory; one already gone is fine.
 fn remove(path: &Path, how: fn(&Path) -> std::io::Result<()>) -> Result<()> {
     match how(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { action: "cannot remove", path: path.into(), source: e }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::Io { action: "cannot remove", path: path.into(), source: e })
+        }
         _ => Ok(()),
     }
 }

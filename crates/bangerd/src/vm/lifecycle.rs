@@ -96,12 +96,7 @@ pub async fn boot(
 }
 
 /// What the VMM is asked to boot.
-fn spec(
-    daemon: &Daemon,
-    record: &VmRecord,
-    kernel: std::path::PathBuf,
-    initrd: Option<std::path::PathBuf>,
-) -> VmSpec {
+fn spec(daemon: &Daemon, record: &VmRecord, kernel: std::path::PathBuf, initrd: Option<std::path::PathBuf>) -> VmSpec {
     let name = &record.name;
     let dir = daemon.vm_dir(name);
     let mut disks = vec![DiskSpec { path: dir.join("root.ext4"), read_only: false }];

@@ -105,7 +105,10 @@ mod tests {
         conn.execute_batch(FLATTEN_LEGACY_ROWS).unwrap();
         let body: String = conn.query_row("SELECT body FROM vms", [], |r| r.get(0)).unwrap();
         let record: VmRecord = serde_json::from_str(&body).unwrap();
-        assert_eq!((record.name.as_str(), record.state, record.init.as_str()), ("dev", VmState::Running, "/sbin/banger-agent"));
+        assert_eq!(
+            (record.name.as_str(), record.state, record.init.as_str()),
+            ("dev", VmState::Running, "/sbin/banger-agent")
+        );
         assert!(!record.in_ledger, "a legacy row gets its ledger entries at start");
         assert!(!body.contains("\"pid\""), "{body}");
     }
