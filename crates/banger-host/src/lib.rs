@@ -10,7 +10,7 @@ mod verdict;
 
 use std::path::{Path, PathBuf};
 
-pub use verdict::{checks, preferred_vmm, Vmm};
+pub use verdict::{checks, chosen_vmm, preferred_vmm, Vmm};
 
 /// What this host offers banger, as found by [`Capabilities::probe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +133,7 @@ mod tests {
         let state = dir.path().join("state");
         let caps = Capabilities::probe(&state);
         eprintln!("{caps:#?}");
-        for check in checks(&caps) {
+        for check in checks(&caps, None) {
             eprintln!("{:>13} {:?}: {} [{}]", check.name, check.status, check.detail, check.fix.unwrap_or_default());
         }
         assert_eq!(caps.state_dir, state);
@@ -143,6 +143,6 @@ mod tests {
             caps.reflink
         );
         assert!(caps.disk.is_some_and(|d| d.total_bytes > 0));
-        assert_eq!(checks(&caps).len(), 11);
+        assert_eq!(checks(&caps, None).len(), 11);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use banger_api::{Check, CheckStatus};
+use banger_api::{Check, CheckStatus, VmmChoice};
 
 use crate::{Capabilities, DiskSpace, Kvm, Reflink, Tool};
 
@@ -45,6 +45,19 @@ pub fn preferred_vmm(c: &Capabilities) -> (Vmm, String) {
     }
 }
 
+/// The VMM new VMs get, and why: the one the config forces (`[vms] vmm`),
+/// else [`preferred_vmm`]. A forced QEMU still uses KVM when it is usable.
+pub fn chosen_vmm(c: &Capabilities, forced: Option<VmmChoice>) -> (Vmm, String) {
+    match forced {
+        None => preferred_vmm(c),
+        Some(VmmChoice::Firecracker) => (Vmm::Firecracker, FORCED_FIRECRACKER.into()),
+        Some(VmmChoice::Qemu) => (Vmm::Qemu { kvm: c.kvm.is_usable() }, FORCED_QEMU.into()),
+    }
+}
+
+const FORCED_FIRECRACKER: &str = "the config forces it (vmm = \"firecracker\")";
+const FORCED_QEMU: &str = "the config forces it (vmm = \"qemu\")";
+
 fn kvm_summary(kvm: &Kvm) -> &'static str {
     match kvm {
         Kvm::Absent => "/dev/kvm is missing",
@@ -56,14 +69,16 @@ fn kvm_summary(kvm: &Kvm) -> &'static str {
 
 /// Every `banger doctor` check, in a stable order: kvm, firecracker, jailer,
 /// qemu, vsock, vmm, device_mapper, reflink, nftables, resolved, disk.
-pub fn checks(c: &Capabilities) -> Vec<Check> {
+/// `forced` is the VMM the config forces, if it does.
+pub fn checks(c: &Capabilities, forced: Option<VmmChoice>) -> Vec<Check> {
+    let chosen = chosen_vmm(c, forced).0;
     vec![
-        kvm_check(&c.kvm),
-        firecracker_check(c),
+        kvm_check(&c.kvm, chosen),
+        firecracker_check(c, chosen),
         jailer_check(c.jailer.as_ref()),
-        qemu_check(c),
+        qemu_check(c, chosen),
         vsock_check(c.vhost_vsock),
-        vmm_check(c),
+        vmm_check(c, forced),
         device_mapper_check(c.device_mapper),
         reflink_check(&c.reflink, c),
         nftables_check(c.nftables.as_ref()),
@@ -88,8 +103,15 @@ fn found(tool: &Tool) -> String {
     format!("{} at {}", tool.version, tool.path.display())
 }
 
-fn kvm_check(kvm: &Kvm) -> Check {
+fn kvm_check(kvm: &Kvm, chosen: Vmm) -> Check {
     const NAME: &str = "kvm";
+    if chosen == Vmm::Firecracker && !kvm.is_usable() {
+        return warn(
+            NAME,
+            format!("{}; Firecracker, which the config forces, needs it for its guests", kvm_summary(kvm)),
+            "use a host with kvm_intel or kvm_amd, or set vmm = \"qemu\" in the config",
+        );
+    }
     match kvm {
         Kvm::Usable => pass(NAME, "/dev/kvm is usable"),
         Kvm::Absent => warn(
@@ -111,16 +133,16 @@ fn kvm_check(kvm: &Kvm) -> Check {
     }
 }
 
-fn firecracker_check(c: &Capabilities) -> Check {
+fn firecracker_check(c: &Capabilities, chosen: Vmm) -> Check {
     const NAME: &str = "firecracker";
+    const FIX: &str = "install the release binary from https://github.com/firecracker-microvm/firecracker/releases into /usr/local/bin";
     match &c.firecracker {
-        Some(tool) if c.kvm.is_usable() => pass(NAME, found(tool)),
+        Some(tool) if c.kvm.is_usable() || chosen == Vmm::Firecracker => pass(NAME, found(tool)),
         Some(tool) => pass(NAME, format!("{}; unused because KVM is not usable", found(tool))),
-        None => warn(
-            NAME,
-            "Firecracker is not installed; QEMU will be used",
-            "install the release binary from https://github.com/firecracker-microvm/firecracker/releases into /usr/local/bin",
-        ),
+        None if chosen == Vmm::Firecracker => {
+            fail(NAME, "Firecracker is not installed, and the config forces it (vmm = \"firecracker\")", FIX)
+        }
+        None => warn(NAME, "Firecracker is not installed; QEMU will be used", FIX),
     }
 }
 
@@ -136,12 +158,12 @@ fn jailer_check(jailer: Option<&Tool>) -> Check {
     }
 }
 
-fn qemu_check(c: &Capabilities) -> Check {
+fn qemu_check(c: &Capabilities, chosen: Vmm) -> Check {
     const NAME: &str = "qemu";
     const FIX: &str = "apt-get install qemu-system-x86";
     match &c.qemu {
         Some(tool) => pass(NAME, format!("QEMU {}", found(tool))),
-        None if preferred_vmm(c).0 == Vmm::Firecracker => {
+        None if chosen == Vmm::Firecracker => {
             warn(NAME, "qemu-system-x86_64 is not installed; there is no fallback if Firecracker fails", FIX)
         }
         None => fail(NAME, "qemu-system-x86_64 is not installed and Firecracker cannot run here", FIX),
@@ -157,17 +179,29 @@ fn vsock_check(vhost_vsock: bool) -> Check {
     }
 }
 
-fn vmm_check(c: &Capabilities) -> Check {
+fn vmm_check(c: &Capabilities, forced: Option<VmmChoice>) -> Check {
     const NAME: &str = "vmm";
-    let (vmm, why) = preferred_vmm(c);
+    let (vmm, why) = chosen_vmm(c, forced);
     let installed = match vmm {
         Vmm::Firecracker => c.firecracker.is_some(),
         Vmm::Qemu { .. } => c.qemu.is_some(),
     };
-    if installed {
-        pass(NAME, format!("{vmm} will be used: {why}"))
-    } else {
-        fail(NAME, format!("{vmm} would be used ({why}), but it is not installed"), "apt-get install qemu-system-x86")
+    let unforce = "remove vmm from [vms] in /etc/banger/config.toml to let banger choose";
+    match (vmm, installed) {
+        (Vmm::Firecracker, true) if !c.kvm.is_usable() => fail(
+            NAME,
+            format!("Firecracker will be used because {why}, but its guests cannot boot here: {}", kvm_summary(&c.kvm)),
+            unforce,
+        ),
+        (_, true) => pass(NAME, format!("{vmm} will be used: {why}")),
+        (Vmm::Firecracker, false) => {
+            fail(NAME, format!("Firecracker would be used ({why}), but it is not installed"), unforce)
+        }
+        (Vmm::Qemu { .. }, false) => fail(
+            NAME,
+            format!("{vmm} would be used ({why}), but it is not installed"),
+            "apt-get install qemu-system-x86",
+        ),
     }
 }
 
@@ -279,7 +313,7 @@ mod tests {
 
     #[test]
     fn checks_come_in_a_stable_order() {
-        let names: Vec<_> = checks(&all_good()).into_iter().map(|c| c.name).collect();
+        let names: Vec<_> = checks(&all_good(), None).into_iter().map(|c| c.name).collect();
         let want = [
             "kvm",
             "firecracker",
@@ -300,17 +334,17 @@ mod tests {
     fn all_good_passes_everything_and_picks_firecracker() {
         let c = all_good();
         assert_eq!(preferred_vmm(&c).0, Vmm::Firecracker);
-        for check in checks(&c) {
+        for check in checks(&c, None) {
             assert_eq!(check.status, CheckStatus::Pass, "{check:?}");
             assert_eq!(check.fix, None, "{check:?}");
         }
-        assert!(check(&checks(&c), "vmm").detail.starts_with("Firecracker"));
+        assert!(check(&checks(&c, None), "vmm").detail.starts_with("Firecracker"));
     }
 
     #[test]
     fn pvm_only_warns_that_ordinary_kernels_will_not_boot() {
         let c = Capabilities { kvm: Kvm::PvmOnly, ..all_good() };
-        let checks = checks(&c);
+        let checks = checks(&c, None);
         let kvm = check(&checks, "kvm");
         assert_eq!(kvm.status, CheckStatus::Warn);
         assert!(kvm.detail.contains("ordinary guest kernels will not boot"), "{}", kvm.detail);
@@ -324,7 +358,7 @@ mod tests {
         let (vmm, why) = preferred_vmm(&c);
         assert_eq!(vmm, Vmm::Qemu { kvm: false });
         assert!(why.contains("PVM"), "{why}");
-        let checks = checks(&c);
+        let checks = checks(&c, None);
         let vmm = check(&checks, "vmm");
         assert_eq!(vmm.status, CheckStatus::Pass);
         assert!(vmm.detail.starts_with("QEMU with TCG emulation"), "{}", vmm.detail);
@@ -335,7 +369,7 @@ mod tests {
     fn usable_kvm_without_firecracker_chooses_qemu_kvm() {
         let c = Capabilities { firecracker: None, jailer: None, ..all_good() };
         assert_eq!(preferred_vmm(&c).0, Vmm::Qemu { kvm: true });
-        let checks = checks(&c);
+        let checks = checks(&c, None);
         let fc = check(&checks, "firecracker");
         assert_eq!(fc.status, CheckStatus::Warn);
         assert!(fc.fix.as_deref().unwrap().contains("github.com/firecracker-microvm/firecracker/releases"));
@@ -345,7 +379,7 @@ mod tests {
     #[test]
     fn no_qemu_and_no_firecracker_fails_qemu_and_vmm() {
         let c = Capabilities { firecracker: None, qemu: None, ..all_good() };
-        let checks = checks(&c);
+        let checks = checks(&c, None);
         let qemu = check(&checks, "qemu");
         assert_eq!(qemu.status, CheckStatus::Fail);
         assert_eq!(qemu.fix.as_deref(), Some("apt-get install qemu-system-x86"));
@@ -355,13 +389,13 @@ mod tests {
     #[test]
     fn no_qemu_with_pvm_only_firecracker_fails_qemu() {
         let c = Capabilities { kvm: Kvm::PvmOnly, qemu: None, ..all_good() };
-        assert_eq!(check(&checks(&c), "qemu").status, CheckStatus::Fail);
+        assert_eq!(check(&checks(&c, None), "qemu").status, CheckStatus::Fail);
     }
 
     #[test]
     fn no_qemu_with_working_firecracker_only_warns() {
         let c = Capabilities { qemu: None, ..all_good() };
-        let checks = checks(&c);
+        let checks = checks(&c, None);
         assert_eq!(check(&checks, "qemu").status, CheckStatus::Warn);
         assert_eq!(check(&checks, "vmm").status, CheckStatus::Pass);
     }
@@ -370,7 +404,7 @@ mod tests {
     fn kvm_without_access_says_why_and_how() {
         let c = Capabilities { kvm: Kvm::NoAccess { reason: "Permission denied (os error 13)".into() }, ..all_good() };
         assert_eq!(preferred_vmm(&c).0, Vmm::Qemu { kvm: false });
-        let checks = checks(&c);
+        let checks = checks(&c, None);
         let kvm = check(&checks, "kvm");
         assert_eq!(kvm.status, CheckStatus::Warn);
         assert!(kvm.detail.contains("os error 13"));
@@ -386,7 +420,7 @@ mod tests {
             resolved: false,
             ..all_good()
         };
-        let checks = checks(&c);
+        let checks = checks(&c, None);
         let want = [
             ("device_mapper", CheckStatus::Warn, "modprobe dm_snapshot"),
             ("reflink", CheckStatus::Warn, "mkfs.xfs -m reflink=1"),
@@ -404,7 +438,7 @@ mod tests {
 
     #[test]
     fn vsock_check_says_which_agent_channel_qemu_guests_get() {
-        let checks_with = |vhost_vsock| checks(&Capabilities { vhost_vsock, ..all_good() });
+        let checks_with = |vhost_vsock| checks(&Capabilities { vhost_vsock, ..all_good() }, None);
         let with = checks_with(true);
         let vsock = check(&with, "vsock");
         assert_eq!((vsock.status, vsock.fix.as_deref()), (CheckStatus::Pass, None));
@@ -419,13 +453,51 @@ mod tests {
     fn disk_thresholds() {
         let at = |free_bytes| {
             let c = Capabilities { disk: Some(DiskSpace { free_bytes, total_bytes: 100 * GIB }), ..all_good() };
-            check(&checks(&c), "disk").status
+            check(&checks(&c, None), "disk").status
         };
         assert_eq!(at(GIB / 2), CheckStatus::Fail);
         assert_eq!(at(5 * GIB), CheckStatus::Warn);
         assert_eq!(at(10 * GIB), CheckStatus::Pass);
         let c = Capabilities { disk: None, ..all_good() };
-        assert_eq!(check(&checks(&c), "disk").status, CheckStatus::Warn);
+        assert_eq!(check(&checks(&c, None), "disk").status, CheckStatus::Warn);
+    }
+
+    /// `vmm = "firecracker"` on this kind of host (PVM-only KVM): doctor
+    /// says Firecracker will be used, because of the config, and that its
+    /// guests cannot boot here.
+    #[test]
+    fn a_forced_firecracker_is_reported_with_whether_it_can_work() {
+        let pvm = Capabilities { kvm: Kvm::PvmOnly, ..all_good() };
+        let checks = checks(&pvm, Some(VmmChoice::Firecracker));
+        let vmm = check(&checks, "vmm");
+        assert_eq!(vmm.status, CheckStatus::Fail, "{vmm:?}");
+        assert!(vmm.detail.starts_with("Firecracker will be used because the config forces it"), "{}", vmm.detail);
+        assert!(vmm.detail.contains("cannot boot here") && vmm.detail.contains("PVM"), "{}", vmm.detail);
+        assert!(vmm.fix.as_deref().unwrap().contains("config.toml"));
+        assert!(!check(&checks, "firecracker").detail.contains("unused"));
+        assert!(!check(&checks, "kvm").detail.contains("will use QEMU"), "{:?}", check(&checks, "kvm"));
+        assert_eq!(check(&checks, "qemu").status, CheckStatus::Pass);
+
+        let checks = super::checks(&all_good(), Some(VmmChoice::Firecracker));
+        let vmm = check(&checks, "vmm");
+        assert_eq!(vmm.status, CheckStatus::Pass);
+        assert_eq!(vmm.detail, "Firecracker will be used: the config forces it (vmm = \"firecracker\")");
+
+        let missing = Capabilities { firecracker: None, ..all_good() };
+        let checks = super::checks(&missing, Some(VmmChoice::Firecracker));
+        assert_eq!(check(&checks, "firecracker").status, CheckStatus::Fail);
+        assert_eq!(check(&checks, "vmm").status, CheckStatus::Fail);
+        assert!(check(&checks, "vmm").detail.contains("not installed"));
+    }
+
+    #[test]
+    fn a_forced_qemu_keeps_kvm_when_usable() {
+        assert_eq!(chosen_vmm(&all_good(), Some(VmmChoice::Qemu)).0, Vmm::Qemu { kvm: true });
+        let checks = checks(&all_good(), Some(VmmChoice::Qemu));
+        assert_eq!(check(&checks, "vmm").detail, "QEMU with KVM will be used: the config forces it (vmm = \"qemu\")");
+        let pvm = Capabilities { kvm: Kvm::PvmOnly, ..all_good() };
+        assert_eq!(chosen_vmm(&pvm, Some(VmmChoice::Qemu)).0, Vmm::Qemu { kvm: false });
+        assert_eq!(chosen_vmm(&pvm, None), preferred_vmm(&pvm));
     }
 
     #[test]
@@ -443,7 +515,7 @@ mod tests {
             disk: None,
             state_dir: PathBuf::from("/var/lib/banger"),
         };
-        for check in checks(&worst) {
+        for check in checks(&worst, None) {
             assert_ne!(check.status, CheckStatus::Pass, "{check:?}");
             let fix = check.fix.as_deref().unwrap_or_else(|| panic!("{} has no fix", check.name));
             assert!(!fix.contains('\n') && !check.detail.contains('\n'), "{check:?}");

@@ -124,7 +124,8 @@ pub const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// `CONNECT <port>\n`, read `OK <n>\n`; the stream is then the agent's.
 async fn firecracker_vsock_connect(uds: &Path, port: u32) -> io::Result<tokio::net::UnixStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::UnixStream::connect(uds).await?;
+    // Through its directory when the path is too long for a socket address.
+    let mut stream = firecracker::socket::connect(uds).await?;
     stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
     // Read the "OK <n>\n" line a byte at a time so nothing of the agent's
     // stream is consumed by a buffer.

@@ -225,7 +225,21 @@ async fn start_boots_and_stop_shuts_down_gracefully() {
     assert_eq!(VmmProcess::recorded_in(&spec.run_dir), Some(process));
     let args = std::fs::read_to_string(spec.run_dir.join("fake.args")).unwrap();
     let api_sock = spec.run_dir.join("firecracker.sock");
-    assert_eq!(args.lines().collect::<Vec<_>>(), ["--api-sock", api_sock.to_str().unwrap(), "--id", "fake-vm"]);
+    let log = spec.run_dir.join("firecracker.log");
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        [
+            "--api-sock",
+            api_sock.to_str().unwrap(),
+            "--log-path",
+            log.to_str().unwrap(),
+            "--level",
+            "Info",
+            "--show-level",
+            "--id",
+            "fake-vm"
+        ]
+    );
     assert_eq!(received(&spec.run_dir), expected(&spec));
     assert!(spec.run_dir.join("vsock.sock").exists(), "the fake binds the vsock socket like Firecracker");
     let console = std::fs::read_to_string(spec.run_dir.join("console.log")).unwrap();
@@ -267,7 +281,7 @@ async fn start_kills_firecracker_when_the_api_refuses_a_request() {
     assert_eq!(request, "PUT /boot-source");
     assert!(reason.contains("injected failure"), "{reason}");
     let paths: Vec<String> = received(&spec.run_dir).into_iter().map(|r| r.path).collect();
-    assert_eq!(paths, ["/logger", "/metrics", "/machine-config", "/boot-source"]);
+    assert_eq!(paths, ["/metrics", "/machine-config", "/boot-source"]);
     let pid: u32 = std::fs::read_to_string(spec.run_dir.join("fake.pid")).unwrap().parse().unwrap();
     assert_nothing_left(&spec.run_dir, pid);
 }

@@ -51,7 +51,6 @@ fn requests_are_sent_in_boot_order() {
     assert_eq!(
         sent,
         [
-            "PUT /logger",
             "PUT /metrics",
             "PUT /machine-config",
             "PUT /boot-source",
@@ -68,33 +67,33 @@ fn requests_are_sent_in_boot_order() {
 fn request_bodies_carry_the_spec() {
     let spec = representative_spec();
     let bodies: Vec<_> = requests(&spec).unwrap().iter().map(ApiRequest::body).collect();
-    assert_eq!(bodies[0], json!({"log_path": "/run/banger/vms/web-1/firecracker.log", "level": "Info"}));
-    assert_eq!(bodies[1], json!({"metrics_path": "/run/banger/vms/web-1/metrics.json"}));
-    assert_eq!(bodies[2], json!({"vcpu_count": 2, "mem_size_mib": 1024, "smt": false}));
+    assert_eq!(bodies[0], json!({"metrics_path": "/run/banger/vms/web-1/metrics.json"}));
+    assert_eq!(bodies[1], json!({"vcpu_count": 2, "mem_size_mib": 1024, "smt": false}));
     assert_eq!(
-        bodies[3],
+        bodies[2],
         json!({
             "kernel_image_path": "/var/lib/banger/kernels/debian/vmlinux",
             "initrd_path": "/var/lib/banger/kernels/debian/initrd.img",
             "boot_args": "root=/dev/vda rw init=/sbin/banger-agent console=ttyS0 reboot=k panic=1",
         })
     );
+    // The spec names its root itself: Firecracker must not add another.
     assert_eq!(
-        bodies[4],
+        bodies[3],
         json!({
             "drive_id": "rootfs",
             "path_on_host": "/var/lib/banger/vms/web-1/root.ext4",
-            "is_root_device": true,
+            "is_root_device": false,
             "is_read_only": false,
         })
     );
-    assert_eq!(bodies[5]["is_root_device"], false);
+    assert_eq!(bodies[4]["is_root_device"], false);
     assert_eq!(
-        bodies[6],
+        bodies[5],
         json!({"drive_id": "disk2", "path_on_host": "/var/lib/banger/images/tools.ext4", "is_root_device": false, "is_read_only": true})
     );
-    assert_eq!(bodies[7], json!({"guest_cid": 3, "uds_path": "/run/banger/vms/web-1/vsock.sock"}));
-    assert_eq!(bodies[8], json!({"action_type": "InstanceStart"}));
+    assert_eq!(bodies[6], json!({"guest_cid": 3, "uds_path": "/run/banger/vms/web-1/vsock.sock"}));
+    assert_eq!(bodies[7], json!({"action_type": "InstanceStart"}));
 }
 
 #[test]

@@ -31,6 +31,8 @@ pub struct Config {
     pub vmm: Option<banger_api::VmmChoice>,
     /// Run Firecracker under this jailer binary.
     pub jailer: Option<PathBuf>,
+    /// The uid and gid the jailer runs Firecracker as.
+    pub jail_identity: banger_vmm::firecracker::JailIdentity,
     /// How long a boot may take until the agent answers.
     pub boot_timeout: std::time::Duration,
     /// For tests: run every VM with the test driver, which runs the guest
@@ -62,6 +64,7 @@ impl Config {
             agent_binary: None,
             vmm: None,
             jailer: None,
+            jail_identity: banger_vmm::firecracker::DEFAULT_JAIL_IDENTITY,
             boot_timeout: std::time::Duration::from_secs(180),
             test_driver: None,
             fail_create_after: None,
@@ -88,6 +91,12 @@ impl Config {
             }
             if let Some(jailer) = vms.jailer {
                 self.jailer = Some(jailer);
+            }
+            if let Some(uid) = vms.jailer_uid {
+                self.jail_identity.uid = uid;
+            }
+            if let Some(gid) = vms.jailer_gid {
+                self.jail_identity.gid = gid;
             }
             if let Some(secs) = vms.boot_timeout_secs {
                 self.boot_timeout = std::time::Duration::from_secs(secs);
@@ -132,6 +141,10 @@ pub struct VmsSection {
     pub vmm: Option<banger_api::VmmChoice>,
     /// Run Firecracker under this jailer binary (a path).
     pub jailer: Option<PathBuf>,
+    /// The uid the jailer runs Firecracker as (no account needs to exist).
+    pub jailer_uid: Option<u32>,
+    /// The gid the jailer runs Firecracker as.
+    pub jailer_gid: Option<u32>,
     /// Seconds a boot may take until the agent answers.
     pub boot_timeout_secs: Option<u64>,
 }
@@ -197,6 +210,32 @@ mod tests {
         assert_eq!(config.state_dir, Path::new("/srv/banger"));
         assert_eq!(config.catalogs, ["http://x/c.json"]);
         assert_eq!(config.max_bundle_bytes, 10);
+    }
+
+    #[test]
+    fn the_jailer_runs_firecracker_unprivileged_unless_configured() {
+        let mut config = Config::new("/var/lib/banger", "/run/banger/bangerd.sock");
+        assert_eq!(config.jail_identity, banger_vmm::firecracker::DEFAULT_JAIL_IDENTITY);
+        assert_ne!(config.jail_identity.uid, 0);
+        assert_ne!(config.jail_identity.gid, 0);
+        let file: ConfigFile =
+            toml::from_str("[vms]\njailer = \"/usr/bin/jailer\"\njailer_uid = 990\njailer_gid = 991\n").unwrap();
+        config.apply_file(file);
+        assert_eq!(config.jailer.as_deref(), Some(Path::new("/usr/bin/jailer")));
+        assert_eq!((config.jail_identity.uid, config.jail_identity.gid), (990, 991));
+    }
+
+    /// The example config parses, with every commented key uncommented.
+    #[test]
+    fn the_example_config_lists_valid_keys() {
+        let example = include_str!("../../../dist/config.toml");
+        let uncommented: String = example
+            .lines()
+            .map(|l| l.strip_prefix("# ").filter(|rest| rest.contains(" = ")).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file: ConfigFile = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert!(file.vms.unwrap().jailer_uid.is_some());
     }
 
     #[test]

@@ -219,6 +219,25 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// A config that forces Firecracker is what doctor reports, not the
+/// host's own preference.
+#[tokio::test]
+async fn doctor_honours_the_configured_vmm() {
+    let daemon = TestDaemon::start_with(|config| config.vmm = Some(banger_api::VmmChoice::Firecracker)).await;
+    let report = daemon.client.doctor().await.unwrap();
+    let vmm = report.checks.iter().find(|c| c.name == "vmm").unwrap();
+    assert!(
+        vmm.detail.starts_with("Firecracker will be used because the config forces it")
+            || vmm.detail.starts_with("Firecracker will be used: the config forces it")
+            || vmm.detail.starts_with("Firecracker would be used (the config forces it"),
+        "{vmm:?}"
+    );
+    let daemon = TestDaemon::start_with(|config| config.vmm = Some(banger_api::VmmChoice::Qemu)).await;
+    let report = daemon.client.doctor().await.unwrap();
+    let vmm = report.checks.iter().find(|c| c.name == "vmm").unwrap();
+    assert!(vmm.detail.contains("QEMU") && vmm.detail.contains("the config forces it"), "{vmm:?}");
+}
+
 #[tokio::test]
 async fn doctor_reports_every_check() {
     let daemon = TestDaemon::start().await;

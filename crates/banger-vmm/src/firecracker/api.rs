@@ -9,36 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{VmSpec, VmmError};
 
-/// Console and reboot settings the driver appends to the spec's command
-/// line: the serial console is Firecracker's stdout, and a guest reboot or
-/// panic makes Firecracker exit instead of hanging.
-pub const BOOT_ARGS_SUFFIX: &str = "console=ttyS0 reboot=k panic=1";
+/// Kernel parameters the driver owns, each added unless the spec's command
+/// line sets that parameter already: the serial console is Firecracker's
+/// stdout, and a guest reboot or panic makes Firecracker exit instead of
+/// hanging (`panic=` only as a default: the daemon chooses its own).
+pub const DRIVER_BOOT_ARGS: [&str; 3] = ["console=ttyS0", "reboot=k", "panic=1"];
 
 /// The vsock context id of the guest (0-2 are reserved).
 pub const GUEST_CID: u32 = 3;
-
-/// `PUT /logger`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Logger {
-    /// File Firecracker appends its log to; must exist.
-    pub log_path: String,
-    /// Log level.
-    pub level: LogLevel,
-}
-
-/// Firecracker's log levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogLevel {
-    /// Errors only.
-    Error,
-    /// Warnings and errors.
-    Warning,
-    /// The default.
-    Info,
-    /// Verbose.
-    Debug,
-}
 
 /// `PUT /metrics`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +59,8 @@ pub struct Drive {
     pub drive_id: String,
     /// Disk image on the host.
     pub path_on_host: String,
-    /// Whether the kernel's `root=` is this drive (Firecracker adds it).
+    /// Whether Firecracker adds `root=<this drive> rw|ro` to the command
+    /// line; only when the spec's command line names no root itself.
     pub is_root_device: bool,
     /// Attach read-only.
     pub is_read_only: bool,
@@ -120,8 +99,6 @@ pub enum ActionType {
 /// One request to Firecracker's API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRequest {
-    /// `PUT /logger`.
-    Logger(Logger),
     /// `PUT /metrics`.
     Metrics(Metrics),
     /// `PUT /machine-config`.
@@ -150,7 +127,6 @@ impl ApiRequest {
     /// The request path.
     pub fn path(&self) -> String {
         match self {
-            ApiRequest::Logger(_) => "/logger".into(),
             ApiRequest::Metrics(_) => "/metrics".into(),
             ApiRequest::MachineConfig(_) => "/machine-config".into(),
             ApiRequest::BootSource(_) => "/boot-source".into(),
@@ -163,7 +139,6 @@ impl ApiRequest {
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
         let body = match self {
-            ApiRequest::Logger(b) => serde_json::to_value(b),
             ApiRequest::Metrics(b) => serde_json::to_value(b),
             ApiRequest::MachineConfig(b) => serde_json::to_value(b),
             ApiRequest::BootSource(b) => serde_json::to_value(b),
@@ -254,8 +229,9 @@ impl ApiPaths {
 }
 
 /// The requests that configure and boot `spec`, in the order they must be
-/// sent: logger and metrics first (so later errors are logged),
-/// `InstanceStart` last. Paths are the host's.
+/// sent: metrics first, `InstanceStart` last (the logger is configured on
+/// Firecracker's command line, so that none of its own lines reach the
+/// console). Paths are the host's.
 pub fn requests(spec: &VmSpec) -> Result<Vec<ApiRequest>, VmmError> {
     requests_with_paths(spec, &ApiPaths::on_host(spec))
 }
@@ -271,12 +247,7 @@ pub fn requests_with_paths(spec: &VmSpec, paths: &ApiPaths) -> Result<Vec<ApiReq
     if paths.disks.len() != spec.disks.len() {
         return Err(VmmError::InvalidSpec(format!("{} disk paths for {} disks", paths.disks.len(), spec.disks.len())));
     }
-    let boot_args = match spec.cmdline.trim() {
-        "" => BOOT_ARGS_SUFFIX.to_string(),
-        cmdline => format!("{cmdline} {BOOT_ARGS_SUFFIX}"),
-    };
     let mut requests = vec![
-        ApiRequest::Logger(Logger { log_path: utf8(&paths.log)?, level: LogLevel::Info }),
         ApiRequest::Metrics(Metrics { metrics_path: utf8(&paths.metrics)? }),
         ApiRequest::MachineConfig(MachineConfiguration {
             vcpu_count: spec.cpus,
@@ -286,20 +257,44 @@ pub fn requests_with_paths(spec: &VmSpec, paths: &ApiPaths) -> Result<Vec<ApiReq
         ApiRequest::BootSource(BootSource {
             kernel_image_path: utf8(&paths.kernel)?,
             initrd_path: paths.initrd.as_deref().map(utf8).transpose()?,
-            boot_args,
+            boot_args: boot_args(&spec.cmdline),
         }),
     ];
+    // The spec's own `root=` (the daemon's) wins; Firecracker would add a
+    // second one for a root device.
+    let names_root = has_param(&spec.cmdline, "root");
     for (index, (disk, path)) in spec.disks.iter().zip(&paths.disks).enumerate() {
         requests.push(ApiRequest::Drive(Drive {
             drive_id: drive_id(index),
             path_on_host: utf8(path)?,
-            is_root_device: index == 0,
+            is_root_device: index == 0 && !names_root,
             is_read_only: disk.read_only,
         }));
     }
     requests.push(ApiRequest::Vsock(Vsock { guest_cid: GUEST_CID, uds_path: utf8(&paths.vsock)? }));
     requests.push(ApiRequest::action(ActionType::InstanceStart));
     Ok(requests)
+}
+
+/// The command line Firecracker is given: the spec's, then each of
+/// [`DRIVER_BOOT_ARGS`] whose parameter the spec does not set. Firecracker
+/// itself adds only `pci=off` and its devices (and `root=` for a root
+/// device, which [`requests`] asks for only when the spec names none).
+pub fn boot_args(cmdline: &str) -> String {
+    let mut args: Vec<&str> = cmdline.split_whitespace().collect();
+    for arg in DRIVER_BOOT_ARGS {
+        let name = arg.split_once('=').map_or(arg, |(name, _)| name);
+        if !has_param(cmdline, name) {
+            args.push(arg);
+        }
+    }
+    args.join(" ")
+}
+
+/// Whether the command line sets the kernel parameter `name` (`name` or
+/// `name=...`).
+fn has_param(cmdline: &str, name: &str) -> bool {
+    cmdline.split_whitespace().any(|arg| arg.split_once('=').map_or(arg, |(n, _)| n) == name)
 }
 
 /// `rootfs` for the first disk, `disk1`, `disk2`... for the others.
@@ -335,16 +330,63 @@ mod tests {
         }
     }
 
+    fn boot_source(requests: &[ApiRequest]) -> &BootSource {
+        requests
+            .iter()
+            .find_map(|r| match r {
+                ApiRequest::BootSource(b) => Some(b),
+                _ => None,
+            })
+            .expect("a boot-source request")
+    }
+
+    fn root_devices(requests: &[ApiRequest]) -> Vec<bool> {
+        requests
+            .iter()
+            .filter_map(|r| match r {
+                ApiRequest::Drive(d) => Some(d.is_root_device),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn empty_cmdline_gets_only_the_console_settings() {
+    fn empty_cmdline_gets_only_the_drivers_settings() {
         let requests = requests(&spec()).unwrap();
-        let boot = requests.iter().find_map(|r| match r {
-            ApiRequest::BootSource(b) => Some(b),
-            _ => None,
-        });
-        assert_eq!(boot.unwrap().boot_args, BOOT_ARGS_SUFFIX);
-        assert_eq!(boot.unwrap().initrd_path, None);
-        assert!(!requests[3].body().as_object().unwrap().contains_key("initrd_path"));
+        let boot = boot_source(&requests);
+        assert_eq!(boot.boot_args, "console=ttyS0 reboot=k panic=1");
+        assert_eq!(boot.initrd_path, None);
+        assert!(!requests[2].body().as_object().unwrap().contains_key("initrd_path"));
+        // No root= in the spec: Firecracker names the root device.
+        assert_eq!(root_devices(&requests), [true]);
+    }
+
+    /// What the daemon passes (vm/lifecycle.rs) comes out once, with only
+    /// the console and reboot settings added: no second `panic=`, and no
+    /// second `root=` from Firecracker.
+    #[test]
+    fn the_daemons_cmdline_is_not_duplicated() {
+        let cmdline = "root=/dev/vda rw init=/sbin/banger-agent banger.hostname=web systemd.hostname=web panic=-1 \
+                       banger.work=/dev/vdb";
+        let disks = vec![
+            DiskSpec { path: "/d/root.ext4".into(), read_only: false },
+            DiskSpec { path: "/d/work.ext4".into(), read_only: false },
+        ];
+        let requests = requests(&VmSpec { cmdline: cmdline.into(), disks, ..spec() }).unwrap();
+        assert_eq!(
+            boot_source(&requests).boot_args,
+            "root=/dev/vda rw init=/sbin/banger-agent banger.hostname=web systemd.hostname=web panic=-1 \
+             banger.work=/dev/vdb console=ttyS0 reboot=k"
+        );
+        assert_eq!(root_devices(&requests), [false, false]);
+    }
+
+    #[test]
+    fn parameters_are_matched_by_name() {
+        assert_eq!(boot_args("console=hvc0 quiet"), "console=hvc0 quiet reboot=k panic=1");
+        assert_eq!(boot_args("panicky=1"), "panicky=1 console=ttyS0 reboot=k panic=1");
+        assert!(has_param("a root=/dev/vdb b", "root"));
+        assert!(!has_param("rootwait", "root"));
     }
 
     #[test]

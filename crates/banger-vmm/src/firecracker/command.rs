@@ -14,34 +14,69 @@ pub struct CommandLine {
     pub args: Vec<OsString>,
 }
 
-/// `firecracker --api-sock <sock> --id <id>`.
-pub fn firecracker(binary: &Path, api_sock: &Path, id: &str) -> CommandLine {
-    CommandLine {
-        program: binary.to_path_buf(),
-        args: vec!["--api-sock".into(), api_sock.into(), "--id".into(), id.into()],
-    }
+/// The log level Firecracker starts with.
+pub const LOG_LEVEL: &str = "Info";
+
+/// The arguments both ways of starting Firecracker give it: the API socket,
+/// and its log, configured at start so that none of its lines go to its
+/// stdout, which is the guest's serial console. `--show-level` marks the
+/// errors that say why it exited.
+fn firecracker_args(api_sock: &Path, log: &Path) -> Vec<OsString> {
+    vec![
+        "--api-sock".into(),
+        api_sock.into(),
+        "--log-path".into(),
+        log.into(),
+        "--level".into(),
+        LOG_LEVEL.into(),
+        "--show-level".into(),
+    ]
 }
 
-/// `jailer --id <id> --exec-file <firecracker> --uid 0 --gid 0
-/// --chroot-base-dir <base> -- --api-sock <sock>`. The jailer passes `--id`
-/// to Firecracker itself; `api_sock_in_jail` is relative to the chroot
-/// (see [`jail_root`]), and so must be every path sent over the API.
-pub fn jailer(jailer: &Path, firecracker: &Path, id: &str, chroot_base: &Path, api_sock_in_jail: &Path) -> CommandLine {
-    let args: Vec<OsString> = vec![
+/// `firecracker --api-sock <sock> --log-path <log> --level Info
+/// --show-level --id <id>`.
+pub fn firecracker(binary: &Path, api_sock: &Path, log: &Path, id: &str) -> CommandLine {
+    let mut args = firecracker_args(api_sock, log);
+    args.extend(["--id".into(), id.into()]);
+    CommandLine { program: binary.to_path_buf(), args }
+}
+
+/// Who the jailer runs Firecracker as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JailIdentity {
+    /// The uid Firecracker runs with.
+    pub uid: u32,
+    /// The gid Firecracker runs with.
+    pub gid: u32,
+}
+
+/// `jailer --id <id> --exec-file <firecracker> --uid <uid> --gid <gid>
+/// --chroot-base-dir <base> -- <firecracker's arguments>`. The jailer
+/// passes `--id` to Firecracker itself; `api_sock` and `log` are paths in
+/// the chroot (see [`jail_root`]), and so must be every path sent over the
+/// API.
+pub fn jailer(
+    jailer: &Path,
+    firecracker: &Path,
+    id: &str,
+    identity: JailIdentity,
+    chroot_base: &Path,
+    (api_sock, log): (&Path, &Path),
+) -> CommandLine {
+    let mut args: Vec<OsString> = vec![
         "--id".into(),
         id.into(),
         "--exec-file".into(),
         firecracker.into(),
         "--uid".into(),
-        "0".into(),
+        identity.uid.to_string().into(),
         "--gid".into(),
-        "0".into(),
+        identity.gid.to_string().into(),
         "--chroot-base-dir".into(),
         chroot_base.into(),
         "--".into(),
-        "--api-sock".into(),
-        api_sock_in_jail.into(),
     ];
+    args.extend(firecracker_args(api_sock, log));
     CommandLine { program: jailer.to_path_buf(), args }
 }
 
@@ -97,9 +132,27 @@ mod tests {
 
     #[test]
     fn plain_command_line() {
-        let cmd = firecracker(Path::new("/usr/bin/firecracker"), Path::new("/run/vm/firecracker.sock"), "web-1");
+        let cmd = firecracker(
+            Path::new("/usr/bin/firecracker"),
+            Path::new("/run/vm/firecracker.sock"),
+            Path::new("/run/vm/firecracker.log"),
+            "web-1",
+        );
         assert_eq!(cmd.program, Path::new("/usr/bin/firecracker"));
-        assert_eq!(cmd.args, ["--api-sock", "/run/vm/firecracker.sock", "--id", "web-1"]);
+        assert_eq!(
+            cmd.args,
+            [
+                "--api-sock",
+                "/run/vm/firecracker.sock",
+                "--log-path",
+                "/run/vm/firecracker.log",
+                "--level",
+                "Info",
+                "--show-level",
+                "--id",
+                "web-1"
+            ]
+        );
     }
 
     #[test]
@@ -108,8 +161,9 @@ mod tests {
             Path::new("/usr/bin/jailer"),
             Path::new("/usr/bin/firecracker"),
             "web-1",
+            JailIdentity { uid: 64000, gid: 64001 },
             Path::new("/run/vm/jail"),
-            Path::new("/run/firecracker.sock"),
+            (Path::new("/run/firecracker.sock"), Path::new("/firecracker.log")),
         );
         assert_eq!(cmd.program, Path::new("/usr/bin/jailer"));
         assert_eq!(
@@ -120,14 +174,19 @@ mod tests {
                 "--exec-file",
                 "/usr/bin/firecracker",
                 "--uid",
-                "0",
+                "64000",
                 "--gid",
-                "0",
+                "64001",
                 "--chroot-base-dir",
                 "/run/vm/jail",
                 "--",
                 "--api-sock",
-                "/run/firecracker.sock"
+                "/run/firecracker.sock",
+                "--log-path",
+                "/firecracker.log",
+                "--level",
+                "Info",
+                "--show-level"
             ]
         );
         assert_eq!(

@@ -1,111 +1,92 @@
-//! A minimal HTTP/1.1 client for Firecracker's API socket: one request per
-//! connection, a JSON body with `Content-Length`, and a response read up to
-//! its `Content-Length` (Firecracker keeps connections alive, so reading to
-//! the end would hang).
+//! Firecracker's API over its unix socket with hyper's HTTP/1.1 client: one
+//! connection per request (a handful are sent per VM), a JSON body, and
+//! Firecracker's `fault_message` for a refused one.
 
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 
 use super::api::ApiRequest;
+use super::socket;
 use crate::VmmError;
 
 /// How long one request may take; Firecracker answers configuration
-/// requests in milliseconds.
+/// requests in milliseconds (InstanceStart in about 70).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest response accepted (Firecracker's are a few hundred bytes).
+/// Largest response body accepted (Firecracker's are a few hundred bytes).
 const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Why an exchange failed, before it is told as [`VmmError::Api`].
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("cannot connect to the API socket")]
+    Connect(#[source] std::io::Error),
+    #[error("HTTP exchange failed")]
+    Http(#[source] hyper::Error),
+    #[error("cannot read the response body")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot build the request")]
+    Request(#[source] hyper::http::Error),
+}
 
 /// Sends `request` to the API socket; a non-2xx answer becomes
 /// [`VmmError::Api`] with Firecracker's `fault_message`.
 pub async fn send(api_sock: &Path, request: &ApiRequest) -> Result<(), VmmError> {
     let fail = |reason: String| VmmError::Api { request: request.describe(), reason };
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange(api_sock, request))
+    let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange(api_sock, request))
         .await
         .map_err(|_| fail(format!("no answer within {REQUEST_TIMEOUT:?}")))?
-        .map_err(|e| fail(e.to_string()))?;
-    if (200..300).contains(&response.status) {
+        .map_err(|e| fail(error_chain(&e)))?;
+    if status.is_success() {
         Ok(())
     } else {
-        Err(fail(format!("{}: {}", response.status, fault_message(&response.body))))
+        Err(fail(format!("{}: {}", status.as_u16(), fault_message(&body))))
     }
 }
 
-async fn exchange(api_sock: &Path, request: &ApiRequest) -> std::io::Result<Response> {
-    let mut stream = UnixStream::connect(api_sock).await?;
-    stream.write_all(&encode(request)).await?;
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(response) = parse_response(&buf).map_err(invalid)? {
-            return Ok(response);
-        }
-        if buf.len() > MAX_RESPONSE {
-            return Err(invalid("response too large"));
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-response"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+async fn exchange(api_sock: &Path, request: &ApiRequest) -> Result<(hyper::StatusCode, Bytes), ExchangeError> {
+    let stream = socket::connect(api_sock).await.map_err(ExchangeError::Connect)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ExchangeError::Http)?;
+    // The connection task ends when the sender is dropped (or on error,
+    // which the request then reports).
+    let connection = tokio::spawn(connection);
+    let response = sender.send_request(build(request)?).await.map_err(ExchangeError::Http)?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_RESPONSE).collect().await.map_err(ExchangeError::Body)?;
+    drop(sender);
+    connection.abort();
+    Ok((status, body.to_bytes()))
 }
 
-fn invalid(reason: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad HTTP response: {reason}"))
+/// The HTTP request for `request`.
+fn build(request: &ApiRequest) -> Result<Request<Full<Bytes>>, ExchangeError> {
+    let method = Method::from_bytes(request.method().as_bytes()).unwrap_or(Method::PUT);
+    Request::builder()
+        .method(method)
+        .uri(request.path())
+        .header(hyper::header::HOST, "localhost")
+        .header(hyper::header::ACCEPT, "application/json")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(request.body().to_string())))
+        .map_err(ExchangeError::Request)
 }
 
-/// The bytes of `request` on the wire.
-fn encode(request: &ApiRequest) -> Vec<u8> {
-    let body = request.body().to_string();
-    let mut out = format!(
-        "{} {} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        request.method(),
-        request.path(),
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body.as_bytes());
-    out
-}
-
-/// A response's status and body.
-#[derive(Debug, PartialEq, Eq)]
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-}
-
-/// The response in `buf`, or `None` if more bytes are needed.
-fn parse_response(buf: &[u8]) -> Result<Option<Response>, &'static str> {
-    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return Err("no HTTP/1.x status line");
+/// `error` and its causes, one after the other.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
     }
-    let status = parts.next().and_then(|s| s.parse().ok()).ok_or("no status code")?;
-    let mut content_length = 0usize;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                content_length = value.trim().parse().map_err(|_| "bad Content-Length")?;
-            }
-        }
-    }
-    let body_start = head_end + 4;
-    if buf.len() < body_start + content_length {
-        return Ok(None);
-    }
-    Ok(Some(Response { status, body: buf[body_start..body_start + content_length].to_vec() }))
+    text
 }
 
 /// Firecracker's `{"fault_message": "..."}`, or the body as it is.
@@ -127,38 +108,48 @@ mod tests {
     use crate::firecracker::api::ActionType;
 
     #[test]
-    fn request_has_content_length_and_json_body() {
-        let wire = String::from_utf8(encode(&ApiRequest::action(ActionType::InstanceStart))).unwrap();
-        let (head, body) = wire.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("PUT /actions HTTP/1.1\r\n"), "{head}");
-        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
-        assert_eq!(body, r#"{"action_type":"InstanceStart"}"#);
+    fn request_is_a_json_put() {
+        let request = build(&ApiRequest::action(ActionType::InstanceStart)).unwrap();
+        assert_eq!(request.method(), Method::PUT);
+        assert_eq!(request.uri(), "/actions");
+        assert_eq!(request.headers()[hyper::header::CONTENT_TYPE], "application/json");
     }
 
     #[test]
-    fn no_content_response_parses() {
-        let r = parse_response(b"HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n");
-        assert_eq!(r, Ok(Some(Response { status: 204, body: vec![] })));
-    }
-
-    #[test]
-    fn partial_response_needs_more_bytes() {
-        assert_eq!(parse_response(b"HTTP/1.1 400 Bad Request\r\nContent-Le"), Ok(None));
-        assert_eq!(parse_response(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 10\r\n\r\n{\"fa"), Ok(None));
-    }
-
-    #[test]
-    fn error_response_yields_fault_message() {
-        let body = br#"{"fault_message":"The kernel file cannot be opened"}"#;
-        let wire = [format!("HTTP/1.1 400 \r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(), body].concat();
-        let response = parse_response(&wire).unwrap().unwrap();
-        assert_eq!(response.status, 400);
-        assert_eq!(fault_message(&response.body), "The kernel file cannot be opened");
+    fn fault_messages() {
+        assert_eq!(
+            fault_message(br#"{"fault_message":"The kernel file cannot be opened"}"#),
+            "The kernel file cannot be opened"
+        );
         assert_eq!(fault_message(b"oops"), "oops");
+        assert_eq!(fault_message(b""), "no error message");
     }
 
-    #[test]
-    fn garbage_is_refused() {
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+    #[tokio::test]
+    async fn a_missing_socket_is_an_api_error_naming_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let error =
+            send(&dir.path().join("none.sock"), &ApiRequest::action(ActionType::InstanceStart)).await.unwrap_err();
+        let VmmError::Api { request, reason } = error else { panic!("not an API error") };
+        assert_eq!(request, "PUT /actions");
+        assert!(reason.starts_with("cannot connect to the API socket: "), "{reason}");
+    }
+
+    /// Something that answers, but not with HTTP.
+    #[tokio::test]
+    async fn garbage_is_an_error() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ssh.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.write_all(b"SSH-2.0-OpenSSH\r\n\r\n").await.unwrap();
+        });
+        let error = send(&path, &ApiRequest::action(ActionType::InstanceStart)).await.unwrap_err();
+        assert!(
+            matches!(error, VmmError::Api { ref reason, .. } if reason.starts_with("HTTP exchange failed")),
+            "{error}"
+        );
     }
 }

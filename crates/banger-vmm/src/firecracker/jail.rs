@@ -1,21 +1,43 @@
 //! Firecracker's jail for one VM: the directory the jailer chroots into
-//! (`<run_dir>/jail/<exec file name>/<id>/root`) and the files put in it
-//! under fixed names. What goes where is pure ([`plan`]); [`Jail::prepare`]
-//! and [`Jail::link_sockets`] are the host effects.
+//! (`<chroot base>/<exec file name>/<id>/root`) and what is put in it. The
+//! kernel, initrd and disks go in under fixed names; everything Firecracker
+//! writes (its API and vsock sockets, its log and metrics) is made inside
+//! the jail's `/run`, owned by the jailed uid, and reached from the run
+//! directory through symlinks, so the run directory may be on any
+//! filesystem (a tmpfs `/run`). What goes where is pure ([`plan`]);
+//! [`Jail::prepare`], [`Jail::link_run_files`] and [`Jail::release`] are the
+//! host effects.
+//!
+//! Ownership: Firecracker runs as an unprivileged uid/gid
+//! ([`JailIdentity`]). The disks it writes are hard links of the VM's own
+//! copy-on-write clones, so they are chowned to that uid for the VM's run
+//! and back to the daemon's uid on release, before the jail is removed.
+//! Read-only files (the kernel, shared images) are never chowned: they are
+//! linked when the jailed uid may read them, and copied (the copy chowned)
+//! when it may not.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::api::{ApiPaths, RunFiles};
-use super::command;
+use super::command::{self, JailIdentity};
 use crate::{VmSpec, VmmError};
 
-/// Firecracker's API socket as it sees it in the jail (its default path).
+/// Firecracker's API socket as it sees it in the jail.
 pub const API_SOCK: &str = "/run/firecracker.socket";
+/// The vsock's host-side socket as Firecracker sees it.
+pub const VSOCK: &str = "/run/vsock.sock";
+/// Firecracker's log as it sees it.
+pub const LOG: &str = "/run/firecracker.log";
+/// Firecracker's metrics as it sees them.
+pub const METRICS: &str = "/run/metrics.json";
+/// The directory of everything Firecracker writes besides the disks.
+const RUN: &str = "/run";
 
 /// One VM's jail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Jail {
-    /// The jailer's `--chroot-base-dir`, `<run_dir>/jail`; only this VM's.
+    /// The jailer's `--chroot-base-dir`; only this VM's.
     pub chroot_base: PathBuf,
     /// The directory Firecracker sees as `/`.
     pub root: PathBuf,
@@ -28,8 +50,8 @@ pub struct JailFile {
     pub source: PathBuf,
     /// Its path as Firecracker sees it.
     pub in_jail: PathBuf,
-    /// Whether Firecracker or the guest writes to it. Such a file must be
-    /// linked, never copied: writes to a copy are lost with the jail.
+    /// Whether the guest writes to it. Such a file must be linked, never
+    /// copied: writes to a copy are lost with the jail.
     pub writable: bool,
 }
 
@@ -38,7 +60,8 @@ pub struct JailFile {
 pub enum Placement {
     /// A hard link: the original's inode.
     HardLink,
-    /// A copy, for a read-only file on another filesystem than the jail.
+    /// A copy: a read-only file on another filesystem than the jail, or
+    /// one the jailed uid may not read.
     Copy,
 }
 
@@ -56,43 +79,79 @@ impl Jail {
         self.root.join(in_jail.strip_prefix("/").unwrap_or(in_jail))
     }
 
-    /// Creates the jail root with its `/run` (for the API socket) and puts
-    /// `files` in it. What it made is left for the caller to remove on
-    /// error, with the whole chroot base.
-    pub fn prepare(&self, files: &[JailFile]) -> Result<Vec<Placement>, VmmError> {
-        let run = self.host_path(Path::new(API_SOCK)).parent().map(Path::to_path_buf).unwrap_or(self.root.clone());
+    /// Creates the jail root, its `/run` with an empty log and metrics file
+    /// (all owned by `identity`), and puts `files` in it. What it made is
+    /// left for the caller to remove on error, with the whole chroot base.
+    pub fn prepare(&self, files: &[JailFile], identity: JailIdentity) -> Result<Vec<Placement>, VmmError> {
+        let run = self.host_path(Path::new(RUN));
         std::fs::create_dir_all(&run).map_err(|e| prepare_error(&run, e))?;
-        files.iter().map(|file| self.place(file)).collect()
+        chown(&run, identity)?;
+        for file in [LOG, METRICS] {
+            let path = self.host_path(Path::new(file));
+            std::fs::File::create(&path).map_err(|e| prepare_error(&path, e))?;
+            chown(&path, identity)?;
+        }
+        files.iter().map(|file| self.place(file, identity)).collect()
     }
 
-    /// Makes the run directory's `firecracker.sock` and `vsock.sock`
-    /// symlinks to the sockets Firecracker binds in the jail, so the host
-    /// side (stop, the agent endpoint) finds them from the run directory.
-    pub fn link_sockets(&self, files: &RunFiles) -> Result<(), VmmError> {
-        let in_jail = RunFiles::new(Path::new("/"));
-        for (socket, link) in [(Path::new(API_SOCK), &files.api_sock), (&in_jail.vsock, &files.vsock)] {
-            let target = self.host_path(socket);
-            // Relative, so the link stays right if the run directory moves.
+    /// Makes the run directory's API socket, vsock socket, log and metrics
+    /// symlinks to those in the jail, so the host side (stop, the agent
+    /// endpoint, the failure report) finds them from the run directory.
+    pub fn link_run_files(&self, files: &RunFiles) -> Result<(), VmmError> {
+        let links = [(API_SOCK, &files.api_sock), (VSOCK, &files.vsock), (LOG, &files.log), (METRICS, &files.metrics)];
+        for (in_jail, link) in links {
+            let target = self.host_path(Path::new(in_jail));
+            // Relative when the jail is in the run directory, so the link
+            // stays right if the run directory moves.
             let target = link.parent().and_then(|dir| target.strip_prefix(dir).ok()).unwrap_or(&target);
             std::os::unix::fs::symlink(target, link).map_err(|e| prepare_error(link, e))?;
         }
         Ok(())
     }
 
-    /// Hard-links `file` into the jail; across filesystems, where no link
-    /// (and no reflink) can be made, copies it if it is read-only and
-    /// refuses it otherwise.
-    fn place(&self, file: &JailFile) -> Result<Placement, VmmError> {
+    /// Undoes what [`Jail::prepare`] changed outside the jail: the disks
+    /// linked in and chowned to `identity` get the daemon's uid and gid
+    /// back. Called before the jail is removed; Firecracker must be gone.
+    pub fn release(&self, identity: JailIdentity) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        // SAFETY: geteuid and getegid only read the process's credentials.
+        #[allow(unsafe_code)]
+        let daemon = unsafe { JailIdentity { uid: libc::geteuid(), gid: libc::getegid() } };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            // A link of a file outside (nlink > 1) that was handed over.
+            if meta.is_file() && meta.nlink() > 1 && meta.uid() == identity.uid && identity != daemon {
+                if let Err(e) = chown(&entry.path(), daemon) {
+                    tracing::warn!(error = %e, "cannot give a disk back to the daemon");
+                }
+            }
+        }
+    }
+
+    /// Hard-links `file` into the jail, or copies it (see [`Placement`]);
+    /// a writable file is handed to `identity`.
+    fn place(&self, file: &JailFile, identity: JailIdentity) -> Result<Placement, VmmError> {
         let dest = self.host_path(&file.in_jail);
+        let meta = std::fs::metadata(&file.source).map_err(|e| prepare_error(&file.source, e))?;
+        if !file.writable && !readable_by(&meta, identity) {
+            copy_in(&file.source, &dest, identity)?;
+            return Ok(Placement::Copy);
+        }
         match std::fs::hard_link(&file.source, &dest) {
+            Ok(()) if file.writable => {
+                chown(&dest, identity)?;
+                Ok(Placement::HardLink)
+            }
             Ok(()) => Ok(Placement::HardLink),
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) && !file.writable => {
                 tracing::info!(file = %file.source.display(), "copying a file into the jail: it is on another filesystem");
-                std::fs::copy(&file.source, &dest).map_err(|e| prepare_error(&file.source, e))?;
+                copy_in(&file.source, &dest, identity)?;
                 Ok(Placement::Copy)
             }
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(VmmError::InvalidSpec(format!(
-                "{} is writable and on another filesystem than the jail {}: it cannot be linked, and the guest's \
+                "the disk {} is on another filesystem than the jail {}: it cannot be linked, and the guest's \
                  writes to a copy would be lost",
                 file.source.display(),
                 self.chroot_base.display()
@@ -102,19 +161,36 @@ impl Jail {
     }
 }
 
+/// Copies a read-only file into the jail, readable by `identity`.
+fn copy_in(source: &Path, dest: &Path, identity: JailIdentity) -> Result<(), VmmError> {
+    std::fs::copy(source, dest).map_err(|e| prepare_error(source, e))?;
+    chown(dest, identity)
+}
+
+/// Whether `identity` may read a file with this owner and mode.
+fn readable_by(meta: &std::fs::Metadata, identity: JailIdentity) -> bool {
+    let mode = meta.mode();
+    identity.uid == 0
+        || mode & 0o004 != 0
+        || (meta.uid() == identity.uid && mode & 0o400 != 0)
+        || (meta.gid() == identity.gid && mode & 0o040 != 0)
+}
+
+fn chown(path: &Path, identity: JailIdentity) -> Result<(), VmmError> {
+    std::os::unix::fs::lchown(path, Some(identity.uid), Some(identity.gid)).map_err(|e| prepare_error(path, e))
+}
+
 /// The files the API names for `spec`, each under a fixed name in the
-/// jail (the run directory's log and metrics files too, so they outlive
-/// it), and the paths the requests then carry.
+/// jail, and the paths the requests then carry.
 pub fn plan(spec: &VmSpec) -> (Vec<JailFile>, ApiPaths) {
     let host = ApiPaths::on_host(spec);
-    let run_files = RunFiles::new(Path::new("/"));
     let inside = ApiPaths {
         kernel: "/vmlinux".into(),
         initrd: host.initrd.as_ref().map(|_| "/initrd.img".into()),
         disks: (0..spec.disks.len()).map(|i| format!("/disk{i}.ext4").into()).collect(),
-        log: run_files.log,
-        metrics: run_files.metrics,
-        vsock: run_files.vsock,
+        log: LOG.into(),
+        metrics: METRICS.into(),
+        vsock: VSOCK.into(),
     };
     let file = |source: &Path, in_jail: &Path, writable| JailFile {
         source: source.to_path_buf(),
@@ -128,8 +204,6 @@ pub fn plan(spec: &VmSpec) -> (Vec<JailFile>, ApiPaths) {
     for ((disk, source), in_jail) in spec.disks.iter().zip(&host.disks).zip(&inside.disks) {
         files.push(file(source, in_jail, !disk.read_only));
     }
-    files.push(file(&host.log, &inside.log, true));
-    files.push(file(&host.metrics, &inside.metrics, true));
     (files, inside)
 }
 
@@ -171,11 +245,12 @@ mod tests {
                 ("/k/initrd", "/initrd.img", false),
                 ("/d/root.ext4", "/disk0.ext4", true),
                 ("/d/tools.img", "/disk1.ext4", false),
-                ("/run/vm/firecracker.log", "/firecracker.log", true),
-                ("/run/vm/metrics.json", "/metrics.json", true),
             ]
         );
-        assert_eq!(inside.vsock, Path::new("/vsock.sock"));
+        assert_eq!(
+            (inside.vsock.as_path(), inside.log.as_path(), inside.metrics.as_path()),
+            (Path::new(VSOCK), Path::new(LOG), Path::new(METRICS))
+        );
         let (files, inside) = plan(&VmSpec { initrd: None, ..spec() });
         assert_eq!(inside.initrd, None);
         assert!(files.iter().all(|f| f.in_jail != Path::new("/initrd.img")));
@@ -190,5 +265,21 @@ mod tests {
             jail.host_path(Path::new(API_SOCK)),
             Path::new("/run/vm/jail/firecracker/web-1/root/run/firecracker.socket")
         );
+    }
+
+    #[test]
+    fn readable_by_follows_the_mode_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let with_mode = |mode| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::metadata(&path).unwrap()
+        };
+        let stranger = JailIdentity { uid: 64_123, gid: 64_123 };
+        assert!(readable_by(&with_mode(0o644), stranger));
+        assert!(!readable_by(&with_mode(0o640), stranger));
+        assert!(readable_by(&with_mode(0o600), JailIdentity { uid: 0, gid: 0 }));
     }
 }

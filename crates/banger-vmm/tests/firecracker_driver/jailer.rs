@@ -7,7 +7,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 
-use banger_vmm::firecracker::{agent_endpoint, jail, requests_with_paths};
+use banger_vmm::firecracker::{agent_endpoint, jail, requests_with_paths, Jailer, DEFAULT_JAIL_IDENTITY};
 use banger_vmm::AgentEndpoint;
 
 use super::*;
@@ -83,7 +83,7 @@ fn enter_jail(args: &[String]) -> Result<std::process::Command, String> {
 }
 
 fn jailed() -> Firecracker {
-    Firecracker { jailer: Some(fakes().jailer.clone()), ..Firecracker::new(&fakes().firecracker) }
+    Firecracker { jailer: Some(Jailer::new(&fakes().jailer)), ..Firecracker::new(&fakes().firecracker) }
 }
 
 fn jail_root(spec: &VmSpec) -> PathBuf {
@@ -97,8 +97,6 @@ fn linked_files(spec: &VmSpec) -> Vec<(PathBuf, &'static str)> {
         (spec.initrd.clone().unwrap(), "initrd.img"),
         (spec.disks[0].path.clone(), "disk0.ext4"),
         (spec.disks[1].path.clone(), "disk1.ext4"),
-        (spec.run_dir.join("firecracker.log"), "firecracker.log"),
-        (spec.run_dir.join("metrics.json"), "metrics.json"),
     ]
 }
 
@@ -147,25 +145,54 @@ async fn start_under_the_jailer_links_files_in_and_sends_in_jail_paths() {
             "--exec-file",
             firecracker,
             "--uid",
-            "0",
+            &DEFAULT_JAIL_IDENTITY.uid.to_string(),
             "--gid",
-            "0",
+            &DEFAULT_JAIL_IDENTITY.gid.to_string(),
             "--chroot-base-dir",
             chroot_base.to_str().unwrap(),
             "--",
             "--api-sock",
             "/run/firecracker.socket",
+            "--log-path",
+            "/run/firecracker.log",
+            "--level",
+            "Info",
+            "--show-level",
         ]
     );
     let args = std::fs::read_to_string(spec.run_dir.join("fake.args")).unwrap();
     assert_eq!(
         args.lines().collect::<Vec<_>>(),
-        ["--id=fake-vm", "--start-time-us=0", "--start-time-cpu-us=0", "--api-sock", "/run/firecracker.socket"]
+        [
+            "--id=fake-vm",
+            "--start-time-us=0",
+            "--start-time-cpu-us=0",
+            "--api-sock",
+            "/run/firecracker.socket",
+            "--log-path",
+            "/run/firecracker.log",
+            "--level",
+            "Info",
+            "--show-level"
+        ]
     );
 
     let root = jail_root(&spec);
     for (original, name) in linked_files(&spec) {
         assert_eq!(inode(&root.join(name)), inode(&original), "{name} is not a hard link of {}", original.display());
+    }
+    // The writable disk is the jailed uid's while it runs; the read-only
+    // files are not handed over.
+    let owner = |path: &Path| std::fs::metadata(path).unwrap().uid();
+    assert_eq!(owner(&spec.disks[0].path), DEFAULT_JAIL_IDENTITY.uid);
+    assert_eq!(owner(&spec.disks[1].path), 0);
+    assert_eq!(owner(&spec.kernel), 0);
+    // What Firecracker writes is inside the jail, reached from the run dir.
+    for (file, in_jail) in [("firecracker.log", "run/firecracker.log"), ("metrics.json", "run/metrics.json")] {
+        let link = spec.run_dir.join(file);
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink(), "{file} is not a link");
+        assert_eq!(inode(&link), inode(&root.join(in_jail)));
+        assert_eq!(owner(&link), DEFAULT_JAIL_IDENTITY.uid);
     }
 
     let api = OpenApi::load();
@@ -185,13 +212,12 @@ async fn start_under_the_jailer_links_files_in_and_sends_in_jail_paths() {
     assert_eq!(
         paths,
         [
-            ("log_path", "/firecracker.log"),
-            ("metrics_path", "/metrics.json"),
+            ("metrics_path", "/run/metrics.json"),
             ("initrd_path", "/initrd.img"),
             ("kernel_image_path", "/vmlinux"),
             ("path_on_host", "/disk0.ext4"),
             ("path_on_host", "/disk1.ext4"),
-            ("uds_path", "/vsock.sock"),
+            ("uds_path", "/run/vsock.sock"),
         ]
     );
     let (_, in_jail) = jail::plan(&spec);
@@ -213,6 +239,7 @@ async fn start_under_the_jailer_links_files_in_and_sends_in_jail_paths() {
     driver.release(&spec.run_dir).unwrap();
     assert_nothing_left(&spec.run_dir, pid);
     assert_originals_intact(&spec);
+    assert_eq!(owner(&spec.disks[0].path), 0, "the disk is given back to the daemon");
 }
 
 #[tokio::test]
@@ -284,7 +311,7 @@ async fn a_missing_jailer_is_reported_and_leaves_no_jail() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let jailer = dir.path().join("no-jailer");
-    let driver = Firecracker { jailer: Some(jailer.clone()), ..Firecracker::new(&fakes().firecracker) };
+    let driver = Firecracker { jailer: Some(Jailer::new(&jailer)), ..Firecracker::new(&fakes().firecracker) };
     let error = driver.start(&spec).await.unwrap_err();
     assert!(matches!(&error, VmmError::MissingBinary { binary } if *binary == jailer.display().to_string()), "{error}");
     assert!(spec.run_dir.join("jail").symlink_metadata().is_err(), "the jail is left behind");

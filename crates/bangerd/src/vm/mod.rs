@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use banger_api::VmmChoice;
-use banger_vmm::{firecracker::Firecracker, qemu::Qemu, Vmm};
+use banger_vmm::firecracker::{Firecracker, Jailer};
+use banger_vmm::{qemu::Qemu, Vmm};
 use tokio::sync::{watch, OwnedMutexGuard};
 
 use crate::agent::AgentConn;
@@ -276,7 +277,9 @@ impl Daemon {
                     })?;
                 // The jail goes beside the VM's disks, which are hard-linked into it.
                 let jail_dir = Some(self.vm_dir(&record.name).join("jail"));
-                Ok(Vmm::Firecracker(Firecracker { binary, jailer: self.config.jailer.clone(), jail_dir }))
+                let jailer =
+                    self.config.jailer.clone().map(|binary| Jailer { binary, identity: self.config.jail_identity });
+                Ok(Vmm::Firecracker(Firecracker { binary, jailer, jail_dir }))
             }
             VmmChoice::Qemu => {
                 let binary = self.caps.qemu.as_ref().map(|t| t.path.clone()).ok_or_else(|| {
