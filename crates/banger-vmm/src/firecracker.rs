@@ -261,7 +261,8 @@ impl Firecracker {
                 jail::Jail { chroot_base: files.chroot_base.clone(), root }.release(jailer.identity);
             }
         }
-        let with_path = |path: &Path, e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        let with_path =
+            |path: &Path, e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         let partial = files.pid.with_extension("pid.partial");
         for path in [&files.api_sock, &files.vsock, &files.pid, &partial, &files.log, &files.metrics, &files.vmm_log] {
             remove_if_present(path).map_err(|e| with_path(path, e))?;
