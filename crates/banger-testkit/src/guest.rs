@@ -16,8 +16,7 @@ pub fn agent_binary() -> PathBuf {
         return path.clone();
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+    let target_dir = crate::cache::target_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "-p", "banger-agent", "--target", AGENT_TARGET])
