@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// The workspace's target directory (`CARGO_TARGET_DIR`, else `target/`).
 pub fn target_dir() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let workspace = fs::canonicalize(&workspace).unwrap_or(workspace);
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"))
 }
 
