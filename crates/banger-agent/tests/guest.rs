@@ -16,28 +16,7 @@ use tokio::net::UnixStream;
 /// The whole test: the agent's build and the shared kernel's import (when
 /// this test is the first of the run to need them), the boot, the talk.
 const TEST_TIMEOUT: Duration = Duration::from_secs(600);
-const TARGET: &str = "x86_64-unknown-linux-gnu";
 const BUSYBOX_APPLETS: &[&str] = &["sh", "cat", "echo", "uname", "ls", "sleep", "hostname", "mount", "head", "wc"];
-
-/// Builds the static agent with a nested cargo (the outer one has released
-/// its lock while tests run) and returns its path.
-fn build_static_agent() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "banger-agent", "--release", "--target", TARGET])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cannot run cargo");
-    assert!(status.success(), "building the static agent failed");
-    // CARGO_TARGET_TMPDIR is <target dir>/tmp.
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
-    let agent = target_dir.join(TARGET).join("release/banger-agent");
-    let file = Command::new("file").arg(&agent).output().expect("cannot run file");
-    let description = String::from_utf8_lossy(&file.stdout).into_owned();
-    assert!(description.contains("static"), "the agent is not statically linked: {description}");
-    agent
-}
 
 /// A root filesystem image: busybox, its applets, the agent as init.
 fn make_root(dir: &Path, agent: &Path) -> PathBuf {
@@ -191,7 +170,7 @@ impl Prepared {
     /// `None` where the machine has no apt for the kernel (a SKIP; under CI a failure).
     async fn new() -> Option<Prepared> {
         let kernel = banger_testkit::debian_kernel().await?;
-        let agent = tokio::task::spawn_blocking(build_static_agent).await.unwrap();
+        let agent = tokio::task::spawn_blocking(banger_testkit::guest::agent_binary).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let root = make_root(dir.path(), &agent);
         Some(Prepared { dir, kernel, root })

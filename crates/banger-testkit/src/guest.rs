@@ -28,6 +28,8 @@ pub fn agent_binary() -> PathBuf {
     assert!(status.success(), "building the static guest agent failed");
     let path = target_dir.join(AGENT_TARGET).join("release/banger-agent");
     assert!(path.is_file(), "no agent at {}", path.display());
+    let linkage = banger_image::file_linkage(&path).expect("read the agent");
+    assert_eq!(linkage, banger_image::Linkage::Static, "{} is not a static ELF", path.display());
     *built = Some(path.clone());
     path
 }

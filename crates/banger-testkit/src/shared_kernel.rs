@@ -66,9 +66,15 @@ impl SharedKernel {
 /// (a SKIP, or a failure under CI) without apt.
 pub async fn debian_kernel() -> Option<SharedKernel> {
     let deb = tokio::task::spawn_blocking(crate::debian::cloud_kernel_deb).await.unwrap()?;
+    static KEY: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let key = {
         let deb = deb.clone();
-        tokio::task::spawn_blocking(move || cache_key(&deb)).await.unwrap()
+        tokio::task::spawn_blocking(move || {
+            let mut key = KEY.lock().unwrap_or_else(|e| e.into_inner());
+            key.get_or_insert_with(|| cache_key(&deb)).clone()
+        })
+        .await
+        .unwrap()
     };
     let cache = crate::cache::dir("kernels");
     let lock = {
