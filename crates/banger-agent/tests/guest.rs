@@ -9,35 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_agent_proto::{read_frame, write_frame, ExecRequest, Frame, FrameKind, Reply, Request, PROTOCOL_VERSION};
-use banger_kernel::import::{self, ImportOptions, SourceKind};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-/// The whole boot-and-talk part of the test.
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The whole test: the agent's build and the shared kernel's import (when
+/// this test is the first of the run to need them), the boot, the talk.
+const TEST_TIMEOUT: Duration = Duration::from_secs(600);
 const BUSYBOX_APPLETS: &[&str] = &["sh", "cat", "echo", "uname", "ls", "sleep", "hostname", "mount", "head", "wc"];
-
-/// Builds the static agent with a nested cargo (the outer one has released
-/// its lock while tests run) and returns its path.
-fn build_static_agent() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "banger-agent", "--release", "--target", TARGET])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cannot run cargo");
-    assert!(status.success(), "building the static agent failed");
-    // CARGO_TARGET_TMPDIR is <target dir>/tmp.
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
-    let agent = target_dir.join(TARGET).join("release/banger-agent");
-    let file = Command::new("file").arg(&agent).output().expect("cannot run file");
-    let description = String::from_utf8_lossy(&file.stdout).into_owned();
-    assert!(description.contains("static"), "the agent is not statically linked: {description}");
-    agent
-}
 
 /// A root filesystem image: busybox, its applets, the agent as init.
 fn make_root(dir: &Path, agent: &Path) -> PathBuf {
@@ -183,27 +162,22 @@ impl Host {
 /// A guest ready to boot: its kernel, its root image, where its sockets go.
 struct Prepared {
     dir: tempfile::TempDir,
-    kernel: PathBuf,
+    kernel: banger_testkit::SharedKernel,
     root: PathBuf,
-    release: String,
 }
 
 impl Prepared {
-    /// `None` (the test skips loudly) where the machine has no apt for the kernel.
-    fn new() -> Option<Prepared> {
-        let deb = banger_testkit::debian::cloud_kernel_deb(Path::new(env!("CARGO_TARGET_TMPDIR")))?;
-        let agent = build_static_agent();
+    /// `None` where the machine has no apt for the kernel (a SKIP; under CI a failure).
+    async fn new() -> Option<Prepared> {
+        let kernel = banger_testkit::debian_kernel().await?;
+        let agent = tokio::task::spawn_blocking(banger_testkit::guest::agent_binary).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("kernel");
-        fs::create_dir(&kernel).unwrap();
-        let imported = import::import(&deb, SourceKind::Deb, &ImportOptions::default(), &kernel, &mut |_| {}).unwrap();
-        let release = imported.kernel_version.expect("the kernel release");
         let root = make_root(dir.path(), &agent);
-        Some(Prepared { dir, kernel, root, release })
+        Some(Prepared { dir, kernel, root })
     }
 
     fn boot(&self) -> Guest {
-        Guest::boot(self.dir.path(), &self.kernel, &self.root)
+        Guest::boot(self.dir.path(), self.kernel.dir(), &self.root)
     }
 
     fn socket(&self, name: &str) -> PathBuf {
@@ -214,7 +188,7 @@ impl Prepared {
 /// Runs `test` on a fresh runtime, failing after [`TEST_TIMEOUT`].
 fn with_timeout(test: impl std::future::Future<Output = ()>) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async { tokio::time::timeout(TEST_TIMEOUT, test).await.expect("the guest test timed out") });
+    runtime.block_on(banger_testkit::with_timeout(TEST_TIMEOUT, test));
 }
 
 /// Waits for QEMU to exit by itself; returns how long that took.
@@ -261,14 +235,14 @@ async fn ctrl_alt_del(qmp: &Path) {
 
 #[test]
 fn agent_runs_commands_as_init_of_a_real_guest() {
-    let Some(prepared) = Prepared::new() else {
-        return;
-    };
-    let started = Instant::now();
-    let mut guest = prepared.boot();
-    let socket = prepared.socket("agent.sock");
-    let release = prepared.release.clone();
     with_timeout(async {
+        let Some(prepared) = Prepared::new().await else {
+            return;
+        };
+        let started = Instant::now();
+        let mut guest = prepared.boot();
+        let socket = prepared.socket("agent.sock");
+        let release = prepared.kernel.release().to_owned();
         let mut host = Host::connect(&socket).await;
         assert_eq!(host.hello().await.0, env!("CARGO_PKG_VERSION"));
         eprintln!("agent answered {:.1} s after QEMU started", started.elapsed().as_secs_f64());
@@ -317,19 +291,19 @@ fn agent_runs_commands_as_init_of_a_real_guest() {
         // Power off: QEMU (with -no-reboot) exits by itself.
         host.send(Frame::control(9, &Request::Poweroff)).await;
         eprintln!("QEMU exited {:.1} s after the power-off request", wait_for_exit(&mut guest).await.as_secs_f64());
+        let log = agent_log(&guest);
+        eprintln!("---- the agent on the guest console ----\n{log}");
+        assert!(log.contains("powering off"));
     });
-    let log = agent_log(&guest);
-    eprintln!("---- the agent on the guest console ----\n{log}");
-    assert!(log.contains("powering off"));
 }
 
 #[test]
 fn ctrl_alt_del_powers_the_guest_off() {
-    let Some(prepared) = Prepared::new() else {
-        return;
-    };
-    let mut guest = prepared.boot();
     with_timeout(async {
+        let Some(prepared) = Prepared::new().await else {
+            return;
+        };
+        let mut guest = prepared.boot();
         let mut host = Host::connect(&prepared.socket("agent.sock")).await;
         host.hello().await;
         // A process that would run for ever: power-off must not wait for it.
@@ -339,6 +313,6 @@ fn ctrl_alt_del_powers_the_guest_off() {
         ctrl_alt_del(&prepared.socket("qmp.sock")).await;
         let took = wait_for_exit(&mut guest).await;
         eprintln!("QEMU exited {:.1} s after Ctrl-Alt-Del", took.as_secs_f64());
+        assert!(agent_log(&guest).contains("powering off"));
     });
-    assert!(agent_log(&guest).contains("powering off"));
 }

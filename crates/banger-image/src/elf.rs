@@ -14,7 +14,7 @@ const PT_INTERP: u32 = 3;
 
 /// What the start of a file says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Linkage {
+pub enum Linkage {
     /// Not an ELF file, or one whose headers could not be read.
     NotElf,
     /// An ELF file that asks for a dynamic loader (`PT_INTERP`).
@@ -83,8 +83,9 @@ pub(crate) fn linkage(head: &[u8]) -> Linkage {
     Linkage::Static
 }
 
-/// Reads the start of `path` and classifies it.
-pub(crate) fn file_linkage(path: &Path) -> io::Result<Linkage> {
+/// Reads the start of `path` and classifies it: what a binary copied into
+/// a guest root (the agent, busybox) must be is [`Linkage::Static`].
+pub fn file_linkage(path: &Path) -> io::Result<Linkage> {
     let mut head = Vec::new();
     File::open(path)?.take(HEADER_WINDOW).read_to_end(&mut head)?;
     Ok(linkage(&head))

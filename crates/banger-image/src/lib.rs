@@ -15,6 +15,7 @@ mod tree;
 
 use std::path::{Path, PathBuf};
 
+pub use elf::{file_linkage, Linkage};
 pub use error::ImageError;
 pub use seed::{ensure_seed, seed_path};
 

@@ -1,34 +1,21 @@
 //! Clones real ext4 images: by reflink on a loop-mounted XFS, by sparse
 //! copy anywhere, growing them with e2fsck and resize2fs. Tests that mount
-//! need root and are skipped loudly otherwise.
+//! need root: a SKIP without, a failure under CI.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use banger_storage::{clone_disk, device_mapper_available, disk_usage, grow_disk, probe_reflink, shared_bytes};
 use banger_storage::{CowStrategy, StorageError};
 
-/// Writes past the test harness's output capture, so that a skip is seen.
-fn loud(message: &str) {
-    let _ = writeln!(std::io::stderr(), "\n*** {message} ***\n");
-}
-
 const MIB: u64 = 1 << 20;
 
-fn is_root() -> bool {
-    let probe = tempfile::tempdir().unwrap();
-    fs::metadata(probe.path()).unwrap().uid() == 0
-}
-
+/// Whether the test may go on: mounting a loop XFS needs root (a SKIP
+/// without; under CI a failure).
 fn root_or_skip(test: &str) -> bool {
-    let root = is_root();
-    if !root {
-        loud(&format!("SKIPPED {test}: mounting a loop XFS needs root"));
-    }
-    root
+    banger_testkit::require(&format!("root, for {test}: mounting a loop XFS needs it"), banger_testkit::is_root())
 }
 
 fn sh(program: &str, args: &[&str]) -> String {
@@ -260,24 +247,22 @@ fn refuse_reflink_in(dir: &Path, fs_name: &str) {
 fn reflink_on_ext4_or_tmpfs_is_a_clear_error() {
     let on_root = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
     let fs_type = sh("stat", &["-f", "-c", "%T", on_root.path().to_str().unwrap()]);
-    if fs_type.trim().starts_with("ext2") {
+    let ext4 = fs_type.trim().starts_with("ext2");
+    let what = format!("an ext4 temporary directory ({} is {})", on_root.path().display(), fs_type.trim());
+    if banger_testkit::require(&what, ext4) {
         refuse_reflink_in(on_root.path(), "ext4");
-    } else {
-        loud(&format!("{} is {}, not ext4: ext4 case skipped", on_root.path().display(), fs_type.trim()));
     }
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() && sh("stat", &["-f", "-c", "%T", "/dev/shm"]).trim() == "tmpfs" {
+    let tmpfs = shm.is_dir() && sh("stat", &["-f", "-c", "%T", "/dev/shm"]).trim() == "tmpfs";
+    if banger_testkit::require("/dev/shm as a tmpfs", tmpfs) {
         let dir = tempfile::tempdir_in(shm).unwrap();
         refuse_reflink_in(dir.path(), "tmpfs");
-    } else {
-        loud("/dev/shm is not a tmpfs: tmpfs case skipped");
     }
 }
 
 #[test]
 fn dm_snapshot_refuses_without_device_mapper() {
-    if device_mapper_available() {
-        loud("SKIPPED dm_snapshot_refuses_without_device_mapper: this host has device-mapper");
+    if !banger_testkit::require("a host without device-mapper", !device_mapper_available()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

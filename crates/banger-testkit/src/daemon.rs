@@ -9,6 +9,8 @@ use bangerd::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::shared_kernel::SharedKernel;
+
 /// A running daemon; dropping it stops it and removes its root.
 pub struct TestDaemon {
     /// Root of everything it owns: `state/`, `bangerd.sock`, `catalog.json`.
@@ -30,12 +32,26 @@ impl TestDaemon {
 
     /// Starts a daemon after `adjust` has changed its configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestDaemon {
+        Self::start_prepared(adjust, |_| {}).await
+    }
+
+    /// Starts a daemon that has the shared Debian kernel as
+    /// [`shared_kernel::NAME`](crate::shared_kernel::NAME), adopted from its
+    /// state root at start rather than imported again.
+    pub async fn start_with_kernel(kernel: &SharedKernel, adjust: impl FnOnce(&mut Config)) -> TestDaemon {
+        Self::start_prepared(adjust, |config| kernel.install(&config.state_dir)).await
+    }
+
+    /// Starts a daemon after `adjust` has changed its configuration and
+    /// `prepare` has put files under its state root.
+    async fn start_prepared(adjust: impl FnOnce(&mut Config), prepare: impl FnOnce(&Config)) -> TestDaemon {
         let root = tempfile::tempdir().expect("temp dir");
         let mut config = Config::new(root.path().join("state"), root.path().join("bangerd.sock"));
         config.run_dir = root.path().join("run");
         let catalog = root.path().join("catalog.json");
         config.catalogs.push(catalog.display().to_string());
         adjust(&mut config);
+        prepare(&config);
         let mut daemon = TestDaemon { client: Client::new(&config.socket), root, config, stop: None, task: None };
         daemon.set_catalog(Vec::new());
         daemon.launch().await;

@@ -16,8 +16,7 @@ pub fn agent_binary() -> PathBuf {
         return path.clone();
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+    let target_dir = crate::cache::target_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "-p", "banger-agent", "--target", AGENT_TARGET])
@@ -29,6 +28,8 @@ pub fn agent_binary() -> PathBuf {
     assert!(status.success(), "building the static guest agent failed");
     let path = target_dir.join(AGENT_TARGET).join("release/banger-agent");
     assert!(path.is_file(), "no agent at {}", path.display());
+    let linkage = banger_image::file_linkage(&path).expect("read the agent");
+    assert_eq!(linkage, banger_image::Linkage::Static, "{} is not a static ELF", path.display());
     *built = Some(path.clone());
     path
 }

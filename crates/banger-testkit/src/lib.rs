@@ -1,17 +1,25 @@
 //! Test support shared by the daemon's and the CLI's tests: a whole
 //! `bangerd` in-process under a temporary state root, a real HTTP server on
 //! 127.0.0.1 that serves canned responses (bundles, errors, truncated
-//! bodies), and builders for kernel bundles, good and malicious.
+//! bodies), builders for kernel bundles, good and malicious, Debian's
+//! cloud kernel imported once per run, and the rules every host-dependent
+//! test follows: [`require`] (skip locally, fail under CI) and
+//! [`with_timeout`].
 
 pub mod bundles;
+pub mod cache;
 pub mod daemon;
 pub mod debian;
 pub mod guest;
 pub mod http;
 pub mod loopfs;
+pub mod prereq;
+pub mod shared_kernel;
 
 pub use daemon::TestDaemon;
 pub use http::{Canned, HttpServer};
+pub use prereq::{in_ci, is_root, require, with_timeout, with_timeout_blocking};
+pub use shared_kernel::{debian_kernel, SharedKernel};
 
 /// SHA-256 of bytes, lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -12,10 +12,10 @@ pub struct LoopFs {
 
 impl LoopFs {
     /// Makes a `size_mib` filesystem of type `fs` ("xfs" or "ext4") and
-    /// mounts it; `None` (with a loud message) when not running as root.
+    /// mounts it; `None` when not running as root (a SKIP, or a failure
+    /// under CI: [`crate::require`]).
     pub fn mount(fs: &str, size_mib: u64) -> Option<LoopFs> {
-        if !is_root() {
-            eprintln!("\n*** SKIP: mounting a loop {fs} filesystem needs root ***\n");
+        if !crate::require(&format!("root, to mount a loop {fs} filesystem"), crate::is_root()) {
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");
@@ -55,11 +55,4 @@ impl Drop for LoopFs {
 
 fn run(program: &str, args: &[&str]) -> bool {
     Command::new(program).args(args).status().is_ok_and(|s| s.success())
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }

@@ -18,6 +18,9 @@ use banger_vmm::firecracker::{requests, ApiRequest, Firecracker};
 use banger_vmm::{DiskSpec, VmSpec, VmmError, VmmProcess};
 use firecracker_openapi::{serve, Behaviour, OpenApi, Received};
 
+/// The whole of a test that spawns a (fake) VMM process.
+const FAKE_VMM_TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Scripts standing in for the firecracker binary. Written once, before
 /// any test spawns a process, so no forked child holds them open for
 /// writing when they are executed (ETXTBSY).
@@ -212,6 +215,10 @@ async fn configure_stops_at_a_refused_request_with_its_fault_message() {
 
 #[tokio::test]
 async fn start_boots_and_stop_shuts_down_gracefully() {
+    banger_testkit::with_timeout(FAKE_VMM_TEST_TIMEOUT, start_boots_and_stop_shuts_down_gracefully_body()).await;
+}
+
+async fn start_boots_and_stop_shuts_down_gracefully_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     with_behaviour(&spec, &Behaviour { exit_on_ctrl_alt_del: true, ..Behaviour::default() });
@@ -256,6 +263,10 @@ async fn start_boots_and_stop_shuts_down_gracefully() {
 
 #[tokio::test]
 async fn stop_kills_a_guest_that_ignores_ctrl_alt_del() {
+    banger_testkit::with_timeout(FAKE_VMM_TEST_TIMEOUT, stop_kills_a_guest_that_ignores_ctrl_alt_del_body()).await;
+}
+
+async fn stop_kills_a_guest_that_ignores_ctrl_alt_del_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let driver = Firecracker::new(&fakes().firecracker);
@@ -273,6 +284,11 @@ async fn stop_kills_a_guest_that_ignores_ctrl_alt_del() {
 
 #[tokio::test]
 async fn start_kills_firecracker_when_the_api_refuses_a_request() {
+    banger_testkit::with_timeout(FAKE_VMM_TEST_TIMEOUT, start_kills_firecracker_when_the_api_refuses_a_request_body())
+        .await;
+}
+
+async fn start_kills_firecracker_when_the_api_refuses_a_request_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     with_behaviour(&spec, &Behaviour { fail_path: Some("/boot-source".into()), ..Behaviour::default() });
@@ -288,6 +304,10 @@ async fn start_kills_firecracker_when_the_api_refuses_a_request() {
 
 #[tokio::test]
 async fn start_reports_an_early_exit_with_the_log_tail() {
+    banger_testkit::with_timeout(FAKE_VMM_TEST_TIMEOUT, start_reports_an_early_exit_with_the_log_tail_body()).await;
+}
+
+async fn start_reports_an_early_exit_with_the_log_tail_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let error = Firecracker::new(&fakes().exits_early).start(&spec).await.unwrap_err();
@@ -299,6 +319,10 @@ async fn start_reports_an_early_exit_with_the_log_tail() {
 
 #[tokio::test]
 async fn start_refuses_a_kernel_that_is_not_elf() {
+    banger_testkit::with_timeout(FAKE_VMM_TEST_TIMEOUT, start_refuses_a_kernel_that_is_not_elf_body()).await;
+}
+
+async fn start_refuses_a_kernel_that_is_not_elf_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let mut bz_image = vec![0u8; 0x400];
@@ -311,6 +335,10 @@ async fn start_refuses_a_kernel_that_is_not_elf() {
 
 #[tokio::test]
 async fn start_reports_a_missing_binary() {
+    banger_testkit::with_timeout(FAKE_VMM_TEST_TIMEOUT, start_reports_a_missing_binary_body()).await;
+}
+
+async fn start_reports_a_missing_binary_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let error = Firecracker::new(dir.path().join("no-firecracker")).start(&spec).await.unwrap_err();

@@ -24,9 +24,13 @@ pub struct Config {
     pub busybox: PathBuf,
     /// Runtime files: VM sockets, pid files, consoles.
     pub run_dir: PathBuf,
-    /// The static guest agent put into images (default: `banger-agent`
-    /// beside the daemon's executable, else /usr/local/lib/banger/banger-agent).
+    /// The static guest agent put into images, as configured (`[vms]
+    /// agent_binary`): used if it is a static ELF, an error otherwise.
     pub agent_binary: Option<PathBuf>,
+    /// Where to look for a static agent when none is configured, in order
+    /// (default: `banger-agent` beside the daemon's executable, then
+    /// /usr/local/lib/banger/banger-agent); the first static ELF wins.
+    pub agent_candidates: Vec<PathBuf>,
     /// Force a VMM instead of choosing from the host's capabilities.
     pub vmm: Option<banger_api::VmmChoice>,
     /// Run Firecracker under this jailer binary.
@@ -43,13 +47,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// The guest agent binary: configured, or found beside the daemon, or installed.
+    /// The static guest agent images carry: the configured one if it is
+    /// static, else the first static candidate. `None` when there is none;
+    /// [`crate::image::agent_binary::find`] says why.
     pub fn agent_binary(&self) -> Option<PathBuf> {
-        if let Some(path) = &self.agent_binary {
-            return Some(path.clone());
-        }
-        let beside = std::env::current_exe().ok()?.with_file_name("banger-agent");
-        [beside, PathBuf::from("/usr/local/lib/banger/banger-agent")].into_iter().find(|p| p.is_file())
+        crate::image::agent_binary::find(self).ok()
     }
 
     /// A configuration with every default, rooted at `state_dir` and `socket`.
@@ -62,6 +64,7 @@ impl Config {
             busybox: PathBuf::from("/bin/busybox"),
             run_dir: PathBuf::from("/run/banger"),
             agent_binary: None,
+            agent_candidates: crate::image::agent_binary::default_candidates(),
             vmm: None,
             jailer: None,
             jail_identity: banger_vmm::firecracker::DEFAULT_JAIL_IDENTITY,

@@ -137,6 +137,9 @@ pub enum Error {
         /// For how long.
         silent: std::time::Duration,
     },
+    /// No static guest agent to put into images.
+    #[error(transparent)]
+    AgentBinary(#[from] crate::image::agent_binary::AgentBinaryError),
     /// An image could not be built.
     #[error("cannot build image")]
     Image(#[from] banger_image::ImageError),
@@ -179,7 +182,7 @@ impl Error {
             Error::Import(_) => ErrorCode::BadArchive,
             Error::Download { .. } => ErrorCode::DownloadFailed,
             Error::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
-            Error::Unsupported(_) => ErrorCode::Unsupported,
+            Error::Unsupported(_) | Error::AgentBinary(_) => ErrorCode::Unsupported,
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::InvalidState { .. } | Error::AgentNotAnswering { .. } => ErrorCode::Conflict,
             Error::AgentNeverAnswered { .. } | Error::VmmExited { .. } => ErrorCode::BootFailed,

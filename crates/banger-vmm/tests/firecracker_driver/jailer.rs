@@ -122,6 +122,14 @@ fn assert_originals_intact(spec: &VmSpec) {
 
 #[tokio::test]
 async fn start_under_the_jailer_links_files_in_and_sends_in_jail_paths() {
+    banger_testkit::with_timeout(
+        super::FAKE_VMM_TEST_TIMEOUT,
+        start_under_the_jailer_links_files_in_and_sends_in_jail_paths_body(),
+    )
+    .await;
+}
+
+async fn start_under_the_jailer_links_files_in_and_sends_in_jail_paths_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     with_behaviour(&spec, &Behaviour { exit_on_ctrl_alt_del: true, ..Behaviour::default() });
@@ -244,6 +252,14 @@ async fn start_under_the_jailer_links_files_in_and_sends_in_jail_paths() {
 
 #[tokio::test]
 async fn a_refused_request_kills_the_jailed_firecracker_and_removes_the_jail() {
+    banger_testkit::with_timeout(
+        super::FAKE_VMM_TEST_TIMEOUT,
+        a_refused_request_kills_the_jailed_firecracker_and_removes_the_jail_body(),
+    )
+    .await;
+}
+
+async fn a_refused_request_kills_the_jailed_firecracker_and_removes_the_jail_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     with_behaviour(&spec, &Behaviour { fail_path: Some("/drives/rootfs".into()), ..Behaviour::default() });
@@ -258,6 +274,10 @@ async fn a_refused_request_kills_the_jailed_firecracker_and_removes_the_jail() {
 
 #[tokio::test]
 async fn kill_removes_the_jail() {
+    banger_testkit::with_timeout(super::FAKE_VMM_TEST_TIMEOUT, kill_removes_the_jail_body()).await;
+}
+
+async fn kill_removes_the_jail_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let driver = jailed();
@@ -274,6 +294,10 @@ async fn kill_removes_the_jail() {
 /// a tmpfs, and disks are hard-linked into the jail).
 #[tokio::test]
 async fn the_jail_can_live_beside_the_disks() {
+    banger_testkit::with_timeout(super::FAKE_VMM_TEST_TIMEOUT, the_jail_can_live_beside_the_disks_body()).await;
+}
+
+async fn the_jail_can_live_beside_the_disks_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let jail_dir = dir.path().join("disks-jail");
@@ -292,6 +316,10 @@ async fn the_jail_can_live_beside_the_disks() {
 
 #[tokio::test]
 async fn a_stale_jail_is_replaced_on_start() {
+    banger_testkit::with_timeout(super::FAKE_VMM_TEST_TIMEOUT, a_stale_jail_is_replaced_on_start_body()).await;
+}
+
+async fn a_stale_jail_is_replaced_on_start_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let root = jail_root(&spec);
@@ -308,6 +336,11 @@ async fn a_stale_jail_is_replaced_on_start() {
 
 #[tokio::test]
 async fn a_missing_jailer_is_reported_and_leaves_no_jail() {
+    banger_testkit::with_timeout(super::FAKE_VMM_TEST_TIMEOUT, a_missing_jailer_is_reported_and_leaves_no_jail_body())
+        .await;
+}
+
+async fn a_missing_jailer_is_reported_and_leaves_no_jail_body() {
     let dir = tempfile::tempdir().unwrap();
     let spec = vm(dir.path());
     let jailer = dir.path().join("no-jailer");
@@ -323,13 +356,22 @@ async fn a_missing_jailer_is_reported_and_leaves_no_jail() {
 /// into the jail, a writable disk is refused before anything is spawned.
 #[tokio::test]
 async fn across_filesystems_read_only_files_are_copied_and_writable_disks_refused() {
+    banger_testkit::with_timeout(
+        super::FAKE_VMM_TEST_TIMEOUT,
+        across_filesystems_read_only_files_are_copied_and_writable_disks_refused_body(),
+    )
+    .await;
+}
+
+async fn across_filesystems_read_only_files_are_copied_and_writable_disks_refused_body() {
     let dir = tempfile::tempdir().unwrap();
-    let Ok(other_fs) = tempfile::tempdir_in("/dev/shm") else {
-        eprintln!("skipped: no /dev/shm");
+    let other_fs = tempfile::tempdir_in("/dev/shm");
+    if !banger_testkit::require("/dev/shm, a second filesystem", other_fs.is_ok()) {
         return;
-    };
-    if inode(dir.path()).0 == inode(other_fs.path()).0 {
-        eprintln!("skipped: /dev/shm is on the same filesystem as {}", dir.path().display());
+    }
+    let other_fs = other_fs.expect("checked");
+    let apart = inode(dir.path()).0 != inode(other_fs.path()).0;
+    if !banger_testkit::require("/dev/shm on another filesystem than the temporary directory", apart) {
         return;
     }
     let mut spec = vm(dir.path());

@@ -24,11 +24,15 @@ pub async fn health(State(daemon): State<Arc<Daemon>>) -> Json<Health> {
 #[utoipa::path(get, path = "/v1/doctor", tag = "system",
     responses((status = 200, body = DoctorReport), (status = 500, body = ApiError)))]
 pub async fn doctor(State(daemon): State<Arc<Daemon>>) -> Result<Json<DoctorReport>> {
-    let (state_dir, forced) = (daemon.config.state_dir.clone(), daemon.config.vmm);
-    let checks =
-        tokio::task::spawn_blocking(move || banger_host::checks(&banger_host::Capabilities::probe(&state_dir), forced))
-            .await
-            .map_err(|e| Error::Internal(format!("doctor task: {e}")))?;
+    let config = daemon.config.clone();
+    let checks = tokio::task::spawn_blocking(move || {
+        let capabilities = banger_host::Capabilities::probe(&config.state_dir);
+        let mut checks = banger_host::checks(&capabilities, config.vmm);
+        checks.push(crate::image::agent_binary::search(&config).check());
+        checks
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("doctor task: {e}")))?;
     Ok(Json(DoctorReport { checks }))
 }
 

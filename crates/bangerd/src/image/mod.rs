@@ -1,6 +1,8 @@
 //! The image store: `<state>/images/<name>/{rootfs.ext4,manifest.json}`, a
 //! row per image, and the build and register operations that fill it.
 
+pub mod agent_binary;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -95,13 +97,9 @@ pub fn validate_build(request: &ImageBuildRequest) -> Result<()> {
     Ok(())
 }
 
-/// The static guest agent every image carries.
+/// The static guest agent every image carries ([`agent_binary::find`]).
 pub fn agent_binary(daemon: &Daemon) -> Result<PathBuf> {
-    daemon.config.agent_binary().ok_or_else(|| {
-        Error::Unsupported(
-            "the guest agent binary is missing: run scripts/build-agent --install, or set [vms] agent_binary".into(),
-        )
-    })
+    Ok(agent_binary::find(&daemon.config)?)
 }
 
 /// Builds an image (an operation's work).
