@@ -108,15 +108,25 @@ pub(crate) fn require_static(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A small, well-formed static x86-64 executable header (one `PT_LOAD`).
+    pub(crate) fn static_elf() -> Vec<u8> {
+        elf64(&[1])
+    }
 
     /// A minimal little-endian ELF64 header with the given program header types.
     fn elf64(types: &[u32]) -> Vec<u8> {
         let mut b = vec![0u8; 64];
         b[..4].copy_from_slice(b"\x7fELF");
-        b[4] = 2;
-        b[5] = 1;
+        b[4] = 2; // ELFCLASS64
+        b[5] = 1; // little-endian
+        b[6] = 1; // EV_CURRENT
+        b[0x10..0x12].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        b[0x12..0x14].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        b[0x14..0x18].copy_from_slice(&1u32.to_le_bytes());
+        b[0x34..0x36].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
         b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
         b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         b[0x38..0x3a].copy_from_slice(&(types.len() as u16).to_le_bytes());
