@@ -14,8 +14,14 @@
 //! guest answers with its own `Hello`. The host refuses an agent whose
 //! [`PROTOCOL_VERSION`] differs from its own.
 
+mod codec;
+
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+pub use codec::FrameCodec;
 
 /// The protocol version both ends must agree on.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -95,7 +101,7 @@ impl Frame {
         serde_json::from_slice(&self.payload).map_err(ProtocolError::Json)
     }
 
-    /// The frame's bytes on the wire.
+    /// The frame's bytes on the wire (what [`FrameCodec`] writes).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
         out.extend_from_slice(&MAGIC);
@@ -133,35 +139,48 @@ pub enum ProtocolError {
 
 /// Parses a frame header: (kind, stream, payload length).
 pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<(FrameKind, u32, u32), ProtocolError> {
+    check_header(header, MAX_PAYLOAD)
+}
+
+/// [`parse_header`] with payloads bounded by `max_payload`.
+fn check_header(header: &[u8; HEADER_LEN], max_payload: u32) -> Result<(FrameKind, u32, u32), ProtocolError> {
     if header[..2] != MAGIC {
         return Err(ProtocolError::BadMagic([header[0], header[1]]));
     }
     let kind = FrameKind::from_u8(header[2]).ok_or(ProtocolError::BadKind(header[2]))?;
     let stream = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
     let len = u32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
-    if len > MAX_PAYLOAD {
+    if len > max_payload {
         return Err(ProtocolError::TooLarge(len));
     }
     Ok((kind, stream, len))
 }
 
-/// Reads one frame; `None` at a clean end of stream (between frames).
+/// Reads one frame with [`FrameCodec`]; `None` at a clean end of stream
+/// (between frames). Reads exactly one frame's bytes, never more, so the
+/// reader can be used again afterwards; a long-lived reader is better
+/// wrapped in a `FramedRead` once.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, ProtocolError> {
-    let mut header = [0u8; HEADER_LEN];
-    match reader.read_exact(&mut header).await {
+    let mut buf = BytesMut::zeroed(HEADER_LEN);
+    match reader.read_exact(&mut buf).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let (kind, stream, len) = parse_header(&header)?;
-    let mut payload = vec![0u8; len as usize];
-    reader.read_exact(&mut payload).await?;
-    Ok(Some(Frame { stream, kind, payload }))
+    let header: &[u8; HEADER_LEN] = buf[..].try_into().expect("HEADER_LEN bytes");
+    // Checked before the payload is allocated.
+    let (_, _, len) = parse_header(header)?;
+    buf.resize(HEADER_LEN + len as usize, 0);
+    reader.read_exact(&mut buf[HEADER_LEN..]).await?;
+    let frame = FrameCodec::new().decode(&mut buf)?;
+    Ok(Some(frame.expect("a whole frame was read")))
 }
 
-/// Writes one frame and flushes it.
+/// Writes one frame (encoded by [`FrameCodec`]) and flushes it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> Result<(), ProtocolError> {
-    writer.write_all(&frame.encode()).await?;
+    let mut buf = BytesMut::new();
+    FrameCodec::new().encode(frame, &mut buf)?;
+    writer.write_all(&buf).await?;
     writer.flush().await?;
     Ok(())
 }

@@ -8,6 +8,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
+use rustix::mount::MountFlags;
+use rustix::system::RebootCommand;
+
 use crate::log::log;
 use crate::sys;
 
@@ -20,26 +23,25 @@ const WORK_DEVICE_WAIT: Duration = Duration::from_secs(5);
 /// How long processes get between SIGTERM and SIGKILL at power-off.
 const TERM_GRACE: Duration = Duration::from_millis(500);
 
+const NOSUID: MountFlags = MountFlags::NOSUID;
+const NODEV: MountFlags = MountFlags::NODEV;
+const NOEXEC: MountFlags = MountFlags::NOEXEC;
+
 struct Mount {
     fstype: &'static str,
     target: &'static str,
-    flags: libc::c_ulong,
+    flags: MountFlags,
     data: &'static str,
 }
 
 /// In order: `/dev/pts` lives inside `/dev`.
 const MOUNTS: &[Mount] = &[
-    Mount { fstype: "proc", target: "/proc", flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, data: "" },
-    Mount { fstype: "sysfs", target: "/sys", flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, data: "" },
-    Mount { fstype: "devtmpfs", target: "/dev", flags: libc::MS_NOSUID, data: "mode=0755" },
-    Mount {
-        fstype: "devpts",
-        target: "/dev/pts",
-        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
-        data: "gid=5,mode=620,ptmxmode=666",
-    },
-    Mount { fstype: "tmpfs", target: "/run", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=0755" },
-    Mount { fstype: "tmpfs", target: "/tmp", flags: libc::MS_NOSUID | libc::MS_NODEV, data: "mode=1777" },
+    Mount { fstype: "proc", target: "/proc", flags: NOSUID.union(NODEV).union(NOEXEC), data: "" },
+    Mount { fstype: "sysfs", target: "/sys", flags: NOSUID.union(NODEV).union(NOEXEC), data: "" },
+    Mount { fstype: "devtmpfs", target: "/dev", flags: NOSUID, data: "mode=0755" },
+    Mount { fstype: "devpts", target: "/dev/pts", flags: NOSUID.union(NOEXEC), data: "gid=5,mode=620,ptmxmode=666" },
+    Mount { fstype: "tmpfs", target: "/run", flags: NOSUID.union(NODEV), data: "mode=0755" },
+    Mount { fstype: "tmpfs", target: "/tmp", flags: NOSUID.union(NODEV), data: "mode=1777" },
 ];
 
 /// What banger passes on the kernel command line.
@@ -98,7 +100,7 @@ pub(crate) fn setup() {
 
 /// Mounts `fstype` on `target` unless something is mounted there already
 /// (the initramfs moves its `/dev`, `/proc` and `/sys` into the new root).
-fn mount_once(fstype: &str, target: &Path, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+fn mount_once(fstype: &str, target: &Path, flags: MountFlags, data: &str) -> io::Result<()> {
     fs::create_dir_all(target)?;
     if is_mount_point(target)? {
         return Ok(());
@@ -125,7 +127,7 @@ fn mount_work(device: &Path) -> io::Result<()> {
     if is_mount_point(target)? {
         return Ok(());
     }
-    sys::mount(&device.to_string_lossy(), target, "ext4", 0, "")
+    sys::mount(&device.to_string_lossy(), target, "ext4", MountFlags::empty(), "")
 }
 
 /// Stops every process, flushes the disks and powers the machine off. Returns
@@ -134,17 +136,17 @@ pub(crate) fn power_off() -> io::Error {
     log!("powering off");
     // kill(-1) also "succeeds" on kernel threads, so /proc tells when everyone is
     // gone. The reaper keeps running meanwhile (this runs off the runtime's thread).
-    let _ = sys::kill(-1, libc::SIGTERM);
+    let _ = sys::kill_all(libc::SIGTERM);
     let deadline = std::time::Instant::now() + TERM_GRACE;
     while user_processes_remain() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = sys::kill(-1, libc::SIGKILL);
+    let _ = sys::kill_all(libc::SIGKILL);
     sys::sync();
-    let err = sys::reboot(libc::RB_POWER_OFF);
+    let err = sys::reboot(RebootCommand::PowerOff);
     log!("power-off failed ({err}); rebooting instead");
     // QEMU runs with -no-reboot and Firecracker exits on reboot: either ends the VM.
-    sys::reboot(libc::RB_AUTOBOOT)
+    sys::reboot(RebootCommand::Restart)
 }
 
 /// Whether a process other than this one still runs: kernel threads and

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use banger_agent_proto::{write_frame, Frame};
+use banger_agent_proto::{Frame, FrameCodec};
+use futures_util::SinkExt;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
+use tokio_util::codec::FramedWrite;
 
 use crate::log::log;
 
@@ -46,23 +48,27 @@ impl Writer {
     /// Starts the task that owns `sink`. With `persistent` (a virtio-serial
     /// port, which outlives host connections) a write error is logged and the
     /// frame dropped; otherwise it ends the task.
-    pub(crate) fn start<W>(mut sink: W, persistent: bool) -> Writer
+    pub(crate) fn start<W>(sink: W, persistent: bool) -> Writer
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let (tx, mut rx) = mpsc::channel::<Outgoing>(QUEUE_DEPTH);
         let current = Arc::new(AtomicU64::new(0));
         let generation = current.clone();
+        let mut sink = FramedWrite::new(sink, FrameCodec::new());
         tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
                 if out.generation != generation.load(Ordering::Relaxed) {
                     continue;
                 }
-                if let Err(e) = write_frame(&mut sink, &out.frame).await {
+                // `send` flushes, so each frame leaves as soon as it is queued.
+                if let Err(e) = sink.send(out.frame).await {
                     if !persistent {
                         return;
                     }
                     log!("writing to the host failed: {e}");
+                    // The frame is dropped whole: a next host must not get its tail.
+                    sink.write_buffer_mut().clear();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -64,15 +64,17 @@ impl Reaper {
         if !waiting.contains_key(&pid) {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
-        sys::kill(pid as i32, signal)
+        sys::kill(pid, signal)
     }
 
     /// Signals the process group a started process leads. It may outlive its
     /// leader: a group id is not handed out again while the group has members.
     pub(crate) fn signal_group(&self, pgid: u32, signal: i32) -> io::Result<()> {
         // Never 0 or 1: kill(0) and kill(-1) would reach the agent's own group or everyone.
-        let pgid = i32::try_from(pgid).ok().filter(|p| *p > 1);
-        sys::kill(-pgid.ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?, signal)
+        if pgid <= 1 {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        sys::kill_group(pgid, signal)
     }
 
     /// Signals the process group of every process it started that still

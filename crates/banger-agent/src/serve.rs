@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use banger_agent_proto::{ExecRequest, Frame, FrameKind, Reply, Request, CONTROL_STREAM, PROTOCOL_VERSION};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::FramedRead;
 
-use crate::decoder::{Decoded, FrameDecoder};
+use crate::decoder::{Decoded, ResyncingDecoder};
 use crate::exec::{self, Running, StdinOverflow, Streams};
 use crate::init;
 use crate::log::log;
@@ -41,35 +43,33 @@ pub(crate) enum Transport {
 const STDIN_OVERFLOW: &str = "stdin overflow: the command did not read its input fast enough; input closed";
 
 /// Serves one channel until it ends (a [`Transport::Port`] never does).
-pub(crate) async fn serve<R, W>(mut reader: R, writer: W, transport: Transport, agent: Arc<Agent>)
+pub(crate) async fn serve<R, W>(reader: R, writer: W, transport: Transport, agent: Arc<Agent>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut session =
         Session { agent, writer: Writer::start(writer, transport == Transport::Port), streams: Streams::default() };
-    let mut decoder = FrameDecoder::default();
-    let mut buf = vec![0u8; READ_CHUNK];
+    // A port's reads return 0 while no host is connected; FramedRead reads
+    // again when polled after such an end, so one reader serves every host.
+    let mut frames = FramedRead::with_capacity(reader, ResyncingDecoder::default(), READ_CHUNK);
     let mut host_present = false;
     loop {
-        while let Some(decoded) = decoder.next() {
-            match decoded {
-                Decoded::Frame(frame) => session.handle(frame).await,
-                Decoded::Skipped(n) => log!("skipped {n} bytes that are not a frame"),
-            }
-        }
-        match (reader.read(&mut buf).await, transport) {
-            (Ok(n), _) if n > 0 => {
+        match (frames.next().await, transport) {
+            (Some(Ok(decoded)), _) => {
                 host_present = true;
-                decoder.push(&buf[..n]);
+                match decoded {
+                    Decoded::Frame(frame) => session.handle(frame).await,
+                    Decoded::Skipped(n) => log!("skipped {n} bytes that are not a frame"),
+                }
             }
-            (Ok(_), Transport::Connection) => return,
-            (Err(e), Transport::Connection) => {
+            (None, Transport::Connection) => return,
+            (Some(Err(e)), Transport::Connection) => {
                 log!("reading from the host failed: {e}");
                 return;
             }
             (result, Transport::Port) => {
-                if let Err(e) = result {
+                if let Some(Err(e)) = result {
                     log!("reading the port failed: {e}");
                 } else if host_present {
                     log!("the host disconnected from the port");
@@ -78,7 +78,7 @@ where
                 // No host, no more input: commands waiting for it see its end.
                 session.streams.close_stdin();
                 // A frame cut short by a departed host must not swallow the next host's hello.
-                decoder.clear();
+                frames.read_buffer_mut().clear();
                 tokio::time::sleep(HOST_POLL).await;
             }
         }

@@ -2,7 +2,15 @@
 //! should run it. [`Capabilities::probe`] is the one place that touches the
 //! host; [`checks`] and [`preferred_vmm`] are pure verdicts over its result,
 //! shared by `banger doctor` and the daemon's choice of strategies.
+//!
+//! It also owns the seam every other crate goes through to touch the host
+//! with a program: [`command`] (a [`HostCommand`] as data, the
+//! [`HostCommands`] runner trait with its real [`SystemCommands`] and its
+//! recording fake [`RecordingCommands`], one [`CommandError`], and the one
+//! tool lookup [`find_tool`]). Images, storage and networking all run their
+//! tools through it.
 
+pub mod command;
 mod probe;
 mod reflink;
 mod sys;
@@ -10,6 +18,7 @@ mod verdict;
 
 use std::path::{Path, PathBuf};
 
+pub use command::{find_tool, CommandError, FakeReply, HostCommand, HostCommands, RecordingCommands, SystemCommands};
 pub use verdict::{checks, chosen_vmm, preferred_vmm, Vmm};
 
 /// What this host offers banger, as found by [`Capabilities::probe`].

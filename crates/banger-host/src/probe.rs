@@ -2,20 +2,15 @@
 //! external programs banger runs. Each takes its root (or search path) as a
 //! parameter where tests need to fake it.
 
-use std::env;
 use std::fs::{self, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::command::find_tool;
 use crate::{sys, DiskSpace, Kvm, Tool};
-
-/// Searched after `$PATH`: the daemon may run with a minimal one, and `nft`
-/// lives in an `sbin`.
-const FALLBACK_DIRS: &[&str] = &["/usr/local/bin", "/usr/bin", "/usr/local/sbin", "/usr/sbin", "/sbin", "/bin"];
 
 /// How long a `--version` may take before the tool is reported as `unknown`.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,24 +39,13 @@ fn pvm_only(sys_module: &Path) -> bool {
         && !sys_module.join("kvm_amd").exists()
 }
 
-/// Finds `name` on `$PATH` or in the usual install directories, and asks it
-/// for its version.
+/// Finds `name` with [`find_tool`] and asks it for its version.
 pub(crate) fn tool(name: &str) -> Option<Tool> {
-    let mut dirs: Vec<PathBuf> = env::var_os("PATH").map(|p| env::split_paths(&p).collect()).unwrap_or_default();
-    dirs.extend(FALLBACK_DIRS.iter().map(PathBuf::from));
-    let path = find_in(name, &dirs)?;
+    let path = find_tool(name)?;
     let version = first_line_of(&path, "--version")
         .map(|line| parse_version(name, &line))
         .unwrap_or_else(|| "unknown".to_string());
     Some(Tool { path, version })
-}
-
-/// The first executable regular file called `name` in `dirs`.
-fn find_in(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
-    dirs.iter()
-        .filter(|d| d.is_absolute())
-        .map(|d| d.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// Runs `path arg` and returns the first non-empty line of its output, or
@@ -132,6 +116,8 @@ pub(crate) fn disk_space(state_dir: &Path) -> Option<DiskSpace> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::find_tool_in;
+    use std::path::PathBuf;
 
     /// A fake host root with the given entries under it (directories, or
     /// files when the name is `dev/kvm`).
@@ -182,20 +168,6 @@ mod tests {
     }
 
     #[test]
-    fn finds_only_executable_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a");
-        let b = dir.path().join("b");
-        fs::create_dir_all(&a).unwrap();
-        fs::create_dir_all(b.join("nft")).unwrap();
-        fs::write(a.join("nft"), b"").unwrap();
-        let dirs = [PathBuf::from("relative"), a.clone(), b.clone()];
-        assert_eq!(find_in("nft", &dirs), None);
-        fs::set_permissions(a.join("nft"), fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(find_in("nft", &dirs), Some(a.join("nft")));
-    }
-
-    #[test]
     fn parses_versions() {
         let qemu = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)";
         assert_eq!(parse_version("qemu-system-x86_64", qemu), "7.2.22");
@@ -206,9 +178,9 @@ mod tests {
 
     #[test]
     fn version_of_a_real_program() {
-        let sh = find_in("sh", &[PathBuf::from("/bin"), PathBuf::from("/usr/bin")]).unwrap();
+        let sh = find_tool_in("sh", &[PathBuf::from("/bin"), PathBuf::from("/usr/bin")]).unwrap();
         assert_eq!(first_line_of(&sh, "-c").as_deref(), None, "sh -c without a command fails");
-        let echo = find_in("echo", &[PathBuf::from("/bin"), PathBuf::from("/usr/bin")]).unwrap();
+        let echo = find_tool_in("echo", &[PathBuf::from("/bin"), PathBuf::from("/usr/bin")]).unwrap();
         assert_eq!(first_line_of(&echo, "v1.2").as_deref(), Some("v1.2"));
     }
 

@@ -5,12 +5,14 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use object::elf::{FileHeader32, FileHeader64, PT_INTERP};
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::{Endianness, FileKind};
+
 use crate::ImageError;
 
 /// How much of a file is read to find its program headers.
 const HEADER_WINDOW: u64 = 64 * 1024;
-/// Program header type naming a dynamic loader.
-const PT_INTERP: u32 = 3;
 
 /// What the start of a file says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,64 +25,26 @@ pub enum Linkage {
     Static,
 }
 
-/// Classifies an ELF image from its first bytes.
+/// Classifies an ELF image from its first bytes. The bytes come from files
+/// a user names, so anything malformed is [`Linkage::NotElf`], never a panic.
 pub(crate) fn linkage(head: &[u8]) -> Linkage {
-    if head.len() < 52 || head[..4] != *b"\x7fELF" {
-        return Linkage::NotElf;
-    }
-    let little = match head[5] {
-        1 => true,
-        2 => false,
+    let interp = match FileKind::parse(head) {
+        Ok(FileKind::Elf32) => has_interpreter::<FileHeader32<Endianness>>(head),
+        Ok(FileKind::Elf64) => has_interpreter::<FileHeader64<Endianness>>(head),
         _ => return Linkage::NotElf,
     };
-    let u16_at =
-        |o: usize| {
-            head.get(o..o + 2).map(|b| [b[0], b[1]]).map(|b| {
-                if little {
-                    u16::from_le_bytes(b)
-                } else {
-                    u16::from_be_bytes(b)
-                }
-            })
-        };
-    let u32_at = |o: usize| {
-        head.get(o..o + 4).map(|b| [b[0], b[1], b[2], b[3]]).map(|b| {
-            if little {
-                u32::from_le_bytes(b)
-            } else {
-                u32::from_be_bytes(b)
-            }
-        })
-    };
-    let u64_at = |o: usize| {
-        head.get(o..o + 8).map(|b| <[u8; 8]>::try_from(b).expect("eight bytes")).map(|b| {
-            if little {
-                u64::from_le_bytes(b)
-            } else {
-                u64::from_be_bytes(b)
-            }
-        })
-    };
-    let (phoff, phentsize, phnum) = match head[4] {
-        1 => (u32_at(0x1c).map(u64::from), u16_at(0x2a), u16_at(0x2c)),
-        2 => (u64_at(0x20), u16_at(0x36), u16_at(0x38)),
-        _ => return Linkage::NotElf,
-    };
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
-        return Linkage::NotElf;
-    };
-    for i in 0..u64::from(phnum) {
-        let Some(offset) = i.checked_mul(u64::from(phentsize)).and_then(|o| o.checked_add(phoff)) else {
-            return Linkage::NotElf;
-        };
-        let Some(p_type) = usize::try_from(offset).ok().and_then(u32_at) else {
-            return Linkage::NotElf;
-        };
-        if p_type == PT_INTERP {
-            return Linkage::Dynamic;
-        }
+    match interp {
+        Ok(true) => Linkage::Dynamic,
+        Ok(false) => Linkage::Static,
+        Err(_) => Linkage::NotElf,
     }
-    Linkage::Static
+}
+
+/// Whether the program headers include `PT_INTERP`.
+fn has_interpreter<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> object::Result<bool> {
+    let header = Elf::parse(data)?;
+    let endian = header.endian()?;
+    Ok(header.program_headers(endian, data)?.iter().any(|ph| ph.p_type(endian) == PT_INTERP))
 }
 
 /// Reads the start of `path` and classifies it: what a binary copied into
@@ -109,15 +73,29 @@ pub(crate) fn require_static(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::fs;
+
+    /// `PT_INTERP` as it is on the wire.
+    const INTERP: u32 = 3;
+
+    /// A small, well-formed static x86-64 executable header (one `PT_LOAD`).
+    pub(crate) fn static_elf() -> Vec<u8> {
+        elf64(&[1])
+    }
 
     /// A minimal little-endian ELF64 header with the given program header types.
     fn elf64(types: &[u32]) -> Vec<u8> {
         let mut b = vec![0u8; 64];
         b[..4].copy_from_slice(b"\x7fELF");
-        b[4] = 2;
-        b[5] = 1;
+        b[4] = 2; // ELFCLASS64
+        b[5] = 1; // little-endian
+        b[6] = 1; // EV_CURRENT
+        b[0x10..0x12].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        b[0x12..0x14].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        b[0x14..0x18].copy_from_slice(&1u32.to_le_bytes());
+        b[0x34..0x36].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
         b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
         b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         b[0x38..0x3a].copy_from_slice(&(types.len() as u16).to_le_bytes());
@@ -131,7 +109,7 @@ mod tests {
 
     #[test]
     fn loader_means_dynamic() {
-        assert_eq!(linkage(&elf64(&[6, PT_INTERP, 1])), Linkage::Dynamic);
+        assert_eq!(linkage(&elf64(&[6, INTERP, 1])), Linkage::Dynamic);
     }
 
     #[test]
@@ -150,6 +128,40 @@ mod tests {
         let mut b = elf64(&[1, 1]);
         b.truncate(64 + 56 + 2);
         assert_eq!(linkage(&b), Linkage::NotElf);
+    }
+
+    #[test]
+    fn malformed_headers_are_not_elf_and_never_panic() {
+        // Every truncation of a real binary's headers, and of a synthetic one.
+        let real = fs::read("/bin/ls").unwrap();
+        for data in [&real[..real.len().min(4096)], &elf64(&[1, INTERP])[..]] {
+            for len in 0..data.len() {
+                let _ = linkage(&data[..len]);
+            }
+        }
+        // Nonsense counts and offsets.
+        let mut b = elf64(&[1]);
+        b[0x38..0x3a].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(linkage(&b), Linkage::NotElf);
+        let mut b = elf64(&[1]);
+        b[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(linkage(&b), Linkage::NotElf);
+        let mut b = elf64(&[1]);
+        b[0x36..0x38].copy_from_slice(&7u16.to_le_bytes());
+        assert_eq!(linkage(&b), Linkage::NotElf, "wrong program header size");
+        let mut b = elf64(&[1]);
+        b[4] = 9;
+        assert_eq!(linkage(&b), Linkage::NotElf, "unknown class");
+    }
+
+    #[test]
+    fn a_truncated_agent_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("banger-agent");
+        fs::write(&agent, &elf64(&[1, 1])[..64 + 30]).unwrap();
+        let err = require_static(&agent, ImageError::AgentMissing, ImageError::AgentNotStatic).unwrap_err();
+        assert!(matches!(&err, ImageError::AgentNotStatic(p) if *p == agent), "{err}");
+        assert!(err.to_string().contains("is not a statically linked ELF binary"), "{err}");
     }
 
     #[test]

@@ -75,25 +75,9 @@ pub enum ImageError {
     /// rather than deleted through the mount.
     #[error("{0} is still mounted; unmount it and remove the build directory by hand")]
     StillMounted(PathBuf),
-    /// A host command exited with failure.
-    #[error("{program} failed ({status}): {stderr}")]
-    Command {
-        /// The program run.
-        program: String,
-        /// How it exited.
-        status: String,
-        /// The tail of what it wrote to stderr.
-        stderr: String,
-    },
-    /// A host command could not be started.
-    #[error("cannot run {program}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// What went wrong.
-        #[source]
-        source: io::Error,
-    },
+    /// A host command could not be run or failed.
+    #[error(transparent)]
+    Command(#[from] banger_host::CommandError),
     /// Reading or writing a file failed.
     #[error("cannot access {path}")]
     Io {

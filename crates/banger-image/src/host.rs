@@ -1,21 +1,15 @@
-//! The thin layer that runs host tools (`mkfs.ext4`, `debootstrap`,
-//! `busybox`, `cp`) and reports their failures as [`ImageError`]s.
+//! The image builder's host effects: the tools it runs (`mkfs.ext4`,
+//! `debootstrap`, `busybox`, `cp`, `umount`), all through banger-host's
+//! [`HostCommands`] seam so unit tests can check the sequence with a fake.
 
-use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+
+use banger_host::{HostCommand, HostCommands};
 
 use crate::error::io_at;
 use crate::{layout, ImageError};
-
-/// Where tools are looked for besides `$PATH`: the daemon may run with a
-/// `PATH` that lacks the sbin directories.
-const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
-/// How much of a failing tool's stderr an error carries.
-const STDERR_TAIL: usize = 2000;
 
 /// Whether files created by this process belong to root, judged by `probe`
 /// (a directory this process just made).
@@ -23,109 +17,76 @@ pub(crate) fn owned_by_root(probe: &Path) -> Result<bool, ImageError> {
     Ok(fs::metadata(probe).map_err(io_at(probe))?.uid() == 0)
 }
 
-/// Finds `tool` on `$PATH` or in the usual system directories.
-pub(crate) fn find_tool(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Finds `tool`, or says which Debian package provides it.
-pub(crate) fn require_tool(tool: &'static str, package: &'static str) -> Result<PathBuf, ImageError> {
-    find_tool(tool).ok_or(ImageError::MissingTool { tool, package })
-}
-
-/// Runs `cmd` to completion and returns its stdout; a failure carries stderr.
-fn run(program: &str, cmd: &mut Command) -> Result<Vec<u8>, ImageError> {
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| ImageError::Spawn { program: program.to_owned(), source })?;
-    check(program, output.status, &output.stderr)?;
-    Ok(output.stdout)
-}
-
-fn check(program: &str, status: ExitStatus, stderr: &[u8]) -> Result<(), ImageError> {
-    if status.success() {
-        return Ok(());
-    }
-    let text = String::from_utf8_lossy(stderr);
-    let text = text.trim();
-    let start = text.len().saturating_sub(STDERR_TAIL);
-    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
-    Err(ImageError::Command {
-        program: program.to_owned(),
-        status: status.to_string(),
-        stderr: text[start..].to_owned(),
-    })
+/// Checks that `tool` is installed, or says which Debian package provides it.
+pub(crate) fn require_tool(
+    cmds: &dyn HostCommands,
+    tool: &'static str,
+    package: &'static str,
+) -> Result<PathBuf, ImageError> {
+    cmds.find_tool(tool).ok_or(ImageError::MissingTool { tool, package })
 }
 
 /// Makes `file` an ext4 filesystem of `size_bytes` labelled `label`, filled
 /// from `root` when given, without mounting anything.
-pub(crate) fn mkfs_ext4(label: &str, root: Option<&Path>, file: &Path, size_bytes: u64) -> Result<(), ImageError> {
-    let mkfs = require_tool("mkfs.ext4", "e2fsprogs")?;
+pub(crate) fn mkfs_ext4(
+    cmds: &dyn HostCommands,
+    label: &str,
+    root: Option<&Path>,
+    file: &Path,
+    size_bytes: u64,
+) -> Result<(), ImageError> {
+    require_tool(cmds, "mkfs.ext4", "e2fsprogs")?;
     let out = OpenOptions::new().write(true).create(true).truncate(true).open(file).map_err(io_at(file))?;
     out.set_len(size_bytes).map_err(io_at(file))?;
     drop(out);
-    run("mkfs.ext4", Command::new(mkfs).args(layout::mkfs_args(label, root, file)))?;
+    cmds.run(&HostCommand::new("mkfs.ext4").args(layout::mkfs_args(label, root, file)))?;
     Ok(())
 }
 
 /// The output of `busybox --list-full`.
-pub(crate) fn busybox_list(busybox: &Path) -> Result<String, ImageError> {
-    let out = run("busybox --list-full", Command::new(busybox).arg("--list-full"))?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+pub(crate) fn busybox_list(cmds: &dyn HostCommands, busybox: &Path) -> Result<String, ImageError> {
+    let out = cmds.run(&HostCommand::new(busybox).arg("--list-full"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Copies the tree `src` into the existing directory `dst`, keeping
 /// ownership, modes, links, device nodes and extended attributes, sharing
 /// extents where the filesystem can.
-pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<(), ImageError> {
+pub(crate) fn copy_tree(cmds: &dyn HostCommands, src: &Path, dst: &Path) -> Result<(), ImageError> {
     let mut from = src.as_os_str().to_owned();
     from.push("/.");
-    run("cp", Command::new("cp").args([OsStr::new("-a"), OsStr::new("--reflink=auto"), &from, dst.as_os_str()]))?;
+    cmds.run(&HostCommand::new("cp").args(["-a", "--reflink=auto"]).arg(from).arg(dst))?;
     Ok(())
 }
 
 /// Runs debootstrap into `root`, passing its `I:` lines to `progress`.
-pub(crate) fn debootstrap(suite: &str, root: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), ImageError> {
-    let tool = require_tool("debootstrap", "debootstrap")?;
-    let mut child = Command::new(tool)
-        .args(layout::debootstrap_args(suite, root))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ImageError::Spawn { program: "debootstrap".into(), source })?;
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        text
-    });
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut log = Vec::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+pub(crate) fn debootstrap(
+    cmds: &dyn HostCommands,
+    suite: &str,
+    root: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), ImageError> {
+    require_tool(cmds, "debootstrap", "debootstrap")?;
+    let cmd = HostCommand::new("debootstrap").args(layout::debootstrap_args(suite, root));
+    let output = cmds.output_streaming(&cmd, &mut |line| {
         if let Some(step) = line.strip_prefix("I: ") {
             progress(&format!("debootstrap: {step}"));
         }
-        log.extend_from_slice(line.as_bytes());
-        log.push(b'\n');
-    }
-    let status = child.wait().map_err(|source| ImageError::Spawn { program: "debootstrap".into(), source })?;
-    let mut stderr = stderr_reader.join().unwrap_or_default();
+    })?;
+    let mut output = output;
     // debootstrap reports many failures on stdout ("E: ...") and points at
-    // debootstrap.log inside the target.
-    if stderr.is_empty() {
-        stderr = log;
+    // debootstrap.log inside the target, whose end says what went wrong.
+    if !cmd.succeeded(output.status) {
+        if output.stderr.is_empty() {
+            output.stderr = std::mem::take(&mut output.stdout);
+        }
+        if let Ok(detail) = fs::read(root.join("debootstrap/debootstrap.log")) {
+            output.stderr.extend_from_slice(b"\n");
+            output.stderr.extend_from_slice(&detail);
+        }
     }
-    if let Ok(detail) = fs::read(root.join("debootstrap/debootstrap.log")) {
-        stderr.extend_from_slice(b"\n");
-        stderr.extend_from_slice(&detail);
-    }
-    check("debootstrap", status, &stderr)
+    banger_host::command::check(&cmd, output)?;
+    Ok(())
 }
 
 /// Mount points at or below `root` listed in `mounts` (the format of
@@ -168,20 +129,30 @@ fn unescape_mount_field(field: &str) -> String {
 /// and, in containers, binds `/dev` into its target; an interrupted run
 /// can leave them). Fails if anything stays mounted: the caller must then
 /// not delete the tree, or it would delete through the mounts.
-pub(crate) fn unmount_under(root: &Path) -> Result<(), ImageError> {
+pub(crate) fn unmount_under(cmds: &dyn HostCommands, root: &Path) -> Result<(), ImageError> {
+    unmount_under_with(cmds, root, || {
+        fs::read_to_string("/proc/self/mounts").map_err(io_at(Path::new("/proc/self/mounts")))
+    })
+}
+
+/// [`unmount_under`] with the mount table read by `mounts`.
+fn unmount_under_with(
+    cmds: &dyn HostCommands,
+    root: &Path,
+    mut mounts: impl FnMut() -> Result<String, ImageError>,
+) -> Result<(), ImageError> {
     let root = fs::canonicalize(root).map_err(io_at(root))?;
-    let read = || fs::read_to_string("/proc/self/mounts").map_err(io_at(Path::new("/proc/self/mounts")));
-    let points = mounts_under(&read()?, &root);
+    let points = mounts_under(&mounts()?, &root);
     if points.is_empty() {
         return Ok(());
     }
     for point in &points {
-        let plain = Command::new("umount").arg(point).stderr(Stdio::null()).status();
-        if !plain.is_ok_and(|s| s.success()) {
-            let _ = Command::new("umount").arg("-l").arg(point).stderr(Stdio::null()).status();
+        // A busy mount is detached lazily: it goes once its users do.
+        if cmds.run(&HostCommand::new("umount").arg(point)).is_err() {
+            let _ = cmds.run(&HostCommand::new("umount").arg("-l").arg(point));
         }
     }
-    match mounts_under(&read()?, &root).first() {
+    match mounts_under(&mounts()?, &root).first() {
         Some(left) => Err(ImageError::StillMounted(left.clone())),
         None => Ok(()),
     }
@@ -190,6 +161,7 @@ pub(crate) fn unmount_under(root: &Path) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_host::{FakeReply, RecordingCommands};
 
     #[test]
     fn mounts_below_a_root_deepest_first() {
@@ -209,5 +181,25 @@ mod tests {
             ]
         );
         assert_eq!(mounts_under(mounts, Path::new("/s/build/root x")), [PathBuf::from("/s/build/root x")]);
+    }
+
+    #[test]
+    fn leftover_mounts_are_unmounted_deepest_first_lazily_when_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let r = root.display();
+        let fake =
+            RecordingCommands::new().reply_once(format!("umount {r}/dev"), FakeReply::exit(32, "target is busy"));
+        let mut reads = 0;
+        let table = format!("proc {r}/proc proc rw 0 0\nudev {r}/dev devtmpfs rw 0 0\n");
+        unmount_under_with(&fake, &root, || {
+            reads += 1;
+            Ok(if reads == 1 { table.clone() } else { String::new() })
+        })
+        .unwrap();
+        assert_eq!(fake.lines(), [format!("umount {r}/proc"), format!("umount {r}/dev"), format!("umount -l {r}/dev")]);
+        // What stays mounted keeps the tree from being deleted.
+        let err = unmount_under_with(&RecordingCommands::new(), &root, || Ok(table.clone())).unwrap_err();
+        assert!(matches!(err, ImageError::StillMounted(p) if p == root.join("proc")));
     }
 }

@@ -15,6 +15,8 @@ mod tree;
 
 use std::path::{Path, PathBuf};
 
+use banger_host::{HostCommands, SystemCommands};
+
 pub use elf::{file_linkage, Linkage};
 pub use error::ImageError;
 pub use seed::{ensure_seed, seed_path};
@@ -94,6 +96,17 @@ pub fn build(
     dest: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltImage, ImageError> {
+    build_with(&SystemCommands, recipe, opts, dest, progress)
+}
+
+/// [`build`], running host tools through `cmds`.
+pub(crate) fn build_with(
+    cmds: &dyn HostCommands,
+    recipe: Recipe,
+    opts: &BuildOptions,
+    dest: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BuiltImage, ImageError> {
     let scratch = tempfile::Builder::new()
         .prefix(".build-")
         .tempdir_in(dest)
@@ -104,13 +117,13 @@ pub fn build(
     elf::require_static(&opts.agent, ImageError::AgentMissing, ImageError::AgentNotStatic)?;
     let output = dest.join(ROOTFS_FILE);
     let result = match recipe {
-        Recipe::Tiny => recipe::tiny::build(opts, scratch.path(), &output, progress),
-        Recipe::Debian { suite } => recipe::debian::build(&suite, opts, scratch.path(), &output, progress),
-        Recipe::FromDir(dir) => recipe::rootfs::from_dir(&dir, opts, scratch.path(), &output, progress),
-        Recipe::FromTar(tar) => recipe::rootfs::from_tar(&tar, opts, scratch.path(), &output, progress),
+        Recipe::Tiny => recipe::tiny::build(cmds, opts, scratch.path(), &output, progress),
+        Recipe::Debian { suite } => recipe::debian::build(cmds, &suite, opts, scratch.path(), &output, progress),
+        Recipe::FromDir(dir) => recipe::rootfs::from_dir(cmds, &dir, opts, scratch.path(), &output, progress),
+        Recipe::FromTar(tar) => recipe::rootfs::from_tar(cmds, &tar, opts, scratch.path(), &output, progress),
     };
     // Never delete through a mount that debootstrap left behind.
-    if let Err(e) = host::unmount_under(scratch.path()) {
+    if let Err(e) = host::unmount_under(cmds, scratch.path()) {
         let _ = scratch.keep();
         return Err(e);
     }

@@ -4,6 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use banger_host::{HostCommands, SystemCommands};
+
 use crate::error::io_at;
 use crate::{host, ImageError};
 
@@ -18,6 +20,15 @@ pub fn seed_path(seeds_dir: &Path, size_bytes: u64) -> PathBuf {
 /// seed that exists is always whole; two callers racing both succeed and
 /// share the first one renamed.
 pub fn ensure_seed(seeds_dir: &Path, size_bytes: u64) -> Result<PathBuf, ImageError> {
+    ensure_seed_with(&SystemCommands, seeds_dir, size_bytes)
+}
+
+/// [`ensure_seed`], running `mkfs.ext4` through `cmds`.
+pub(crate) fn ensure_seed_with(
+    cmds: &dyn HostCommands,
+    seeds_dir: &Path,
+    size_bytes: u64,
+) -> Result<PathBuf, ImageError> {
     if size_bytes < 1 << 20 || size_bytes & 4095 != 0 {
         return Err(ImageError::InvalidSeedSize { size: size_bytes });
     }
@@ -31,7 +42,7 @@ pub fn ensure_seed(seeds_dir: &Path, size_bytes: u64) -> Result<PathBuf, ImageEr
         .suffix(".tmp")
         .tempfile_in(seeds_dir)
         .map_err(io_at(seeds_dir))?;
-    host::mkfs_ext4("work", None, temp.path(), size_bytes)?;
+    host::mkfs_ext4(cmds, "work", None, temp.path(), size_bytes)?;
     temp.as_file().sync_all().map_err(io_at(temp.path()))?;
     match temp.persist_noclobber(&path) {
         Ok(_) => Ok(path),

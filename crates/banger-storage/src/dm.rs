@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::command::{PlannedCommand, Runner};
+use banger_host::HostCommands;
+
+use crate::command::PlannedCommand;
 use crate::StorageError;
 
 /// Placeholder for the base image's loop device, bound by the first step.
@@ -81,13 +83,13 @@ pub fn dm_name(cow_file: &Path) -> String {
 /// reverse and returns the first error. Returns the bound placeholders.
 pub(crate) fn run_plan(
     plan: &[PlannedCommand],
-    runner: &mut dyn Runner,
+    cmds: &dyn HostCommands,
 ) -> Result<Vec<(&'static str, String)>, StorageError> {
     let mut bindings: Vec<(&'static str, String)> = Vec::new();
     let mut done: Vec<PlannedCommand> = Vec::new();
     for step in plan {
         let cmd = step.substitute(&bindings);
-        match runner.run(&cmd) {
+        match cmd.run(cmds) {
             Ok(stdout) => {
                 if let Some(key) = step.binds {
                     bindings.push((key, stdout));
@@ -100,7 +102,7 @@ pub(crate) fn run_plan(
                 for undo in done.iter().rev() {
                     // The first error is the one worth reporting; a failing
                     // undo leaves a loop device that `losetup -D` clears.
-                    let _ = runner.run(undo);
+                    let _ = undo.run(cmds);
                 }
                 return Err(e);
             }
@@ -110,10 +112,10 @@ pub(crate) fn run_plan(
 }
 
 /// Runs every step of a teardown plan, returning the first error.
-pub(crate) fn run_all(plan: &[PlannedCommand], runner: &mut dyn Runner) -> Result<(), StorageError> {
+pub(crate) fn run_all(plan: &[PlannedCommand], cmds: &dyn HostCommands) -> Result<(), StorageError> {
     let mut first = None;
     for cmd in plan {
-        if let Err(e) = runner.run(cmd) {
+        if let Err(e) = cmd.run(cmds) {
             first.get_or_insert(e);
         }
     }
@@ -123,28 +125,13 @@ pub(crate) fn run_all(plan: &[PlannedCommand], runner: &mut dyn Runner) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_host::{FakeReply, RecordingCommands};
 
-    /// Records commands; answers losetup with successive loop devices and
-    /// fails the command whose rendering starts with `fail_on`.
-    struct Recorder {
-        ran: Vec<String>,
-        next_loop: u32,
-        fail_on: Option<&'static str>,
-    }
-
-    impl Runner for Recorder {
-        fn run(&mut self, cmd: &PlannedCommand) -> Result<String, StorageError> {
-            let line = cmd.render();
-            self.ran.push(line.clone());
-            if self.fail_on.is_some_and(|f| line.starts_with(f)) {
-                return Err(crate::command::failure(&line, "exit status: 1", b"boom"));
-            }
-            if cmd.program == "losetup" && cmd.args.contains(&"--show".to_owned()) {
-                self.next_loop += 1;
-                return Ok(format!("/dev/loop{}", self.next_loop));
-            }
-            Ok(String::new())
-        }
+    /// Answers `losetup --find --show` with successive loop devices from `first`.
+    fn fake(first: u32) -> RecordingCommands {
+        (first..first + 2).fold(RecordingCommands::new(), |fake, n| {
+            fake.reply_once("losetup --find --show", FakeReply::ok(format!("/dev/loop{n}\n")))
+        })
     }
 
     fn plan() -> Vec<PlannedCommand> {
@@ -189,26 +176,34 @@ mod tests {
 
     #[test]
     fn executor_binds_loop_devices() {
-        let mut rec = Recorder { ran: vec![], next_loop: 6, fail_on: None };
-        let bound = run_plan(&plan(), &mut rec).unwrap();
+        let rec = fake(7);
+        let bound = run_plan(&plan(), &rec).unwrap();
         assert_eq!(bound, [(ORIGIN_LOOP, "/dev/loop7".to_owned()), (COW_LOOP, "/dev/loop8".to_owned())]);
-        assert_eq!(rec.ran[2], "dmsetup create banger-vm1-root --table '0 131072 snapshot /dev/loop7 /dev/loop8 P 8'");
+        assert_eq!(
+            rec.lines(),
+            [
+                "losetup --find --show --read-only /img/rootfs.ext4",
+                "losetup --find --show /vms/vm1/root.cow",
+                "dmsetup create banger-vm1-root --table '0 131072 snapshot /dev/loop7 /dev/loop8 P 8'",
+            ]
+        );
     }
 
     #[test]
     fn executor_rolls_back_on_failure() {
-        let mut rec = Recorder { ran: vec![], next_loop: 0, fail_on: Some("dmsetup create") };
-        let err = run_plan(&plan(), &mut rec).unwrap_err();
-        assert!(matches!(err, StorageError::Command { .. }));
-        assert_eq!(&rec.ran[3..], ["losetup -d /dev/loop2", "losetup -d /dev/loop1"]);
+        let rec = fake(1).reply_always("dmsetup create", FakeReply::exit(1, "device-mapper: reload ioctl failed"));
+        let err = run_plan(&plan(), &rec).unwrap_err();
+        assert!(matches!(err, StorageError::Command(_)));
+        assert!(err.to_string().ends_with("failed (exit status: 1): device-mapper: reload ioctl failed"), "{err}");
+        assert_eq!(rec.lines()[3..], ["losetup -d /dev/loop2", "losetup -d /dev/loop1"]);
     }
 
     #[test]
     fn teardown_runs_every_step() {
-        let mut rec = Recorder { ran: vec![], next_loop: 0, fail_on: Some("dmsetup remove") };
+        let rec = RecordingCommands::new().reply_always("dmsetup remove", FakeReply::exit(1, "busy"));
         let plan = dm_snapshot_teardown_plan("n", Path::new("/dev/loop1"), Path::new("/dev/loop2"));
-        assert!(run_all(&plan, &mut rec).is_err());
-        assert_eq!(rec.ran.len(), 3);
+        assert!(run_all(&plan, &rec).is_err());
+        assert_eq!(rec.lines(), ["dmsetup remove n", "losetup -d /dev/loop2", "losetup -d /dev/loop1"]);
     }
 
     #[test]

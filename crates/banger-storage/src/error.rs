@@ -51,25 +51,9 @@ pub enum StorageError {
         /// The Debian package that provides it.
         package: &'static str,
     },
-    /// A host command exited with failure.
-    #[error("{program} failed ({status}): {stderr}")]
-    Command {
-        /// The command line run.
-        program: String,
-        /// How it exited.
-        status: String,
-        /// The tail of what it wrote to stderr.
-        stderr: String,
-    },
-    /// A host command could not be started.
-    #[error("cannot run {program}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// What went wrong.
-        #[source]
-        source: io::Error,
-    },
+    /// A host command could not be run or failed.
+    #[error(transparent)]
+    Command(#[from] banger_host::CommandError),
     /// Reading or writing a file failed.
     #[error("cannot access {path}")]
     Io {

@@ -3,9 +3,10 @@
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use crate::command::{failure, require_tool};
+use banger_host::{HostCommand, HostCommands, SystemCommands};
+
+use crate::command::require_tool;
 use crate::error::io_at;
 use crate::StorageError;
 
@@ -32,43 +33,37 @@ pub(crate) fn plan_growth(current: u64, requested: Option<u64>) -> Result<Growth
 /// its filesystem with it. Asking for the current size does nothing;
 /// asking for less is an error.
 pub fn grow_disk(path: &Path, new_size: u64) -> Result<(), StorageError> {
+    grow_disk_with(&SystemCommands, path, new_size)
+}
+
+/// [`grow_disk`], running the e2fsprogs tools through `cmds`.
+pub(crate) fn grow_disk_with(cmds: &dyn HostCommands, path: &Path, new_size: u64) -> Result<(), StorageError> {
     let current = std::fs::metadata(path).map_err(io_at(path))?.len();
     match plan_growth(current, Some(new_size))? {
         Growth::Keep => Ok(()),
-        Growth::To(size) => grow_ext4(path, size),
+        Growth::To(size) => grow_ext4(cmds, path, size),
     }
 }
 
 /// Checks the filesystem, lengthens the file and grows the filesystem to fill it.
-pub(crate) fn grow_ext4(path: &Path, size: u64) -> Result<(), StorageError> {
-    let e2fsck = require_tool("e2fsck", "e2fsprogs")?;
-    let resize2fs = require_tool("resize2fs", "e2fsprogs")?;
+pub(crate) fn grow_ext4(cmds: &dyn HostCommands, path: &Path, size: u64) -> Result<(), StorageError> {
+    require_tool(cmds, "e2fsck", "e2fsprogs")?;
+    require_tool(cmds, "resize2fs", "e2fsprogs")?;
     // resize2fs insists on a freshly checked filesystem. `-y` (not `-p`, which
     // e2fsck refuses to combine with `-y`) answers every question itself.
     // Exit 1 means errors were corrected, which is fine.
-    run(Command::new(e2fsck).args(["-f", "-y"]).arg(path), "e2fsck -f -y", &[0, 1])?;
+    cmds.run(&HostCommand::new("e2fsck").args(["-f", "-y"]).arg(path).ok_exit_code(1))?;
     let file = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
     file.set_len(size).map_err(io_at(path))?;
     drop(file);
-    run(Command::new(resize2fs).arg(path), "resize2fs", &[0])
-}
-
-fn run(cmd: &mut Command, program: &str, ok_codes: &[i32]) -> Result<(), StorageError> {
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| StorageError::Spawn { program: program.to_owned(), source })?;
-    if output.status.code().is_some_and(|c| ok_codes.contains(&c)) {
-        return Ok(());
-    }
-    let mut detail = output.stderr;
-    detail.extend_from_slice(&output.stdout);
-    Err(failure(program, &output.status.to_string(), &detail))
+    cmds.run(&HostCommand::new("resize2fs").arg(path))?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_host::{FakeReply, RecordingCommands};
 
     #[test]
     fn growth_decisions() {
@@ -76,5 +71,37 @@ mod tests {
         assert_eq!(plan_growth(100, Some(100)).unwrap(), Growth::Keep);
         assert_eq!(plan_growth(100, Some(200)).unwrap(), Growth::To(200));
         assert!(matches!(plan_growth(100, Some(99)), Err(StorageError::Shrink { current: 100, requested: 99 })));
+    }
+
+    #[test]
+    fn growing_checks_lengthens_then_resizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("root.ext4");
+        std::fs::write(&disk, [0u8; 4096]).unwrap();
+        // e2fsck's exit 1 means it corrected errors: growing goes on.
+        let fake = RecordingCommands::new().reply_always("e2fsck", FakeReply::exit(1, "fixed"));
+        grow_disk_with(&fake, &disk, 1 << 20).unwrap();
+        let d = disk.display();
+        assert_eq!(fake.lines(), [format!("e2fsck -f -y {d}"), format!("resize2fs {d}")]);
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 1 << 20);
+        // The same size again runs nothing; less is refused.
+        grow_disk_with(&fake, &disk, 1 << 20).unwrap();
+        assert!(matches!(grow_disk_with(&fake, &disk, 4096), Err(StorageError::Shrink { .. })));
+        assert_eq!(fake.lines().len(), 2);
+    }
+
+    #[test]
+    fn a_filesystem_e2fsck_cannot_fix_is_not_grown() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("root.ext4");
+        std::fs::write(&disk, [0u8; 4096]).unwrap();
+        let fake = RecordingCommands::new().reply_always("e2fsck", FakeReply::exit(4, "UNEXPECTED INCONSISTENCY"));
+        let err = grow_disk_with(&fake, &disk, 1 << 20).unwrap_err();
+        assert!(err.to_string().ends_with("failed (exit status: 4): UNEXPECTED INCONSISTENCY"), "{err}");
+        assert_eq!(fake.lines().len(), 1, "no resize2fs");
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4096, "the file is left as it was");
+        let missing = RecordingCommands::new().without_tool("resize2fs");
+        let err = grow_disk_with(&missing, &disk, 1 << 20).unwrap_err();
+        assert!(matches!(err, StorageError::MissingTool { tool: "resize2fs", .. }), "{err}");
     }
 }

@@ -20,7 +20,8 @@ pub use dm::{dm_name, dm_snapshot_plan, dm_snapshot_teardown_plan, DmSnapshotDev
 pub use error::StorageError;
 pub use grow::grow_disk;
 
-use command::{require_tool, HostRunner};
+use banger_host::{HostCommands, SystemCommands};
+use command::require_tool;
 use error::io_at;
 use grow::Growth;
 
@@ -91,10 +92,21 @@ pub fn clone_disk(
     dest: &Path,
     size_bytes: Option<u64>,
 ) -> Result<CloneInfo, StorageError> {
+    clone_disk_with(&SystemCommands, strategy, src, dest, size_bytes)
+}
+
+/// [`clone_disk`], running host tools through `cmds`.
+pub(crate) fn clone_disk_with(
+    cmds: &dyn HostCommands,
+    strategy: CowStrategy,
+    src: &Path,
+    dest: &Path,
+    size_bytes: Option<u64>,
+) -> Result<CloneInfo, StorageError> {
     let src_len = fs::metadata(src).map_err(io_at(src))?.len();
     let growth = grow::plan_growth(src_len, size_bytes)?;
     if strategy == CowStrategy::DmSnapshot {
-        return dm_snapshot(src, dest, src_len, growth);
+        return dm_snapshot(cmds, src, dest, src_len, growth);
     }
     let source = File::open(src).map_err(io_at(src))?;
     let (out, guard) = create_new(dest)?;
@@ -107,7 +119,7 @@ pub fn clone_disk(
     let size_bytes = match growth {
         Growth::Keep => src_len,
         Growth::To(size) => {
-            grow::grow_ext4(dest, size)?;
+            grow::grow_ext4(cmds, dest, size)?;
             size
         }
     };
@@ -118,25 +130,31 @@ pub fn clone_disk(
 /// Removes a dm-snapshot disk's device and loop devices (not its COW file).
 pub fn release_dm_snapshot(device: &DmSnapshotDevice) -> Result<(), StorageError> {
     let plan = dm_snapshot_teardown_plan(&device.name, &device.origin_loop, &device.cow_loop);
-    dm::run_all(&plan, &mut HostRunner)
+    dm::run_all(&plan, &SystemCommands)
 }
 
-fn dm_snapshot(src: &Path, dest: &Path, src_len: u64, growth: Growth) -> Result<CloneInfo, StorageError> {
+fn dm_snapshot(
+    cmds: &dyn HostCommands,
+    src: &Path,
+    dest: &Path,
+    src_len: u64,
+    growth: Growth,
+) -> Result<CloneInfo, StorageError> {
     if !device_mapper_available() {
         return Err(StorageError::DeviceMapperUnavailable);
     }
     if growth != Growth::Keep {
         return Err(StorageError::DmCannotGrow { origin: src_len });
     }
-    require_tool("losetup", "mount")?;
-    require_tool("dmsetup", "dmsetup")?;
+    require_tool(cmds, "losetup", "mount")?;
+    require_tool(cmds, "dmsetup", "dmsetup")?;
     let (out, guard) = create_new(dest)?;
     // The exception store can need as much room as the origin; sparse until written.
     out.set_len(src_len).map_err(io_at(dest))?;
     drop(out);
     let name = dm_name(dest);
     let plan = dm_snapshot_plan(&name, src, dest, src_len / 512);
-    let bound = dm::run_plan(&plan, &mut HostRunner)?;
+    let bound = dm::run_plan(&plan, cmds)?;
     let loop_of = |key| bound.iter().find(|(k, _)| *k == key).map(|(_, v)| PathBuf::from(v)).unwrap_or_default();
     guard.keep();
     let device = DmSnapshotDevice {
@@ -215,5 +233,26 @@ mod tests {
         assert_eq!(choose(true, false), CowStrategy::Reflink);
         assert_eq!(choose(false, true), CowStrategy::DmSnapshot);
         assert_eq!(choose(false, false), CowStrategy::SparseCopy);
+    }
+
+    #[test]
+    fn a_grown_clone_is_checked_then_resized_and_a_failure_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.ext4");
+        fs::write(&base, vec![7u8; 8192]).unwrap();
+        let clone = dir.path().join("vm.ext4");
+        let fake = banger_host::RecordingCommands::new();
+        let info = clone_disk_with(&fake, CowStrategy::SparseCopy, &base, &clone, Some(1 << 20)).unwrap();
+        assert_eq!(info.size_bytes, 1 << 20);
+        let c = clone.display();
+        assert_eq!(fake.lines(), [format!("e2fsck -f -y {c}"), format!("resize2fs {c}")]);
+        assert_eq!(fs::read(&clone).unwrap()[..8192], [7u8; 8192]);
+
+        let other = dir.path().join("vm2.ext4");
+        let failing = banger_host::RecordingCommands::new()
+            .reply_always("resize2fs", banger_host::FakeReply::exit(1, "resize2fs: No space left on device"));
+        let err = clone_disk_with(&failing, CowStrategy::SparseCopy, &base, &other, Some(1 << 20)).unwrap_err();
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        assert!(!other.exists(), "a failed clone leaves nothing behind");
     }
 }

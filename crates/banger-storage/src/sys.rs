@@ -1,48 +1,38 @@
-//! The system calls std does not wrap: `FICLONE`, `lseek` with
-//! `SEEK_DATA`/`SEEK_HOLE`, and `FS_IOC_FIEMAP`. Each takes an open `File`,
-//! so every descriptor passed to the kernel is valid for the whole call.
+//! The system calls std does not wrap: `FICLONE` and `lseek` with
+//! `SEEK_DATA`/`SEEK_HOLE` through rustix's safe wrappers, and
+//! `FS_IOC_FIEMAP`, which rustix has no wrapper for and so stays the one
+//! unsafe call here. Each takes an open `File`, so every descriptor passed
+//! to the kernel is valid for the whole call.
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+use rustix::fs::SeekFrom;
+use rustix::io::Errno;
+
 /// Makes `dest` share all of `src`'s extents (a reflink copy).
 pub(crate) fn ficlone(dest: &File, src: &File) -> io::Result<()> {
-    // SAFETY: both descriptors are open for the duration of the call (they are
-    // borrowed from live `File`s) and FICLONE takes the source descriptor as
-    // its integer argument, not a pointer.
-    let rc = unsafe { libc::ioctl(dest.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(rustix::fs::ioctl_ficlone(dest, src)?)
 }
 
 /// The next offset at or after `offset` holding data, or `None` past the last data.
 pub(crate) fn seek_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
-    seek(file, offset, libc::SEEK_DATA)
+    seek(file, SeekFrom::Data(offset))
 }
 
 /// The next offset at or after `offset` in a hole (the end of file counts as one).
 pub(crate) fn seek_hole(file: &File, offset: u64) -> io::Result<u64> {
-    seek(file, offset, libc::SEEK_HOLE)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENXIO))
+    seek(file, SeekFrom::Hole(offset))?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENXIO))
 }
 
-fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
-    // SAFETY: the descriptor is borrowed from a live `File`; lseek takes no
-    // pointers. Moving the file position is harmless: callers use positioned I/O.
-    let rc = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
-    if rc >= 0 {
-        return Ok(Some(rc as u64));
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENXIO) {
-        Ok(None)
-    } else {
-        Err(err)
+/// Moving the file position is harmless: callers use positioned I/O.
+fn seek(file: &File, to: SeekFrom) -> io::Result<Option<u64>> {
+    match rustix::fs::seek(file, to) {
+        Ok(offset) => Ok(Some(offset)),
+        Err(Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -71,6 +71,7 @@ mod exit {
 
 fn main() -> ExitCode {
     restore_sigpipe();
+    quiet_panics();
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
         commands::completions::print(shell);
@@ -103,15 +104,23 @@ async fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints an error with its causes and picks the exit code.
+/// What an unreachable daemon's error ends with.
+const UNREACHABLE_HINT: &str = "is bangerd running? Start it with `sudo bangerd` or `sudo systemctl start bangerd`";
+
+/// Prints an error as one line (it and its causes, joined with ": ") and
+/// picks the exit code. Never a backtrace, whatever `RUST_BACKTRACE` or
+/// `RUST_LIB_BACKTRACE` say: anyhow may capture one, but only its
+/// `Debug` form prints it, and that is not used here.
 fn report(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
     let client_error = error.chain().find_map(|e| e.downcast_ref::<ClientError>());
+    let mut line = one_line(error);
+    if matches!(client_error, Some(ClientError::Unreachable { .. })) {
+        line.push_str("; ");
+        line.push_str(UNREACHABLE_HINT);
+    }
+    eprintln!("error: {line}");
     let code = match client_error {
-        Some(ClientError::Unreachable { .. }) => {
-            eprintln!("hint: is bangerd running? Start it with `sudo bangerd` or `sudo systemctl start bangerd`");
-            exit::UNREACHABLE
-        }
+        Some(ClientError::Unreachable { .. }) => exit::UNREACHABLE,
         Some(ClientError::Api(api)) => match api.code {
             ErrorCode::InvalidArgument => exit::INVALID,
             ErrorCode::NotFound => exit::NOT_FOUND,
@@ -121,6 +130,37 @@ fn report(error: &anyhow::Error) -> ExitCode {
         _ => exit::FAILURE,
     };
     ExitCode::from(code)
+}
+
+/// `error` and its causes joined with ": ", each on one line (a message from
+/// the daemon may carry a tool's multi-line output). A cause whose text its
+/// parent already ends with is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || parts.last().is_some_and(|prev| prev.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
+/// A panic is a bug, but its report is still one line without a backtrace;
+/// the exit code stays the usual 101.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        eprintln!("error: banger hit a bug{place}: {message}");
+    }));
 }
 
 /// Lets `banger ... | head` end quietly, as other command-line tools do,

@@ -4,11 +4,14 @@
 use std::fs;
 use std::path::Path;
 
+use banger_host::HostCommands;
+
 use crate::error::io_at;
 use crate::{host, layout, tree, BuildOptions, BuiltImage, ImageError};
 
 /// Debootstraps `suite` in `scratch` and writes it to `output`.
 pub(crate) fn build(
+    cmds: &dyn HostCommands,
     suite: &str,
     opts: &BuildOptions,
     scratch: &Path,
@@ -18,14 +21,14 @@ pub(crate) fn build(
     if !layout::valid_suite(suite) {
         return Err(ImageError::BadSource { path: suite.into(), expected: "a Debian suite name" });
     }
-    host::require_tool("debootstrap", "debootstrap")?;
-    host::require_tool("mkfs.ext4", "e2fsprogs")?;
+    host::require_tool(cmds, "debootstrap", "debootstrap")?;
+    host::require_tool(cmds, "mkfs.ext4", "e2fsprogs")?;
     let root = scratch.join("root");
     fs::create_dir(&root).map_err(io_at(&root))?;
     progress(&format!("debootstrapping Debian {suite}"));
-    let bootstrapped = host::debootstrap(suite, &root, progress);
+    let bootstrapped = host::debootstrap(cmds, suite, &root, progress);
     // mkfs must not copy a /proc that an interrupted debootstrap left mounted.
-    host::unmount_under(&root)?;
+    host::unmount_under(cmds, &root)?;
     bootstrapped?;
     progress("installing banger-agent and its service");
     tree::materialize(&root, &layout::debian_finish(&opts.agent))?;
@@ -33,6 +36,6 @@ pub(crate) fn build(
     for dir in layout::DEBIAN_EMPTIED {
         tree::prune_dir(&root, dir, |name| layout::is_cache_file(dir, name))?;
     }
-    let size_bytes = super::make_ext4(&root, opts, output, progress)?;
+    let size_bytes = super::make_ext4(cmds, &root, opts, output, progress)?;
     Ok(BuiltImage { size_bytes, init: "/lib/systemd/systemd".to_owned() })
 }

@@ -5,11 +5,14 @@
 use std::fs;
 use std::path::Path;
 
+use banger_host::HostCommands;
+
 use crate::error::io_at;
 use crate::{host, layout, tarball, tree, BuildOptions, BuiltImage, ImageError, AGENT_PATH};
 
 /// Builds an image from the root directory `dir`.
 pub(crate) fn from_dir(
+    cmds: &dyn HostCommands,
     dir: &Path,
     opts: &BuildOptions,
     scratch: &Path,
@@ -19,20 +22,21 @@ pub(crate) fn from_dir(
     if !dir.is_dir() {
         return Err(ImageError::BadSource { path: dir.to_owned(), expected: "a directory" });
     }
-    host::require_tool("mkfs.ext4", "e2fsprogs")?;
+    host::require_tool(cmds, "mkfs.ext4", "e2fsprogs")?;
     if has_agent(dir) {
-        return finish(dir, opts, output, progress);
+        return finish(cmds, dir, opts, output, progress);
     }
     progress("copying the root directory");
     let root = scratch.join("root");
     fs::create_dir(&root).map_err(io_at(&root))?;
-    host::copy_tree(dir, &root)?;
+    host::copy_tree(cmds, dir, &root)?;
     add_agent(&root, opts)?;
-    finish(&root, opts, output, progress)
+    finish(cmds, &root, opts, output, progress)
 }
 
 /// Builds an image from a root tarball.
 pub(crate) fn from_tar(
+    cmds: &dyn HostCommands,
     tar: &Path,
     opts: &BuildOptions,
     scratch: &Path,
@@ -42,7 +46,7 @@ pub(crate) fn from_tar(
     if !tar.is_file() {
         return Err(ImageError::BadSource { path: tar.to_owned(), expected: "a tarball" });
     }
-    host::require_tool("mkfs.ext4", "e2fsprogs")?;
+    host::require_tool(cmds, "mkfs.ext4", "e2fsprogs")?;
     progress("unpacking the root tarball");
     let root = scratch.join("root");
     fs::create_dir(&root).map_err(io_at(&root))?;
@@ -53,7 +57,7 @@ pub(crate) fn from_tar(
     if !has_agent(&root) {
         add_agent(&root, opts)?;
     }
-    finish(&root, opts, output, progress)
+    finish(cmds, &root, opts, output, progress)
 }
 
 fn has_agent(root: &Path) -> bool {
@@ -65,12 +69,13 @@ fn add_agent(root: &Path, opts: &BuildOptions) -> Result<(), ImageError> {
 }
 
 fn finish(
+    cmds: &dyn HostCommands,
     root: &Path,
     opts: &BuildOptions,
     output: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltImage, ImageError> {
     let init = if tree::exists_in_root(root, Path::new("/sbin/init")) { "/sbin/init" } else { AGENT_PATH };
-    let size_bytes = super::make_ext4(root, opts, output, progress)?;
+    let size_bytes = super::make_ext4(cmds, root, opts, output, progress)?;
     Ok(BuiltImage { size_bytes, init: init.to_owned() })
 }

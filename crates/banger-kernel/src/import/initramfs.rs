@@ -6,7 +6,11 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::{io_err, ImportError, ELF_MAGIC};
+use object::elf::{FileHeader32, FileHeader64, PT_INTERP};
+use object::read::elf::{FileHeader, ProgramHeader};
+use object::{Endianness, FileKind};
+
+use super::{io_err, ImportError};
 
 /// Where the initramfs keeps the module list, one name a line, in load order.
 pub const LOAD_ORDER_PATH: &str = "lib/modules/load-order";
@@ -164,27 +168,19 @@ impl<W: Write> CpioWriter<W> {
 }
 
 /// Whether an ELF file names a program interpreter (is dynamically linked).
-/// `None` when it is not a readable ELF.
+/// `None` when it is not a readable ELF: the file may come from anywhere, so
+/// `object` checks every offset.
 pub fn elf_is_dynamic(elf: &[u8]) -> Option<bool> {
-    if !elf.starts_with(ELF_MAGIC) || elf.get(5) != Some(&1) {
-        return None;
+    fn interp<Elf: FileHeader<Endian = Endianness>>(data: &[u8]) -> Option<bool> {
+        let header = Elf::parse(data).ok()?;
+        let endian = header.endian().ok()?;
+        Some(header.program_headers(endian, data).ok()?.iter().any(|ph| ph.p_type(endian) == PT_INTERP))
     }
-    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
-    let (phoff, phentsize, phnum) = match elf[4] {
-        1 => (u32_at(0x1c)? as usize, u16_at(0x2a)?, u16_at(0x2c)?),
-        2 => (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?),
-        _ => return None,
-    };
-    const PT_INTERP: u32 = 3;
-    for i in 0..usize::from(phnum) {
-        let header = phoff.checked_add(i * usize::from(phentsize))?;
-        if u32_at(header)? == PT_INTERP {
-            return Some(true);
-        }
+    match FileKind::parse(elf).ok()? {
+        FileKind::Elf32 => interp::<FileHeader32<Endianness>>(elf),
+        FileKind::Elf64 => interp::<FileHeader64<Endianness>>(elf),
+        _ => None,
     }
-    Some(false)
 }
 
 fn read_busybox(path: &Path) -> Result<Vec<u8>, ImportError> {
@@ -323,9 +319,10 @@ pub(crate) mod tests {
     fn dynamic_elf_is_detected() {
         // ELF64 header with one PT_INTERP program header right after it.
         let mut elf = vec![0u8; 0x40 + 0x38];
-        elf[..4].copy_from_slice(ELF_MAGIC);
+        elf[..4].copy_from_slice(crate::import::ELF_MAGIC);
         elf[4] = 2;
         elf[5] = 1;
+        elf[6] = 1; // EV_CURRENT, as in every real ELF file
         elf[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
         elf[0x36..0x38].copy_from_slice(&0x38u16.to_le_bytes());
         elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
@@ -333,6 +330,22 @@ pub(crate) mod tests {
         assert_eq!(elf_is_dynamic(&elf), Some(true));
         elf[0x40..0x44].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(elf_is_dynamic(&elf), Some(false));
+        // Cut short anywhere, or with headers pointing outside: not an ELF, no panic.
+        for len in 0..elf.len() {
+            assert_eq!(elf_is_dynamic(&elf[..len]), None, "cut to {len} bytes");
+        }
+        elf[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(elf_is_dynamic(&elf), None);
+    }
+
+    #[test]
+    fn a_truncated_busybox_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let cut = dir.path().join("busybox");
+        fs::write(&cut, b"\x7fELF\x02\x01\x01\0\0\0").unwrap();
+        let err = write_initramfs(&dir.path().join("initrd.img"), &cut, &[]).unwrap_err();
+        assert!(matches!(err, ImportError::Busybox { problem: "not an ELF executable", .. }), "{err}");
+        assert!(err.to_string().contains("is not an ELF executable: install Debian's busybox-static"), "{err}");
     }
 
     #[test]

@@ -424,6 +424,7 @@ mod tests {
         elf[..4].copy_from_slice(ELF_MAGIC);
         elf[4] = 2;
         elf[5] = 1;
+        elf[6] = 1;
         let path = dir.join("busybox");
         fs::write(&path, elf).unwrap();
         path

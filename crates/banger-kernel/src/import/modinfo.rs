@@ -6,6 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use object::elf::FileHeader64;
+use object::read::elf::{FileHeader, SectionHeader};
+use object::LittleEndian;
+
 use super::{io_err, ImportError, ELF_MAGIC};
 
 /// What a module's `.modinfo` section says about it.
@@ -24,19 +28,9 @@ pub fn normalize(name: &str) -> String {
     name.replace('-', "_")
 }
 
-fn le_u16(data: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(data.get(off..off.checked_add(2)?)?.try_into().ok()?))
-}
-
-fn le_u32(data: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(data.get(off..off.checked_add(4)?)?.try_into().ok()?))
-}
-
-fn le_u64(data: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(data.get(off..off.checked_add(8)?)?.try_into().ok()?))
-}
-
-/// The contents of the ELF64 little-endian section called `wanted`.
+/// The contents of the ELF64 little-endian section called `wanted`. The
+/// file comes from an untrusted package: every offset and size is checked
+/// by `object`, and a malformed file is an error, never a panic.
 pub fn elf64_section<'a>(elf: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>, &'static str> {
     if !elf.starts_with(ELF_MAGIC) {
         return Err("no ELF magic");
@@ -44,33 +38,12 @@ pub fn elf64_section<'a>(elf: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>
     if elf.get(4..6) != Some(&[2, 1]) {
         return Err("not a little-endian ELF64 file");
     }
-    const TRUNCATED: &str = "truncated section headers";
-    let shoff = le_u64(elf, 0x28).ok_or(TRUNCATED)? as usize;
-    let shentsize = usize::from(le_u16(elf, 0x3a).ok_or(TRUNCATED)?);
-    let shnum = usize::from(le_u16(elf, 0x3c).ok_or(TRUNCATED)?);
-    let shstrndx = usize::from(le_u16(elf, 0x3e).ok_or(TRUNCATED)?);
-    if shentsize < 0x40 || shstrndx >= shnum {
-        return Err("malformed section header table");
-    }
-    let section = |index: usize| -> Option<(u32, &'a [u8])> {
-        let header = shoff.checked_add(index.checked_mul(shentsize)?)?;
-        let name = le_u32(elf, header)?;
-        let offset = le_u64(elf, header + 0x18)? as usize;
-        let size = le_u64(elf, header + 0x20)? as usize;
-        Some((name, elf.get(offset..offset.checked_add(size)?)?))
+    let header = FileHeader64::<LittleEndian>::parse(elf).map_err(|_| "malformed ELF header")?;
+    let sections = header.sections(LittleEndian, elf).map_err(|_| "truncated or malformed section headers")?;
+    let Some((_, section)) = sections.section_by_name(LittleEndian, wanted.as_bytes()) else {
+        return Ok(None);
     };
-    let (_, names) = section(shstrndx).ok_or(TRUNCATED)?;
-    for index in 0..shnum {
-        let (name_off, data) = section(index).ok_or(TRUNCATED)?;
-        let name = names
-            .get(name_off as usize..)
-            .and_then(|n| n.split(|&b| b == 0).next())
-            .ok_or("section name outside the string table")?;
-        if name == wanted.as_bytes() {
-            return Ok(Some(data));
-        }
-    }
-    Ok(None)
+    section.data(LittleEndian, elf).map(Some).map_err(|_| "section data outside the file")
 }
 
 /// Parses a module's `.modinfo` section (NUL-separated `key=value`).
@@ -346,6 +319,38 @@ pub(crate) mod tests {
         let mut elf = make_module(&["name=x"]);
         elf.truncate(0x60);
         assert!(parse_modinfo(&elf).is_err());
+        assert_eq!(parse_modinfo(&make_module(&["name=x"])[..0x30]), Err("malformed ELF header"));
+    }
+
+    #[test]
+    fn malformed_modules_are_errors_not_panics() {
+        let good = make_module(&["depends=virtio", "name=virtio_blk"]);
+        for len in 0..good.len() {
+            assert!(parse_modinfo(&good[..len]).is_err(), "a module cut to {len} bytes parsed");
+        }
+        let with = |offset: usize, bytes: &[u8]| {
+            let mut elf = good.clone();
+            elf[offset..offset + bytes.len()].copy_from_slice(bytes);
+            parse_modinfo(&elf)
+        };
+        let shoff = u64::from_le_bytes(good[0x28..0x30].try_into().unwrap()) as usize;
+        assert!(with(0x28, &u64::MAX.to_le_bytes()).is_err(), "section headers past the end");
+        assert!(with(0x3c, &u16::MAX.to_le_bytes()).is_err(), "more sections than the file holds");
+        assert!(with(0x3e, &7u16.to_le_bytes()).is_err(), "string table index out of range");
+        assert!(with(0x3a, &0x20u16.to_le_bytes()).is_err(), "wrong section header size");
+        // The .modinfo section (the third header) pointing outside the file.
+        assert_eq!(with(shoff + 2 * 0x40 + 0x20, &u64::MAX.to_le_bytes()), Err("section data outside the file"));
+    }
+
+    #[test]
+    fn a_malformed_module_in_the_tree_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.ko");
+        fs::write(&path, &make_module(&["name=broken"])[..0x50]).unwrap();
+        let index = ModuleIndex::scan(dir.path()).unwrap();
+        let err = index.load_order(&["broken"]).unwrap_err();
+        assert!(matches!(&err, ImportError::InvalidModule { path: p, .. } if *p == path), "{err}");
+        assert!(err.to_string().contains("broken.ko is not a loadable kernel module: "), "{err}");
     }
 
     fn table(entries: &[(&str, &[&str])]) -> impl FnMut(&str) -> Result<Lookup, ImportError> {
