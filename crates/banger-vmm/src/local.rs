@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use crate::process::{detach, read_pid_file, remove_if_present, write_pid_file, VmmProcess, KILL_TIMEOUT};
+use crate::process::{
+    detach, read_pid_file, remove_if_present, session_members, write_pid_file, VmmProcess, KILL_TIMEOUT,
+};
 use crate::{report, AgentEndpoint, VmSpec, VmmError, CONSOLE_LOG, PID_FILE};
 
 /// `sun_path` holds 108 bytes, including the terminating NUL.
@@ -25,6 +27,10 @@ const MAX_SOCKET_PATH: usize = 107;
 /// How long a process that stands for a guest that never comes up sleeps:
 /// for good, as far as a test can tell (about 68 years).
 const FOREVER_SECONDS: &str = "2147483647";
+
+/// How many times a kill looks for the agent's commands (and the children
+/// they forked before they died).
+const SWEEP_ROUNDS: usize = 20;
 
 /// What [`BootFault::DiesAtBoot`] prints before it exits.
 pub const DIES_AT_BOOT_LINE: &str = "banger local driver: the guest died at boot (BootFault::DiesAtBoot)";
@@ -131,7 +137,19 @@ impl Local {
         let release_error = |source| VmmError::Process { action: "remove the runtime files of", source };
         files.remove_runtime_files().map_err(release_error)?;
         let fault = self.faults.get(&spec.name);
-        match self.spawn(fault, &files) {
+        let spawned = match self.spawn(fault, &files) {
+            // The shell sets the signal ignored before it execs the agent: a
+            // stop in between would find a SIGTERM that still kills.
+            Ok(process) if fault == Some(BootFault::IgnoresStop) => match wait_until_term_ignored(process).await {
+                Ok(()) => Ok(process),
+                Err(e) => {
+                    let _ = process.kill_and_wait(KILL_TIMEOUT).await;
+                    Err(e)
+                }
+            },
+            spawned => spawned,
+        };
+        match spawned {
             Ok(process) => {
                 tracing::info!(vm = %spec.name, pid = process.pid, ?fault, "local agent started");
                 Ok(process)
@@ -213,18 +231,40 @@ impl Local {
         })
     }
 
-    /// Asks the agent to end (SIGTERM), waits up to `timeout`, then kills it.
+    /// Asks the agent to end (SIGTERM), waits up to `timeout`, then kills
+    /// it. The commands it started end with it, as a guest's end with the
+    /// VM.
     pub async fn stop(&self, run_dir: &Path, process: VmmProcess, timeout: Duration) -> Result<(), VmmError> {
+        // Known as the agent's only while it is: listed before it is asked to go.
+        let commands = agent_commands(process);
         process.signal(Signal::TERM.as_raw()).map_err(|source| VmmError::Process { action: "signal", source })?;
         if process.wait_gone(timeout).await {
+            for command in commands {
+                let _ = command.signal(Signal::KILL.as_raw());
+            }
             return Ok(());
         }
         tracing::info!(pid = process.pid, ?timeout, "the local agent ignored SIGTERM; killing it");
         self.kill(run_dir, process).await
     }
 
-    /// Kills the agent at once (SIGKILL) and waits for it to go.
+    /// Kills the agent and the commands it started at once (SIGKILL) and
+    /// waits for the agent to go. The agent is stopped (SIGSTOP) first so
+    /// it starts nothing more while its commands are killed.
     pub async fn kill(&self, _run_dir: &Path, process: VmmProcess) -> Result<(), VmmError> {
+        let signal_error = |source| VmmError::Process { action: "kill", source };
+        process.signal(Signal::STOP.as_raw()).map_err(signal_error)?;
+        for _ in 0..SWEEP_ROUNDS {
+            let commands = agent_commands(process);
+            if commands.is_empty() {
+                break;
+            }
+            for command in commands {
+                command.signal(Signal::KILL.as_raw()).map_err(signal_error)?;
+            }
+            // Their children, forked before they died, are found next round.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         process.kill_and_wait(KILL_TIMEOUT).await
     }
 
@@ -240,6 +280,44 @@ impl Local {
 
     fn report(&self, files: &RunFiles) -> String {
         report::failure_report(&[("console", &files.console)])
+    }
+}
+
+/// The processes of the agent's session but the agent: what it started,
+/// and their children. Empty unless the agent is still ours once they are
+/// listed (then the session, whose id is its pid, is its own).
+fn agent_commands(agent: VmmProcess) -> Vec<VmmProcess> {
+    let members = session_members(agent.pid);
+    if agent.is_ours() {
+        members
+    } else {
+        Vec::new()
+    }
+}
+
+/// How long [`BootFault::IgnoresStop`]'s shell may take to ignore SIGTERM.
+const TRAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until `process` ignores SIGTERM (`SigIgn` in /proc/PID/status).
+async fn wait_until_term_ignored(process: VmmProcess) -> Result<(), VmmError> {
+    let term_bit = 1u64 << (Signal::TERM.as_raw() - 1);
+    let deadline = tokio::time::Instant::now() + TRAP_TIMEOUT;
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", process.pid)).unwrap_or_default();
+        let ignored = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigIgn:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+        if ignored.is_some_and(|mask| mask & term_bit != 0) {
+            return Ok(());
+        }
+        if !process.is_running() {
+            return Err(VmmError::ExitedEarly { log_tail: "the shell before the agent exited".into() });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(VmmError::Timeout(TRAP_TIMEOUT, "the shell to ignore SIGTERM"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

@@ -37,6 +37,7 @@ pub struct VmmProcess {
 /// What /proc/PID/stat says of a process.
 struct Stat {
     state: char,
+    session: u32,
     start_time: u64,
 }
 
@@ -64,7 +65,7 @@ impl VmmProcess {
 
     /// Whether the process that has this pid now is this one (a zombie
     /// counts: its pid is not free yet).
-    fn is_ours(&self) -> bool {
+    pub(crate) fn is_ours(&self) -> bool {
         matches!(stat(self.pid), Ok(stat) if stat.start_time == self.start_time)
     }
 
@@ -146,16 +147,38 @@ fn stat(pid: u32) -> io::Result<Stat> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("cannot parse /proc/{pid}/stat")))
 }
 
-/// The state (field 3) and start time (field 22) of a stat line. The
-/// command name (field 2) is in parentheses and may hold anything, spaces
-/// and parentheses too: the fields after it start after its last `)`.
+/// The state (field 3), session (field 6) and start time (field 22) of a
+/// stat line. The command name (field 2) is in parentheses and may hold
+/// anything, spaces and parentheses too: the fields after it start after
+/// its last `)`.
 fn parse_stat(line: &str) -> Option<Stat> {
     let (_, rest) = line.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // Field 3 was the first after the name; field 22 is 19 further on.
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some(Stat { state, start_time })
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).copied();
+    let state = field(3)?.chars().next()?;
+    let session = field(6)?.parse().ok()?;
+    let start_time = field(22)?.parse().ok()?;
+    Some(Stat { state, session, start_time })
+}
+
+/// The live processes (zombies left out) of session `sid` but its leader.
+/// Who they are is only known while the leader is known to be ours: a
+/// session id is the leader's pid, free for reuse once the leader and
+/// every member are gone.
+pub(crate) fn session_members(sid: u32) -> Vec<VmmProcess> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != sid)
+        .filter_map(|pid| {
+            let stat = stat(pid).ok()?;
+            (stat.session == sid && !matches!(stat.state, 'Z' | 'X'))
+                .then_some(VmmProcess { pid, start_time: stat.start_time })
+        })
+        .collect()
 }
 
 /// Writes `process` to a pid file as `PID STARTTIME`, replacing it at once
@@ -228,7 +251,7 @@ mod tests {
     #[test]
     fn stat_fields_come_after_the_last_parenthesis() {
         let stat = parse_stat(LINE).unwrap();
-        assert_eq!((stat.state, stat.start_time), ('S', 987654));
+        assert_eq!((stat.state, stat.session, stat.start_time), ('S', 4242, 987654));
         assert!(parse_stat("12 (x) Z 1").is_none());
     }
 

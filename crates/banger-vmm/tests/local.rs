@@ -88,6 +88,10 @@ async fn kill_and_wait_ends_a_process_that_ignores_sigterm() {
             Command::new("sh").args(["-c", "trap '' TERM; exec sleep 300"]).stdin(Stdio::null()).spawn().unwrap();
         let mut sleeper = Sleeper(child);
         let process = VmmProcess::of(sleeper.pid()).unwrap();
+        // Once the shell has exec'd sleep, SIGTERM is ignored.
+        while std::fs::read_to_string(format!("/proc/{}/comm", process.pid)).unwrap() != "sleep\n" {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         process.signal(SIGTERM).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(process.is_running(), "SIGTERM is ignored");
@@ -313,13 +317,21 @@ async fn ignores_stop_makes_stop_fall_back_to_kill() {
         let vm = LocalVm::new("local-stubborn");
         vm.local.faults.set("local-stubborn", BootFault::IgnoresStop);
         let process = vm.vmm.start(&vm.spec).await.expect("start");
-        let Reply::Hello { .. } = hello(&mut vm.connect().await).await else { panic!("not a hello") };
+        // Stopped at once, before the agent listens: SIGTERM is already ignored.
         let timeout = Duration::from_millis(500);
         let stopping = Instant::now();
         vm.vmm.stop(vm.run_dir(), process, timeout).await.expect("stop");
         let took = stopping.elapsed();
         assert!(took >= timeout, "stop did not wait for SIGTERM first: {took:?}");
         assert!(took < timeout + Duration::from_secs(5), "{took:?}");
+        assert!(!process.is_running());
+
+        // And when the agent runs normally.
+        let process = vm.vmm.start(&vm.spec).await.expect("start");
+        let Reply::Hello { .. } = hello(&mut vm.connect().await).await else { panic!("not a hello") };
+        let stopping = Instant::now();
+        vm.vmm.stop(vm.run_dir(), process, timeout).await.expect("stop");
+        assert!(stopping.elapsed() >= timeout, "{:?}", stopping.elapsed());
         assert!(!process.is_running());
         vm.vmm.release(vm.run_dir()).unwrap();
         assert_eq!(vm.files(), ["console.log"]);
@@ -372,6 +384,46 @@ async fn a_firecracker_vsock_that_never_answers_connect_times_out() {
             assert!(took >= CONNECT_ATTEMPT_TIMEOUT && took < CONNECT_ATTEMPT_TIMEOUT * 2, "{took:?}");
         }
         held.abort();
+    })
+    .await;
+}
+
+/// Starts `sleep 300` through the agent on `stream`; its process.
+async fn exec_sleep(socket: &mut AgentSocket, stream: u32) -> VmmProcess {
+    let exec = banger_agent_proto::ExecRequest { argv: vec!["sleep".into(), "300".into()], env: vec![], cwd: None };
+    write_frame(socket, &Frame::control(stream, &Request::Exec(exec))).await.unwrap();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(socket)).await.unwrap().unwrap().unwrap();
+        if frame.stream == stream {
+            let Reply::Started { pid } = frame.message().unwrap() else { panic!("not started: {frame:?}") };
+            return VmmProcess::of(pid).unwrap();
+        }
+    }
+}
+
+/// What the agent runs ends with it, as a guest's processes end with the VM.
+#[tokio::test]
+async fn the_commands_of_the_agent_end_with_stop_and_kill() {
+    with_timeout(async {
+        let vm = LocalVm::new("local-commands");
+        for kill in [false, true] {
+            let process = vm.vmm.start(&vm.spec).await.expect("start");
+            let mut socket = vm.connect().await;
+            hello(&mut socket).await;
+            let commands = [exec_sleep(&mut socket, 1).await, exec_sleep(&mut socket, 2).await];
+            assert!(commands.iter().all(VmmProcess::is_running));
+            if kill {
+                vm.vmm.kill(vm.run_dir(), process).await.unwrap();
+            } else {
+                vm.vmm.stop(vm.run_dir(), process, Duration::from_secs(5)).await.unwrap();
+            }
+            for command in commands {
+                tokio::time::timeout(Duration::from_secs(5), command.exited()).await.unwrap_or_else(|_| {
+                    panic!("a command outlived the agent's {}", if kill { "kill" } else { "stop" })
+                });
+            }
+            vm.vmm.release(vm.run_dir()).unwrap();
+        }
     })
     .await;
 }
