@@ -320,7 +320,7 @@ impl Vmm {
         match self {
             Vmm::Firecracker(d) => d.failure_report(run_dir),
             Vmm::Qemu(d) => d.failure_report(run_dir),
-            Vmm::Local(_) => report::failure_report(&[("console", &self.console_log(run_dir))]),
+            Vmm::Local(d) => d.failure_report(run_dir),
         }
     }
 
