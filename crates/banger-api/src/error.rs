@@ -4,6 +4,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// A stable error code. Clients match on this, never on the message.
+///
+/// The set grows: a later daemon may send a code this crate does not know,
+/// and it decodes as [`ErrorCode::Unknown`]. A client treats that as a
+/// generic failure and shows the message, which is always there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -31,6 +35,9 @@ pub enum ErrorCode {
     Cancelled,
     /// A bug or an unexpected host failure.
     Internal,
+    /// A code this crate does not know (from a newer daemon). The daemon never sends it.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -49,6 +56,7 @@ impl ErrorCode {
             ErrorCode::BootFailed => "boot_failed",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
         }
     }
 }
@@ -61,7 +69,6 @@ impl std::fmt::Display for ErrorCode {
 
 /// The body of every error response, and the error of a failed operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ApiError {
     /// Stable, machine-readable code.
     pub code: ErrorCode,

@@ -1,9 +1,15 @@
 //! VMs: their record, create and change requests, and the exec upgrade token.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
+use crate::Timestamp;
+
 /// Which VMM runs a VM.
+///
+/// A VM record names it, and a later daemon may run VMs under a VMM this
+/// crate does not know: that decodes as [`VmmChoice::Unknown`]. A request
+/// that asks for one is refused (see [`VmCreateRequest::vmm`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmmChoice {
@@ -11,9 +17,15 @@ pub enum VmmChoice {
     Firecracker,
     /// QEMU (KVM when usable, else TCG emulation).
     Qemu,
+    /// A VMM this crate does not know (from a newer daemon). The daemon never sends it.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Where a VM is in its life.
+///
+/// The set may grow (paused, snapshotting): a state this crate does not
+/// know decodes as [`VmState::Unknown`], so an old client still lists VMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
@@ -27,6 +39,65 @@ pub enum VmState {
     Stopping,
     /// Not running.
     Stopped,
+    /// A state this crate does not know (from a newer daemon). The daemon never sends it.
+    #[serde(other)]
+    Unknown,
+}
+
+impl VmState {
+    /// The state as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a VM's root disk was cloned from its image.
+///
+/// The set grows with the hosts banger learns to use: a strategy this
+/// crate does not know decodes as [`DiskStrategy::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskStrategy {
+    /// A reflink (shared extents) on XFS or btrfs.
+    Reflink,
+    /// A device-mapper snapshot over the image.
+    DmSnapshot,
+    /// A copy that skips the image's holes.
+    SparseCopy,
+    /// A strategy this crate does not know (from a newer daemon). The daemon never sends it.
+    #[serde(other)]
+    Unknown,
+}
+
+impl DiskStrategy {
+    /// The strategy as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskStrategy::Reflink => "reflink",
+            DiskStrategy::DmSnapshot => "dm_snapshot",
+            DiskStrategy::SparseCopy => "sparse_copy",
+            DiskStrategy::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for DiskStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Whether a running VM's agent answers.
@@ -42,7 +113,6 @@ pub enum AgentStatus {
 
 /// A VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Vm {
     /// Its name (a DNS label).
     pub name: String,
@@ -64,8 +134,8 @@ pub struct Vm {
     pub disk_size_bytes: u64,
     /// Work disk size in bytes, if it has one (mounted at /work).
     pub work_disk_bytes: Option<u64>,
-    /// How the root disk was cloned: `reflink`, `dm_snapshot` or `sparse_copy`.
-    pub disk_strategy: String,
+    /// How the root disk was cloned.
+    pub disk_strategy: DiskStrategy,
     /// The VMM's pid while it runs.
     pub pid: Option<u32>,
     /// Whether its agent answers the daemon's keepalive, while it runs.
@@ -73,8 +143,8 @@ pub struct Vm {
     pub agent: Option<AgentStatus>,
     /// The agent's version, once it answered.
     pub agent_version: Option<String>,
-    /// When it was created (RFC 3339).
-    pub created_at: String,
+    /// When it was created.
+    pub created_at: Timestamp,
 }
 
 /// Body of `POST /v1/vms`.
@@ -100,12 +170,22 @@ pub struct VmCreateRequest {
     /// A writable work disk of this size, mounted at /work.
     #[serde(default)]
     pub work_disk_bytes: Option<u64>,
-    /// Force a VMM (default: chosen from what the host can do).
-    #[serde(default)]
+    /// Force a VMM (default: chosen from what the host can do). A name this
+    /// crate does not know is refused, not read as [`VmmChoice::Unknown`].
+    #[serde(default, deserialize_with = "known_vmm")]
     pub vmm: Option<VmmChoice>,
     /// Make the VM but do not boot it.
     #[serde(default)]
     pub no_start: bool,
+}
+
+/// Refuses the fallback a response may decode to: a request must name a
+/// VMM the daemon has.
+fn known_vmm<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<VmmChoice>, D::Error> {
+    match Option::<VmmChoice>::deserialize(deserializer)? {
+        Some(VmmChoice::Unknown) => Err(serde::de::Error::custom("unknown vmm: expected `firecracker` or `qemu`")),
+        choice => Ok(choice),
+    }
 }
 
 /// Body of `PATCH /v1/vms/{name}` (stopped VMs only).
