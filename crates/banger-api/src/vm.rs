@@ -9,7 +9,7 @@ use crate::Timestamp;
 ///
 /// A VM record names it, and a later daemon may run VMs under a VMM this
 /// crate does not know: that decodes as [`VmmChoice::Unknown`]. A request
-/// that asks for one is refused (see [`VmCreateRequest::vmm`]).
+/// that asks for one is refused (see [`VmmChoice::deserialize_requested`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmmChoice {
@@ -20,6 +20,34 @@ pub enum VmmChoice {
     /// A VMM this crate does not know (from a newer daemon). The daemon never sends it.
     #[serde(other)]
     Unknown,
+}
+
+impl VmmChoice {
+    /// Decodes an optional VMM where one is asked for (a request, the
+    /// config file), refusing the fallback a response may decode to: what
+    /// is asked for must be a VMM the daemon has. For
+    /// `#[serde(default, deserialize_with = "VmmChoice::deserialize_requested")]`.
+    pub fn deserialize_requested<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<VmmChoice>, D::Error> {
+        match Option::<VmmChoice>::deserialize(deserializer)? {
+            Some(VmmChoice::Unknown) => Err(serde::de::Error::custom("unknown vmm: expected `firecracker` or `qemu`")),
+            choice => Ok(choice),
+        }
+    }
+
+    /// The VMM as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmmChoice::Firecracker => "firecracker",
+            VmmChoice::Qemu => "qemu",
+            VmmChoice::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for VmmChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where a VM is in its life.
@@ -172,20 +200,11 @@ pub struct VmCreateRequest {
     pub work_disk_bytes: Option<u64>,
     /// Force a VMM (default: chosen from what the host can do). A name this
     /// crate does not know is refused, not read as [`VmmChoice::Unknown`].
-    #[serde(default, deserialize_with = "known_vmm")]
+    #[serde(default, deserialize_with = "VmmChoice::deserialize_requested")]
     pub vmm: Option<VmmChoice>,
     /// Make the VM but do not boot it.
     #[serde(default)]
     pub no_start: bool,
-}
-
-/// Refuses the fallback a response may decode to: a request must name a
-/// VMM the daemon has.
-fn known_vmm<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<VmmChoice>, D::Error> {
-    match Option::<VmmChoice>::deserialize(deserializer)? {
-        Some(VmmChoice::Unknown) => Err(serde::de::Error::custom("unknown vmm: expected `firecracker` or `qemu`")),
-        choice => Ok(choice),
-    }
 }
 
 /// Body of `PATCH /v1/vms/{name}` (stopped VMs only).

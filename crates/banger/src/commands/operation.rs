@@ -64,6 +64,6 @@ fn row(op: &Operation) -> Vec<String> {
         op.target.clone(),
         serde_json::to_value(op.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
         format!("{:.0}% {}", op.progress.percent(), op.progress.step),
-        op.created_at.clone(),
+        op.created_at.to_string(),
     ]
 }
