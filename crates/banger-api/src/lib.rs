@@ -14,11 +14,14 @@
 //!   `ApiError`, `Event`, the doctor report, ...) accept fields they do not
 //!   know and drop them, so a client built today keeps working when a
 //!   later daemon adds a field (a VM's address, say).
-//! - **Enums in responses whose set grows** (`ErrorCode`, `OperationKind`,
-//!   `ObjectKind`, `VmState`, `VmmChoice`, `DiskStrategy`, the `Event`
-//!   type) have an `Unknown` variant that a value this crate does not know
-//!   decodes to; the daemon never sends it. Closed sets (`OperationState`,
-//!   `CheckStatus`, `CatalogEntryState`) say on their type why they are.
+//! - **Enums in responses whose set grows** ([`ErrorCode`],
+//!   [`OperationKind`], [`ObjectKind`], [`VmState`], [`VmmChoice`],
+//!   [`DiskStrategy`], [`AgentStatus`]) are open: a value this crate does not know decodes
+//!   as `Unknown`, which the daemon never sends, and the OpenAPI document
+//!   describes them as "one of these, or another string". An [`Event`] of
+//!   a type this crate does not know decodes as `Event::Unknown`, and the
+//!   client's event stream skips it. Closed sets ([`OperationState`],
+//!   [`CheckStatus`], [`CatalogEntryState`]) say on their type why they are.
 //! - **Typed values that travel as text** ([`Timestamp`], [`KernelSource`],
 //!   [`ImageSource`]) keep the wire form they always had; sources a crate
 //!   does not know are kept as sent ([`KernelSource::Other`]).
@@ -31,6 +34,7 @@ mod event;
 mod host;
 mod image;
 mod kernel;
+mod open_enum;
 mod operation;
 mod text_form;
 mod time;

@@ -8,37 +8,34 @@ use utoipa::ToSchema;
 
 use crate::{ApiError, Image, Kernel, Timestamp, Vm};
 
-/// What an operation does.
-///
-/// The set grows with every new kind of long work: a kind this crate does
-/// not know decodes as [`OperationKind::Unknown`], so an old client still
-/// lists and follows a newer daemon's operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OperationKind {
-    /// `kernel pull`.
-    KernelPull,
-    /// `kernel import`.
-    KernelImport,
-    /// `image build`.
-    ImageBuild,
-    /// `image register`.
-    ImageRegister,
-    /// `vm create`.
-    VmCreate,
-    /// `vm start`.
-    VmStart,
-    /// `vm stop`.
-    VmStop,
-    /// `vm restart`.
-    VmRestart,
-    /// `vm kill`.
-    VmKill,
-    /// `vm rm`.
-    VmRemove,
-    /// A kind this crate does not know (from a newer daemon). The daemon never sends it.
-    #[serde(other)]
-    Unknown,
+crate::open_enum::open_enum! {
+    /// What an operation does.
+    ///
+    /// The set grows with every new kind of long work: a kind this crate
+    /// does not know decodes as `Unknown`, so an old client still lists and
+    /// follows a newer daemon's operations.
+    pub enum OperationKind {
+        /// `kernel pull`.
+        KernelPull = "kernel_pull",
+        /// `kernel import`.
+        KernelImport = "kernel_import",
+        /// `image build`.
+        ImageBuild = "image_build",
+        /// `image register`.
+        ImageRegister = "image_register",
+        /// `vm create`.
+        VmCreate = "vm_create",
+        /// `vm start`.
+        VmStart = "vm_start",
+        /// `vm stop`.
+        VmStop = "vm_stop",
+        /// `vm restart`.
+        VmRestart = "vm_restart",
+        /// `vm kill`.
+        VmKill = "vm_kill",
+        /// `vm rm`.
+        VmRemove = "vm_remove",
+    }
 }
 
 /// Where an operation is in its life.

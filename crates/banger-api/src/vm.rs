@@ -5,21 +5,18 @@ use utoipa::ToSchema;
 
 use crate::Timestamp;
 
-/// Which VMM runs a VM.
-///
-/// A VM record names it, and a later daemon may run VMs under a VMM this
-/// crate does not know: that decodes as [`VmmChoice::Unknown`]. A request
-/// that asks for one is refused (see [`VmmChoice::deserialize_requested`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum VmmChoice {
-    /// Firecracker (needs KVM for ordinary guests).
-    Firecracker,
-    /// QEMU (KVM when usable, else TCG emulation).
-    Qemu,
-    /// A VMM this crate does not know (from a newer daemon). The daemon never sends it.
-    #[serde(other)]
-    Unknown,
+crate::open_enum::open_enum! {
+    /// Which VMM runs a VM.
+    ///
+    /// A VM record names it, and a later daemon may run VMs under a VMM this
+    /// crate does not know: that decodes as `Unknown`. Where a VMM is asked
+    /// for (a request, the config file) it must be a known one.
+    pub enum VmmChoice {
+        /// Firecracker (needs KVM for ordinary guests).
+        Firecracker = "firecracker",
+        /// QEMU (KVM when usable, else TCG emulation).
+        Qemu = "qemu",
+    }
 }
 
 impl VmmChoice {
@@ -33,110 +30,54 @@ impl VmmChoice {
             choice => Ok(choice),
         }
     }
+}
 
-    /// The VMM as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmmChoice::Firecracker => "firecracker",
-            VmmChoice::Qemu => "qemu",
-            VmmChoice::Unknown => "unknown",
-        }
+crate::open_enum::open_enum! {
+    /// Where a VM is in its life.
+    ///
+    /// The set may grow (paused, snapshotting): a state this crate does not
+    /// know decodes as `Unknown`, so an old client still lists VMs.
+    pub enum VmState {
+        /// Made, never started (`--no-start`), or being made.
+        Created = "created",
+        /// Booting; not yet answering.
+        Starting = "starting",
+        /// Booted: its agent answers.
+        Running = "running",
+        /// Shutting down.
+        Stopping = "stopping",
+        /// Not running.
+        Stopped = "stopped",
     }
 }
 
-impl std::fmt::Display for VmmChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+crate::open_enum::open_enum! {
+    /// How a VM's root disk was cloned from its image.
+    ///
+    /// The set grows with the hosts banger learns to use: a strategy this
+    /// crate does not know decodes as `Unknown`.
+    pub enum DiskStrategy {
+        /// A reflink (shared extents) on XFS or btrfs.
+        Reflink = "reflink",
+        /// A device-mapper snapshot over the image.
+        DmSnapshot = "dm_snapshot",
+        /// A copy that skips the image's holes.
+        SparseCopy = "sparse_copy",
     }
 }
 
-/// Where a VM is in its life.
-///
-/// The set may grow (paused, snapshotting): a state this crate does not
-/// know decodes as [`VmState::Unknown`], so an old client still lists VMs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum VmState {
-    /// Made, never started (`--no-start`), or being made.
-    Created,
-    /// Booting; not yet answering.
-    Starting,
-    /// Booted: its agent answers.
-    Running,
-    /// Shutting down.
-    Stopping,
-    /// Not running.
-    Stopped,
-    /// A state this crate does not know (from a newer daemon). The daemon never sends it.
-    #[serde(other)]
-    Unknown,
-}
-
-impl VmState {
-    /// The state as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Created => "created",
-            VmState::Starting => "starting",
-            VmState::Running => "running",
-            VmState::Stopping => "stopping",
-            VmState::Stopped => "stopped",
-            VmState::Unknown => "unknown",
-        }
+crate::open_enum::open_enum! {
+    /// Whether a running VM's agent answers.
+    ///
+    /// The set may grow (an agent that answers but is too old, say): a
+    /// status this crate does not know decodes as `Unknown`.
+    pub enum AgentStatus {
+        /// It answered the last keepalive.
+        Answering = "answering",
+        /// It missed its keepalives: the guest hangs, is overloaded, or its
+        /// agent died. Commands are refused until it answers again.
+        NotAnswering = "not_answering",
     }
-}
-
-impl std::fmt::Display for VmState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a VM's root disk was cloned from its image.
-///
-/// The set grows with the hosts banger learns to use: a strategy this
-/// crate does not know decodes as [`DiskStrategy::Unknown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DiskStrategy {
-    /// A reflink (shared extents) on XFS or btrfs.
-    Reflink,
-    /// A device-mapper snapshot over the image.
-    DmSnapshot,
-    /// A copy that skips the image's holes.
-    SparseCopy,
-    /// A strategy this crate does not know (from a newer daemon). The daemon never sends it.
-    #[serde(other)]
-    Unknown,
-}
-
-impl DiskStrategy {
-    /// The strategy as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiskStrategy::Reflink => "reflink",
-            DiskStrategy::DmSnapshot => "dm_snapshot",
-            DiskStrategy::SparseCopy => "sparse_copy",
-            DiskStrategy::Unknown => "unknown",
-        }
-    }
-}
-
-impl std::fmt::Display for DiskStrategy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Whether a running VM's agent answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentStatus {
-    /// It answered the last keepalive.
-    Answering,
-    /// It missed its keepalives: the guest hangs, is overloaded, or its
-    /// agent died. Commands are refused until it answers again.
-    NotAnswering,
 }
 
 /// A VM.
@@ -198,8 +139,8 @@ pub struct VmCreateRequest {
     /// A writable work disk of this size, mounted at /work.
     #[serde(default)]
     pub work_disk_bytes: Option<u64>,
-    /// Force a VMM (default: chosen from what the host can do). A name this
-    /// crate does not know is refused, not read as [`VmmChoice::Unknown`].
+    /// Force a VMM (default: chosen from what the host can do). A VMM this
+    /// crate does not know is refused.
     #[serde(default, deserialize_with = "VmmChoice::deserialize_requested")]
     pub vmm: Option<VmmChoice>,
     /// Make the VM but do not boot it.

@@ -2,7 +2,7 @@
 //! know; responses and events accept it.
 
 use banger_api::{
-    ApiError, DiskResizeRequest, DiskStrategy, ErrorCode, Event, Image, ImageBuildRequest, ImageRecipe,
+    AgentStatus, ApiError, DiskResizeRequest, DiskStrategy, ErrorCode, Event, Image, ImageBuildRequest, ImageRecipe,
     ImageRegisterRequest, ImageSource, Kernel, KernelCatalog, KernelImportRequest, KernelPullRequest, KernelSource,
     ObjectKind, Operation, OperationKind, OperationResult, OperationState, Timestamp, Vm, VmCreateRequest,
     VmSetRequest, VmState, VmmChoice,
@@ -48,7 +48,7 @@ fn vm_json() -> Value {
     json!({
         "name": "dev", "state": "running", "image": "tiny", "kernel": "k", "vmm": "qemu", "kvm": false,
         "cpus": 1, "memory_mib": 512, "disk_size_bytes": 1048576, "work_disk_bytes": null,
-        "disk_strategy": "reflink", "pid": 42, "agent_version": "0.1.0", "created_at": "2026-01-01T00:00:00Z"
+        "disk_strategy": "reflink", "pid": 42, "agent": "answering", "agent_version": "0.1.0", "created_at": "2026-01-01T00:00:00Z"
     })
 }
 
@@ -152,4 +152,33 @@ fn vm_result_with_new_fields_is_still_a_vm() {
     vm["address"] = json!("10.0.0.2");
     let op: Operation = serde_json::from_value(operation_json("vm_start", vm)).unwrap();
     assert_eq!(op.result.and_then(OperationResult::into_vm).map(|vm| vm.name), Some("dev".into()));
+}
+
+/// Checks that every known value of an open enum keeps its wire name both
+/// ways, and that `Unknown` encodes as "unknown" and decodes back.
+macro_rules! assert_open_enum_round_trips {
+    ($($ty:ty),+) => {$(
+        for value in <$ty>::KNOWN {
+            let wire = serde_json::to_value(value).unwrap();
+            assert_eq!(wire, json!(value.as_str()), "{value:?}");
+            assert_eq!(serde_json::from_value::<$ty>(wire).unwrap(), *value);
+            assert_ne!(*value, <$ty>::Unknown);
+        }
+        assert_eq!(serde_json::to_value(<$ty>::Unknown).unwrap(), json!("unknown"));
+        assert_eq!(<$ty>::from_wire("unknown"), <$ty>::Unknown);
+        assert!(serde_json::from_value::<$ty>(json!(7)).is_err(), "a number is not a name");
+    )+};
+}
+
+#[test]
+fn open_enums_keep_their_wire_names() {
+    assert_open_enum_round_trips!(ErrorCode, OperationKind, ObjectKind, VmState, VmmChoice, DiskStrategy, AgentStatus);
+    assert_eq!(serde_json::to_value(OperationKind::VmRemove).unwrap(), json!("vm_remove"));
+    assert_eq!(serde_json::to_value(DiskStrategy::DmSnapshot).unwrap(), json!("dm_snapshot"));
+}
+
+#[test]
+fn an_unknown_event_is_never_encoded() {
+    // The daemon never sends one; the client skips them instead of passing them on.
+    assert!(serde_json::to_string(&Event::Unknown).is_err());
 }

@@ -21,7 +21,7 @@ fn vm(state: &str) -> Value {
     json!({
         "name": "dev", "state": state, "image": "tiny", "kernel": "k", "vmm": "qemu", "kvm": false,
         "cpus": 1, "memory_mib": 512, "disk_size_bytes": 1048576, "work_disk_bytes": null,
-        "disk_strategy": "reflink", "pid": 4242, "agent_version": "0.9.0", "created_at": "2026-01-01T00:00:00Z",
+        "disk_strategy": "reflink", "pid": 4242, "agent": "answering", "agent_version": "0.9.0", "created_at": "2026-01-01T00:00:00Z",
         "address": "10.0.0.2"
     })
 }

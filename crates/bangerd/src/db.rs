@@ -361,6 +361,8 @@ mod tests {
             .unwrap();
         let loaded = db.operation("op-1").unwrap().expect("the old operation row decodes");
         assert!(matches!(loaded.result, Some(OperationResult::Vm(ref v)) if v.name == "dev"), "{:?}", loaded.result);
-        assert_eq!(serde_json::to_value(&loaded).unwrap(), op, "and re-encodes to the same body");
+        let mut expected = op;
+        expected["result"]["agent"] = serde_json::Value::Null; // the one field added since
+        assert_eq!(serde_json::to_value(&loaded).unwrap(), expected, "and re-encodes to the same body");
     }
 }
