@@ -116,15 +116,16 @@ pub struct Operation {
 /// What a finished operation made or changed. On the wire it is the
 /// object itself, told apart by its fields (each type has required fields
 /// the others lack), which is the form recorded operations have always held.
+/// Boxed, so an operation (and every event that carries one) stays small.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum OperationResult {
     /// A kernel (`kernel pull`, `kernel import`).
-    Kernel(Kernel),
+    Kernel(Box<Kernel>),
     /// An image (`image build`, `image register`).
-    Image(Image),
+    Image(Box<Image>),
     /// A VM (`vm create`, `vm start`, and the other VM operations).
-    Vm(Vm),
+    Vm(Box<Vm>),
     /// Something this crate does not know (a newer daemon's), as sent.
     Other(serde_json::Value),
 }
@@ -133,7 +134,7 @@ impl OperationResult {
     /// The kernel, if that is what it is.
     pub fn into_kernel(self) -> Option<Kernel> {
         match self {
-            OperationResult::Kernel(kernel) => Some(kernel),
+            OperationResult::Kernel(kernel) => Some(*kernel),
             _ => None,
         }
     }
@@ -141,7 +142,7 @@ impl OperationResult {
     /// The image, if that is what it is.
     pub fn into_image(self) -> Option<Image> {
         match self {
-            OperationResult::Image(image) => Some(image),
+            OperationResult::Image(image) => Some(*image),
             _ => None,
         }
     }
@@ -149,7 +150,7 @@ impl OperationResult {
     /// The VM, if that is what it is.
     pub fn into_vm(self) -> Option<Vm> {
         match self {
-            OperationResult::Vm(vm) => Some(vm),
+            OperationResult::Vm(vm) => Some(*vm),
             _ => None,
         }
     }
@@ -157,19 +158,19 @@ impl OperationResult {
 
 impl From<Kernel> for OperationResult {
     fn from(kernel: Kernel) -> OperationResult {
-        OperationResult::Kernel(kernel)
+        OperationResult::Kernel(Box::new(kernel))
     }
 }
 
 impl From<Image> for OperationResult {
     fn from(image: Image) -> OperationResult {
-        OperationResult::Image(image)
+        OperationResult::Image(Box::new(image))
     }
 }
 
 impl From<Vm> for OperationResult {
     fn from(vm: Vm) -> OperationResult {
-        OperationResult::Vm(vm)
+        OperationResult::Vm(Box::new(vm))
     }
 }
 
