@@ -74,8 +74,8 @@ fn create_request(name: &str) -> VmCreateRequest {
     }
 }
 
-fn vm_of(result: serde_json::Value) -> Vm {
-    serde_json::from_value(result).expect("the operation's result is a VM")
+fn vm_of(result: banger_api::OperationResult) -> Vm {
+    result.into_vm().expect("the operation's result is a VM")
 }
 
 async fn create(daemon: &TestDaemon, request: VmCreateRequest) -> Vm {
