@@ -1,29 +1,83 @@
-//! Root filesystem images and the requests that make them.
+//! Root filesystem images, where they came from, and the requests that make them.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::Timestamp;
+
 /// A root filesystem image in the local store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Image {
     /// Its name.
     pub name: String,
     /// The kernel VMs made from it boot by default.
     pub kernel: String,
-    /// How it was made: `recipe:tiny`, `recipe:debian`, `dir:<path>`, `tar:<path>`, `register:<path>`.
-    pub source: String,
+    /// How it was made.
+    pub source: ImageSource,
     /// The `init=` the kernel runs.
     pub init: String,
     /// Size of the ext4 file in bytes.
     pub size_bytes: u64,
     /// Path of the ext4 file.
     pub rootfs_path: String,
-    /// When it was made (RFC 3339).
-    pub created_at: String,
+    /// When it was made.
+    pub created_at: Timestamp,
 }
 
-/// A recipe `image build` can follow.
+/// How an image was made. On the wire it is one string, `recipe:tiny`,
+/// `recipe:debian`, `dir:<path>`, `tar:<path>` or `register:<path>`, the
+/// form image rows and manifests have always held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// Built by a recipe.
+    Recipe(ImageRecipe),
+    /// Built from a root filesystem tree on the daemon's host.
+    Dir(String),
+    /// Built from a root filesystem tarball on the daemon's host.
+    Tar(String),
+    /// An ext4 file registered (copied into the store).
+    Register(String),
+    /// A source this crate does not know (a newer daemon's, a new recipe), as sent.
+    Other(String),
+}
+
+impl fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageSource::Recipe(ImageRecipe::Tiny) => f.write_str("recipe:tiny"),
+            ImageSource::Recipe(ImageRecipe::Debian) => f.write_str("recipe:debian"),
+            ImageSource::Dir(path) => write!(f, "dir:{path}"),
+            ImageSource::Tar(path) => write!(f, "tar:{path}"),
+            ImageSource::Register(path) => write!(f, "register:{path}"),
+            ImageSource::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<&str> for ImageSource {
+    fn from(text: &str) -> ImageSource {
+        match text.split_once(':') {
+            Some(("recipe", "tiny")) => ImageSource::Recipe(ImageRecipe::Tiny),
+            Some(("recipe", "debian")) => ImageSource::Recipe(ImageRecipe::Debian),
+            Some(("dir", path)) => ImageSource::Dir(path.to_owned()),
+            Some(("tar", path)) => ImageSource::Tar(path.to_owned()),
+            Some(("register", path)) => ImageSource::Register(path.to_owned()),
+            _ => ImageSource::Other(text.to_owned()),
+        }
+    }
+}
+
+crate::text_form::string_form!(
+    ImageSource,
+    "How an image was made: `recipe:tiny`, `recipe:debian`, `dir:<path>`, `tar:<path>` or `register:<path>`; \
+     clients keep a form they do not know as it is."
+);
+
+/// A recipe `image build` can follow. Closed: requests must name one the
+/// daemon has; an image made by a recipe this crate does not know shows as
+/// [`ImageSource::Other`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageRecipe {

@@ -1,11 +1,14 @@
-//! Kernels, catalogs, and the requests that pull and import them.
+//! Kernels, where they came from, catalogs, and the requests that pull and import them.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::Timestamp;
+
 /// A kernel in the local store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Kernel {
     /// Its name in the store.
     pub name: String,
@@ -13,8 +16,8 @@ pub struct Kernel {
     pub kernel_version: Option<String>,
     /// SHA-256 of the ELF `vmlinux`, computed on disk.
     pub vmlinux_sha256: String,
-    /// Where it came from: `pull:<url>` or `import:<path>`.
-    pub source: String,
+    /// Where it came from.
+    pub source: KernelSource,
     /// Bytes on disk, all files together.
     pub size_bytes: u64,
     /// Whether it has an initramfs (`initrd.img`).
@@ -23,11 +26,50 @@ pub struct Kernel {
     pub vmlinux_path: String,
     /// Path of the initramfs, when it has one.
     pub initrd_path: Option<String>,
-    /// When it was stored (RFC 3339).
-    pub created_at: String,
+    /// When it was stored.
+    pub created_at: Timestamp,
 }
 
-/// A kernel catalog, as `catalog.json` holds it.
+/// Where a kernel came from. On the wire it is one string, `pull:<url>` or
+/// `import:<path>`, the form kernel rows and manifests have always held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSource {
+    /// Pulled from a catalog entry's bundle at this URL (or path).
+    Pull(String),
+    /// Imported from this file on the daemon's host.
+    Import(String),
+    /// A source this crate does not know (a newer daemon's), as sent.
+    Other(String),
+}
+
+impl fmt::Display for KernelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelSource::Pull(url) => write!(f, "pull:{url}"),
+            KernelSource::Import(path) => write!(f, "import:{path}"),
+            KernelSource::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<&str> for KernelSource {
+    fn from(text: &str) -> KernelSource {
+        match text.split_once(':') {
+            Some(("pull", url)) => KernelSource::Pull(url.to_owned()),
+            Some(("import", path)) => KernelSource::Import(path.to_owned()),
+            _ => KernelSource::Other(text.to_owned()),
+        }
+    }
+}
+
+crate::text_form::string_form!(
+    KernelSource,
+    "Where a kernel came from: `pull:<url>` or `import:<path>`; clients keep a form they do not know as it is."
+);
+
+/// A kernel catalog, as `catalog.json` holds it. Only the daemon reads it,
+/// as it reads its config file, so it refuses unknown fields; `version`
+/// says when the format changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KernelCatalog {
@@ -37,9 +79,10 @@ pub struct KernelCatalog {
     pub entries: Vec<CatalogEntry>,
 }
 
-/// One kernel a catalog offers.
+/// One kernel a catalog offers. Responses carry it too (catalog listings,
+/// bundle reports), so it accepts fields it does not know: every field is
+/// required, so a misspelt one still fails as a missing one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CatalogEntry {
     /// Name to pull it by.
     pub name: String,
@@ -59,7 +102,8 @@ pub struct CatalogEntry {
     pub description: String,
 }
 
-/// Whether a catalog entry is in the local store.
+/// Whether a catalog entry is in the local store. Closed: the store has a
+/// kernel of that name or it has not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CatalogEntryState {
@@ -71,7 +115,6 @@ pub enum CatalogEntryState {
 
 /// A catalog entry with its local state, as `GET /v1/kernels/catalog` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CatalogListing {
     /// The entry.
     pub entry: CatalogEntry,
@@ -123,7 +166,6 @@ pub struct KernelImportRequest {
 
 /// What `kernel bundle` reports about the bundle it wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct BundleInfo {
     /// The catalog entry for the bundle.
     pub entry: CatalogEntry,

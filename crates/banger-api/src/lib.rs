@@ -1,25 +1,58 @@
 //! Wire types shared by `bangerd` and its clients: request and response
 //! bodies, operations and events, and the stable error codes. Serde and
 //! OpenAPI schema derives only; no behaviour lives here.
+//!
+//! # How the contract grows without breaking
+//!
+//! Firecracker's rule: `deny_unknown_fields` on what the daemon accepts,
+//! never on what it returns.
+//!
+//! - **Requests** (`*Request` bodies), like the config file, refuse fields
+//!   and values they do not know: a misspelt option fails loudly instead
+//!   of being ignored.
+//! - **Responses and events** (`Vm`, `Kernel`, `Image`, `Operation`,
+//!   `ApiError`, `Event`, the doctor report, ...) accept fields they do not
+//!   know and drop them, so a client built today keeps working when a
+//!   later daemon adds a field (a VM's address, say).
+//! - **Enums in responses whose set grows** ([`ErrorCode`],
+//!   [`OperationKind`], [`ObjectKind`], [`VmState`], [`VmmChoice`],
+//!   [`DiskStrategy`], [`AgentStatus`]) are open: a value this crate does not know decodes
+//!   as `Unknown`, which the daemon never sends, and the OpenAPI document
+//!   describes them as "one of these, or another string". An [`Event`] of
+//!   a type this crate does not know decodes as `Event::Unknown`, and the
+//!   client's event stream skips it. Closed sets ([`OperationState`],
+//!   [`CheckStatus`], [`CatalogEntryState`]) say on their type why they are.
+//! - **Typed values that travel as text** ([`Timestamp`], [`KernelSource`],
+//!   [`ImageSource`]) keep the wire form they always had; sources a crate
+//!   does not know are kept as sent ([`KernelSource::Other`]).
+//!
+//! A change that an old client cannot read this way (a field's type, a
+//! field removed) is a new API version.
 
 mod error;
 mod event;
 mod host;
 mod image;
 mod kernel;
+mod open_enum;
 mod operation;
+mod text_form;
+mod time;
 mod vm;
 
 pub use error::{ApiError, ErrorCode};
 pub use event::{Event, ObjectKind};
 pub use host::{Check, CheckStatus, DoctorReport};
-pub use image::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest};
+pub use image::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest, ImageSource};
 pub use kernel::{
     BundleInfo, CatalogEntry, CatalogEntryState, CatalogListing, Kernel, KernelCatalog, KernelImportKind,
-    KernelImportRequest, KernelPullRequest,
+    KernelImportRequest, KernelPullRequest, KernelSource,
 };
-pub use operation::{Operation, OperationKind, OperationState, Progress};
-pub use vm::{AgentStatus, DiskResizeRequest, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice, EXEC_UPGRADE};
+pub use operation::{Operation, OperationKind, OperationResult, OperationState, Progress};
+pub use time::{Timestamp, TimestampError};
+pub use vm::{
+    AgentStatus, DiskResizeRequest, DiskStrategy, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice, EXEC_UPGRADE,
+};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -38,7 +71,6 @@ pub const DEFAULT_CONFIG: &str = "/etc/banger/config.toml";
 
 /// What `GET /v1/health` answers.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Health {
     /// The daemon's version.
     pub version: String,

@@ -1,48 +1,87 @@
 //! VMs: their record, create and change requests, and the exec upgrade token.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
-/// Which VMM runs a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum VmmChoice {
-    /// Firecracker (needs KVM for ordinary guests).
-    Firecracker,
-    /// QEMU (KVM when usable, else TCG emulation).
-    Qemu,
+use crate::Timestamp;
+
+crate::open_enum::open_enum! {
+    /// Which VMM runs a VM.
+    ///
+    /// A VM record names it, and a later daemon may run VMs under a VMM this
+    /// crate does not know: that decodes as `Unknown`. Where a VMM is asked
+    /// for (a request, the config file) it must be a known one.
+    pub enum VmmChoice {
+        /// Firecracker (needs KVM for ordinary guests).
+        Firecracker = "firecracker",
+        /// QEMU (KVM when usable, else TCG emulation).
+        Qemu = "qemu",
+    }
 }
 
-/// Where a VM is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum VmState {
-    /// Made, never started (`--no-start`), or being made.
-    Created,
-    /// Booting; not yet answering.
-    Starting,
-    /// Booted: its agent answers.
-    Running,
-    /// Shutting down.
-    Stopping,
-    /// Not running.
-    Stopped,
+impl VmmChoice {
+    /// Decodes an optional VMM where one is asked for (a request, the
+    /// config file), refusing the fallback a response may decode to: what
+    /// is asked for must be a VMM the daemon has. For
+    /// `#[serde(default, deserialize_with = "VmmChoice::deserialize_requested")]`.
+    pub fn deserialize_requested<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<VmmChoice>, D::Error> {
+        match Option::<VmmChoice>::deserialize(deserializer)? {
+            Some(VmmChoice::Unknown) => Err(serde::de::Error::custom("unknown vmm: expected `firecracker` or `qemu`")),
+            choice => Ok(choice),
+        }
+    }
 }
 
-/// Whether a running VM's agent answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentStatus {
-    /// It answered the last keepalive.
-    Answering,
-    /// It missed its keepalives: the guest hangs, is overloaded, or its
-    /// agent died. Commands are refused until it answers again.
-    NotAnswering,
+crate::open_enum::open_enum! {
+    /// Where a VM is in its life.
+    ///
+    /// The set may grow (paused, snapshotting): a state this crate does not
+    /// know decodes as `Unknown`, so an old client still lists VMs.
+    pub enum VmState {
+        /// Made, never started (`--no-start`), or being made.
+        Created = "created",
+        /// Booting; not yet answering.
+        Starting = "starting",
+        /// Booted: its agent answers.
+        Running = "running",
+        /// Shutting down.
+        Stopping = "stopping",
+        /// Not running.
+        Stopped = "stopped",
+    }
+}
+
+crate::open_enum::open_enum! {
+    /// How a VM's root disk was cloned from its image.
+    ///
+    /// The set grows with the hosts banger learns to use: a strategy this
+    /// crate does not know decodes as `Unknown`.
+    pub enum DiskStrategy {
+        /// A reflink (shared extents) on XFS or btrfs.
+        Reflink = "reflink",
+        /// A device-mapper snapshot over the image.
+        DmSnapshot = "dm_snapshot",
+        /// A copy that skips the image's holes.
+        SparseCopy = "sparse_copy",
+    }
+}
+
+crate::open_enum::open_enum! {
+    /// Whether a running VM's agent answers.
+    ///
+    /// The set may grow (an agent that answers but is too old, say): a
+    /// status this crate does not know decodes as `Unknown`.
+    pub enum AgentStatus {
+        /// It answered the last keepalive.
+        Answering = "answering",
+        /// It missed its keepalives: the guest hangs, is overloaded, or its
+        /// agent died. Commands are refused until it answers again.
+        NotAnswering = "not_answering",
+    }
 }
 
 /// A VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Vm {
     /// Its name (a DNS label).
     pub name: String,
@@ -64,8 +103,8 @@ pub struct Vm {
     pub disk_size_bytes: u64,
     /// Work disk size in bytes, if it has one (mounted at /work).
     pub work_disk_bytes: Option<u64>,
-    /// How the root disk was cloned: `reflink`, `dm_snapshot` or `sparse_copy`.
-    pub disk_strategy: String,
+    /// How the root disk was cloned.
+    pub disk_strategy: DiskStrategy,
     /// The VMM's pid while it runs.
     pub pid: Option<u32>,
     /// Whether its agent answers the daemon's keepalive, while it runs.
@@ -73,8 +112,8 @@ pub struct Vm {
     pub agent: Option<AgentStatus>,
     /// The agent's version, once it answered.
     pub agent_version: Option<String>,
-    /// When it was created (RFC 3339).
-    pub created_at: String,
+    /// When it was created.
+    pub created_at: Timestamp,
 }
 
 /// Body of `POST /v1/vms`.
@@ -100,8 +139,9 @@ pub struct VmCreateRequest {
     /// A writable work disk of this size, mounted at /work.
     #[serde(default)]
     pub work_disk_bytes: Option<u64>,
-    /// Force a VMM (default: chosen from what the host can do).
-    #[serde(default)]
+    /// Force a VMM (default: chosen from what the host can do). A VMM this
+    /// crate does not know is refused.
+    #[serde(default, deserialize_with = "VmmChoice::deserialize_requested")]
     pub vmm: Option<VmmChoice>,
     /// Make the VM but do not boot it.
     #[serde(default)]

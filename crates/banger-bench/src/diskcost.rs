@@ -48,7 +48,7 @@ pub fn measure(stack: &Stack, setting: &str, name: &str) -> anyhow::Result<DiskC
     let cost = DiskCost {
         setting: setting.to_owned(),
         filesystem: filesystem(&stack.state_dir)?,
-        strategy: vm.disk_strategy,
+        strategy: vm.disk_strategy.to_string(),
         image_bytes: image.size_bytes,
         image_allocated_bytes: allocated(&rootfs)?,
         vm_allocated_bytes: allocated(&disk)?,

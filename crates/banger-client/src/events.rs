@@ -1,4 +1,6 @@
-//! Reading the daemon's Server-Sent Events stream.
+//! Reading the daemon's Server-Sent Events stream. Event types a newer
+//! daemon added and this client does not know are skipped, so the stream
+//! goes on with the ones it does.
 
 use banger_api::Event;
 use bytes::{Buf, BytesMut};
@@ -18,7 +20,8 @@ impl EventStream {
         EventStream { body, buffer: BytesMut::new() }
     }
 
-    /// The next event, or `None` when the daemon closes the stream.
+    /// The next event this client knows, or `None` when the daemon closes
+    /// the stream. Never [`Event::Unknown`]: those are skipped.
     pub async fn next(&mut self) -> Result<Option<Event>> {
         loop {
             if let Some(end) = find(&self.buffer, b"\n\n") {
@@ -45,8 +48,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// One SSE block: `data:` lines hold the JSON; comments (keep-alives) and
-/// other fields are ignored.
+/// One SSE block: `data:` lines hold the JSON; comments (keep-alives),
+/// other fields and events of a type this client does not know are ignored.
 fn parse_block(block: &[u8]) -> Result<Option<Event>> {
     let text = String::from_utf8_lossy(block);
     let data: Vec<&str> =
@@ -54,7 +57,11 @@ fn parse_block(block: &[u8]) -> Result<Option<Event>> {
     if data.is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(&data.join("\n")).map(Some).map_err(|e| ClientError::Protocol(format!("bad event: {e}")))
+    match serde_json::from_str(&data.join("\n")) {
+        Ok(Event::Unknown) => Ok(None),
+        Ok(event) => Ok(Some(event)),
+        Err(e) => Err(ClientError::Protocol(format!("bad event: {e}"))),
+    }
 }
 
 #[cfg(test)]
@@ -66,5 +73,11 @@ mod tests {
         assert!(parse_block(b": keep-alive").unwrap().is_none());
         let event = parse_block(br#"data: {"type":"deleted","kind":"kernel","name":"k"}"#).unwrap().unwrap();
         assert_eq!(event, Event::Deleted { kind: banger_api::ObjectKind::Kernel, name: "k".into() });
+    }
+
+    #[test]
+    fn skips_event_types_it_does_not_know() {
+        assert!(parse_block(br#"data: {"type":"vm_address","name":"dev","address":"10.0.0.2"}"#).unwrap().is_none());
+        assert!(parse_block(br#"data: {"type":"created","kind":"kernel"}"#).is_err(), "a known type still checks");
     }
 }

@@ -49,7 +49,8 @@ pub fn preferred_vmm(c: &Capabilities) -> (Vmm, String) {
 /// else [`preferred_vmm`]. A forced QEMU still uses KVM when it is usable.
 pub fn chosen_vmm(c: &Capabilities, forced: Option<VmmChoice>) -> (Vmm, String) {
     match forced {
-        None => preferred_vmm(c),
+        // The config refuses a VMM it does not know, so `Unknown` is never forced.
+        None | Some(VmmChoice::Unknown) => preferred_vmm(c),
         Some(VmmChoice::Firecracker) => (Vmm::Firecracker, FORCED_FIRECRACKER.into()),
         Some(VmmChoice::Qemu) => (Vmm::Qemu { kvm: c.kvm.is_usable() }, FORCED_QEMU.into()),
     }

@@ -141,6 +141,7 @@ pub struct VmsSection {
     /// The static guest agent binary put into images.
     pub agent_binary: Option<PathBuf>,
     /// Force a VMM: "firecracker" or "qemu".
+    #[serde(default, deserialize_with = "banger_api::VmmChoice::deserialize_requested")]
     pub vmm: Option<banger_api::VmmChoice>,
     /// Run Firecracker under this jailer binary (a path).
     pub jailer: Option<PathBuf>,
@@ -244,6 +245,15 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<ConfigFile>("stat_dir = \"/x\"").is_err());
+    }
+
+    #[test]
+    fn unknown_vmm_is_refused() {
+        // Responses decode a VMM they do not know as `Unknown`; the config must not.
+        let error = toml::from_str::<ConfigFile>("[vms]\nvmm = \"bochs\"\n").unwrap_err();
+        assert!(error.to_string().contains("unknown vmm"), "{error}");
+        let file: ConfigFile = toml::from_str("[vms]\nvmm = \"qemu\"\n").unwrap();
+        assert_eq!(file.vms.and_then(|v| v.vmm), Some(banger_api::VmmChoice::Qemu));
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl Db {
         let conn = self.conn();
         conn.execute(
             "INSERT OR REPLACE INTO operations (id, body, created_at) VALUES (?1, ?2, ?3)",
-            params![op.id, body, op.created_at],
+            params![op.id, body, op.created_at.to_string()],
         )?;
         // History is for people looking back, not an archive: keep the newest.
         conn.execute(
@@ -317,5 +317,52 @@ mod tests {
         assert!(db.delete_kernel("a").unwrap());
         assert!(!db.delete_kernel("a").unwrap());
         assert_eq!(db.kernel("a").unwrap(), None);
+    }
+
+    /// Rows written while the API's timestamps, sources, disk strategy and
+    /// operation results were plain strings and JSON still load, typed.
+    #[test]
+    fn rows_from_before_typed_fields_still_load() {
+        use banger_api::{DiskStrategy, ImageRecipe, ImageSource, OperationResult};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("banger.db")).unwrap();
+        let vm = serde_json::json!({
+            "name": "dev", "state": "stopped", "image": "tiny", "kernel": "k", "vmm": "qemu", "kvm": false,
+            "cpus": 1, "memory_mib": 256, "disk_size_bytes": 4096, "work_disk_bytes": null,
+            "disk_strategy": "dm_snapshot", "pid": null, "agent_version": null, "created_at": "2026-01-01T00:00:00Z"
+        });
+        let mut record = vm.clone();
+        record["init"] = serde_json::json!("/init");
+        record.as_object_mut().unwrap().remove("pid");
+        db.put_object(ObjectTable::Vms, "dev", &record).unwrap();
+        let record: crate::vm::VmRecord = db.object(ObjectTable::Vms, "dev").unwrap().unwrap();
+        let api = record.to_api(crate::vm::record::Live::default());
+        assert_eq!(api.disk_strategy, DiskStrategy::DmSnapshot);
+        assert_eq!(api.created_at.to_string(), "2026-01-01T00:00:00Z");
+
+        let image = serde_json::json!({
+            "name": "tiny", "kernel": "k", "source": "recipe:tiny", "init": "/init", "size_bytes": 1,
+            "rootfs_path": "/s/rootfs.ext4", "created_at": "2026-01-01T00:00:00Z"
+        });
+        db.put_object(ObjectTable::Images, "tiny", &image).unwrap();
+        let loaded: banger_api::Image = db.object(ObjectTable::Images, "tiny").unwrap().unwrap();
+        assert_eq!(loaded.source, ImageSource::Recipe(ImageRecipe::Tiny));
+
+        let op = serde_json::json!({
+            "id": "op-1", "kind": "vm_create", "target": "dev", "state": "succeeded",
+            "progress": {"step": "done", "steps_done": 3, "steps_total": 3, "bytes_done": 0, "bytes_total": null},
+            "error": null, "result": vm, "created_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:09Z"
+        });
+        db.conn()
+            .execute(
+                "INSERT INTO operations (id, body, created_at) VALUES ('op-1', ?1, '2026-01-01T00:00:00Z')",
+                [op.to_string()],
+            )
+            .unwrap();
+        let loaded = db.operation("op-1").unwrap().expect("the old operation row decodes");
+        assert!(matches!(loaded.result, Some(OperationResult::Vm(ref v)) if v.name == "dev"), "{:?}", loaded.result);
+        let mut expected = op;
+        expected["result"]["agent"] = serde_json::Value::Null; // the one field added since
+        assert_eq!(serde_json::to_value(&loaded).unwrap(), expected, "and re-encodes to the same body");
     }
 }

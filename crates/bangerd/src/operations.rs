@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use banger_api::{Event, Operation, OperationKind, OperationState, Progress};
+use banger_api::{Event, Operation, OperationKind, OperationResult, OperationState, Progress, Timestamp};
 use tokio::sync::broadcast;
 
 use crate::db::Db;
@@ -73,7 +73,7 @@ impl Operations {
                     code: banger_api::ErrorCode::Internal,
                     message: "interrupted: the daemon stopped while it ran".into(),
                 });
-                op.finished_at = Some(now_rfc3339());
+                op.finished_at = Some(Timestamp::now());
                 db.put_operation(&op)?;
             }
         }
@@ -102,7 +102,7 @@ impl Operations {
             },
             error: None,
             result: None,
-            created_at: now_rfc3339(),
+            created_at: Timestamp::now(),
             finished_at: None,
         };
         self.db.put_operation(&op)?;
@@ -149,17 +149,17 @@ impl Operations {
         }
     }
 
-    fn finish(&self, id: &str, outcome: Result<serde_json::Value, banger_api::ApiError>) {
+    fn finish(&self, id: &str, outcome: Result<Option<OperationResult>, banger_api::ApiError>) {
         let Some(Tracked { mut op, .. }) = self.lock().remove(id) else {
             return;
         };
-        op.finished_at = Some(now_rfc3339());
+        op.finished_at = Some(Timestamp::now());
         match outcome {
             Ok(result) => {
                 op.state = OperationState::Succeeded;
                 op.progress.steps_done = op.progress.steps_total;
                 op.progress.step = "done".into();
-                op.result = Some(result);
+                op.result = result;
                 tracing::info!(op = %op.id, target = %op.target, "operation succeeded");
             }
             Err(error) => {
@@ -208,8 +208,8 @@ impl OperationHandle {
         self.progress_reporter().bytes(done, total)
     }
 
-    /// Ends the operation with its outcome.
-    pub fn finish(self, outcome: Result<serde_json::Value, &Error>) {
+    /// Ends the operation with its outcome: what it made, if anything, or why it failed.
+    pub fn finish(self, outcome: Result<Option<OperationResult>, &Error>) {
         self.ops.finish(&self.id, outcome.map_err(Error::to_api));
     }
 }
@@ -251,7 +251,7 @@ impl Drop for OperationHandle {
     }
 }
 
-/// Now, as RFC 3339 UTC with seconds.
+/// Now, as RFC 3339 UTC with seconds, for rows that keep timestamps as text.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    Timestamp::now().to_string()
 }

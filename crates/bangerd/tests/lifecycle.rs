@@ -83,10 +83,10 @@ async fn finished(client: &Client, op: Operation) -> Operation {
         .expect("the operation can be followed")
 }
 
-async fn succeed(client: &Client, op: Operation) -> serde_json::Value {
+async fn succeed(client: &Client, op: Operation) -> Option<banger_api::OperationResult> {
     let done = finished(client, op).await;
     assert_eq!(done.state, OperationState::Succeeded, "{:?} failed: {:?}", done.kind, done.error);
-    done.result.unwrap_or_default()
+    done.result
 }
 
 async fn fail(client: &Client, op: Operation) -> banger_api::ApiError {
@@ -95,8 +95,8 @@ async fn fail(client: &Client, op: Operation) -> banger_api::ApiError {
     done.error.expect("a failed operation says why")
 }
 
-fn vm_of(value: serde_json::Value) -> Vm {
-    serde_json::from_value(value).expect("the result is a VM")
+fn vm_of(result: Option<banger_api::OperationResult>) -> Vm {
+    result.and_then(banger_api::OperationResult::into_vm).expect("the result is a VM")
 }
 
 impl Harness {

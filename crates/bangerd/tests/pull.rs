@@ -50,20 +50,20 @@ async fn pull_round_trip_extracts_and_records_the_kernel() {
     let done = daemon.client.wait(&op.id, |o| seen_download_progress |= o.progress.step == "download").await.unwrap();
     assert_eq!(done.state, OperationState::Succeeded, "{:?}", done.error);
     assert!(seen_download_progress);
-    let kernel: Kernel = serde_json::from_value(done.result.unwrap()).unwrap();
+    let kernel: Kernel = done.result.and_then(banger_api::OperationResult::into_kernel).expect("a kernel");
 
     let dir = daemon.state_dir().join("kernels/k1");
     let vmlinux = std::fs::read(dir.join("vmlinux")).unwrap();
     assert_eq!(vmlinux, fake_vmlinux("round-trip"));
     assert_eq!(kernel.vmlinux_sha256, sha256_hex(&vmlinux));
-    assert_eq!(kernel.source, format!("pull:{url}"));
+    assert_eq!(kernel.source, banger_api::KernelSource::Pull(url.clone()));
     assert_eq!(kernel.kernel_version.as_deref(), Some("6.1.0-test"));
     assert!(kernel.has_initrd);
     assert_eq!(std::fs::read(dir.join("modules/6.1.0-test/kernel/virtio_blk.ko")).unwrap(), b"module");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["vmlinux_sha256"], kernel.vmlinux_sha256.as_str());
-    assert_eq!(manifest["source"], kernel.source.as_str());
+    assert_eq!(manifest["source"], format!("pull:{url}"), "the manifest keeps the text form");
 
     assert_eq!(daemon.client.kernels().await.unwrap(), vec![kernel.clone()]);
     assert_eq!(daemon.client.kernel("k1").await.unwrap(), kernel);

@@ -50,14 +50,14 @@ async fn daemon_with_image(adjust: impl FnOnce(&mut bangerd::Config)) -> Option<
 }
 
 /// Waits for an operation and asserts it succeeded; returns its result.
-async fn succeed(client: &Client, op: Result<banger_api::Operation, ClientError>) -> serde_json::Value {
+async fn succeed(client: &Client, op: Result<banger_api::Operation, ClientError>) -> banger_api::OperationResult {
     let op = op.expect("operation starts");
     let done = tokio::time::timeout(Duration::from_secs(240), client.wait(&op.id, |_| {}))
         .await
         .expect("operation finishes in time")
         .expect("operation can be followed");
     assert_eq!(done.state, OperationState::Succeeded, "{} failed: {:?}", op.target, done.error);
-    done.result.unwrap_or_default()
+    done.result.expect("a succeeded operation has a result")
 }
 
 fn create_request(name: &str) -> VmCreateRequest {
@@ -74,13 +74,13 @@ fn create_request(name: &str) -> VmCreateRequest {
     }
 }
 
-fn vm_of(result: serde_json::Value) -> Vm {
-    serde_json::from_value(result).expect("the operation's result is a VM")
+fn vm_of(result: banger_api::OperationResult) -> Vm {
+    result.into_vm().expect("the operation's result is a VM")
 }
 
 async fn create(daemon: &TestDaemon, request: VmCreateRequest) -> Vm {
-    let value = succeed(&daemon.client, daemon.client.create_vm(&request).await).await;
-    serde_json::from_value(value).unwrap()
+    let result = succeed(&daemon.client, daemon.client.create_vm(&request).await).await;
+    result.into_vm().expect("vm create makes a VM")
 }
 
 async fn wait_state(client: &Client, name: &str, state: VmState) -> Vm {
@@ -234,7 +234,7 @@ async fn vm_disks_are_reflink_clones_on_xfs_body() {
     let before = xfs.free_bytes();
     let vm = create(&daemon, VmCreateRequest { no_start: true, ..create_request("clone") }).await;
     let used = before.saturating_sub(xfs.free_bytes());
-    assert_eq!(vm.disk_strategy, "reflink");
+    assert_eq!(vm.disk_strategy, banger_api::DiskStrategy::Reflink);
     assert_eq!(vm.state, VmState::Created);
     let disk = state.join("vms/clone/root.ext4");
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), image.size_bytes);
@@ -404,9 +404,8 @@ async fn debian_image_boots_with_systemd_and_the_agent_as_a_service_body() {
         size_bytes: None,
         force: false,
     };
-    let image: banger_api::Image =
-        serde_json::from_value(succeed(&client, client.build_image(&build).await).await).unwrap();
-    assert_eq!(image.source, "recipe:debian");
+    let image = succeed(&client, client.build_image(&build).await).await.into_image().unwrap();
+    assert_eq!(image.source, banger_api::ImageSource::Recipe(banger_api::ImageRecipe::Debian));
     create(&daemon, VmCreateRequest { image: "deb".into(), memory_mib: Some(512), ..create_request("deb-vm") }).await;
     let facts = client
         .exec(
@@ -456,10 +455,9 @@ async fn image_builds_pull_their_kernel_and_fail_cleanly() {
         size_bytes: None,
         force: false,
     };
-    let image: banger_api::Image =
-        serde_json::from_value(succeed(client, client.build_image(&request("t1")).await).await).unwrap();
+    let image = succeed(client, client.build_image(&request("t1")).await).await.into_image().unwrap();
     assert_eq!(image.kernel, "from-catalog");
-    assert_eq!(client.kernel("from-catalog").await.unwrap().source, format!("pull:{url}"));
+    assert_eq!(client.kernel("from-catalog").await.unwrap().source, banger_api::KernelSource::Pull(url.clone()));
     assert_eq!(client.images().await.unwrap().len(), 1);
 
     // A tarball whose member escapes the root.

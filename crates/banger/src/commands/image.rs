@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use banger_api::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest};
+use banger_api::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest, OperationResult};
 use clap::{ArgGroup, Subcommand, ValueEnum};
 
 use crate::{output, progress, size, Context};
@@ -114,8 +114,8 @@ pub async fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCod
                         i.name.clone(),
                         i.kernel.clone(),
                         output::size(i.size_bytes),
-                        i.source.clone(),
-                        i.created_at.clone(),
+                        i.source.to_string(),
+                        i.created_at.to_string(),
                     ]
                 })
                 .collect();
@@ -136,7 +136,8 @@ pub async fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCod
 
 async fn finish(ctx: &Context, op: &banger_api::Operation) -> anyhow::Result<()> {
     let done = progress::follow(ctx, op).await?;
-    let image: Image = serde_json::from_value(done.result.unwrap_or_default()).context("operation result")?;
+    let image: Image =
+        done.result.and_then(OperationResult::into_image).context("the operation's result is not an image")?;
     if ctx.json {
         return output::json(&image);
     }

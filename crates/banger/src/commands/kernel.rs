@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use banger_api::{CatalogEntry, CatalogEntryState, Kernel, KernelImportKind, KernelImportRequest, KernelPullRequest};
+use banger_api::{
+    CatalogEntry, CatalogEntryState, Kernel, KernelImportKind, KernelImportRequest, KernelPullRequest, OperationResult,
+};
 use clap::{ArgGroup, Subcommand};
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
@@ -100,7 +102,7 @@ pub async fn run(command: KernelCommand, ctx: &Context) -> anyhow::Result<ExitCo
                         k.kernel_version.clone().unwrap_or_else(|| "-".into()),
                         output::size(k.size_bytes),
                         if k.has_initrd { "yes" } else { "no" }.into(),
-                        k.source.clone(),
+                        k.source.to_string(),
                     ]
                 })
                 .collect();
@@ -183,7 +185,8 @@ pub async fn run(command: KernelCommand, ctx: &Context) -> anyhow::Result<ExitCo
 /// Follows a pull or import to its end and shows the kernel it made.
 async fn finish(ctx: &Context, op: &banger_api::Operation) -> anyhow::Result<()> {
     let done = progress::follow(ctx, op).await?;
-    let kernel: Kernel = serde_json::from_value(done.result.unwrap_or_default()).context("operation result")?;
+    let kernel: Kernel =
+        done.result.and_then(OperationResult::into_kernel).context("the operation's result is not a kernel")?;
     if ctx.json {
         return output::json(&kernel);
     }

@@ -60,10 +60,10 @@ pub async fn run(command: OperationCommand, ctx: &Context) -> anyhow::Result<Exi
 fn row(op: &Operation) -> Vec<String> {
     vec![
         op.id.clone(),
-        serde_json::to_value(op.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        op.kind.to_string(),
         op.target.clone(),
         serde_json::to_value(op.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
         format!("{:.0}% {}", op.progress.percent(), op.progress.step),
-        op.created_at.clone(),
+        op.created_at.to_string(),
     ]
 }

@@ -334,7 +334,10 @@ async fn finish(ctx: &Context, op: &banger_api::Operation, wait: Wait) -> anyhow
         return started(ctx, op);
     }
     let done = progress::follow(ctx, op).await?;
-    let vm: Vm = serde_json::from_value(done.result.unwrap_or_default())?;
+    let vm: Vm = done
+        .result
+        .and_then(banger_api::OperationResult::into_vm)
+        .ok_or_else(|| anyhow::anyhow!("the operation's result is not a VM"))?;
     self::done(ctx, &vm, state(&vm).as_str())
 }
 
@@ -387,6 +390,7 @@ fn state(v: &Vm) -> String {
         VmState::Running => "running",
         VmState::Stopping => "stopping",
         VmState::Stopped => "stopped",
+        VmState::Unknown => "unknown",
     };
     match v.agent {
         Some(banger_api::AgentStatus::NotAnswering) => format!("{state} (agent not answering)"),
@@ -399,5 +403,6 @@ fn vmm(v: &Vm) -> String {
         (VmmChoice::Firecracker, _) => "firecracker".into(),
         (VmmChoice::Qemu, true) => "qemu/kvm".into(),
         (VmmChoice::Qemu, false) => "qemu/tcg".into(),
+        (VmmChoice::Unknown, _) => "unknown".into(),
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::http::StatusCode;
 use axum::{Json, Router};
-use banger_api::{Event, ObjectKind, Operation};
+use banger_api::{Event, ObjectKind, Operation, OperationResult};
 use futures::future::BoxFuture;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -64,6 +64,37 @@ fn api() -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(vms::exec))
 }
 
+/// What an operation's work ends with, as the operation's result.
+trait Outcome {
+    /// The result clients see: what the work made or changed, if anything.
+    fn into_result(self) -> Option<OperationResult>;
+}
+
+impl Outcome for banger_api::Kernel {
+    fn into_result(self) -> Option<OperationResult> {
+        Some(self.into())
+    }
+}
+
+impl Outcome for banger_api::Image {
+    fn into_result(self) -> Option<OperationResult> {
+        Some(self.into())
+    }
+}
+
+impl Outcome for banger_api::Vm {
+    fn into_result(self) -> Option<OperationResult> {
+        Some(self.into())
+    }
+}
+
+/// Work that leaves nothing to show (a removal).
+impl Outcome for () {
+    fn into_result(self) -> Option<OperationResult> {
+        None
+    }
+}
+
 /// Runs an operation's work in the background and answers 202 with the
 /// operation. On success the work's value is the operation's result, and
 /// `created` (if any) is announced.
@@ -74,7 +105,7 @@ fn spawn<T, F>(
     work: F,
 ) -> (StatusCode, Json<Operation>)
 where
-    T: serde::Serialize,
+    T: Outcome,
     F: for<'a> FnOnce(Arc<Daemon>, &'a OperationHandle) -> BoxFuture<'a, Result<T>> + Send + 'static,
 {
     let snapshot = op.snapshot();
@@ -92,7 +123,7 @@ where
         };
         match outcome {
             Ok(value) => {
-                op.finish(Ok(serde_json::to_value(&value).unwrap_or_default()));
+                op.finish(Ok(value.into_result()));
                 if let Some((kind, name)) = created {
                     events.publish(Event::Created { kind, name });
                 }

@@ -6,12 +6,12 @@ pub mod agent_binary;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use banger_api::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest};
+use banger_api::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest, ImageSource, Timestamp};
 use banger_image::{BuildOptions, Recipe, ROOTFS_FILE};
 
 use crate::db::{Db, ObjectTable};
 use crate::error::{Error, Result};
-use crate::operations::{now_rfc3339, OperationHandle};
+use crate::operations::OperationHandle;
 use crate::staging::{NameLock, NameLocks, Staging};
 use crate::Daemon;
 
@@ -113,10 +113,10 @@ pub async fn build(
     op.step("resolve kernel");
     let kernel = crate::kernel::resolve::resolve(&daemon, &request.kernel, op).await?;
     let (recipe, source) = match (&request.recipe, &request.from_dir, &request.from_tar) {
-        (Some(ImageRecipe::Tiny), ..) => (Recipe::Tiny, "recipe:tiny".to_owned()),
-        (Some(ImageRecipe::Debian), ..) => (Recipe::debian(), "recipe:debian".to_owned()),
-        (_, Some(dir), _) => (Recipe::FromDir(dir.into()), format!("dir:{dir}")),
-        (_, _, Some(tar)) => (Recipe::FromTar(tar.into()), format!("tar:{tar}")),
+        (Some(ImageRecipe::Tiny), ..) => (Recipe::Tiny, ImageSource::Recipe(ImageRecipe::Tiny)),
+        (Some(ImageRecipe::Debian), ..) => (Recipe::debian(), ImageSource::Recipe(ImageRecipe::Debian)),
+        (_, Some(dir), _) => (Recipe::FromDir(dir.into()), ImageSource::Dir(dir.clone())),
+        (_, _, Some(tar)) => (Recipe::FromTar(tar.into()), ImageSource::Tar(tar.clone())),
         _ => return Err(Error::InvalidArgument("no image source".into())),
     };
     let staging = daemon.images.staging(&request.name, op.id())?;
@@ -136,7 +136,7 @@ pub async fn build(
         init: built.init,
         size_bytes: built.size_bytes,
         rootfs_path: daemon.images.root.join(&request.name).join(ROOTFS_FILE).display().to_string(),
-        created_at: now_rfc3339(),
+        created_at: Timestamp::now(),
     };
     op.step("install");
     install(daemon, lock, staging, image).await
@@ -186,11 +186,11 @@ pub async fn register(
     let image = Image {
         name: request.name.clone(),
         kernel: kernel.name,
-        source: format!("register:{}", request.rootfs),
+        source: ImageSource::Register(request.rootfs.clone()),
         init: request.init.clone().unwrap_or_else(|| "/sbin/init".into()),
         size_bytes,
         rootfs_path: daemon.images.root.join(&request.name).join(ROOTFS_FILE).display().to_string(),
-        created_at: now_rfc3339(),
+        created_at: Timestamp::now(),
     };
     op.step("install");
     install(daemon, lock, staging, image).await

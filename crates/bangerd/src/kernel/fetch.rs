@@ -62,7 +62,7 @@ pub async fn pull(daemon: Arc<Daemon>, op: &OperationHandle, entry: CatalogEntry
     }
     extracted?;
     op.step("install");
-    let source = format!("pull:{}", entry.tarball_url);
+    let source = banger_api::KernelSource::Pull(entry.tarball_url.clone());
     let daemon2 = Arc::clone(&daemon);
     let name = entry.name.clone();
     let version = Some(entry.kernel_version);

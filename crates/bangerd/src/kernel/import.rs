@@ -53,7 +53,7 @@ pub async fn import(
     .map_err(|e| Error::Internal(format!("import task: {e}")))??;
 
     op.step("install");
-    let source = format!("import:{}", request.path);
+    let source = banger_api::KernelSource::Import(request.path.clone());
     tokio::task::spawn_blocking(move || {
         daemon.kernels.install(&lock, &request.name, staging, imported.kernel_version, source)
     })

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use banger_api::Kernel;
+use banger_api::{Kernel, KernelSource};
 use sha2::{Digest, Sha256};
 
 use crate::db::{Db, KernelRow};
@@ -77,26 +77,26 @@ impl KernelStore {
         name: &str,
         staging: Staging,
         kernel_version: Option<String>,
-        source: String,
+        source: KernelSource,
     ) -> Result<Kernel> {
         let vmlinux = staging.path().join("vmlinux");
         let row = KernelRow {
             name: name.to_owned(),
             kernel_version,
             vmlinux_sha256: sha256_file(&vmlinux)?,
-            source,
+            source: source.to_string(),
             size_bytes: dir_size(staging.path())?,
             has_initrd: staging.path().join("initrd.img").is_file(),
             created_at: crate::operations::now_rfc3339(),
         };
         write_manifest(staging.path(), &row)?;
         staging.install(&self.dir(name), || self.db.put_kernel(&row))?;
-        Ok(self.to_api(row))
+        self.to_api(row)
     }
 
     /// Every stored kernel.
     pub fn list(&self) -> Result<Vec<Kernel>> {
-        Ok(self.db.kernels()?.into_iter().map(|row| self.to_api(row)).collect())
+        self.db.kernels()?.into_iter().map(|row| self.to_api(row)).collect()
     }
 
     /// One stored kernel.
@@ -104,6 +104,7 @@ impl KernelStore {
         self.db
             .kernel(name)?
             .map(|row| self.to_api(row))
+            .transpose()?
             .ok_or_else(|| Error::NotFound { kind: "kernel", name: name.to_owned() })
     }
 
@@ -115,19 +116,23 @@ impl KernelStore {
         crate::staging::remove_dir(&dir, || self.db.delete_kernel(name).map(drop))
     }
 
-    fn to_api(&self, row: KernelRow) -> Kernel {
+    fn to_api(&self, row: KernelRow) -> Result<Kernel> {
         let dir = self.dir(&row.name);
-        Kernel {
+        let created_at = row
+            .created_at
+            .parse()
+            .map_err(|e| Error::Internal(format!("kernel {}: corrupt created_at: {e}", row.name)))?;
+        Ok(Kernel {
             vmlinux_path: dir.join("vmlinux").display().to_string(),
             initrd_path: row.has_initrd.then(|| dir.join("initrd.img").display().to_string()),
             name: row.name,
             kernel_version: row.kernel_version,
             vmlinux_sha256: row.vmlinux_sha256,
-            source: row.source,
+            source: KernelSource::from(row.source.as_str()),
             size_bytes: row.size_bytes,
             has_initrd: row.has_initrd,
-            created_at: row.created_at,
-        }
+            created_at,
+        })
     }
 
     /// Brings disk and database into agreement after a crash or a hand edit:

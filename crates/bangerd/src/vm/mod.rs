@@ -290,6 +290,10 @@ impl Daemon {
                 let vsock_cid = record.vsock_cid.filter(|_| self.caps.vhost_vsock);
                 Ok(Vmm::Qemu(Qemu { binary, kvm: record.kvm, vsock_cid }))
             }
+            // A record written by a newer daemon, with a VMM this one lacks.
+            VmmChoice::Unknown => {
+                Err(Error::Unsupported(format!("VM {} uses a VMM this bangerd does not know", record.name)))
+            }
         }
     }
 }

@@ -74,11 +74,13 @@ impl VmRecord {
             memory_mib: self.memory_mib,
             disk_size_bytes: self.disk_size_bytes,
             work_disk_bytes: self.work_disk_bytes,
-            disk_strategy: self.disk_strategy.clone(),
+            disk_strategy: banger_api::DiskStrategy::from_wire(&self.disk_strategy),
             pid: live.pid,
             agent: live.agent.filter(|_| self.state == VmState::Running),
             agent_version: self.agent_version.clone(),
-            created_at: self.created_at.clone(),
+            // Written by `now_rfc3339`; only a hand-edited row fails, and
+            // it shows as the epoch rather than hiding the VM.
+            created_at: self.created_at.parse().unwrap_or(std::time::UNIX_EPOCH.into()),
         }
     }
 }

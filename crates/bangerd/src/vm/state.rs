@@ -82,6 +82,8 @@ pub fn admit(state: VmState, action: VmAction) -> Result<Admitted, Refused> {
     let wrong = |wanted| Err(Refused::WrongState { wanted });
     match (action, state) {
         (VmAction::Create, _) => Err(Refused::Exists),
+        // A record a newer daemon wrote, in a state this one does not know.
+        (_, VmState::Unknown) => wrong("in a state this bangerd knows"),
 
         (VmAction::Start, Created | Stopped) => Ok(Proceed),
         (VmAction::Start, Running) => Ok(AlreadyDone),
@@ -122,6 +124,7 @@ pub fn state_name(state: VmState) -> &'static str {
         VmState::Running => "running",
         VmState::Stopping => "stopping",
         VmState::Stopped => "stopped",
+        VmState::Unknown => "unknown",
     }
 }
 

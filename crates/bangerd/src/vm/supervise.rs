@@ -107,7 +107,8 @@ async fn adopt(daemon: &Arc<Daemon>, mut record: VmRecord, guard: VmGuard) -> Re
     let name = record.name.clone();
     let process = match record.state {
         VmState::Running | VmState::Starting => daemon.running_vmm(&name)?,
-        VmState::Created | VmState::Stopped | VmState::Stopping => None,
+        // Unknown: a newer daemon's record; treated as not running.
+        VmState::Created | VmState::Stopped | VmState::Stopping | VmState::Unknown => None,
     };
     match (record.state, process) {
         (VmState::Running, Some(process)) => {
