@@ -37,18 +37,8 @@ fn binary(name: &str) -> Option<PathBuf> {
         .map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).collect::<Vec<_>>())
         .unwrap_or_default();
     let found = shared.chain(on_path).find(|path| path.is_file());
-    if found.is_none() {
-        prerequisite_missing(&format!("{name} is not in ../shared/bin or on PATH"));
-    }
-    found
-}
-
-/// Reports a missing prerequisite: a failure under CI, a loud skip elsewhere.
-fn prerequisite_missing(what: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what}: the real Firecracker tests cannot run (CI=true)");
-    }
-    eprintln!("\n*** SKIP: {what}; the Firecracker driver is NOT tested against the real binary ***\n");
+    let what = format!("{name} in ../shared/bin or on PATH, to test the Firecracker driver against the real binary");
+    banger_testkit::require(&what, found.is_some()).then(|| found.expect("checked"))
 }
 
 /// How the tiny guest ends after printing its line.

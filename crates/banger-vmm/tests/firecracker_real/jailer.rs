@@ -13,8 +13,7 @@ use super::*;
 /// The jailer and Firecracker, when the test can run them: they need root.
 fn jailed(jail_dir: &Path, identity: JailIdentity) -> Option<Firecracker> {
     let (firecracker, jailer) = (binary("firecracker")?, binary("jailer")?);
-    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
-        prerequisite_missing("the jailer needs root");
+    if !banger_testkit::require("root, for the jailer", banger_testkit::is_root()) {
         return None;
     }
     Some(Firecracker {
