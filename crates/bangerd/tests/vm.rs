@@ -57,7 +57,8 @@ async fn succeed(client: &Client, op: Result<banger_api::Operation, ClientError>
         .expect("operation finishes in time")
         .expect("operation can be followed");
     assert_eq!(done.state, OperationState::Succeeded, "{} failed: {:?}", op.target, done.error);
-    done.result.expect("a succeeded operation has a result")
+    // A removal has no result.
+    done.result.unwrap_or(banger_api::OperationResult::Other(serde_json::Value::Null))
 }
 
 fn create_request(name: &str) -> VmCreateRequest {
@@ -487,4 +488,66 @@ async fn image_builds_pull_their_kernel_and_fail_cleanly() {
     assert_eq!(client.build_image(&both).await.unwrap_err().api().map(|e| e.code), Some(ErrorCode::InvalidArgument));
     let again = client.build_image(&request("t1")).await.unwrap_err();
     assert_eq!(again.api().map(|e| e.code), Some(ErrorCode::AlreadyExists));
+}
+
+/// The case that opened the lifecycle issue: an image whose init only
+/// sleeps, so the agent never starts. Under real QEMU the create fails by
+/// itself at the boot timeout, with the console's end, and leaves nothing;
+/// and a kill during such a boot returns within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_whose_init_never_starts_the_agent_times_out_and_kill_cuts_it_short() {
+    banger_testkit::with_timeout(VM_TEST_TIMEOUT, a_guest_whose_init_never_starts_the_agent_body()).await;
+}
+
+async fn a_guest_whose_init_never_starts_the_agent_body() {
+    let Some(daemon) = daemon_with_image(|c| c.boot_timeout = Duration::from_secs(20)).await else {
+        return;
+    };
+    let client = daemon.client.clone();
+    let tree = daemon.root.path().join("sleeper");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::create_dir_all(tree.join("sbin")).unwrap();
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+    let init = tree.join("sbin/init");
+    std::fs::write(&init, "#!/bin/busybox sh\necho sleeper init here\nexec /bin/busybox sleep 100000\n").unwrap();
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let build = ImageBuildRequest {
+        name: "sleeper".into(),
+        recipe: None,
+        from_dir: Some(tree.display().to_string()),
+        from_tar: None,
+        kernel: "debian".into(),
+        size_bytes: None,
+        force: false,
+    };
+    succeed(&client, client.build_image(&build).await).await;
+    let request = |name: &str| VmCreateRequest { image: "sleeper".into(), ..create_request(name) };
+
+    let began = std::time::Instant::now();
+    let op = client.create_vm(&request("hung")).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(120), client.wait(&op.id, |_| {})).await.unwrap().unwrap();
+    let timed_out_after = began.elapsed();
+    let error = done.error.expect("the create fails");
+    assert_eq!(error.code, ErrorCode::BootFailed, "{error}");
+    assert!(error.message.contains("never answered within 20s"), "{error}");
+    assert!(error.message.contains("sleeper init here"), "the error shows the console's end: {error}");
+    assert!(timed_out_after < Duration::from_secs(35), "the 20 s boot timeout fired after {timed_out_after:?}");
+    assert!(client.vm("hung").await.is_err(), "the failed create rolls back");
+    assert!(!daemon.config.run_dir.join("vms/hung").exists() && !daemon.state_dir().join("vms/hung").exists());
+
+    let create = client.create_vm(&request("hung2")).await.unwrap();
+    wait_state(&client, "hung2", VmState::Starting).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = client.vm("hung2").await.unwrap().pid.expect("the VMM runs");
+    let qemu = banger_vmm::VmmProcess::of(pid).unwrap();
+    let began = std::time::Instant::now();
+    let killed = vm_of(succeed(&client, client.stop_vm("hung2", true).await).await);
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(5), "`vm kill` of a hung boot took {took:?}");
+    assert_eq!(killed.state, VmState::Stopped);
+    assert!(!qemu.is_running(), "QEMU is gone");
+    let cancelled = client.wait(&create.id, |_| {}).await.unwrap().error.expect("the create was cut short");
+    assert_eq!(cancelled.code, ErrorCode::Cancelled, "{cancelled}");
+    succeed(&client, client.remove_vm("hung2", false).await).await;
+    eprintln!("the 20 s boot timeout failed the create after {timed_out_after:?}; a kill of a hung boot took {took:?}");
 }
