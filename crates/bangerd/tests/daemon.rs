@@ -261,6 +261,7 @@ async fn doctor_reports_every_check() {
         "nftables",
         "resolved",
         "disk",
+        "agent",
     ];
     assert_eq!(names, want);
     for check in &report.checks {
