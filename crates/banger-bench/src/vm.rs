@@ -42,8 +42,8 @@ pub struct VmArgs {
     #[arg(long, value_name = "DIR")]
     work_parent: Option<PathBuf>,
     /// How often the bare side resends its hello until answered, in ms
-    /// (bangerd resends every 2000); lower it to see what that interval costs.
-    #[arg(long, default_value_t = 2000)]
+    /// (bangerd resends every 250, so the bare side gets the same interval).
+    #[arg(long, default_value_t = 250)]
     hello_retry_ms: u64,
     /// Skip the disk measurement on a loop-mounted XFS.
     #[arg(long)]
