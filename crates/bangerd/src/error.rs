@@ -90,7 +90,7 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
     /// The VM is not in a state that admits the action.
-    #[error("cannot {}: VM {name:?} is {}; it must be {wanted}", action.verb(), crate::vm::state::state_name(*state))]
+    #[error("cannot {}: VM {name:?} is {state}; it must be {wanted}", action.verb())]
     InvalidState {
         /// The VM.
         name: String,

@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use banger_api::{Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice};
+use banger_api::{Vm, VmCreateRequest, VmSetRequest, VmmChoice};
 use banger_client::exec::{self, ExecEvent};
 use clap::{Subcommand, ValueEnum};
 use http_body_util::BodyExt;
@@ -384,14 +384,7 @@ fn show(ctx: &Context, v: &Vm) -> anyhow::Result<()> {
 }
 
 fn state(v: &Vm) -> String {
-    let state = match v.state {
-        VmState::Created => "created",
-        VmState::Starting => "starting",
-        VmState::Running => "running",
-        VmState::Stopping => "stopping",
-        VmState::Stopped => "stopped",
-        VmState::Unknown => "unknown",
-    };
+    let state = v.state.as_str();
     match v.agent {
         Some(banger_api::AgentStatus::NotAnswering) => format!("{state} (agent not answering)"),
         _ => state.to_owned(),

@@ -116,18 +116,6 @@ pub fn admit(state: VmState, action: VmAction) -> Result<Admitted, Refused> {
     }
 }
 
-/// A state as a user reads it.
-pub fn state_name(state: VmState) -> &'static str {
-    match state {
-        VmState::Created => "created",
-        VmState::Starting => "starting",
-        VmState::Running => "running",
-        VmState::Stopping => "stopping",
-        VmState::Stopped => "stopped",
-        VmState::Unknown => "unknown",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
