@@ -150,9 +150,12 @@ impl Harness {
         let mut events = self.client.events(None).await.unwrap();
         tokio::time::timeout(Duration::from_secs(20), async {
             loop {
-                let vm = self.client.vm(name).await.unwrap();
-                if vm.state == state {
-                    return vm;
+                // A create's operation saves the record a moment after it starts.
+                match self.client.vm(name).await {
+                    Ok(vm) if vm.state == state => return vm,
+                    Ok(_) => {}
+                    Err(e) if e.api().is_some_and(|e| e.code == ErrorCode::NotFound) => {}
+                    Err(e) => panic!("cannot look at {name}: {e}"),
                 }
                 events.next().await.unwrap().expect("the event stream stays open");
             }

@@ -89,9 +89,12 @@ async fn wait_state(client: &Client, name: &str, state: VmState) -> Vm {
     let mut events = client.events(None).await.unwrap();
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            let vm = client.vm(name).await.unwrap();
-            if vm.state == state {
-                return vm;
+            // A create's operation saves the record a moment after it starts.
+            match client.vm(name).await {
+                Ok(vm) if vm.state == state => return vm,
+                Ok(_) => {}
+                Err(e) if e.api().is_some_and(|e| e.code == ErrorCode::NotFound) => {}
+                Err(e) => panic!("cannot look at {name}: {e}"),
             }
             // Every change to a VM's record is announced as an update.
             events.next().await.unwrap().expect("the event stream stays open");
