@@ -29,10 +29,15 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Takes the VM's lock the way `action` needs it: preempting whoever holds
 /// it when the state machine says so.
+/// The actions that cut short whatever holds the lock always preempt: the
+/// state read before the lock (a VM still `created` while its create runs)
+/// may be older than the boot they must end.
 pub async fn lock_for(daemon: &Daemon, name: &str, action: VmAction, admitted: Admitted) -> VmGuard {
-    match admitted {
-        Admitted::Preempt => daemon.vms.lock_preempting(name, action).await,
-        Admitted::Proceed | Admitted::AlreadyDone => daemon.vms.lock(name).await,
+    let preempts = matches!(action, VmAction::Kill | VmAction::Stop | VmAction::Remove { force: true });
+    if preempts || admitted == Admitted::Preempt {
+        daemon.vms.lock_preempting(name, action).await
+    } else {
+        daemon.vms.lock(name).await
     }
 }
 
@@ -89,7 +94,11 @@ pub async fn boot(
         }
         Err(e) => {
             tracing::warn!(vm = %name, error = %e, "boot failed");
-            stopped(daemon, record).await?;
+            // The boot's own error is what the user needs; a release that
+            // fails keeps its ledger entries for the next try.
+            if let Err(undo) = stopped(daemon, record).await {
+                tracing::error!(vm = %name, error = %undo, "cannot release a failed boot");
+            }
             Err(e)
         }
     }

@@ -128,9 +128,9 @@ impl VmManager {
         }
     }
 
-    /// Forgets a removed VM's lock, connection and health.
+    /// Forgets a removed VM's connection and health. Its lock stays: a
+    /// waiter queued on it must exclude a new VM of the same name too.
     pub fn forget(&self, name: &str) {
-        locked(&self.slots).remove(name);
         locked(&self.connecting).remove(name);
         self.drop_agent(name);
     }

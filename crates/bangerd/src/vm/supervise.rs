@@ -89,18 +89,26 @@ pub async fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
         adoptions.push((record, guard));
     }
     remove_orphans(daemon)?;
-    for (mut record, guard) in adoptions {
-        if !record.in_ledger {
-            enter_legacy(daemon, &mut record)?;
+    for (record, guard) in adoptions {
+        let name = record.name.clone();
+        // One VM that cannot be reconciled must not keep the daemon from
+        // starting: its ledger keeps what is left for the next try.
+        if let Err(e) = reconcile(daemon, record, guard).await {
+            tracing::error!(vm = %name, error = %e, "cannot reconcile the VM at start");
         }
-        if record.creating {
-            tracing::warn!(vm = %record.name, "removing a VM whose create was cut short");
-            lifecycle::forget(daemon, record).await?;
-            continue;
-        }
-        adopt(daemon, record, guard).await?;
     }
     Ok(())
+}
+
+async fn reconcile(daemon: &Arc<Daemon>, mut record: VmRecord, guard: VmGuard) -> Result<()> {
+    if !record.in_ledger {
+        enter_legacy(daemon, &mut record)?;
+    }
+    if record.creating {
+        tracing::warn!(vm = %record.name, "removing a VM whose create was cut short");
+        return lifecycle::forget(daemon, record).await;
+    }
+    adopt(daemon, record, guard).await
 }
 
 async fn adopt(daemon: &Arc<Daemon>, mut record: VmRecord, guard: VmGuard) -> Result<()> {
