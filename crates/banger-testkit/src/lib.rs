@@ -15,11 +15,13 @@ pub mod http;
 pub mod loopfs;
 pub mod prereq;
 pub mod shared_kernel;
+pub mod vms;
 
 pub use daemon::TestDaemon;
 pub use http::{Canned, HttpServer};
 pub use prereq::{in_ci, is_root, require, with_timeout, with_timeout_blocking};
 pub use shared_kernel::{debian_kernel, SharedKernel};
+pub use vms::wait_vm;
 
 /// SHA-256 of bytes, lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {

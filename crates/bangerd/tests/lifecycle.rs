@@ -145,38 +145,18 @@ impl Harness {
         }
     }
 
-    /// Waits for the VM's state, by its events.
+    /// Waits for the VM's state.
     async fn wait_state(&self, name: &str, state: VmState) -> Vm {
-        let mut events = self.client.events(None).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                // A create's operation saves the record a moment after it starts.
-                match self.client.vm(name).await {
-                    Ok(vm) if vm.state == state => return vm,
-                    Ok(_) => {}
-                    Err(e) if e.api().is_some_and(|e| e.code == ErrorCode::NotFound) => {}
-                    Err(e) => panic!("cannot look at {name}: {e}"),
-                }
-                events.next().await.unwrap().expect("the event stream stays open");
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{name} never became {state:?}"))
+        let what = format!("became {state:?}");
+        banger_testkit::wait_vm(&self.client, name, Duration::from_secs(20), &what, |vm| vm.state == state).await
     }
 
-    /// The process the driver started for the VM (it writes its pid file before it returns).
+    /// The process the driver started for the VM, once the daemon knows it.
     async fn wait_process(&self, name: &str) -> VmmProcess {
-        let run_dir = self.run_dir(name);
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(process) = VmmProcess::recorded_in(&run_dir) {
-                    return process;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the VMM starts")
+        let vm =
+            banger_testkit::wait_vm(&self.client, name, Duration::from_secs(10), "had a VMM", |vm| vm.pid.is_some())
+                .await;
+        VmmProcess::of(vm.pid.unwrap()).expect("the VMM runs")
     }
 }
 

@@ -85,23 +85,8 @@ async fn create(daemon: &TestDaemon, request: VmCreateRequest) -> Vm {
 }
 
 async fn wait_state(client: &Client, name: &str, state: VmState) -> Vm {
-    // Subscribe before looking, so no change falls between the two.
-    let mut events = client.events(None).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            // A create's operation saves the record a moment after it starts.
-            match client.vm(name).await {
-                Ok(vm) if vm.state == state => return vm,
-                Ok(_) => {}
-                Err(e) if e.api().is_some_and(|e| e.code == ErrorCode::NotFound) => {}
-                Err(e) => panic!("cannot look at {name}: {e}"),
-            }
-            // Every change to a VM's record is announced as an update.
-            events.next().await.unwrap().expect("the event stream stays open");
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{name} never became {state:?}"))
+    let what = format!("became {state:?}");
+    banger_testkit::wait_vm(client, name, Duration::from_secs(30), &what, |vm| vm.state == state).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -539,9 +524,15 @@ async fn a_guest_whose_init_never_starts_the_agent_body() {
     assert!(!daemon.config.run_dir.join("vms/hung").exists() && !daemon.state_dir().join("vms/hung").exists());
 
     let create = client.create_vm(&request("hung2")).await.unwrap();
-    wait_state(&client, "hung2", VmState::Starting).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let pid = client.vm("hung2").await.unwrap().pid.expect("the VMM runs");
+    // The boot is under way once QEMU runs and the guest's kernel writes to its console.
+    let within = Duration::from_secs(60);
+    let booting = |vm: &Vm| vm.state == VmState::Starting && vm.pid.is_some();
+    let pid = banger_testkit::wait_vm(&client, "hung2", within, "began to boot", booting).await.pid.unwrap();
+    let console = daemon.config.run_dir.join("vms/hung2/console.log");
+    let mut logs = client.vm_logs("hung2", true).await.unwrap();
+    let first =
+        tokio::time::timeout(within, http_body_util::BodyExt::frame(&mut logs)).await.expect("the console speaks");
+    assert!(first.is_some() && console.exists(), "the guest's kernel writes to its console");
     let qemu = banger_vmm::VmmProcess::of(pid).unwrap();
     let began = std::time::Instant::now();
     let killed = vm_of(succeed(&client, client.stop_vm("hung2", true).await).await);

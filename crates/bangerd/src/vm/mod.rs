@@ -14,7 +14,6 @@ pub mod supervise;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use banger_api::VmmChoice;
 use banger_vmm::firecracker::{Firecracker, Jailer};
@@ -28,20 +27,43 @@ use crate::Daemon;
 pub use record::VmRecord;
 pub use state::VmAction;
 
-/// How often a preempting action repeats its request while it waits for
-/// the VM's lock (a second holder may have queued before it).
-const PREEMPT_REPEAT: Duration = Duration::from_millis(200);
-
 /// One VM's lock, and the channel through which an action asks its holder
-/// to give it up.
+/// to give it up. The request stands while any preempting action waits for
+/// the lock, so every holder before it (one queued earlier included) gives way.
 struct Slot {
     lock: Arc<tokio::sync::Mutex<()>>,
     preempt: watch::Sender<Option<VmAction>>,
+    /// The preempting actions waiting for the lock, oldest first.
+    waiting: Mutex<Vec<VmAction>>,
 }
 
 impl Default for Slot {
     fn default() -> Self {
-        Slot { lock: Arc::default(), preempt: watch::channel(None).0 }
+        Slot { lock: Arc::default(), preempt: watch::channel(None).0, waiting: Mutex::default() }
+    }
+}
+
+impl Slot {
+    /// Publishes the newest request still waiting, or none.
+    fn publish(&self, waiting: &[VmAction]) {
+        self.preempt.send_replace(waiting.last().copied());
+    }
+}
+
+/// A preempting action's place in the queue; leaving it (with the lock, or
+/// cut short itself) withdraws its request.
+struct Waiting<'a> {
+    slot: &'a Slot,
+    by: VmAction,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiting = locked(&self.slot.waiting);
+        if let Some(at) = waiting.iter().position(|a| *a == self.by) {
+            waiting.remove(at);
+        }
+        self.slot.publish(&waiting);
     }
 }
 
@@ -86,8 +108,6 @@ impl VmManager {
     }
 
     fn guard(slot: &Slot, lock: OwnedMutexGuard<()>) -> VmGuard {
-        // A request meant for the previous holder is not for us.
-        slot.preempt.send_replace(None);
         VmGuard { _lock: lock, preempted: slot.preempt.subscribe() }
     }
 
@@ -99,18 +119,22 @@ impl VmManager {
         Self::guard(&slot, lock)
     }
 
-    /// Takes a VM's lock, asking its holder to give it up (a boot to be
-    /// cancelled, a stop to be cut short) until it does.
+    /// Takes a VM's lock, asking every holder before it to give it up (a
+    /// boot to be cancelled, a stop to be cut short).
     pub async fn lock_preempting(&self, name: &str, by: VmAction) -> VmGuard {
         let slot = self.slot(name);
-        let mut acquiring = std::pin::pin!(Arc::clone(&slot.lock).lock_owned());
-        loop {
-            slot.preempt.send_replace(Some(by));
-            tokio::select! {
-                lock = &mut acquiring => return Self::guard(&slot, lock),
-                () = tokio::time::sleep(PREEMPT_REPEAT) => {}
+        let lock = {
+            let waiting = Waiting { slot: &slot, by };
+            {
+                let mut queue = locked(&slot.waiting);
+                queue.push(by);
+                slot.publish(&queue);
             }
-        }
+            let lock = Arc::clone(&slot.lock).lock_owned().await;
+            drop(waiting);
+            lock
+        };
+        Self::guard(&slot, lock)
     }
 
     /// Takes a VM's lock if no operation holds it, else says it is busy.
@@ -121,7 +145,9 @@ impl VmManager {
         Ok(Self::guard(&slot, lock))
     }
 
-    /// Asks whoever holds the VM's lock to give it up, without waiting.
+    /// Asks whoever holds the VM's lock to give it up, without waiting (the
+    /// action then takes the lock with [`VmManager::lock_preempting`], which
+    /// withdraws the request once it has the lock).
     pub fn preempt(&self, name: &str, by: VmAction) {
         if let Some(slot) = locked(&self.slots).get(name) {
             slot.preempt.send_replace(Some(by));
@@ -306,6 +332,8 @@ pub fn free_vsock_cid(taken: &[u32]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -331,5 +359,28 @@ mod tests {
         let mut next = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap();
         // The new holder is not asked to yield by the request meant for the old one.
         assert!(tokio::time::timeout(Duration::from_millis(300), next.preempted()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_holder_queued_before_a_preempting_action_gives_way_too() {
+        let vms = Arc::new(VmManager::default());
+        let mut first = vms.lock("a").await;
+        let queued = tokio::spawn({
+            let vms = Arc::clone(&vms);
+            async move { vms.lock("a").await }
+        });
+        tokio::task::yield_now().await;
+        let killer = tokio::spawn({
+            let vms = Arc::clone(&vms);
+            async move { vms.lock_preempting("a", VmAction::Kill).await }
+        });
+        assert_eq!(tokio::time::timeout(Duration::from_secs(2), first.preempted()).await.unwrap(), VmAction::Kill);
+        drop(first);
+        let mut second = tokio::time::timeout(Duration::from_secs(2), queued).await.unwrap().unwrap();
+        let by = tokio::time::timeout(Duration::from_secs(2), second.preempted()).await.expect("the kill still waits");
+        assert_eq!(by, VmAction::Kill);
+        drop(second);
+        let mut killing = tokio::time::timeout(Duration::from_secs(2), killer).await.unwrap().unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), killing.preempted()).await.is_err());
     }
 }
