@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod caller;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -189,6 +190,7 @@ impl Prepared {
                 daemon.shutting_down().await;
             }
         };
+        let app = app.into_make_service_with_connect_info::<caller::Caller>();
         let result = axum::serve(listener, app).with_graceful_shutdown(stopping).await;
         let _ = std::fs::remove_file(&socket);
         // Operations, supervisors and relays end at shutdown (an operation
