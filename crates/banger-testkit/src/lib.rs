@@ -14,12 +14,14 @@ pub mod guest;
 pub mod http;
 pub mod loopfs;
 pub mod prereq;
+pub mod process;
 pub mod shared_kernel;
 pub mod vms;
 
 pub use daemon::TestDaemon;
 pub use http::{Canned, HttpServer};
 pub use prereq::{in_ci, is_root, require, with_timeout, with_timeout_blocking};
+pub use process::DaemonProcess;
 pub use shared_kernel::{debian_kernel, SharedKernel};
 pub use vms::wait_vm;
 

@@ -129,6 +129,14 @@ pub enum Error {
         /// The action that cut it short.
         by: crate::vm::VmAction,
     },
+    /// The daemon began shutting down while this ran; what it made is undone.
+    #[error("the {what} of VM {name:?} was cancelled: the daemon is shutting down")]
+    ShuttingDown {
+        /// The VM.
+        name: String,
+        /// What was cut short ("create", "boot").
+        what: &'static str,
+    },
     /// A running VM's agent has missed its keepalives.
     #[error("the guest agent of VM {name:?} has not answered for {}s (see `banger vm show {name}`)", silent.as_secs())]
     AgentNotAnswering {
@@ -186,7 +194,7 @@ impl Error {
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::InvalidState { .. } | Error::AgentNotAnswering { .. } => ErrorCode::Conflict,
             Error::AgentNeverAnswered { .. } | Error::VmmExited { .. } => ErrorCode::BootFailed,
-            Error::Preempted { .. } => ErrorCode::Cancelled,
+            Error::Preempted { .. } | Error::ShuttingDown { .. } => ErrorCode::Cancelled,
             Error::Image(e) => image_code(e),
             Error::Storage(e) => storage_code(e),
             Error::Vmm(banger_vmm::VmmError::MissingBinary { .. }) => ErrorCode::Unsupported,

@@ -9,7 +9,7 @@ use banger_api::{ApiError, Image, ImageBuildRequest, ImageRegisterRequest, Objec
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::spawn;
+use super::{spawn, AtShutdown};
 use crate::error::{Error, Result};
 use crate::{image, Daemon};
 
@@ -40,7 +40,7 @@ pub async fn build(
     let lock = daemon.images.claim(&request.name, request.force)?;
     let op = daemon.ops.start(OperationKind::ImageBuild, &request.name, 4, "resolve kernel")?;
     let created = Some((ObjectKind::Image, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(image::build(daemon, op, request, lock))))
+    Ok(spawn(daemon, op, created, AtShutdown::Cut, move |daemon, op| Box::pin(image::build(daemon, op, request, lock))))
 }
 
 /// Starts registering an existing ext4 root filesystem.
@@ -54,7 +54,9 @@ pub async fn register(
     let lock = daemon.images.claim(&request.name, request.force)?;
     let op = daemon.ops.start(OperationKind::ImageRegister, &request.name, 3, "resolve kernel")?;
     let created = Some((ObjectKind::Image, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(image::register(daemon, op, request, lock))))
+    Ok(spawn(daemon, op, created, AtShutdown::Cut, move |daemon, op| {
+        Box::pin(image::register(daemon, op, request, lock))
+    }))
 }
 
 /// Query of `DELETE /v1/images/{name}`.

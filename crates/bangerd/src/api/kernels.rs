@@ -15,7 +15,7 @@ use banger_api::{
 };
 use banger_kernel::catalog;
 
-use super::spawn;
+use super::{spawn, AtShutdown};
 use crate::error::{Error, Result};
 use crate::kernel;
 use crate::Daemon;
@@ -95,7 +95,9 @@ pub async fn pull(
     daemon.kernels.check_replace(&request.name, request.force)?;
     let op = daemon.ops.start(OperationKind::KernelPull, &request.name, 2, "download")?;
     let created = Some((ObjectKind::Kernel, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(kernel::fetch::pull(daemon, op, entry, lock))))
+    Ok(spawn(daemon, op, created, AtShutdown::Cut, move |daemon, op| {
+        Box::pin(kernel::fetch::pull(daemon, op, entry, lock))
+    }))
 }
 
 /// Starts importing a kernel from files on the daemon's host.
@@ -111,7 +113,9 @@ pub async fn import(
     daemon.kernels.check_replace(&request.name, request.force)?;
     let op = daemon.ops.start(OperationKind::KernelImport, &request.name, 4, "extract")?;
     let created = Some((ObjectKind::Kernel, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(kernel::import::import(daemon, op, request, lock))))
+    Ok(spawn(daemon, op, created, AtShutdown::Cut, move |daemon, op| {
+        Box::pin(kernel::import::import(daemon, op, request, lock))
+    }))
 }
 
 /// Streams a stored kernel as a `.tar.zst` bundle; `kernel bundle` writes

@@ -95,6 +95,19 @@ impl Outcome for () {
     }
 }
 
+/// What happens to an operation's work when the daemon begins shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtShutdown {
+    /// It is dropped where it waits; its guards clean up what they can and
+    /// the operation is recorded as failed (pulls, builds: long work whose
+    /// half-made results are staging directories).
+    Cut,
+    /// It runs to its end, which comes soon: the work is bounded or watches
+    /// the shutdown itself and undoes what it made (the VM lifecycle,
+    /// where dropping it would leave a VMM running).
+    Finish,
+}
+
 /// Runs an operation's work in the background and answers 202 with the
 /// operation. On success the work's value is the operation's result, and
 /// `created` (if any) is announced.
@@ -102,6 +115,7 @@ fn spawn<T, F>(
     daemon: Arc<Daemon>,
     op: OperationHandle,
     created: Option<(ObjectKind, String)>,
+    at_shutdown: AtShutdown,
     work: F,
 ) -> (StatusCode, Json<Operation>)
 where
@@ -113,11 +127,15 @@ where
     let tasks = daemon.tasks.clone();
     tasks.spawn(async move {
         let stopping = Arc::clone(&daemon);
+        let cut = async move {
+            match at_shutdown {
+                AtShutdown::Cut => stopping.shutting_down().await,
+                AtShutdown::Finish => std::future::pending().await,
+            }
+        };
         let outcome = tokio::select! {
             outcome = work(daemon, &op) => outcome,
-            // Cut short by shutdown: the work's own guards clean up what
-            // they can, and the operation is recorded as failed.
-            () = stopping.shutting_down() => {
+            () = cut => {
                 Err(crate::error::Error::Internal("interrupted: the daemon stopped while it ran".into()))
             }
         };

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::spawn;
+use super::{spawn, AtShutdown};
 use crate::error::{Error, Result};
 use crate::vm::state::Admitted;
 use crate::vm::{create, lifecycle, VmAction};
@@ -50,7 +50,9 @@ pub async fn create(
     let steps = if request.no_start { 3 } else { 5 };
     let op = daemon.ops.start(OperationKind::VmCreate, &request.name, steps, "resolve image and kernel")?;
     let created = Some((ObjectKind::Vm, request.name.clone()));
-    Ok(spawn(daemon, op, created, move |daemon, op| Box::pin(create::create(daemon, op, request, guard))))
+    Ok(spawn(daemon, op, created, AtShutdown::Finish, move |daemon, op| {
+        Box::pin(create::create(daemon, op, request, guard))
+    }))
 }
 
 /// Admits `action` on VM `name` and, when the state machine says it
@@ -73,7 +75,7 @@ pub async fn start(
 ) -> Result<(StatusCode, Json<Operation>)> {
     admit(&daemon, &name, VmAction::Start)?;
     let op = daemon.ops.start(OperationKind::VmStart, &name, 2, "boot")?;
-    Ok(spawn(daemon, op, None, move |daemon, op| Box::pin(lifecycle::start(daemon, op, name))))
+    Ok(spawn(daemon, op, None, AtShutdown::Finish, move |daemon, op| Box::pin(lifecycle::start(daemon, op, name))))
 }
 
 /// Restarts a VM: stop (if running), then start (an operation).
@@ -85,7 +87,9 @@ pub async fn restart(
 ) -> Result<(StatusCode, Json<Operation>)> {
     let admitted = admit(&daemon, &name, VmAction::Restart)?;
     let op = daemon.ops.start(OperationKind::VmRestart, &name, 3, "stop")?;
-    Ok(spawn(daemon, op, None, move |daemon, op| Box::pin(lifecycle::restart(daemon, op, name, admitted))))
+    Ok(spawn(daemon, op, None, AtShutdown::Finish, move |daemon, op| {
+        Box::pin(lifecycle::restart(daemon, op, name, admitted))
+    }))
 }
 
 /// Stops a VM (an operation): the guest is asked to power off, then the
@@ -98,7 +102,7 @@ pub async fn stop(
 ) -> Result<(StatusCode, Json<Operation>)> {
     let admitted = admit(&daemon, &name, VmAction::Stop)?;
     let op = daemon.ops.start(OperationKind::VmStop, &name, 1, "stop")?;
-    Ok(spawn(daemon, op, None, move |daemon, _| Box::pin(lifecycle::stop(daemon, name, admitted))))
+    Ok(spawn(daemon, op, None, AtShutdown::Finish, move |daemon, _| Box::pin(lifecycle::stop(daemon, name, admitted))))
 }
 
 /// Kills a VM's VMM at once (an operation), cancelling a boot or a stop in progress.
@@ -110,7 +114,7 @@ pub async fn kill(
 ) -> Result<(StatusCode, Json<Operation>)> {
     let admitted = admit(&daemon, &name, VmAction::Kill)?;
     let op = daemon.ops.start(OperationKind::VmKill, &name, 1, "kill")?;
-    Ok(spawn(daemon, op, None, move |daemon, _| Box::pin(lifecycle::kill(daemon, name, admitted))))
+    Ok(spawn(daemon, op, None, AtShutdown::Finish, move |daemon, _| Box::pin(lifecycle::kill(daemon, name, admitted))))
 }
 
 /// Query of `DELETE /v1/vms/{name}`.
@@ -131,7 +135,9 @@ pub async fn remove(
 ) -> Result<(StatusCode, Json<Operation>)> {
     let admitted = admit(&daemon, &name, VmAction::Remove { force: query.force })?;
     let op = daemon.ops.start(OperationKind::VmRemove, &name, 1, "remove")?;
-    Ok(spawn(daemon, op, None, move |daemon, _| Box::pin(lifecycle::remove(daemon, name, query.force, admitted))))
+    Ok(spawn(daemon, op, None, AtShutdown::Finish, move |daemon, _| {
+        Box::pin(lifecycle::remove(daemon, name, query.force, admitted))
+    }))
 }
 
 /// Changes a stopped VM's vCPUs or memory.

@@ -111,6 +111,8 @@ pub async fn create(
     match result {
         Ok(()) => daemon.vm_view(&record),
         // Cut short by the user (`vm stop`, `vm kill`): the VM stays, stopped.
+        // Cut short by the daemon stopping, it is undone like a failure,
+        // before the daemon exits.
         Err(e @ Error::Preempted { .. }) => {
             record.creating = false;
             daemon.save_vm(&record)?;
@@ -133,7 +135,15 @@ async fn create_steps(
     guard: &mut VmGuard,
 ) -> Result<()> {
     failpoint(daemon, CreateStep::Record)?;
-    let kernel = crate::kernel::resolve::resolve(daemon, &record.kernel, op).await?;
+    // A pull may take long: the daemon stopping cuts it short (its staging
+    // directory goes with it). The other steps are bounded, and the boot
+    // watches for the shutdown itself.
+    let kernel = tokio::select! {
+        kernel = crate::kernel::resolve::resolve(daemon, &record.kernel, op) => kernel?,
+        () = daemon.shutting_down() => {
+            return Err(Error::ShuttingDown { name: record.name.clone(), what: "create" });
+        }
+    };
     record.kernel = kernel.name;
     failpoint(daemon, CreateStep::Kernel)?;
 

@@ -128,8 +128,8 @@ fn spec(daemon: &Daemon, record: &VmRecord, kernel: std::path::PathBuf, initrd: 
 }
 
 /// Waits for a booting guest's agent to answer. Always ends: at the boot
-/// timeout (whatever the guest does), when the VMM exits, or when another
-/// action preempts the boot.
+/// timeout (whatever the guest does), when the VMM exits, when another
+/// action preempts the boot, or when the daemon begins shutting down.
 async fn wait_for_agent(
     daemon: &Arc<Daemon>,
     record: &VmRecord,
@@ -153,6 +153,9 @@ async fn wait_for_agent(
         // say so at once, with what the console showed.
         () = process.exited() => Err(Error::VmmExited { name, report: driver.failure_report(&run_dir) }),
         by = guard.preempted() => Err(Error::Preempted { name, what: "boot", by }),
+        // The daemon is stopping: it must not leave a boot it cannot
+        // finish, so the boot fails and is released like any other.
+        () = daemon.shutting_down() => Err(Error::ShuttingDown { name, what: "boot" }),
     }
 }
 

@@ -50,6 +50,39 @@ impl Slot {
     }
 }
 
+/// The slots of the VMs someone holds or waits for, by name.
+type Slots = Arc<Mutex<HashMap<String, Arc<Slot>>>>;
+
+/// A claim on one VM's slot. The slot leaves the map with its last claim,
+/// so the map holds only VMs that are being worked on: a request naming a
+/// VM that does not exist leaves nothing behind, and a waiter still queued
+/// on a removed VM's lock keeps it, excluding a new VM of the same name.
+struct SlotRef {
+    slots: Slots,
+    name: String,
+    slot: Option<Arc<Slot>>,
+}
+
+impl SlotRef {
+    fn slot(&self) -> &Slot {
+        self.slot.as_ref().expect("a slot claim holds its slot until dropped")
+    }
+}
+
+impl Drop for SlotRef {
+    fn drop(&mut self) {
+        let mut slots = locked(&self.slots);
+        // Let go of this claim under the map's lock, so two claims dropped
+        // at once cannot each see the other and both keep the slot.
+        let slot = self.slot.take().expect("dropped once");
+        let only_the_map_left = Arc::strong_count(&slot) == 2;
+        drop(slot);
+        if only_the_map_left {
+            slots.remove(&self.name);
+        }
+    }
+}
+
 /// A preempting action's place in the queue; leaving it (with the lock, or
 /// cut short itself) withdraws its request.
 struct Waiting<'a> {
@@ -70,7 +103,9 @@ impl Drop for Waiting<'_> {
 /// Holds a VM's lock. Work that waits (a boot, a stop) also waits on
 /// [`VmGuard::preempted`], so a kill, a stop or a forced rm can cut it short.
 pub struct VmGuard {
+    // The lock goes before the claim on its slot (fields drop in order).
     _lock: OwnedMutexGuard<()>,
+    _slot: SlotRef,
     preempted: watch::Receiver<Option<VmAction>>,
 }
 
@@ -80,7 +115,7 @@ impl VmGuard {
         let by = self.preempted.wait_for(Option::is_some).await.ok().and_then(|by| *by);
         match by {
             Some(by) => by,
-            // The slot went (the VM was forgotten): nothing will ask.
+            // The channel closed: nothing will ask.
             None => std::future::pending().await,
         }
     }
@@ -89,7 +124,7 @@ impl VmGuard {
 /// Per-VM serialization and live connections.
 #[derive(Default)]
 pub struct VmManager {
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Slots,
     agents: Mutex<HashMap<String, Arc<AgentConn>>>,
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     health: health::Health,
@@ -103,28 +138,31 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl VmManager {
-    fn slot(&self, name: &str) -> Arc<Slot> {
-        Arc::clone(locked(&self.slots).entry(name.to_owned()).or_default())
+    fn claim(&self, name: &str) -> SlotRef {
+        let slot = Arc::clone(locked(&self.slots).entry(name.to_owned()).or_default());
+        SlotRef { slots: Arc::clone(&self.slots), name: name.to_owned(), slot: Some(slot) }
     }
 
-    fn guard(slot: &Slot, lock: OwnedMutexGuard<()>) -> VmGuard {
-        VmGuard { _lock: lock, preempted: slot.preempt.subscribe() }
+    fn guard(claim: SlotRef, lock: OwnedMutexGuard<()>) -> VmGuard {
+        let preempted = claim.slot().preempt.subscribe();
+        VmGuard { _lock: lock, _slot: claim, preempted }
     }
 
     /// Waits for a VM's lock. Its holder only ever waits for bounded or
     /// preemptible things, so this returns.
     pub async fn lock(&self, name: &str) -> VmGuard {
-        let slot = self.slot(name);
-        let lock = Arc::clone(&slot.lock).lock_owned().await;
-        Self::guard(&slot, lock)
+        let claim = self.claim(name);
+        let lock = Arc::clone(&claim.slot().lock).lock_owned().await;
+        Self::guard(claim, lock)
     }
 
     /// Takes a VM's lock, asking every holder before it to give it up (a
     /// boot to be cancelled, a stop to be cut short).
     pub async fn lock_preempting(&self, name: &str, by: VmAction) -> VmGuard {
-        let slot = self.slot(name);
+        let claim = self.claim(name);
         let lock = {
-            let waiting = Waiting { slot: &slot, by };
+            let slot = claim.slot();
+            let waiting = Waiting { slot, by };
             {
                 let mut queue = locked(&slot.waiting);
                 queue.push(by);
@@ -134,15 +172,21 @@ impl VmManager {
             drop(waiting);
             lock
         };
-        Self::guard(&slot, lock)
+        Self::guard(claim, lock)
     }
 
     /// Takes a VM's lock if no operation holds it, else says it is busy.
     pub fn try_lock(&self, name: &str) -> Result<VmGuard> {
-        let slot = self.slot(name);
-        let lock =
-            Arc::clone(&slot.lock).try_lock_owned().map_err(|_| Error::Busy { kind: "VM", name: name.to_owned() })?;
-        Ok(Self::guard(&slot, lock))
+        let claim = self.claim(name);
+        let lock = Arc::clone(&claim.slot().lock)
+            .try_lock_owned()
+            .map_err(|_| Error::Busy { kind: "VM", name: name.to_owned() })?;
+        Ok(Self::guard(claim, lock))
+    }
+
+    /// How many VMs have a lock held or waited for (each has a slot).
+    pub fn slots_in_use(&self) -> usize {
+        locked(&self.slots).len()
     }
 
     /// Asks whoever holds the VM's lock to give it up, without waiting (the
@@ -154,8 +198,8 @@ impl VmManager {
         }
     }
 
-    /// Forgets a removed VM's connection and health. Its lock stays: a
-    /// waiter queued on it must exclude a new VM of the same name too.
+    /// Forgets a removed VM's connection and health. Its lock goes with its
+    /// last holder or waiter.
     pub fn forget(&self, name: &str) {
         locked(&self.connecting).remove(name);
         self.drop_agent(name);
@@ -382,5 +426,35 @@ mod tests {
         drop(second);
         let mut killing = tokio::time::timeout(Duration::from_secs(2), killer).await.unwrap().unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(300), killing.preempted()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_slot_lives_only_while_its_lock_is_held_or_waited_for() {
+        let vms = Arc::new(VmManager::default());
+        drop(vms.lock("gone").await);
+        drop(vms.try_lock("gone").unwrap());
+        assert_eq!(vms.slots_in_use(), 0);
+
+        let held = vms.lock("a").await;
+        let waiter = tokio::spawn({
+            let vms = Arc::clone(&vms);
+            async move { drop(vms.lock_preempting("a", VmAction::Kill).await) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(vms.slots_in_use(), 1);
+        drop(held);
+        waiter.await.unwrap();
+        assert_eq!(vms.slots_in_use(), 0, "the last claim takes the slot with it");
+
+        let many: Vec<_> = (0..64)
+            .map(|_| {
+                let vms = Arc::clone(&vms);
+                tokio::spawn(async move { drop(vms.lock("b").await) })
+            })
+            .collect();
+        for task in many {
+            task.await.unwrap();
+        }
+        assert_eq!(vms.slots_in_use(), 0);
     }
 }

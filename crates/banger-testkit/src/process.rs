@@ -1,0 +1,133 @@
+//! The real `bangerd` binary as a child process under a temporary root,
+//! for tests that look at what a user would: its memory, its open files,
+//! its log and its exit status.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use banger_client::Client;
+
+/// A running `bangerd` child with its own state root, run dir and socket.
+pub struct DaemonProcess {
+    /// The child; its stderr (the log) goes to [`DaemonProcess::log_path`].
+    pub child: Child,
+    /// A client on its socket.
+    pub client: Client,
+    /// The temporary root holding state, run dir, socket and log.
+    pub root: tempfile::TempDir,
+}
+
+impl DaemonProcess {
+    /// Starts `binary` (the test's `env!("CARGO_BIN_EXE_bangerd")`) with
+    /// `config` (TOML lines) added to a config naming its own paths, and
+    /// waits until it answers.
+    pub async fn start(binary: &Path, config: &str) -> DaemonProcess {
+        let root = tempfile::tempdir().expect("temp root");
+        let path = |name: &str| root.path().join(name).display().to_string();
+        let file = root.path().join("config.toml");
+        let text = format!(
+            "socket = {:?}\nstate_dir = {:?}\nrun_dir = {:?}\n{config}",
+            path("bangerd.sock"),
+            path("state"),
+            path("run")
+        );
+        std::fs::write(&file, text).expect("write config");
+        let log = std::fs::File::create(root.path().join("bangerd.log")).expect("log file");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&file)
+            .env_remove("BANGER_SOCKET")
+            .env_remove("BANGER_STATE_DIR")
+            .env_remove("BANGER_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bangerd");
+        let client = Client::new(root.path().join("bangerd.sock"));
+        let mut daemon = DaemonProcess { child, client, root };
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.client.health().await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                panic!("bangerd exited early with {status}; its log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("bangerd did not answer within 20 s; its log:\n{}", self.log());
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its state root.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    /// Where its log goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("bangerd.log")
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Its resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The most resident memory it has had, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read its status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in its status"))
+    }
+
+    /// How many files it has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits (at most 30 s) for it to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a child's pid is positive");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "bangerd did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
