@@ -26,6 +26,16 @@ pub struct Image {
     pub created_at: Timestamp,
 }
 
+/// What `POST /v1/images/prune` removed: cached work-disk seeds that no
+/// VM's work disk has the size of.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct ImagePruneReport {
+    /// The files removed, by name.
+    pub removed: Vec<String>,
+    /// The disk space they held, in bytes.
+    pub freed_bytes: u64,
+}
+
 /// How an image was made. On the wire it is one string, `recipe:tiny`,
 /// `recipe:debian`, `dir:<path>`, `tar:<path>` or `register:<path>`, the
 /// form image rows and manifests have always held.

@@ -43,7 +43,7 @@ mod vm;
 pub use error::{ApiError, ErrorCode};
 pub use event::{Event, ObjectKind};
 pub use host::{Check, CheckStatus, DoctorReport};
-pub use image::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest, ImageSource};
+pub use image::{Image, ImageBuildRequest, ImagePruneReport, ImageRecipe, ImageRegisterRequest, ImageSource};
 pub use kernel::{
     BundleInfo, CatalogEntry, CatalogEntryState, CatalogListing, Kernel, KernelCatalog, KernelImportKind,
     KernelImportRequest, KernelPullRequest, KernelSource,

@@ -7,8 +7,9 @@ pub mod exec;
 use std::path::{Path, PathBuf};
 
 use banger_api::{
-    ApiError, CatalogListing, DiskResizeRequest, DoctorReport, Health, Image, ImageBuildRequest, ImageRegisterRequest,
-    Kernel, KernelImportRequest, KernelPullRequest, Operation, Vm, VmCreateRequest, VmSetRequest, EXEC_UPGRADE,
+    ApiError, CatalogListing, DiskResizeRequest, DoctorReport, Health, Image, ImageBuildRequest, ImagePruneReport,
+    ImageRegisterRequest, Kernel, KernelImportRequest, KernelPullRequest, Operation, Vm, VmCreateRequest, VmSetRequest,
+    EXEC_UPGRADE,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -148,6 +149,11 @@ impl Client {
     /// `POST /v1/images/register`: starts a registration and returns its operation.
     pub async fn register_image(&self, request: &ImageRegisterRequest) -> Result<Operation> {
         self.send_json(Method::POST, "/v1/images/register", Some(request)).await
+    }
+
+    /// `POST /v1/images/prune`: removes the cached work-disk seeds no VM uses.
+    pub async fn prune_images(&self) -> Result<ImagePruneReport> {
+        self.send_json(Method::POST, "/v1/images/prune", None::<&()>).await
     }
 
     /// `DELETE /v1/images/{name}`.

@@ -19,7 +19,7 @@ use banger_host::{HostCommands, SystemCommands};
 
 pub use elf::{file_linkage, Linkage};
 pub use error::ImageError;
-pub use seed::{ensure_seed, seed_path};
+pub use seed::{ensure_seed, seed_file, seed_path, SeedFile};
 
 /// File name of the root filesystem inside an image directory.
 pub const ROOTFS_FILE: &str = "rootfs.ext4";

@@ -14,6 +14,23 @@ pub fn seed_path(seeds_dir: &Path, size_bytes: u64) -> PathBuf {
     seeds_dir.join(format!("work-{size_bytes}.ext4"))
 }
 
+/// What a file in the seeds directory is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedFile {
+    /// A whole seed of this size.
+    Seed(u64),
+    /// A seed being made (or left half-made by a crash).
+    Partial,
+}
+
+/// Reads a seeds-directory file name; `None` for anything banger did not make.
+pub fn seed_file(name: &str) -> Option<SeedFile> {
+    if let Some(size) = name.strip_prefix("work-").and_then(|rest| rest.strip_suffix(".ext4")) {
+        return size.parse().ok().filter(|_| !size.starts_with('+')).map(SeedFile::Seed);
+    }
+    (name.starts_with(".work-") && name.ends_with(".tmp")).then_some(SeedFile::Partial)
+}
+
 /// Returns the seed for `size_bytes`, making it first if there is none.
 ///
 /// The seed is written under a temporary name and renamed into place, so a
@@ -51,5 +68,20 @@ pub(crate) fn ensure_seed_with(
             Ok(path)
         }
         Err(e) => Err(ImageError::Io { path, source: e.error }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_names_round_trip_and_nothing_else_is_a_seed() {
+        let name = seed_path(Path::new("/s"), 1 << 30).file_name().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(seed_file(&name), Some(SeedFile::Seed(1 << 30)));
+        assert_eq!(seed_file(".work-1048576.a1B2c3.tmp"), Some(SeedFile::Partial));
+        for other in ["work-.ext4", "work-+5.ext4", "work-5.ext4.bak", "notes.txt", "work-x.ext4", ".work-1.tmpx"] {
+            assert_eq!(seed_file(other), None, "{other}");
+        }
     }
 }

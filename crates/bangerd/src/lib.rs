@@ -166,6 +166,10 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     );
     let daemon = Arc::new(daemon);
     vm::supervise::adopt_all(&daemon).await?;
+    // Seeds left by VMs removed before seeds were pruned, or half-made by a crash.
+    if let Err(e) = image::prune_seeds(&daemon).await {
+        tracing::warn!(error = %e, "cannot remove unused work-disk seeds");
+    }
     Ok(Prepared { daemon, listener, stop })
 }
 

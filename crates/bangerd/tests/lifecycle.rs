@@ -455,3 +455,51 @@ async fn a_pid_that_another_process_now_has_is_neither_adopted_nor_signalled() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn work_disk_seeds_go_with_their_last_vm_and_image_prune_removes_the_rest() {
+    within(|agent| async move {
+        let mut h = harness(&agent, |_| {}).await;
+        let seeds = h.daemon.config.state_dir.join("images/.seeds");
+        let seed_names = || {
+            let mut names = files_in(&seeds);
+            names.sort();
+            names
+        };
+        let with_work = |name: &str, mib: u64| VmCreateRequest { work_disk_bytes: Some(mib << 20), ..request(name) };
+        // Six rounds of create and rm with six sizes leave no seed behind.
+        for (round, mib) in (2..8).enumerate() {
+            let name = format!("round{round}");
+            succeed(&h.client, h.client.create_vm(&with_work(&name, mib)).await.unwrap()).await;
+            assert_eq!(seed_names(), [format!("work-{}.ext4", mib << 20)]);
+            succeed(&h.client, h.client.remove_vm(&name, true).await.unwrap()).await;
+            assert_eq!(seed_names(), Vec::<String>::new(), "round {round} left its seed");
+        }
+        // A seed stays while any VM of its size exists.
+        for name in ["a", "b"] {
+            succeed(&h.client, h.client.create_vm(&with_work(name, 4)).await.unwrap()).await;
+        }
+        succeed(&h.client, h.client.remove_vm("a", true).await.unwrap()).await;
+        assert_eq!(seed_names(), [format!("work-{}.ext4", 4 << 20)], "b still uses it");
+
+        // What an older daemon or a crash left: prune removes it, and
+        // reports what it freed; the seed in use stays.
+        std::fs::write(seeds.join("work-1073741824.ext4"), vec![1u8; 1 << 20]).unwrap();
+        std::fs::write(seeds.join(".work-5242880.Ab12Cd.tmp"), b"half").unwrap();
+        let report = h.client.prune_images().await.unwrap();
+        let mut removed = report.removed.clone();
+        removed.sort();
+        assert_eq!(removed, [".work-5242880.Ab12Cd.tmp", "work-1073741824.ext4"]);
+        assert!(report.freed_bytes >= 1 << 20, "{report:?}");
+        assert_eq!(seed_names(), [format!("work-{}.ext4", 4 << 20)]);
+
+        // And a daemon starting prunes what no VM uses.
+        std::fs::write(seeds.join("work-2147483648.ext4"), b"old").unwrap();
+        h.daemon.stop().await;
+        h.daemon.restart().await;
+        assert_eq!(seed_names(), [format!("work-{}.ext4", 4 << 20)]);
+        succeed(&h.client, h.client.remove_vm("b", true).await.unwrap()).await;
+        assert_eq!(seed_names(), Vec::<String>::new());
+    })
+    .await;
+}

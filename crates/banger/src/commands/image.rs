@@ -68,6 +68,8 @@ pub enum ImageCommand {
         /// Image name.
         name: String,
     },
+    /// Remove the cached work-disk seeds no VM uses (they also go when their last VM is removed).
+    Prune,
     /// Remove an image.
     #[command(alias = "remove")]
     Rm {
@@ -122,6 +124,17 @@ pub async fn run(command: ImageCommand, ctx: &Context) -> anyhow::Result<ExitCod
             output::table(&["NAME", "KERNEL", "SIZE", "SOURCE", "CREATED"], &rows);
         }
         ImageCommand::Show { name } => show(ctx, &ctx.client.image(&name).await?)?,
+        ImageCommand::Prune => {
+            let report = ctx.client.prune_images().await?;
+            if ctx.json {
+                return output::json(&report).map(|_| ExitCode::SUCCESS);
+            }
+            println!(
+                "removed {} unused work-disk seed(s), freed {}",
+                report.removed.len(),
+                output::size(report.freed_bytes)
+            );
+        }
         ImageCommand::Rm { name, force } => {
             ctx.client.remove_image(&name, force).await?;
             if ctx.json {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use banger_api::{ApiError, Image, ImageBuildRequest, ImageRegisterRequest, ObjectKind, Operation, OperationKind};
+use banger_api::{
+    ApiError, Image, ImageBuildRequest, ImagePruneReport, ImageRegisterRequest, ObjectKind, Operation, OperationKind,
+};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -89,4 +91,13 @@ pub async fn remove(
     tokio::task::spawn_blocking(move || d.images.remove(&n)).await.map_err(|e| Error::Internal(e.to_string()))??;
     daemon.events.publish(banger_api::Event::Deleted { kind: ObjectKind::Image, name });
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes what the image store keeps only as a cache and no VM needs: the
+/// work-disk seeds of sizes no VM has (they also go by themselves when
+/// their last VM is removed).
+#[utoipa::path(post, path = "/v1/images/prune", tag = "images",
+    responses((status = 200, body = ImagePruneReport), (status = 500, body = ApiError)))]
+pub async fn prune(State(daemon): State<Arc<Daemon>>) -> Result<Json<ImagePruneReport>> {
+    Ok(Json(image::prune_seeds(&daemon).await?))
 }

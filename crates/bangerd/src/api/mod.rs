@@ -52,6 +52,7 @@ fn api() -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(images::list))
         .routes(routes!(images::build))
         .routes(routes!(images::register))
+        .routes(routes!(images::prune))
         .routes(routes!(images::show, images::remove))
         .routes(routes!(vms::list, vms::create))
         .routes(routes!(vms::show, vms::remove, vms::set))

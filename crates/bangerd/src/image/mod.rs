@@ -2,6 +2,7 @@
 //! row per image, and the build and register operations that fill it.
 
 pub mod agent_binary;
+pub mod seeds;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +21,8 @@ pub struct ImageStore {
     root: PathBuf,
     db: Arc<Db>,
     locks: NameLocks,
+    /// The work-disk seeds.
+    pub seeds: seeds::Seeds,
 }
 
 impl ImageStore {
@@ -34,12 +37,8 @@ impl ImageStore {
                 db.delete_object(ObjectTable::Images, &image.name)?;
             }
         }
-        Ok(ImageStore { root, db, locks: NameLocks::new("image") })
-    }
-
-    /// Where work-disk seeds live.
-    pub fn seeds_dir(&self) -> PathBuf {
-        self.root.join(".seeds")
+        let seeds = seeds::Seeds::new(root.join(".seeds"));
+        Ok(ImageStore { root, db, locks: NameLocks::new("image"), seeds })
     }
 
     /// Every image.
@@ -81,6 +80,19 @@ impl ImageStore {
         std::fs::write(&manifest, text + "\n").map_err(Error::io("cannot write", &manifest))?;
         staging.install(&self.root.join(&image.name), || self.db.put_object(ObjectTable::Images, &image.name, image))
     }
+}
+
+/// Removes the work-disk seeds no VM's work disk has the size of.
+pub async fn prune_seeds(daemon: &Arc<Daemon>) -> Result<banger_api::ImagePruneReport> {
+    let daemon = Arc::clone(daemon);
+    crate::vm::ledger::blocking(move || {
+        // A create saves its record (with its work disk's size) before it
+        // asks for the seed, so a seed about to be cloned is in use here.
+        let in_use = daemon.vm_records()?.iter().filter_map(|r| r.work_disk_bytes).collect();
+        let pruned = daemon.images.seeds.prune(&in_use)?;
+        Ok(banger_api::ImagePruneReport { removed: pruned.files, freed_bytes: pruned.freed_bytes })
+    })
+    .await
 }
 
 /// Checks a build request before its operation starts.

@@ -158,19 +158,15 @@ async fn create_steps(
         daemon.hold(&record.name, &Resource::Disk { path: path.clone() })?;
     }
     let strategy = daemon.cow_strategy();
-    let (source, disk_size, seeds) = (
-        PathBuf::from(&daemon.images.get(&request.image)?.rootfs_path),
-        record.disk_size_bytes,
-        daemon.images.seeds_dir(),
-    );
+    let (source, disk_size) = (PathBuf::from(&daemon.images.get(&request.image)?.rootfs_path), record.disk_size_bytes);
+    let d = Arc::clone(daemon);
     ledger::blocking(move || {
         for made in [&dir, &run_dir] {
             std::fs::create_dir_all(made).map_err(Error::io("cannot create", made))?;
         }
         banger_storage::clone_disk(strategy, &source, &root, Some(disk_size))?;
         if let Some((size, path)) = work {
-            let seed = banger_image::ensure_seed(&seeds, size)?;
-            banger_storage::clone_disk(strategy, &seed, &path, None)?;
+            d.images.seeds.clone_to(size, strategy, &path)?;
         }
         Ok(())
     })

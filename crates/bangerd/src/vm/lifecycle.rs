@@ -255,6 +255,13 @@ pub async fn forget(daemon: &Arc<Daemon>, record: VmRecord) -> Result<()> {
     daemon.db.delete_object(ObjectTable::Vms, &record.name)?;
     daemon.vms.forget(&record.name);
     daemon.events.publish(banger_api::Event::Deleted { kind: banger_api::ObjectKind::Vm, name: record.name });
+    if record.work_disk_bytes.is_some() {
+        // Its seed may have no other user now; a seed that cannot go is
+        // only disk space, which the next prune retries.
+        if let Err(e) = crate::image::prune_seeds(daemon).await {
+            tracing::warn!(error = %e, "cannot remove unused work-disk seeds");
+        }
+    }
     Ok(())
 }
 
