@@ -73,6 +73,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/images"),
     ("post", "/v1/images/build"),
     ("post", "/v1/images/register"),
+    ("post", "/v1/images/prune"),
     ("get", "/v1/images/{name}"),
     ("delete", "/v1/images/{name}"),
     ("get", "/v1/vms"),
