@@ -23,8 +23,12 @@ crate::open_enum::open_enum! {
         DownloadFailed = "download_failed",
         /// An archive or file was malformed or unsafe to extract.
         BadArchive = "bad_archive",
-        /// Something exceeded a configured size limit.
+        /// Something exceeded a configured size limit (a request body too).
         TooLarge = "too_large",
+        /// The request body is not of a type the route reads (JSON, mostly).
+        UnsupportedMediaType = "unsupported_media_type",
+        /// The route exists but not with this method.
+        MethodNotAllowed = "method_not_allowed",
         /// The host cannot do what was asked.
         Unsupported = "unsupported",
         /// The guest did not come up: its VMM exited, or its agent never answered.

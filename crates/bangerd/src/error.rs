@@ -42,6 +42,26 @@ pub enum Error {
         /// Its name.
         name: String,
     },
+    /// The request body is larger than the daemon reads.
+    #[error("{0}")]
+    BodyTooLarge(String),
+    /// The request body is not of the type the route reads.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// No route has this path.
+    #[error("no route {path}; the routes are listed in /v1/openapi.json")]
+    NoRoute {
+        /// The path asked for.
+        path: String,
+    },
+    /// The route exists, but not with this method.
+    #[error("{path} does not answer {method}")]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
     /// A catalog problem.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -176,7 +196,10 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Error::NotFound { .. } => ErrorCode::NotFound,
+            Error::NotFound { .. } | Error::NoRoute { .. } => ErrorCode::NotFound,
+            Error::BodyTooLarge(_) => ErrorCode::TooLarge,
+            Error::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Error::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             Error::Busy { .. } => ErrorCode::Conflict,
             Error::Catalog(CatalogError::NotFound { .. }) => ErrorCode::NotFound,
@@ -250,6 +273,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::AlreadyExists | ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::ChecksumMismatch | ErrorCode::DownloadFailed => StatusCode::BAD_GATEWAY,
         ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorCode::BootFailed => StatusCode::GATEWAY_TIMEOUT,

@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use banger_api::{
     ApiError, Image, ImageBuildRequest, ImagePruneReport, ImageRegisterRequest, ObjectKind, Operation, OperationKind,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::extract::{Json, Path, Query};
 use super::{spawn, AtShutdown};
 use crate::error::{Error, Result};
 use crate::{image, Daemon};

@@ -5,16 +5,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use banger_api::{
     ApiError, CatalogListing, Event, Kernel, KernelImportRequest, KernelPullRequest, ObjectKind, Operation,
     OperationKind,
 };
 use banger_kernel::catalog;
 
+use super::extract::{Json, Path, Query};
 use super::{spawn, AtShutdown};
 use crate::error::{Error, Result};
 use crate::kernel;
@@ -59,7 +59,7 @@ pub struct RemoveQuery {
 pub async fn remove(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
-    axum::extract::Query(query): axum::extract::Query<RemoveQuery>,
+    Query(query): Query<RemoveQuery>,
 ) -> Result<StatusCode> {
     daemon.kernels.get(&name)?;
     let mut users: Vec<String> =

@@ -2,6 +2,7 @@
 //! description, through `utoipa-axum`, so the served document cannot miss a
 //! route.
 
+mod extract;
 mod images;
 mod kernels;
 mod operations;
@@ -11,13 +12,15 @@ mod vms;
 use std::sync::{Arc, OnceLock};
 
 use axum::http::StatusCode;
-use axum::{Json, Router};
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
 use banger_api::{Event, ObjectKind, Operation, OperationResult};
 use futures::future::BoxFuture;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use self::extract::Json;
 use crate::error::Result;
 use crate::operations::OperationHandle;
 use crate::Daemon;
@@ -156,7 +159,12 @@ where
 /// The router, ready to serve.
 pub fn router(daemon: Arc<Daemon>) -> Router {
     let (router, _) = api().split_for_parts();
-    router.with_state(daemon)
+    // The method fallback reaches only the routes registered before it.
+    router
+        .fallback(extract::no_route)
+        .method_not_allowed_fallback(extract::wrong_method)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .with_state(daemon)
 }
 
 /// The OpenAPI document describing every route.

@@ -3,15 +3,15 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::sse::{self, KeepAlive, Sse};
-use axum::Json;
 use banger_api::{ApiError, Event, Operation};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use utoipa::IntoParams;
 
+use super::extract::{Json, Path, Query};
 use crate::error::{Error, Result};
 use crate::Daemon;
 

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::Json;
 use banger_api::{ApiError, DoctorReport, Health};
 
+use super::extract::Json;
 use crate::error::{Error, Result};
 use crate::Daemon;
 

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use banger_api::{
     ApiError, DiskResizeRequest, ObjectKind, Operation, OperationKind, Vm, VmCreateRequest, VmSetRequest, VmState,
     EXEC_UPGRADE,
@@ -17,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::extract::{Json, Path, Query};
 use super::{spawn, AtShutdown};
 use crate::error::{Error, Result};
 use crate::vm::state::Admitted;
