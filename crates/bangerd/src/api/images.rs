@@ -32,7 +32,8 @@ pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -
 
 /// Starts building an image from a recipe, a directory or a tarball.
 #[utoipa::path(post, path = "/v1/images/build", tag = "images", request_body = ImageBuildRequest,
-    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError),
+        (status = 501, body = ApiError)))]
 pub async fn build(
     State(daemon): State<Arc<Daemon>>,
     Json(request): Json<ImageBuildRequest>,
@@ -47,7 +48,7 @@ pub async fn build(
 
 /// Starts registering an existing ext4 root filesystem.
 #[utoipa::path(post, path = "/v1/images/register", tag = "images", request_body = ImageRegisterRequest,
-    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn register(
     State(daemon): State<Arc<Daemon>>,
     Json(request): Json<ImageRegisterRequest>,

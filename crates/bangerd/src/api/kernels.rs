@@ -83,7 +83,7 @@ pub async fn remove(
 
 /// Starts pulling a catalog kernel; answers with the operation at once.
 #[utoipa::path(post, path = "/v1/kernels/pull", tag = "kernels", request_body = KernelPullRequest,
-    responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 502, body = ApiError)))]
 pub async fn pull(
     State(daemon): State<Arc<Daemon>>,
     Json(request): Json<KernelPullRequest>,
@@ -122,7 +122,8 @@ pub async fn import(
 /// it to a file and prints the catalog entry.
 #[utoipa::path(get, path = "/v1/kernels/{name}/bundle", tag = "kernels",
     params(("name" = String, Path, description = "Kernel name")),
-    responses((status = 200, description = "The bundle", content_type = "application/zstd"), (status = 404, body = ApiError)))]
+    responses((status = 200, description = "The bundle", content_type = "application/zstd"), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
 pub async fn bundle(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -> Result<Response> {
     daemon.kernels.get(&name)?;
     let lock = daemon.kernels.lock(&name)?;

@@ -6,6 +6,7 @@ mod extract;
 mod images;
 mod kernels;
 mod operations;
+mod responses;
 mod system;
 mod vms;
 
@@ -27,7 +28,8 @@ use crate::Daemon;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "bangerd", description = "The banger daemon's API over a unix socket: kernels, images, VMs, operations and events."),
+    info(title = "bangerd", description = "The banger daemon's API over a unix socket: kernels, images, VMs, operations and events. \
+Every error is an `ApiError` (`{code, message}` JSON); a path no route has answers 404 `not_found`, a method a route lacks 405 `method_not_allowed`."),
     tags(
         (name = "system", description = "Health, host checks and this document"),
         (name = "operations", description = "Long work and the event stream"),
@@ -173,6 +175,7 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     DOC.get_or_init(|| {
         let mut doc = api().split_for_parts().1;
         doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        responses::add_common(&mut doc);
         doc
     })
 }

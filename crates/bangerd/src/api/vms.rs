@@ -39,7 +39,8 @@ pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -
 
 /// Starts creating (and booting) a VM.
 #[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = VmCreateRequest,
-    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError),
+        (status = 501, body = ApiError)))]
 pub async fn create(
     State(daemon): State<Arc<Daemon>>,
     Json(request): Json<VmCreateRequest>,
@@ -107,7 +108,7 @@ pub async fn stop(
 
 /// Kills a VM's VMM at once (an operation), cancelling a boot or a stop in progress.
 #[utoipa::path(post, path = "/v1/vms/{name}/kill", tag = "vms", params(("name" = String, Path, description = "VM name")),
-    responses((status = 202, body = Operation), (status = 404, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn kill(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -153,7 +154,8 @@ pub async fn set(
 
 /// Grows a stopped VM's root disk.
 #[utoipa::path(post, path = "/v1/vms/{name}/disk/resize", tag = "vms", params(("name" = String, Path, description = "VM name")),
-    request_body = DiskResizeRequest, responses((status = 200, body = Vm), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    request_body = DiskResizeRequest, responses((status = 200, body = Vm), (status = 400, body = ApiError), (status = 409, body = ApiError),
+        (status = 501, body = ApiError)))]
 pub async fn resize_disk(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -172,7 +174,8 @@ pub struct LogsQuery {
 
 /// The VM's console output.
 #[utoipa::path(get, path = "/v1/vms/{name}/logs", tag = "vms", params(("name" = String, Path, description = "VM name"), LogsQuery),
-    responses((status = 200, description = "Console output", content_type = "text/plain"), (status = 404, body = ApiError)))]
+    responses((status = 200, description = "Console output", content_type = "text/plain"), (status = 404, body = ApiError),
+        (status = 501, body = ApiError)))]
 pub async fn logs(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
@@ -242,7 +245,8 @@ async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
 /// then stdin frames (empty for end of input) and `signal` requests; the
 /// daemon relays stdout, stderr and finally `exited` or `error`.
 #[utoipa::path(get, path = "/v1/vms/{name}/exec", tag = "vms", params(("name" = String, Path, description = "VM name")),
-    responses((status = 101, description = "Switching to the banger-exec/1 frame protocol"), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 101, description = "Switching to the banger-exec/1 frame protocol"), (status = 400, body = ApiError), (status = 409, body = ApiError),
+        (status = 501, body = ApiError)))]
 pub async fn exec(
     State(daemon): State<Arc<Daemon>>,
     Path(name): Path<String>,
