@@ -3,7 +3,7 @@
 //! [`HostCommands`] seam so unit tests can check the sequence with a fake.
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use banger_host::{HostCommand, HostCommands};
@@ -36,7 +36,9 @@ pub(crate) fn mkfs_ext4(
     size_bytes: u64,
 ) -> Result<(), ImageError> {
     require_tool(cmds, "mkfs.ext4", "e2fsprogs")?;
-    let out = OpenOptions::new().write(true).create(true).truncate(true).open(file).map_err(io_at(file))?;
+    // An image holds its root's secrets (/etc/shadow, keys): owner only.
+    let out =
+        OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file).map_err(io_at(file))?;
     out.set_len(size_bytes).map_err(io_at(file))?;
     drop(out);
     cmds.run(&HostCommand::new("mkfs.ext4").args(layout::mkfs_args(label, root, file)))?;

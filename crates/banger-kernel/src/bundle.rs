@@ -109,7 +109,8 @@ fn extract_entries<R: Read>(
             symlink(&link, &target).map_err(|source| BundleError::Io { path: target.clone(), source })?;
             continue;
         }
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        // Only the owner's bits: the store is readable by root alone.
+        let mode = entry.header().mode().unwrap_or(0o600) & 0o700;
         let mut file = File::create(&target).map_err(|source| BundleError::Io { path: target.clone(), source })?;
         let written = copy_member(&mut entry, &mut file, &target)?;
         file.set_permissions(fs::Permissions::from_mode(mode))

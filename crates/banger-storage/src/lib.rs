@@ -12,7 +12,7 @@ mod sys;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub use command::PlannedCommand;
@@ -173,7 +173,9 @@ fn dm_snapshot(
 
 /// Creates `dest`, which must not exist, and a guard that removes it unless kept.
 fn create_new(dest: &Path) -> Result<(File, RemoveUnlessKept<'_>), StorageError> {
-    let file = OpenOptions::new().read(true).write(true).create_new(true).open(dest).map_err(|e| {
+    // A disk is a guest's (or an image's) whole filesystem: owner only,
+    // whatever the source's mode.
+    let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(dest).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             StorageError::DestExists(dest.to_owned())
         } else {

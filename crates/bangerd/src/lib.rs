@@ -12,6 +12,7 @@ pub mod error;
 pub mod image;
 pub mod kernel;
 pub mod operations;
+pub mod permissions;
 mod socket;
 pub mod staging;
 pub mod vm;
@@ -113,8 +114,10 @@ pub struct Prepared {
 /// Takes the state root (a single-instance lock), opens the database,
 /// reconciles the stores and VMs, and binds the socket.
 pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
+    // Disks, images and kernels hold guests' and images' secrets: root only.
+    permissions::restrict_umask();
     let state_dir = &config.state_dir;
-    std::fs::create_dir_all(state_dir).map_err(error::Error::io("cannot create", state_dir))?;
+    permissions::create_private_dir(state_dir)?;
     let lock_path = state_dir.join("bangerd.lock");
     let lock = std::fs::File::create(&lock_path).map_err(error::Error::io("cannot create", &lock_path))?;
     if lock.try_lock().is_err() {
@@ -123,12 +126,16 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     // The run directory holds the VMs' pid files and sockets; a daemon
     // treats what it finds there as its own, so two must never share one.
     let run_dir = &config.run_dir;
-    std::fs::create_dir_all(run_dir).map_err(error::Error::io("cannot create", run_dir))?;
+    // By default the API socket lives here: group `banger` must reach it.
+    permissions::create_dir_with_mode(run_dir, permissions::SOCKET_DIR_MODE)
+        .map_err(error::Error::io("cannot create", run_dir))?;
     let run_lock_path = run_dir.join("bangerd.lock");
     let run_lock = std::fs::File::create(&run_lock_path).map_err(error::Error::io("cannot create", &run_lock_path))?;
     if run_lock.try_lock().is_err() {
         return Err(StartError::RunDirInUse(run_dir.clone()));
     }
+    // A state root an older banger made has 0644 disks in 0755 directories.
+    permissions::tighten(state_dir)?;
     let db = Arc::new(Db::open(&state_dir.join("banger.db"))?);
     let events = Events::new();
     let ops = Operations::open(Arc::clone(&db), events.clone())?;

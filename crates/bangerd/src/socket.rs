@@ -14,7 +14,7 @@ const SOCKET_GROUP: &str = "banger";
 pub fn bind(path: &Path) -> Result<UnixListener, StartError> {
     let bind_err = |source| StartError::Bind { path: path.to_owned(), source };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(bind_err)?;
+        crate::permissions::create_dir_with_mode(parent, crate::permissions::SOCKET_DIR_MODE).map_err(bind_err)?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
