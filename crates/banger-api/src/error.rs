@@ -35,6 +35,8 @@ crate::open_enum::open_enum! {
         BootFailed = "boot_failed",
         /// An operation was cut short by another (a boot by `vm kill`, say).
         Cancelled = "cancelled",
+        /// A filesystem banger writes to (its state root, say) is full.
+        NoSpace = "no_space",
         /// A bug or an unexpected host failure.
         Internal = "internal",
     }

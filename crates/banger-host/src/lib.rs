@@ -110,6 +110,12 @@ pub struct DiskSpace {
     pub total_bytes: u64,
 }
 
+/// Space on the filesystem that holds `path` (or would: its nearest
+/// existing ancestor is measured), when it can be read.
+pub fn disk_space(path: &Path) -> Option<DiskSpace> {
+    probe::disk_space(path)
+}
+
 impl Capabilities {
     /// Probes this host, using `state_dir` as the state root (it is created
     /// if missing, for the reflink test). Never fails: a probe that errors

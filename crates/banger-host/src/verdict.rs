@@ -12,6 +12,9 @@ const GIB: u64 = 1 << 30;
 const DISK_WARN_BYTES: u64 = 10 * GIB;
 /// Below this much free space the disk check fails.
 const DISK_FAIL_BYTES: u64 = GIB;
+/// Below this share of the filesystem free (in percent), the disk check
+/// warns, however large the filesystem.
+const DISK_WARN_PERCENT: u64 = 5;
 
 /// The virtual machine monitor banger runs guests with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +273,7 @@ fn disk_check(disk: Option<DiskSpace>, c: &Capabilities) -> Check {
     let detail = format!("{} free of {} at {dir}", gib(d.free_bytes), gib(d.total_bytes));
     if d.free_bytes < DISK_FAIL_BYTES {
         fail(NAME, detail, fix)
-    } else if d.free_bytes < DISK_WARN_BYTES {
+    } else if d.free_bytes < DISK_WARN_BYTES || d.free_bytes.saturating_mul(100) < d.total_bytes * DISK_WARN_PERCENT {
         warn(NAME, detail, fix)
     } else {
         pass(NAME, detail)
@@ -459,6 +462,12 @@ mod tests {
         assert_eq!(at(GIB / 2), CheckStatus::Fail);
         assert_eq!(at(5 * GIB), CheckStatus::Warn);
         assert_eq!(at(10 * GIB), CheckStatus::Pass);
+        let share = |free_bytes, total_bytes| {
+            let c = Capabilities { disk: Some(DiskSpace { free_bytes, total_bytes }), ..all_good() };
+            check(&checks(&c, None), "disk").status
+        };
+        assert_eq!(share(40 * GIB, 1000 * GIB), CheckStatus::Warn, "4% free of a big filesystem");
+        assert_eq!(share(60 * GIB, 1000 * GIB), CheckStatus::Pass);
         let c = Capabilities { disk: None, ..all_good() };
         assert_eq!(check(&checks(&c, None), "disk").status, CheckStatus::Warn);
     }

@@ -37,6 +37,19 @@ impl LoopFs {
         self.dir.path().join("mnt")
     }
 
+    /// Fills it: writes `name` (under the mount) until no byte more fits,
+    /// even for root, and returns its path; remove it to free the space.
+    pub fn fill(&self, name: &str) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join(name);
+        let mut file = std::fs::File::options().create(true).append(true).open(&path).expect("open the filler");
+        for chunk in [1 << 20, 64 << 10, 4 << 10, 1 << 10, 1] {
+            let bytes = vec![0xa5u8; chunk];
+            while file.write_all(&bytes).and_then(|()| file.sync_data()).is_ok() {}
+        }
+        path
+    }
+
     /// Bytes free on it.
     pub fn free_bytes(&self) -> u64 {
         let out = Command::new("df").args(["-B1", "--output=avail"]).arg(self.path()).output().unwrap();

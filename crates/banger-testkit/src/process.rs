@@ -16,6 +16,23 @@ pub struct DaemonProcess {
     pub client: Client,
     /// The temporary root holding state, run dir, socket and log.
     pub root: tempfile::TempDir,
+    binary: PathBuf,
+    state_dir: PathBuf,
+}
+
+/// Spawns `binary` on the config in `root`, its log appended to `root/bangerd.log`.
+fn spawn(binary: &Path, root: &Path) -> Child {
+    let log = std::fs::File::options().create(true).append(true).open(root.join("bangerd.log")).expect("log file");
+    Command::new(binary)
+        .arg("--config")
+        .arg(root.join("config.toml"))
+        .env_remove("BANGER_SOCKET")
+        .env_remove("BANGER_STATE_DIR")
+        .env_remove("BANGER_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn bangerd")
 }
 
 impl DaemonProcess {
@@ -23,31 +40,37 @@ impl DaemonProcess {
     /// `config` (TOML lines) added to a config naming its own paths, and
     /// waits until it answers.
     pub async fn start(binary: &Path, config: &str) -> DaemonProcess {
+        Self::start_with_state(binary, None, config).await
+    }
+
+    /// As [`DaemonProcess::start`], with the state root at `state_dir`
+    /// when given (on a small loop filesystem, say) instead of in its root.
+    pub async fn start_with_state(binary: &Path, state_dir: Option<&Path>, config: &str) -> DaemonProcess {
         let root = tempfile::tempdir().expect("temp root");
         let path = |name: &str| root.path().join(name).display().to_string();
+        let state = state_dir.map_or_else(|| path("state"), |dir| dir.display().to_string());
         let file = root.path().join("config.toml");
         let text = format!(
             "socket = {:?}\nstate_dir = {:?}\nrun_dir = {:?}\n{config}",
             path("bangerd.sock"),
-            path("state"),
+            state,
             path("run")
         );
         std::fs::write(&file, text).expect("write config");
-        let log = std::fs::File::create(root.path().join("bangerd.log")).expect("log file");
-        let child = Command::new(binary)
-            .arg("--config")
-            .arg(&file)
-            .env_remove("BANGER_SOCKET")
-            .env_remove("BANGER_STATE_DIR")
-            .env_remove("BANGER_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn bangerd");
+        let child = spawn(binary, root.path());
         let client = Client::new(root.path().join("bangerd.sock"));
-        let mut daemon = DaemonProcess { child, client, root };
+        let mut daemon = DaemonProcess { child, client, root, binary: binary.to_owned(), state_dir: state.into() };
         daemon.wait_ready().await;
         daemon
+    }
+
+    /// Starts the binary again on the same root and config, once the last
+    /// one has exited, and waits until it answers; panics with its log if
+    /// it exits instead.
+    pub async fn restart(&mut self) {
+        assert!(self.child.try_wait().expect("wait").is_some(), "the daemon still runs");
+        self.child = spawn(&self.binary, self.root.path());
+        self.wait_ready().await;
     }
 
     async fn wait_ready(&mut self) {
@@ -71,7 +94,7 @@ impl DaemonProcess {
 
     /// Its state root.
     pub fn state_dir(&self) -> PathBuf {
-        self.root.path().join("state")
+        self.state_dir.clone()
     }
 
     /// Where its log goes.
@@ -110,14 +133,23 @@ impl DaemonProcess {
 
     /// Sends SIGTERM and waits (at most 30 s) for it to exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_and_wait(rustix::process::Signal::TERM)
+    }
+
+    /// Sends SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.signal_and_wait(rustix::process::Signal::KILL)
+    }
+
+    fn signal_and_wait(&mut self, signal: rustix::process::Signal) -> ExitStatus {
         let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a child's pid is positive");
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        rustix::process::kill_process(pid, signal).expect("signal bangerd");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "bangerd did not stop within 30 s of SIGTERM");
+            assert!(Instant::now() < deadline, "bangerd did not stop within 30 s of {signal:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }

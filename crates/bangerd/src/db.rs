@@ -1,14 +1,19 @@
 //! The state database: one SQLite file under the state root, written only
 //! by this daemon. Schema changes are numbered migrations tracked in
-//! SQLite's `user_version`.
+//! SQLite's `user_version`. It keeps a rollback journal, never WAL: WAL's
+//! shared-memory file is mapped, and a page of it that a full filesystem
+//! cannot back kills the process with SIGBUS. A write that finds the
+//! filesystem full gives up the space reserve (see [`crate::space`]) and
+//! is tried once more.
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use banger_api::Operation;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::space::SpaceReserve;
 use crate::vm::ledger::{EntryId, Resource};
 
 /// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
@@ -49,9 +54,14 @@ const MIGRATIONS: &[&str] = &[
 /// How many operations the history keeps.
 const OPERATIONS_KEPT: u32 = 1000;
 
+/// The largest the persisted rollback journal is kept between writes.
+const JOURNAL_SIZE_LIMIT: i64 = 1 << 20;
+
 /// The open database.
 pub struct Db {
     conn: Mutex<Connection>,
+    path: PathBuf,
+    reserve: Arc<SpaceReserve>,
 }
 
 /// A kernel's row, without the paths the store derives. It is also the
@@ -76,14 +86,15 @@ pub struct KernelRow {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Db> {
+    /// Opens (creating if needed) the database and brings its schema up
+    /// to date; `reserve` is given up when a write finds the disk full.
+    pub fn open(path: &Path, reserve: Arc<SpaceReserve>) -> Result<Db> {
         let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&conn)?;
-        Ok(Db { conn: Mutex::new(conn) })
+        let db = Db { conn: Mutex::new(conn), path: path.to_owned(), reserve };
+        db.write(leave_wal)?;
+        db.write(migrate)?;
+        Ok(db)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -92,14 +103,36 @@ impl Db {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs a write; if the disk is full, gives up the space reserve and
+    /// runs it once more. SQLite has rolled back the failed attempt, and
+    /// every write here is idempotent, so a second run is safe.
+    fn write<T>(&self, work: impl Fn(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.conn();
+        match work(&conn) {
+            Err(e) if crate::space::is_db_full(&e) && self.reserve.release() => work(&conn),
+            done => done,
+        }
+        .map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: rusqlite::Error) -> Error {
+        if crate::space::is_db_full(&e) {
+            Error::no_space(self.path.clone(), e)
+        } else {
+            Error::Db(e)
+        }
+    }
+
     /// Inserts or replaces a kernel.
     pub fn put_kernel(&self, k: &KernelRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO kernels
-             (name, kernel_version, vmlinux_sha256, source, size_bytes, has_initrd, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![k.name, k.kernel_version, k.vmlinux_sha256, k.source, k.size_bytes, k.has_initrd, k.created_at],
-        )?;
+        self.write(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO kernels
+                 (name, kernel_version, vmlinux_sha256, source, size_bytes, has_initrd, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![k.name, k.kernel_version, k.vmlinux_sha256, k.source, k.size_bytes, k.has_initrd, k.created_at],
+            )
+        })?;
         Ok(())
     }
 
@@ -129,23 +162,24 @@ impl Db {
 
     /// Deletes a kernel's row; true if there was one.
     pub fn delete_kernel(&self, name: &str) -> Result<bool> {
-        Ok(self.conn().execute("DELETE FROM kernels WHERE name = ?1", [name])? > 0)
+        Ok(self.write(|conn| conn.execute("DELETE FROM kernels WHERE name = ?1", [name]))? > 0)
     }
 
     /// Records an operation's latest state.
     pub fn put_operation(&self, op: &Operation) -> Result<()> {
         let body = serde_json::to_string(op).map_err(|e| crate::error::Error::Internal(e.to_string()))?;
-        let conn = self.conn();
-        conn.execute(
-            "INSERT OR REPLACE INTO operations (id, body, created_at) VALUES (?1, ?2, ?3)",
-            params![op.id, body, op.created_at.to_string()],
-        )?;
-        // History is for people looking back, not an archive: keep the newest.
-        conn.execute(
-            "DELETE FROM operations WHERE rowid NOT IN
-             (SELECT rowid FROM operations ORDER BY created_at DESC, rowid DESC LIMIT ?1)",
-            [OPERATIONS_KEPT],
-        )?;
+        self.write(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO operations (id, body, created_at) VALUES (?1, ?2, ?3)",
+                params![op.id, body, op.created_at.to_string()],
+            )?;
+            // History is for people looking back, not an archive: keep the newest.
+            conn.execute(
+                "DELETE FROM operations WHERE rowid NOT IN
+                 (SELECT rowid FROM operations ORDER BY created_at DESC, rowid DESC LIMIT ?1)",
+                [OPERATIONS_KEPT],
+            )
+        })?;
         Ok(())
     }
 
@@ -153,7 +187,7 @@ impl Db {
     pub fn put_object<T: serde::Serialize>(&self, table: ObjectTable, name: &str, value: &T) -> Result<()> {
         let body = serde_json::to_string(value).map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         let sql = format!("INSERT OR REPLACE INTO {} (name, body) VALUES (?1, ?2)", table.name());
-        self.conn().execute(&sql, params![name, body])?;
+        self.write(|conn| conn.execute(&sql, params![name, body]))?;
         Ok(())
     }
 
@@ -185,7 +219,7 @@ impl Db {
     /// Deletes a JSON-bodied row; true if there was one.
     pub fn delete_object(&self, table: ObjectTable, name: &str) -> Result<bool> {
         let sql = format!("DELETE FROM {} WHERE name = ?1", table.name());
-        Ok(self.conn().execute(&sql, [name])? > 0)
+        Ok(self.write(|conn| conn.execute(&sql, [name]))? > 0)
     }
 
     /// One recorded operation.
@@ -207,14 +241,17 @@ impl Db {
 impl Db {
     /// Enters a resource in a VM's ledger.
     pub fn record_resource(&self, vm: &str, resource: &Resource) -> Result<EntryId> {
-        let conn = self.conn();
-        conn.execute("INSERT INTO vm_resources (vm, body) VALUES (?1, ?2)", params![vm, to_json(resource)?])?;
-        Ok(EntryId(conn.last_insert_rowid()))
+        let body = to_json(resource)?;
+        self.write(|conn| {
+            conn.execute("INSERT INTO vm_resources (vm, body) VALUES (?1, ?2)", params![vm, body])?;
+            Ok(EntryId(conn.last_insert_rowid()))
+        })
     }
 
     /// Rewrites a ledger entry (a VMM's process, once known).
     pub fn update_resource(&self, id: EntryId, resource: &Resource) -> Result<()> {
-        self.conn().execute("UPDATE vm_resources SET body = ?2 WHERE id = ?1", params![id.0, to_json(resource)?])?;
+        let body = to_json(resource)?;
+        self.write(|conn| conn.execute("UPDATE vm_resources SET body = ?2 WHERE id = ?1", params![id.0, body]))?;
         Ok(())
     }
 
@@ -236,7 +273,7 @@ impl Db {
 
     /// Removes a ledger entry: what it named is gone.
     pub fn forget_resource(&self, id: EntryId) -> Result<()> {
-        self.conn().execute("DELETE FROM vm_resources WHERE id = ?1", [id.0])?;
+        self.write(|conn| conn.execute("DELETE FROM vm_resources WHERE id = ?1", [id.0]))?;
         Ok(())
     }
 }
@@ -275,7 +312,23 @@ fn kernel_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KernelRow> {
     })
 }
 
-fn migrate(conn: &Connection) -> Result<()> {
+/// Puts the database in rollback-journal mode, leaving WAL if an older
+/// daemon left it there. The first access is made in exclusive locking
+/// mode so that leaving WAL keeps its index in memory and never maps the
+/// `-shm` file; normal locking resumes after (so tests can look inside).
+fn leave_wal(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    // PERSIST keeps the journal's blocks between writes, so a small write
+    // on a full filesystem often needs no new space.
+    let _: String = conn.pragma_update_and_check(None, "journal_mode", "PERSIST", |row| row.get(0))?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "locking_mode", "NORMAL")?;
+    // Normal locking takes effect at the next access, which lets go of the lock.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.unchecked_transaction()?;
@@ -289,6 +342,10 @@ fn migrate(conn: &Connection) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open(path: &Path) -> Db {
+        Db::open(path, Arc::new(SpaceReserve::new(path.parent().unwrap()))).unwrap()
+    }
 
     fn row(name: &str) -> KernelRow {
         KernelRow {
@@ -306,11 +363,11 @@ mod tests {
     fn migrates_once_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("banger.db");
-        let db = Db::open(&path).unwrap();
+        let db = open(&path);
         db.put_kernel(&row("b")).unwrap();
         db.put_kernel(&row("a")).unwrap();
         drop(db);
-        let db = Db::open(&path).unwrap();
+        let db = open(&path);
         let names: Vec<_> = db.kernels().unwrap().into_iter().map(|k| k.name).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(db.kernel("a").unwrap(), Some(row("a")));
@@ -325,7 +382,7 @@ mod tests {
     fn rows_from_before_typed_fields_still_load() {
         use banger_api::{DiskStrategy, ImageRecipe, ImageSource, OperationResult};
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("banger.db")).unwrap();
+        let db = open(&dir.path().join("banger.db"));
         let vm = serde_json::json!({
             "name": "dev", "state": "stopped", "image": "tiny", "kernel": "k", "vmm": "qemu", "kvm": false,
             "cpus": 1, "memory_mib": 256, "disk_size_bytes": 4096, "work_disk_bytes": null,

@@ -180,20 +180,62 @@ pub enum Error {
     /// The guest agent failed.
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
+    /// A filesystem is full: a write to `path` found no space.
+    #[error("no space left on the filesystem mounted at {} (writing {})", mount.display(), path.display())]
+    NoSpace {
+        /// What was being written.
+        path: PathBuf,
+        /// The mount point of its filesystem.
+        mount: PathBuf,
+        /// The write's failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl Error {
-    /// A constructor for `Io` that reads well in `map_err`.
+    /// A constructor for `Io` that reads well in `map_err`; a full
+    /// filesystem becomes [`Error::NoSpace`].
     pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { action, path, source }
+        move |source| {
+            if crate::space::is_no_space(&source) {
+                Error::no_space(path, source)
+            } else {
+                Error::Io { action, path, source }
+            }
+        }
+    }
+
+    /// A write to `path` that found its filesystem full.
+    pub fn no_space(path: PathBuf, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::NoSpace { mount: crate::space::mount_point(&path), path, source: Box::new(source) }
+    }
+
+    /// Whether this (or any cause under it) is a full filesystem.
+    pub fn is_no_space(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if matches!(e.downcast_ref::<Error>(), Some(Error::NoSpace { .. }))
+                || e.downcast_ref::<std::io::Error>().is_some_and(crate::space::is_no_space)
+                || e.downcast_ref::<rusqlite::Error>().is_some_and(crate::space::is_db_full)
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
     }
 
     /// The stable code clients see.
     pub fn code(&self) -> ErrorCode {
+        // Whatever failed, a full filesystem is what the user must fix.
+        if self.is_no_space() {
+            return ErrorCode::NoSpace;
+        }
         match self {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::NotFound { .. } | Error::NoRoute { .. } => ErrorCode::NotFound,
@@ -224,6 +266,7 @@ impl Error {
             Error::Vmm(banger_vmm::VmmError::InvalidSpec(_)) => ErrorCode::InvalidArgument,
             Error::Agent(crate::agent::AgentError::Version { .. }) => ErrorCode::Unsupported,
             Error::Vmm(_) | Error::Agent(_) => ErrorCode::Internal,
+            Error::NoSpace { .. } => ErrorCode::NoSpace,
             Error::Db(_) | Error::Io { .. } | Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -279,6 +322,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorCode::BootFailed => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Cancelled => StatusCode::CONFLICT,
+        ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::Internal | ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -286,7 +330,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let body = self.to_api();
-        if body.code == ErrorCode::Internal {
+        if matches!(body.code, ErrorCode::Internal | ErrorCode::NoSpace) {
             tracing::error!(error = %body.message, "request failed");
         }
         (status_for(body.code), axum::Json(body)).into_response()

@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod operations;
 pub mod permissions;
 mod socket;
+pub mod space;
 pub mod staging;
 pub mod vm;
 
@@ -47,6 +48,8 @@ pub struct Daemon {
     pub vms: vm::VmManager,
     /// What the host can do, probed at start.
     pub caps: banger_host::Capabilities,
+    /// The space the database gives up when the state filesystem is full.
+    pub reserve: Arc<space::SpaceReserve>,
     /// HTTP client for catalogs and pulls.
     pub http: reqwest::Client,
     /// Background work (operations, supervisors, exec relays), waited for
@@ -136,7 +139,8 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     }
     // A state root an older banger made has 0644 disks in 0755 directories.
     permissions::tighten(state_dir)?;
-    let db = Arc::new(Db::open(&state_dir.join("banger.db"))?);
+    let reserve = Arc::new(space::SpaceReserve::new(state_dir));
+    let db = Arc::new(Db::open(&state_dir.join("banger.db"), Arc::clone(&reserve))?);
     let events = Events::new();
     let ops = Operations::open(Arc::clone(&db), events.clone())?;
     let kernels = KernelStore::open(state_dir, Arc::clone(&db))?;
@@ -161,6 +165,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         images,
         vms: vm::VmManager::default(),
         caps,
+        reserve,
         http,
         tasks: tokio_util::task::TaskTracker::new(),
         shutdown,
@@ -173,6 +178,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
     );
     let daemon = Arc::new(daemon);
     vm::supervise::adopt_all(&daemon).await?;
+    space::keep_reserve(&daemon);
     // Seeds left by VMs removed before seeds were pruned, or half-made by a crash.
     if let Err(e) = image::prune_seeds(&daemon).await {
         tracing::warn!(error = %e, "cannot remove unused work-disk seeds");

@@ -127,13 +127,23 @@ impl Drop for Staging {
 
 /// Removes an object directory: renamed aside first (so a crash leaves a
 /// staging leftover, cleaned at start, not a half-deleted object), then
-/// `forget` (the database delete), then the files.
-pub fn remove_dir(dir: &Path, forget: impl FnOnce() -> Result<()>) -> Result<()> {
+/// `forget` (the database delete), then the files. When the filesystem is
+/// too full even for the delete, the files go first, to free the space it
+/// needs; should it fail still, the record names a directory that is gone,
+/// which the store drops at its next start.
+pub fn remove_dir(dir: &Path, forget: impl Fn() -> Result<()>) -> Result<()> {
     let retired = retired_path(dir, "rm");
     fs::rename(dir, &retired).map_err(Error::io("cannot remove", dir))?;
-    if let Err(e) = forget() {
-        let _ = fs::rename(&retired, dir);
-        return Err(e);
+    match forget() {
+        Ok(()) => {}
+        Err(e) if e.is_no_space() => {
+            fs::remove_dir_all(&retired).map_err(Error::io("cannot remove", &retired))?;
+            return forget();
+        }
+        Err(e) => {
+            let _ = fs::rename(&retired, dir);
+            return Err(e);
+        }
     }
     fs::remove_dir_all(&retired).map_err(Error::io("cannot remove", &retired))
 }

@@ -263,6 +263,7 @@ async fn doctor_reports_every_check() {
         "resolved",
         "disk",
         "agent",
+        "space_reserve",
     ];
     assert_eq!(names, want);
     for check in &report.checks {

@@ -33,6 +33,8 @@ pub async fn doctor(State(daemon): State<Arc<Daemon>>) -> Result<Json<DoctorRepo
     })
     .await
     .map_err(|e| Error::Internal(format!("doctor task: {e}")))?;
+    let mut checks = checks;
+    checks.push(crate::space::reserve_check(&daemon.reserve));
     Ok(Json(DoctorReport { checks }))
 }
 

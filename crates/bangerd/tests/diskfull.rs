@@ -1,0 +1,231 @@
+//! A full state filesystem, on a small loop-mounted ext4: what frees space
+//! (stop, kill, rm --force, image rm --force, kernel rm) still works and
+//! records what it did; a daemon killed on a full disk starts again and
+//! stops cleanly; `banger doctor` says when space is low and the reserve
+//! is gone. VMs run on the test driver (the real agent as a host process).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use banger_api::{
+    CheckStatus, ErrorCode, ImageBuildRequest, ImageRecipe, KernelImportRequest, Operation, OperationState, Vm,
+    VmCreateRequest, VmState,
+};
+use banger_client::Client;
+use banger_testkit::loopfs::LoopFs;
+use banger_testkit::{DaemonProcess, TestDaemon};
+use banger_vmm::local::{Local, LocalFaults};
+
+/// Every test here ends within this, whatever the daemon does.
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+async fn finished(client: &Client, op: Operation) -> Operation {
+    tokio::time::timeout(Duration::from_secs(60), client.wait(&op.id, |_| {}))
+        .await
+        .expect("the operation finishes in time")
+        .expect("the operation can be followed")
+}
+
+async fn succeed(client: &Client, op: Operation) -> Option<banger_api::OperationResult> {
+    let done = finished(client, op).await;
+    assert_eq!(done.state, OperationState::Succeeded, "{:?} {} failed: {:?}", done.kind, done.target, done.error);
+    done.result
+}
+
+fn vm_of(result: Option<banger_api::OperationResult>) -> Vm {
+    result.and_then(banger_api::OperationResult::into_vm).expect("the result is a VM")
+}
+
+async fn import_kernel(client: &Client, name: &str, vmlinux: &Path) {
+    let import = KernelImportRequest {
+        name: name.into(),
+        path: vmlinux.display().to_string(),
+        kind: None,
+        modules_dir: None,
+        force: false,
+    };
+    succeed(client, client.import_kernel(&import).await.unwrap()).await;
+}
+
+async fn build_tiny(client: &Client, name: &str, kernel: &str) {
+    let build = ImageBuildRequest {
+        name: name.into(),
+        recipe: Some(ImageRecipe::Tiny),
+        from_dir: None,
+        from_tar: None,
+        kernel: kernel.into(),
+        size_bytes: None,
+        force: false,
+    };
+    succeed(client, client.build_image(&build).await.unwrap()).await;
+}
+
+fn vm_request(name: &str) -> VmCreateRequest {
+    VmCreateRequest {
+        name: name.into(),
+        image: "tiny".into(),
+        kernel: None,
+        cpus: None,
+        memory_mib: Some(128),
+        disk_size_bytes: None,
+        work_disk_bytes: None,
+        vmm: None,
+        no_start: false,
+    }
+}
+
+/// Waits until `cond` holds, checking every 100 ms, for at most `within`.
+async fn eventually(within: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn agent() -> PathBuf {
+    tokio::task::spawn_blocking(banger_testkit::guest::agent_binary).await.unwrap()
+}
+
+/// Runs `op`, which must succeed, and says how long it took.
+async fn timed(client: &Client, what: &str, op: Operation) -> Option<banger_api::OperationResult> {
+    let started = Instant::now();
+    let result = succeed(client, op).await;
+    eprintln!("full disk: {what} took {:?}", started.elapsed());
+    result
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_kill_and_removals_work_on_a_full_state_filesystem() {
+    let Some(fs) = LoopFs::mount("ext4", 256) else { return };
+    let agent = agent().await;
+    banger_testkit::with_timeout(TEST_TIMEOUT, async move {
+        let state_dir = fs.path().join("state");
+        let daemon = TestDaemon::start_with(|c| {
+            c.state_dir = state_dir.clone();
+            c.agent_binary = Some(agent.clone());
+            c.test_driver = Some(Local { agent: agent.clone(), faults: LocalFaults::default() });
+            c.boot_timeout = Duration::from_secs(10);
+        })
+        .await;
+        let client = daemon.client.clone();
+        import_kernel(&client, "k", &agent).await;
+        import_kernel(&client, "k2", &agent).await;
+        build_tiny(&client, "tiny", "k").await;
+        for name in ["a", "b", "c"] {
+            let vm = vm_of(succeed(&client, client.create_vm(&vm_request(name)).await.unwrap()).await);
+            assert_eq!(vm.state, VmState::Running);
+        }
+        let reserve = state_dir.join("space.reserve");
+        eventually(Duration::from_secs(15), "the space reserve", || reserve.is_file()).await;
+        let doctor = client.doctor().await.unwrap();
+        let check = |name: &str| doctor.checks.iter().find(|c| c.name == name).cloned().expect(name);
+        assert_eq!(check("space_reserve").status, CheckStatus::Pass, "{:?}", check("space_reserve"));
+
+        let filler = fs.fill("filler");
+        eprintln!("full disk: {} bytes free after filling", fs.free_bytes());
+
+        let stopped = vm_of(timed(&client, "vm stop", client.stop_vm("a", false).await.unwrap()).await);
+        assert_eq!(stopped.state, VmState::Stopped);
+        assert!(!reserve.exists(), "the first write that found no space gave up the reserve");
+        let killed = vm_of(timed(&client, "vm kill", client.stop_vm("b", true).await.unwrap()).await);
+        assert_eq!((killed.state, killed.pid), (VmState::Stopped, None), "the kill's record says stopped");
+        timed(&client, "vm rm --force", client.remove_vm("c", true).await.unwrap()).await;
+        assert!(!state_dir.join("vms/c").exists(), "c's disks are gone");
+        let started = Instant::now();
+        client.remove_image("tiny", true).await.expect("image rm --force works on a full disk");
+        eprintln!("full disk: image rm --force took {:?}", started.elapsed());
+        let started = Instant::now();
+        client.remove_kernel("k2", false).await.expect("kernel rm works on a full disk");
+        eprintln!("full disk: kernel rm took {:?}", started.elapsed());
+
+        let vms: Vec<(String, VmState)> = client.vms().await.unwrap().into_iter().map(|v| (v.name, v.state)).collect();
+        assert_eq!(vms, [("a".to_owned(), VmState::Stopped), ("b".to_owned(), VmState::Stopped)]);
+        assert!(client.images().await.unwrap().is_empty());
+        let kernels: Vec<String> = client.kernels().await.unwrap().into_iter().map(|k| k.name).collect();
+        assert_eq!(kernels, ["k"]);
+
+        // Full again, with no reserve left: a write fails with its own code
+        // and names the filesystem.
+        let second = fs.fill("filler2");
+        let doctor = client.doctor().await.unwrap();
+        let check = |name: &str| doctor.checks.iter().find(|c| c.name == name).cloned().expect(name);
+        assert_eq!(check("space_reserve").status, CheckStatus::Warn, "{:?}", check("space_reserve"));
+        assert_ne!(check("disk").status, CheckStatus::Pass, "{:?}", check("disk"));
+        let import = KernelImportRequest {
+            name: "k3".into(),
+            path: agent.display().to_string(),
+            kind: None,
+            modules_dir: None,
+            force: false,
+        };
+        let done = finished(&client, client.import_kernel(&import).await.unwrap()).await;
+        assert_eq!(done.state, OperationState::Failed);
+        let api = done.error.expect("a failed import says why");
+        assert_eq!(api.code, ErrorCode::NoSpace, "{api:?}");
+        let mount = fs.path().canonicalize().unwrap();
+        assert!(api.message.contains(&format!("filesystem mounted at {}", mount.display())), "{api:?}");
+        assert!(client.kernel("k3").await.is_err(), "nothing of the failed import remains");
+
+        std::fs::remove_file(filler).unwrap();
+        std::fs::remove_file(second).unwrap();
+        eventually(Duration::from_secs(15), "the reserve made again once space returned", || reserve.is_file()).await;
+        succeed(&client, client.remove_vm("a", false).await.unwrap()).await;
+        succeed(&client, client.remove_vm("b", false).await.unwrap()).await;
+        drop(daemon);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_on_a_full_disk_starts_again_and_stops_cleanly() {
+    let Some(fs) = LoopFs::mount("ext4", 128) else { return };
+    let agent = agent().await;
+    banger_testkit::with_timeout(TEST_TIMEOUT, async move {
+        let state_dir = fs.path().join("state");
+        let config = format!("[vms]\nagent_binary = {:?}\n", agent.display().to_string());
+        let mut daemon =
+            DaemonProcess::start_with_state(Path::new(env!("CARGO_BIN_EXE_bangerd")), Some(&state_dir), &config).await;
+        let client = daemon.client.clone();
+        import_kernel(&client, "k", &agent).await;
+        build_tiny(&client, "tiny", "k").await;
+        let status = daemon.kill();
+        assert!(!status.success());
+
+        // What a daemon from before this one left: the database in WAL
+        // mode with its shared-memory index, as a crash leaves them.
+        let db = state_dir.join("banger.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        conn.execute("INSERT INTO operations (id, body, created_at) VALUES ('op-x', '{}', '2026-01-01T00:00:00Z')", [])
+            .unwrap();
+        let saved: Vec<(PathBuf, Vec<u8>)> = ["banger.db", "banger.db-wal", "banger.db-shm"]
+            .iter()
+            .map(|f| (state_dir.join(f), std::fs::read(state_dir.join(f)).expect(f)))
+            .collect();
+        drop(conn);
+        for (path, bytes) in saved {
+            std::fs::write(path, bytes).unwrap();
+        }
+
+        fs.fill("filler");
+        let started = Instant::now();
+        daemon.restart().await;
+        eprintln!("full disk: restart after SIGKILL answered in {:?}", started.elapsed());
+        assert_eq!(client.images().await.unwrap().len(), 1, "its state is all there");
+        client.remove_image("tiny", false).await.expect("image rm works after the restart");
+        client.remove_kernel("k", false).await.expect("kernel rm works after the restart");
+
+        let status = daemon.terminate();
+        assert_eq!(status.code(), Some(0), "SIGTERM on a full disk exits 0; its log:\n{}", daemon.log());
+        let started = Instant::now();
+        daemon.restart().await;
+        eprintln!("full disk: restart after SIGTERM answered in {:?}", started.elapsed());
+        assert!(client.kernels().await.unwrap().is_empty());
+        assert_eq!(daemon.terminate().code(), Some(0));
+        let log = daemon.log();
+        assert!(!log.contains("panicked"), "{log}");
+    })
+    .await;
+}
