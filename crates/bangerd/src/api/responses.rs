@@ -1,6 +1,7 @@
 //! The answers every route can give besides its own, added to the served
 //! document in one place: what the request parser refuses (by what the
-//! route reads: path, query, body) and internal failures. A handler's
+//! route reads: path, query, body), a full state filesystem (on routes
+//! that write) and internal failures. A handler's
 //! `#[utoipa::path]` lists only what its own logic answers.
 
 use utoipa::openapi::path::{Operation, ParameterIn};
@@ -10,15 +11,24 @@ use utoipa::openapi::{Content, OpenApi, Ref, RefOr, Response};
 /// and gives each answer without a description its status's.
 pub fn add_common(doc: &mut OpenApi) {
     for item in doc.paths.paths.values_mut() {
-        let operations =
-            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch, &mut item.head];
-        for operation in operations.into_iter().flatten() {
-            add_to(operation);
+        // Only reads answer GET and HEAD; every other method may write.
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.put, true),
+            (&mut item.post, true),
+            (&mut item.delete, true),
+            (&mut item.patch, true),
+            (&mut item.head, false),
+        ];
+        for (operation, writes) in operations {
+            if let Some(operation) = operation {
+                add_to(operation, writes);
+            }
         }
     }
 }
 
-fn add_to(operation: &mut Operation) {
+fn add_to(operation: &mut Operation, writes: bool) {
     let reads = |place: ParameterIn| {
         operation.parameters.iter().flatten().any(|p| std::mem::discriminant(&p.parameter_in) == std::mem::discriminant(&place))
     };
@@ -34,6 +44,9 @@ fn add_to(operation: &mut Operation) {
         common.push(("400", "The body is not valid JSON for this request, or a value is out of range"));
         common.push(("413", "The body is larger than the daemon reads"));
         common.push(("415", "The body is not `Content-Type: application/json`"));
+    }
+    if writes {
+        common.push(("507", "The state filesystem is full (`no_space`); the message names its mount point"));
     }
     common.push(("500", "An internal failure (state database, host I/O, a bug)"));
 
@@ -84,7 +97,7 @@ mod tests {
         let health = get("/v1/health").get.as_ref().unwrap();
         assert_eq!(statuses(health), ["200", "500"]);
         let patch = get("/v1/vms/{name}").patch.as_ref().unwrap();
-        for status in ["200", "400", "404", "409", "413", "415", "500"] {
+        for status in ["200", "400", "404", "409", "413", "415", "500", "507"] {
             assert!(statuses(patch).iter().any(|s| s == status), "PATCH lacks {status}: {:?}", statuses(patch));
         }
         let remove = get("/v1/images/{name}").delete.as_ref().unwrap();
