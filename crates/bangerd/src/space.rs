@@ -135,7 +135,8 @@ pub fn keep_reserve(daemon: &Arc<Daemon>) {
 /// Writes `len` zero bytes to a new file and syncs it, so its blocks are
 /// allocated.
 fn write_full(path: &Path, len: u64) -> std::io::Result<()> {
-    let mut file = std::fs::File::create(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::File::options().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     let chunk = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
