@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod image;
 pub mod kernel;
+pub mod limits;
 pub mod operations;
 pub mod permissions;
 mod socket;

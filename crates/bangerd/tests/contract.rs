@@ -136,7 +136,8 @@ async fn a_wrong_method_says_which_methods_the_route_has() {
 async fn parser_messages_name_what_is_wrong() {
     let daemon = TestDaemon::start().await;
     let answer =
-        send(&daemon, &format!("POST /v1/vms HTTP/1.1\r\n{JSON}"), b"{\"name\":\"a\",\"image\":\"i\",\"colour\":1}").await;
+        send(&daemon, &format!("POST /v1/vms HTTP/1.1\r\n{JSON}"), b"{\"name\":\"a\",\"image\":\"i\",\"colour\":1}")
+            .await;
     let message = answer.error().message;
     assert!(message.contains("unknown field `colour`"), "{message}");
     let answer = send(&daemon, "POST /v1/vms HTTP/1.1", b"{}").await;

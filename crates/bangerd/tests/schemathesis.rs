@@ -18,8 +18,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(170);
 const DEFAULT_SCHEMATHESIS: &str = "/opt/banger-test/venv/bin/schemathesis";
 
 /// What every answer is checked for.
-const CHECKS: &str =
-    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
 
 /// Cases per operation and phase: enough for the coverage phase's edge
 /// values and some random ones, inside the time limit on a busy machine.

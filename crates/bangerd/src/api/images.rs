@@ -36,9 +36,10 @@ pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -
         (status = 501, body = ApiError)))]
 pub async fn build(
     State(daemon): State<Arc<Daemon>>,
-    Json(request): Json<ImageBuildRequest>,
+    Json(mut request): Json<ImageBuildRequest>,
 ) -> Result<(StatusCode, Json<Operation>)> {
-    image::validate_build(&request)?;
+    image::validate_build(&mut request)?;
+    crate::kernel::resolve::check_known(&daemon, &request.kernel).await?;
     image::agent_binary(&daemon)?;
     let lock = daemon.images.claim(&request.name, request.force)?;
     let op = daemon.ops.start(OperationKind::ImageBuild, &request.name, 4, "resolve kernel")?;
@@ -54,6 +55,7 @@ pub async fn register(
     Json(request): Json<ImageRegisterRequest>,
 ) -> Result<(StatusCode, Json<Operation>)> {
     image::validate_register(&request)?;
+    crate::kernel::resolve::check_known(&daemon, &request.kernel).await?;
     let lock = daemon.images.claim(&request.name, request.force)?;
     let op = daemon.ops.start(OperationKind::ImageRegister, &request.name, 3, "resolve kernel")?;
     let created = Some((ObjectKind::Image, request.name.clone()));

@@ -12,8 +12,8 @@ mod vms;
 
 use std::sync::{Arc, OnceLock};
 
-use axum::http::StatusCode;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::Router;
 use banger_api::{Event, ObjectKind, Operation, OperationResult};
 use futures::future::BoxFuture;

@@ -30,7 +30,11 @@ pub fn add_common(doc: &mut OpenApi) {
 
 fn add_to(operation: &mut Operation, writes: bool) {
     let reads = |place: ParameterIn| {
-        operation.parameters.iter().flatten().any(|p| std::mem::discriminant(&p.parameter_in) == std::mem::discriminant(&place))
+        operation
+            .parameters
+            .iter()
+            .flatten()
+            .any(|p| std::mem::discriminant(&p.parameter_in) == std::mem::discriminant(&place))
     };
     let mut common: Vec<(&str, &str)> = Vec::new();
     if reads(ParameterIn::Path) {
@@ -106,7 +110,11 @@ mod tests {
             for op in [&item.get, &item.post, &item.delete, &item.patch].into_iter().flatten() {
                 for response in op.responses.responses.values() {
                     let RefOr::T(response) = response else { continue };
-                    assert!(!response.description.is_empty(), "{:?} has an answer without a description", op.operation_id);
+                    assert!(
+                        !response.description.is_empty(),
+                        "{:?} has an answer without a description",
+                        op.operation_id
+                    );
                 }
             }
         }

@@ -43,11 +43,14 @@ pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -
         (status = 501, body = ApiError)))]
 pub async fn create(
     State(daemon): State<Arc<Daemon>>,
-    Json(request): Json<VmCreateRequest>,
+    Json(mut request): Json<VmCreateRequest>,
 ) -> Result<(StatusCode, Json<Operation>)> {
     crate::vm::validate_name(&request.name)?;
     let guard = daemon.vms.try_lock(&request.name)?;
-    create::validate(&daemon, &request)?;
+    create::validate(&daemon, &mut request)?;
+    if let Some(kernel) = &request.kernel {
+        crate::kernel::resolve::check_known(&daemon, kernel).await?;
+    }
     let steps = if request.no_start { 3 } else { 5 };
     let op = daemon.ops.start(OperationKind::VmCreate, &request.name, steps, "resolve image and kernel")?;
     let created = Some((ObjectKind::Vm, request.name.clone()));

@@ -96,7 +96,7 @@ pub async fn prune_seeds(daemon: &Arc<Daemon>) -> Result<banger_api::ImagePruneR
 }
 
 /// Checks a build request before its operation starts.
-pub fn validate_build(request: &ImageBuildRequest) -> Result<()> {
+pub fn validate_build(request: &mut ImageBuildRequest) -> Result<()> {
     let sources = [request.recipe.is_some(), request.from_dir.is_some(), request.from_tar.is_some()];
     if sources.iter().filter(|s| **s).count() != 1 {
         return Err(Error::InvalidArgument("give exactly one of a recipe, --from-dir or --from-tar".into()));
@@ -106,6 +106,7 @@ pub fn validate_build(request: &ImageBuildRequest) -> Result<()> {
             return Err(Error::InvalidArgument(format!("{path} must be an absolute path that exists")));
         }
     }
+    request.size_bytes = request.size_bytes.map(|size| crate::limits::disk_size("size_bytes", size, 0)).transpose()?;
     Ok(())
 }
 

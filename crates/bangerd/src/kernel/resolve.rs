@@ -31,3 +31,21 @@ pub async fn resolve(daemon: &Arc<Daemon>, name: &str, op: &OperationHandle) -> 
     daemon.events.publish(banger_api::Event::Created { kind: banger_api::ObjectKind::Kernel, name: name.to_owned() });
     Ok(kernel)
 }
+
+/// Refuses, before any work starts, a kernel name that is empty or names
+/// neither a stored kernel nor a catalog entry.
+pub async fn check_known(daemon: &Daemon, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("kernel must name a kernel (see `banger kernel list`)".into()));
+    }
+    match daemon.kernels.get(name) {
+        Ok(_) => return Ok(()),
+        Err(Error::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let entries = super::catalog::load(&daemon.http, &daemon.config.catalogs).await?;
+    match banger_kernel::catalog::lookup(&entries, name) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::NotFound { kind: "kernel (locally or in the catalog)", name: name.to_owned() }),
+    }
+}

@@ -12,6 +12,7 @@ use super::ledger::{self, Resource};
 use super::{lifecycle, VmGuard, VmRecord};
 use crate::db::ObjectTable;
 use crate::error::{Error, Result};
+use crate::limits::{self, HostLimits};
 use crate::operations::{now_rfc3339, OperationHandle};
 use crate::Daemon;
 
@@ -33,42 +34,25 @@ pub enum CreateStep {
     Boot,
 }
 
-/// Checks a vCPU count.
-pub fn check_cpus(cpus: u32) -> Result<()> {
-    if cpus == 0 || cpus > 64 {
-        return Err(Error::InvalidArgument("--cpus must be between 1 and 64".into()));
-    }
-    Ok(())
-}
-
-/// Checks a memory size.
-pub fn check_memory(memory_mib: u32) -> Result<()> {
-    if memory_mib < 64 {
-        return Err(Error::InvalidArgument("--memory must be at least 64 MiB".into()));
-    }
-    Ok(())
-}
-
-/// Checks a create request before its operation starts: names, sizes,
+/// Checks a create request before its operation starts: names, ranges,
 /// duplicates and the image, so plain mistakes are answered at once and
-/// nothing is made.
-pub fn validate(daemon: &Daemon, request: &VmCreateRequest) -> Result<()> {
+/// nothing is made. Disk sizes are rounded up to whole MiB in `request`,
+/// so the record keeps the sizes the files get.
+pub fn validate(daemon: &Daemon, request: &mut VmCreateRequest) -> Result<()> {
     super::validate_name(&request.name)?;
     if daemon.db.object::<VmRecord>(ObjectTable::Vms, &request.name)?.is_some() {
         daemon.admit(&request.name, super::VmAction::Create)?;
     }
-    request.cpus.map(check_cpus).transpose()?;
-    request.memory_mib.map(check_memory).transpose()?;
-    if request.work_disk_bytes.is_some_and(|size| size < 1 << 20) {
-        return Err(Error::InvalidArgument("--work-disk must be at least 1 MiB".into()));
-    }
+    let host = HostLimits::probe();
+    request.cpus.map(|n| host.check_cpus(n)).transpose()?;
+    request.memory_mib.map(|n| host.check_memory(n)).transpose()?;
+    request.work_disk_bytes =
+        request.work_disk_bytes.map(|size| limits::disk_size("work_disk_bytes", size, 1 << 20)).transpose()?;
     let image = daemon.images.get(&request.image)?;
-    if request.disk_size_bytes.is_some_and(|size| size < image.size_bytes) {
-        return Err(Error::InvalidArgument(format!(
-            "--disk-size must be at least the image's size ({} bytes)",
-            image.size_bytes
-        )));
-    }
+    request.disk_size_bytes = request
+        .disk_size_bytes
+        .map(|size| limits::disk_size("disk_size_bytes (at least the image's size)", size, image.size_bytes))
+        .transpose()?;
     daemon.driver(&new_record(daemon, request, &image))?;
     Ok(())
 }
@@ -86,7 +70,7 @@ fn new_record(daemon: &Daemon, request: &VmCreateRequest, image: &banger_api::Im
         cpus: request.cpus.unwrap_or(DEFAULT_CPUS),
         memory_mib: request.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
         disk_size_bytes: request.disk_size_bytes.unwrap_or(image.size_bytes),
-        work_disk_bytes: request.work_disk_bytes.map(|size| size.next_multiple_of(4096)),
+        work_disk_bytes: request.work_disk_bytes,
         disk_strategy: strategy_name(daemon.cow_strategy()).to_owned(),
         agent_version: None,
         created_at: now_rfc3339(),

@@ -269,13 +269,12 @@ pub async fn forget(daemon: &Arc<Daemon>, record: VmRecord) -> Result<()> {
 pub async fn set(daemon: &Arc<Daemon>, name: &str, request: VmSetRequest) -> Result<Vm> {
     let _guard = daemon.vms.lock(name).await;
     let (mut record, _) = readmit(daemon, name, VmAction::Set)?;
+    let host = crate::limits::HostLimits::probe();
     if let Some(cpus) = request.cpus {
-        super::create::check_cpus(cpus)?;
-        record.cpus = cpus;
+        record.cpus = host.check_cpus(cpus)?;
     }
     if let Some(memory) = request.memory_mib {
-        super::create::check_memory(memory)?;
-        record.memory_mib = memory;
+        record.memory_mib = host.check_memory(memory)?;
     }
     daemon.save_vm(&record)?;
     daemon.vm_view(&record)
@@ -285,6 +284,7 @@ pub async fn set(daemon: &Arc<Daemon>, name: &str, request: VmSetRequest) -> Res
 pub async fn resize_disk(daemon: &Arc<Daemon>, name: &str, size_bytes: u64) -> Result<Vm> {
     let _guard = daemon.vms.lock(name).await;
     let (mut record, _) = readmit(daemon, name, VmAction::ResizeDisk)?;
+    let size_bytes = crate::limits::disk_size("size_bytes", size_bytes, 0)?;
     if size_bytes < record.disk_size_bytes {
         return Err(Error::InvalidArgument(format!(
             "disks only grow: {name} has {} bytes, asked for {size_bytes}",

@@ -1,0 +1,272 @@
+//! Numbers in requests are range-checked before any work starts (vCPUs and
+//! memory against the host, disk sizes against the 16 TiB ceiling, the
+//! kernel of an image build), with a 400 or 404 and nothing left behind;
+//! disk sizes are rounded up to whole MiB, and the record says what the
+//! file has. VMs run on the test driver; none is booted.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use banger_api::{
+    ErrorCode, ImageBuildRequest, ImageRecipe, KernelPullRequest, Operation, OperationState, Vm, VmCreateRequest,
+    VmSetRequest,
+};
+use banger_client::Client;
+use banger_testkit::bundles::{entry, good_bundle};
+use banger_testkit::{prereq, Canned, HttpServer, TestDaemon};
+use banger_vmm::local::{Local, LocalFaults};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
+
+/// A daemon with kernel "k" (pulled from a loopback catalog) and image
+/// "tiny", its VMs on the test driver.
+async fn daemon(server: &HttpServer) -> TestDaemon {
+    let agent = banger_testkit::guest::agent_binary();
+    let daemon = TestDaemon::start_with(|c| {
+        c.agent_binary = Some(agent.clone());
+        c.test_driver = Some(Local { agent: agent.clone(), faults: LocalFaults::default() });
+        c.boot_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let bundle = good_bundle("ranges");
+    daemon.set_catalog(vec![entry("k", &server.route("/k.tar.zst", Canned::ok(bundle.clone())), &bundle)]);
+    let client = &daemon.client;
+    succeed(client, client.pull_kernel(&KernelPullRequest { name: "k".into(), force: false }).await.unwrap()).await;
+    let build = ImageBuildRequest {
+        name: "tiny".into(),
+        recipe: Some(ImageRecipe::Tiny),
+        from_dir: None,
+        from_tar: None,
+        kernel: "k".into(),
+        size_bytes: None,
+        force: false,
+    };
+    succeed(client, client.build_image(&build).await.unwrap()).await;
+    daemon
+}
+
+async fn succeed(client: &Client, op: Operation) -> Option<banger_api::OperationResult> {
+    let done = tokio::time::timeout(Duration::from_secs(60), client.wait(&op.id, |_| {})).await.unwrap().unwrap();
+    assert_eq!(done.state, OperationState::Succeeded, "{:?} failed: {:?}", done.kind, done.error);
+    done.result
+}
+
+fn request(name: &str) -> VmCreateRequest {
+    VmCreateRequest {
+        name: name.into(),
+        image: "tiny".into(),
+        kernel: None,
+        cpus: None,
+        memory_mib: Some(128),
+        disk_size_bytes: None,
+        work_disk_bytes: None,
+        vmm: None,
+        no_start: true,
+    }
+}
+
+/// The error of a refused request, after checking its code.
+fn refused<T: std::fmt::Debug>(result: banger_client::Result<T>, code: ErrorCode) -> String {
+    let error = result.expect_err("the request should be refused");
+    let api = error.api().unwrap_or_else(|| panic!("not an API error: {error}"));
+    assert_eq!(api.code, code, "{api:?}");
+    api.message.clone()
+}
+
+fn host_cpus() -> u32 {
+    u32::try_from(std::thread::available_parallelism().unwrap().get()).unwrap()
+}
+
+fn host_memory_mib() -> u32 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    u32::try_from(kib / 1024).unwrap()
+}
+
+fn len(path: PathBuf) -> u64 {
+    std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_creates_are_refused_before_the_operation() {
+    if !prereq::require("root, to build the tiny image", prereq::is_root()) {
+        return;
+    }
+    prereq::with_timeout(TEST_TIMEOUT, async {
+        let server = HttpServer::start().await;
+        let daemon = daemon(&server).await;
+        let client = &daemon.client;
+        let ops_before = client.operations().await.unwrap().len();
+        let too_many_cpus = host_cpus() + 1;
+        let too_much_memory = host_memory_mib() + 1;
+        let cases: Vec<(&str, VmCreateRequest, ErrorCode, &str)> = vec![
+            (
+                "no cpus",
+                VmCreateRequest { cpus: Some(0), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "cpus must be between 1 and",
+            ),
+            (
+                "more cpus than the host",
+                VmCreateRequest { cpus: Some(too_many_cpus), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "(the host's CPUs)",
+            ),
+            (
+                "too little memory",
+                VmCreateRequest { memory_mib: Some(63), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "memory must be between 64 MiB",
+            ),
+            (
+                "more memory than the host",
+                VmCreateRequest { memory_mib: Some(too_much_memory), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "(the host's memory)",
+            ),
+            (
+                "u32::MAX memory",
+                VmCreateRequest { memory_mib: Some(u32::MAX), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "(the host's memory)",
+            ),
+            (
+                "a work disk of u64::MAX",
+                VmCreateRequest { work_disk_bytes: Some(u64::MAX), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "work_disk_bytes must be at most",
+            ),
+            (
+                "a work disk of 17 TiB",
+                VmCreateRequest { work_disk_bytes: Some(17 << 40), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "(16 TiB less 1 MiB)",
+            ),
+            (
+                "a work disk under 1 MiB",
+                VmCreateRequest { work_disk_bytes: Some(MIB - 1), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "at least 1048576 bytes",
+            ),
+            (
+                "a root disk past 2^63",
+                VmCreateRequest { disk_size_bytes: Some(1 << 63), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "disk_size_bytes",
+            ),
+            (
+                "a root disk under the image",
+                VmCreateRequest { disk_size_bytes: Some(4096), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "at least the image's size",
+            ),
+            (
+                "an unknown kernel",
+                VmCreateRequest { kernel: Some("nope".into()), ..request("a") },
+                ErrorCode::NotFound,
+                "\"nope\"",
+            ),
+            (
+                "an empty kernel",
+                VmCreateRequest { kernel: Some(String::new()), ..request("a") },
+                ErrorCode::InvalidArgument,
+                "kernel must name a kernel",
+            ),
+        ];
+        for (what, create, code, says) in cases {
+            let message = refused(client.create_vm(&create).await, code);
+            assert!(message.contains(says), "{what}: {message}");
+        }
+        assert!(client.vms().await.unwrap().is_empty(), "a refused create left a VM");
+        assert!(!daemon.config.state_dir.join("vms/a").exists(), "a refused create left files");
+        assert_eq!(client.operations().await.unwrap().len(), ops_before, "a refused create started an operation");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_sizes_are_rounded_up_to_mib_in_the_record_and_the_file() {
+    if !prereq::require("root, to build the tiny image", prereq::is_root()) {
+        return;
+    }
+    prereq::with_timeout(TEST_TIMEOUT, async {
+        let server = HttpServer::start().await;
+        let daemon = daemon(&server).await;
+        let client = &daemon.client;
+        let vms = daemon.config.state_dir.join("vms");
+
+        let create = VmCreateRequest { work_disk_bytes: Some(MIB + 1), ..request("v") };
+        let vm: Vm = succeed(client, client.create_vm(&create).await.unwrap()).await.and_then(|r| r.into_vm()).unwrap();
+        assert_eq!(vm.work_disk_bytes, Some(2 * MIB));
+        assert_eq!(len(vms.join("v/work.ext4")), 2 * MIB);
+        assert_eq!(len(vms.join("v/root.ext4")), vm.disk_size_bytes);
+
+        // The case: 104857601 bytes made a 104857600-byte file
+        // while the record said 104857601.
+        let grown = client.resize_vm_disk("v", 104_857_601).await.unwrap();
+        assert_eq!(grown.disk_size_bytes, 101 * MIB);
+        assert_eq!(len(vms.join("v/root.ext4")), 101 * MIB);
+        assert_eq!(client.vm("v").await.unwrap().disk_size_bytes, 101 * MIB);
+
+        for size in [17 << 40, 1 << 63, u64::MAX] {
+            let message = refused(client.resize_vm_disk("v", size).await, ErrorCode::InvalidArgument);
+            assert!(message.contains("size_bytes must be at most"), "{size}: {message}");
+        }
+        assert_eq!(len(vms.join("v/root.ext4")), 101 * MIB, "a refused resize changed the file");
+
+        for (set, says) in [
+            (VmSetRequest { cpus: Some(0), memory_mib: None }, "cpus must be between 1 and"),
+            (VmSetRequest { cpus: Some(host_cpus() + 1), memory_mib: None }, "(the host's CPUs)"),
+            (VmSetRequest { cpus: None, memory_mib: Some(host_memory_mib() + 1) }, "(the host's memory)"),
+        ] {
+            let message = refused(client.set_vm("v", &set).await, ErrorCode::InvalidArgument);
+            assert!(message.contains(says), "{set:?}: {message}");
+        }
+        let after = client.vm("v").await.unwrap();
+        assert_eq!((after.cpus, after.memory_mib), (vm.cpus, vm.memory_mib), "a refused set changed the VM");
+        let set = client.set_vm("v", &VmSetRequest { cpus: Some(host_cpus()), memory_mib: Some(64) }).await.unwrap();
+        assert_eq!((set.cpus, set.memory_mib), (host_cpus(), 64));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_build_with_an_empty_or_unknown_kernel_is_refused_before_the_operation() {
+    if !prereq::require("root, to build the tiny image", prereq::is_root()) {
+        return;
+    }
+    prereq::with_timeout(TEST_TIMEOUT, async {
+        let server = HttpServer::start().await;
+        let daemon = daemon(&server).await;
+        let client = &daemon.client;
+        let ops_before = client.operations().await.unwrap().len();
+        let build = |kernel: &str, size_bytes: Option<u64>| ImageBuildRequest {
+            name: "other".into(),
+            recipe: Some(ImageRecipe::Tiny),
+            from_dir: None,
+            from_tar: None,
+            kernel: kernel.into(),
+            size_bytes,
+            force: false,
+        };
+        let message = refused(client.build_image(&build("", None)).await, ErrorCode::InvalidArgument);
+        assert_eq!(message, "kernel must name a kernel (see `banger kernel list`)");
+        let message = refused(client.build_image(&build("nope", None)).await, ErrorCode::NotFound);
+        assert!(message.contains("\"nope\""), "{message}");
+        let message = refused(client.build_image(&build("k", Some(u64::MAX))).await, ErrorCode::InvalidArgument);
+        assert!(message.starts_with("size_bytes must be at most"), "{message}");
+        assert_eq!(client.operations().await.unwrap().len(), ops_before, "a refused build started an operation");
+        let names: Vec<String> = client.images().await.unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["tiny"]);
+    })
+    .await;
+}
