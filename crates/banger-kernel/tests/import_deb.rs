@@ -7,7 +7,7 @@ use std::fs;
 use std::io::Read;
 use std::path::PathBuf;
 
-use banger_kernel::import::{self, bzimage, modinfo, ImportOptions, SourceKind};
+use banger_kernel::import::{self, bzimage, modinfo, open_source, ImportOptions, SourceFile, SourceKind};
 
 /// The package; `None` without apt (a SKIP; under CI a failure).
 fn kernel_deb() -> Option<PathBuf> {
@@ -41,14 +41,13 @@ fn read_cpio(mut data: &[u8]) -> Vec<CpioEntry> {
 #[test]
 fn import_real_debian_cloud_kernel() {
     let Some(deb) = kernel_deb() else { return };
-    assert_eq!(import::detect_kind(&deb).unwrap(), SourceKind::Deb);
+    let source = SourceFile::new(open_source(&deb).unwrap(), &deb, None).unwrap();
+    assert_eq!(source.kind(), SourceKind::Deb);
 
     let dest = tempfile::tempdir().unwrap();
     let mut steps = Vec::new();
-    let imported = import::import(&deb, SourceKind::Deb, &ImportOptions::default(), dest.path(), &mut |s| {
-        steps.push(s.to_string())
-    })
-    .unwrap();
+    let imported =
+        import::import(source, &ImportOptions::default(), dest.path(), &mut |s| steps.push(s.to_string())).unwrap();
     eprintln!("imported: {imported:?}\nsteps: {steps:?}");
 
     let vmlinux = fs::read(dest.path().join("vmlinux")).unwrap();
@@ -100,15 +99,20 @@ fn import_real_debian_cloud_kernel() {
 #[test]
 fn import_bzimage_from_real_debian_package_is_lz4() {
     let Some(deb) = kernel_deb() else { return };
-    let pkg = import::deb::read_kernel_package(&deb, None).unwrap();
-    let header = bzimage::parse_header(&pkg.vmlinuz).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vmlinuz_path = dir.path().join("vmlinuz");
+    let pkg = import::deb::read_kernel_package(fs::File::open(&deb).unwrap(), &deb, &vmlinuz_path, None).unwrap();
+    let vmlinuz = fs::read(&vmlinuz_path).unwrap();
+    let header = bzimage::parse_header(&vmlinuz, vmlinuz.len() as u64).unwrap();
     let start = header.protected_mode_offset + header.payload_offset;
-    assert_eq!(bzimage::Compression::detect(&pkg.vmlinuz[start..]), Some(bzimage::Compression::Lz4Legacy));
-    assert_eq!(bzimage::kernel_version(&pkg.vmlinuz).as_deref(), Some(pkg.release.as_str()));
-    let vmlinux = bzimage::extract_vmlinux(&pkg.vmlinuz).unwrap();
+    assert_eq!(bzimage::Compression::detect(&vmlinuz[start..]), Some(bzimage::Compression::Lz4Legacy));
+    assert_eq!(bzimage::kernel_version(&vmlinuz).as_deref(), Some(pkg.release.as_str()));
+    let vmlinux_path = dir.path().join("vmlinux");
+    bzimage::extract_vmlinux_file(&mut fs::File::open(&vmlinuz_path).unwrap(), &vmlinux_path).unwrap();
+    let vmlinux = fs::read(&vmlinux_path).unwrap();
     assert_eq!(&vmlinux[..4], b"\x7fELF");
     // The size the build appended after the payload matches.
     let end = start + header.payload_length;
-    let appended = u32::from_le_bytes(pkg.vmlinuz[end - 4..end].try_into().unwrap());
+    let appended = u32::from_le_bytes(vmlinuz[end - 4..end].try_into().unwrap());
     assert_eq!(appended as usize, vmlinux.len());
 }

@@ -251,6 +251,10 @@ impl Error {
             Error::Bundle(BundleError::Io { .. }) => ErrorCode::Internal,
             Error::Bundle(_) => ErrorCode::BadArchive,
             Error::Import(ImportError::Io { .. }) => ErrorCode::Internal,
+            Error::Import(ImportError::TooLarge { .. }) => ErrorCode::TooLarge,
+            Error::Import(ImportError::NotRegularFile { .. } | ImportError::NotADirectory { .. }) => {
+                ErrorCode::InvalidArgument
+            }
             Error::Import(ImportError::Busybox { .. }) => ErrorCode::Unsupported,
             Error::Import(_) => ErrorCode::BadArchive,
             Error::Download { .. } => ErrorCode::DownloadFailed,

@@ -21,8 +21,8 @@ use bangerd::vm::create::CreateStep;
 /// Every test here ends within this, whatever the daemon does.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A daemon whose VMs run on the test driver, with a kernel (any ELF will
-/// do: nothing boots it) and the tiny image.
+/// A daemon whose VMs run on the test driver, with a kernel (the testkit's
+/// fake vmlinux: nothing boots it) and the tiny image.
 struct Harness {
     daemon: TestDaemon,
     client: Client,
@@ -40,9 +40,11 @@ async fn harness(agent: &Path, adjust: impl FnOnce(&mut bangerd::Config)) -> Har
     })
     .await;
     let client = daemon.client.clone();
+    let vmlinux = daemon.root.path().join("vmlinux");
+    std::fs::write(&vmlinux, banger_testkit::bundles::fake_vmlinux("lifecycle")).unwrap();
     let import = KernelImportRequest {
         name: "k".into(),
-        path: agent.display().to_string(),
+        path: vmlinux.display().to_string(),
         kind: None,
         modules_dir: None,
         force: false,

@@ -170,8 +170,8 @@ async fn bad_requests_and_failed_creates_leave_nothing_body() {
     no_image.image = "nope".into();
     assert_eq!(client.create_vm(&no_image).await.unwrap_err().api().map(|e| e.code), Some(ErrorCode::NotFound));
 
-    // A kernel that is an ELF but not a kernel: the VMM starts, the guest
-    // never answers, and the create rolls back.
+    // A kernel that passes the import's checks but boots nothing (the
+    // testkit's fake vmlinux): the create fails and rolls back.
     let bogus = daemon.root.path().join("bogus-vmlinux");
     std::fs::write(&bogus, banger_testkit::bundles::fake_vmlinux("not a kernel")).unwrap();
     let import = KernelImportRequest {

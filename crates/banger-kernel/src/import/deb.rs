@@ -1,13 +1,18 @@
 //! Reading a Debian `linux-image-*` package: the ar archive, its control
 //! fields, and from `data.tar.*` the bzImage (`/boot/vmlinuz-<release>`) and
-//! the modules tree, streamed to disk without unpacking anything else.
+//! the modules tree, streamed to disk without unpacking anything else. Every
+//! member decompresses through a limit.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use super::modtree::TreeBudget;
+use super::source::{copy_to_file, limit_or, LimitedReader, BZIMAGE_MAX, DEB_CONTROL_MAX, DEB_DATA_MAX};
 use super::{io_err, modtree, ImportError};
+
+/// More of the control file than any package has.
+const CONTROL_FILE_MAX: u64 = 1 << 20;
 
 const AR_MAGIC: &[u8; 8] = b"!<arch>\n";
 const AR_HEADER_LEN: usize = 60;
@@ -19,8 +24,6 @@ pub struct KernelPackage {
     pub package: Option<String>,
     /// The kernel release, from `/boot/vmlinuz-<release>`.
     pub release: String,
-    /// The bzImage.
-    pub vmlinuz: Vec<u8>,
     /// Whether `<modules_dest>/<release>/` was written.
     pub has_modules: bool,
 }
@@ -45,11 +48,16 @@ fn parse_member_header(header: &[u8; AR_HEADER_LEN]) -> Option<(String, u64)> {
     Some((name.to_string(), size))
 }
 
-/// Reads the kernel package at `path`: returns its bzImage and, when
-/// `modules_dest` is given, writes the modules tree to
-/// `modules_dest/<release>/` (symlinks skipped, modules decompressed).
-pub fn read_kernel_package(path: &Path, modules_dest: Option<&Path>) -> Result<KernelPackage, ImportError> {
-    let file = File::open(path).map_err(io_err("read", path))?;
+/// Reads the kernel package `file` (from `path`): writes its bzImage to
+/// `vmlinuz_dest` and, when `modules_dest` is given, its modules to
+/// `modules_dest/<release>/` (modules and `modules.*` files only, modules
+/// decompressed, symlinks skipped).
+pub fn read_kernel_package(
+    file: impl Read,
+    path: &Path,
+    vmlinuz_dest: &Path,
+    modules_dest: Option<&Path>,
+) -> Result<KernelPackage, ImportError> {
     let mut reader = BufReader::new(file);
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic).map_err(io_err("read", path))?;
@@ -68,11 +76,13 @@ pub fn read_kernel_package(path: &Path, modules_dest: Option<&Path>) -> Result<K
         let (name, size) =
             parse_member_header(&header).ok_or_else(|| ImportError::InvalidDeb("malformed ar member header".into()))?;
         let mut member = (&mut reader).take(size);
-        let member_err = |source| ImportError::DebMember { member: name.clone(), source };
+        let member_err = |source| limit_or(source, |source| ImportError::DebMember { member: name.clone(), source });
         if name.starts_with("control.tar") {
-            control = read_control(decompressor(&name, &mut member)?).map_err(member_err)?;
+            let control_tar = LimitedReader::new(decompressor(&name, &mut member)?, DEB_CONTROL_MAX, "control.tar");
+            control = read_control(control_tar).map_err(member_err)?;
         } else if name.starts_with("data.tar") {
-            data = Some(read_data(decompressor(&name, &mut member)?, modules_dest, &name)?);
+            let data_tar = LimitedReader::new(decompressor(&name, &mut member)?, DEB_DATA_MAX, "data.tar");
+            data = Some(read_data(data_tar, vmlinuz_dest, modules_dest, &name)?);
             // Nothing after data.tar matters.
             break;
         }
@@ -84,19 +94,14 @@ pub fn read_kernel_package(path: &Path, modules_dest: Option<&Path>) -> Result<K
         }
     }
     let data = data.ok_or_else(|| ImportError::InvalidDeb("no data.tar member".into()))?;
-    let Some((release, vmlinuz)) = data.vmlinuz else {
+    let Some(release) = data.vmlinuz else {
         return Err(ImportError::MetaPackage { package: control.package, depends: control.kernel_dependency });
     };
     let other_releases: Vec<&String> = data.module_releases.iter().filter(|r| **r != release).collect();
     if !other_releases.is_empty() {
         return Err(ImportError::InvalidDeb(format!("modules for {other_releases:?} do not match kernel {release}")));
     }
-    Ok(KernelPackage {
-        package: control.package,
-        has_modules: data.module_releases.contains(&release),
-        release,
-        vmlinuz,
-    })
+    Ok(KernelPackage { package: control.package, has_modules: data.module_releases.contains(&release), release })
 }
 
 fn decompressor<'a>(name: &str, reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>, ImportError> {
@@ -120,12 +125,12 @@ struct ControlFields {
 fn read_control(reader: impl Read) -> io::Result<ControlFields> {
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries()? {
-        let mut entry = entry?;
+        let entry = entry?;
         if entry.path()?.file_name() != Some("control".as_ref()) {
             continue;
         }
         let mut text = String::new();
-        entry.read_to_string(&mut text)?;
+        entry.take(CONTROL_FILE_MAX).read_to_string(&mut text)?;
         return Ok(parse_control(&text));
     }
     Ok(ControlFields::default())
@@ -144,13 +149,20 @@ fn parse_control(text: &str) -> ControlFields {
 
 #[derive(Debug, Default)]
 struct DataContents {
-    vmlinuz: Option<(String, Vec<u8>)>,
+    /// The release of the `/boot/vmlinuz-<release>` written.
+    vmlinuz: Option<String>,
     module_releases: BTreeSet<String>,
 }
 
-fn read_data(reader: impl Read, modules_dest: Option<&Path>, member: &str) -> Result<DataContents, ImportError> {
-    let member_err = |source| ImportError::DebMember { member: member.to_string(), source };
+fn read_data(
+    reader: impl Read,
+    vmlinuz_dest: &Path,
+    modules_dest: Option<&Path>,
+    member: &str,
+) -> Result<DataContents, ImportError> {
+    let member_err = |source| limit_or(source, |source| ImportError::DebMember { member: member.to_string(), source });
     let mut contents = DataContents::default();
+    let mut budgets: std::collections::BTreeMap<String, TreeBudget> = Default::default();
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(member_err)? {
         let mut entry = entry.map_err(member_err)?;
@@ -171,25 +183,25 @@ fn read_data(reader: impl Read, modules_dest: Option<&Path>, member: &str) -> Re
             if contents.vmlinuz.is_some() {
                 return Err(ImportError::InvalidDeb("more than one /boot/vmlinuz-*".into()));
             }
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).map_err(member_err)?;
-            contents.vmlinuz = Some((release, data));
+            if entry.size() > BZIMAGE_MAX {
+                return Err(ImportError::TooLarge { what: path.display().to_string(), limit: BZIMAGE_MAX });
+            }
+            copy_to_file(&mut entry, vmlinuz_dest, BZIMAGE_MAX, "the package's vmlinuz", member_err)?;
+            contents.vmlinuz = Some(release);
         } else if let Some((release, rel)) = modules_path(&path) {
             let Some(dest) = modules_dest else { continue };
             if !modtree::is_valid_release(&release) {
                 return Err(ImportError::UnsafePath { path });
             }
-            let root = dest.join(&release);
-            if kind.is_dir() {
-                let dir = root.join(&rel);
-                std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-            } else if kind.is_file() {
-                modtree::install_file(&mut entry, &root, &rel)?;
-            } else {
-                // Symlinks (`build`, `source`) and anything else stay out.
+            // Directories come with their files; symlinks (`build`,
+            // `source`) and anything else stay out.
+            if !kind.is_file() {
                 continue;
             }
-            contents.module_releases.insert(release);
+            let budget = budgets.entry(release.clone()).or_default();
+            if modtree::install_file(&mut entry, &dest.join(&release), &rel, budget)? {
+                contents.module_releases.insert(release);
+            }
         }
     }
     Ok(contents)
@@ -270,6 +282,10 @@ pub(crate) mod tests {
         ar_archive(&[("debian-binary", b"2.0\n"), ("control.tar.xz", &control_tar), ("data.tar.xz", &data_tar)])
     }
 
+    fn read(path: &Path, vmlinuz: &Path, modules: Option<&Path>) -> Result<KernelPackage, ImportError> {
+        read_kernel_package(std::fs::File::open(path).unwrap(), path, vmlinuz, modules)
+    }
+
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(data).unwrap();
@@ -279,7 +295,8 @@ pub(crate) mod tests {
     #[test]
     fn package_yields_vmlinuz_and_modules() {
         let dir = tempfile::tempdir().unwrap();
-        let ko_gz = gz(b"module bytes");
+        let module = modtree::tests::module_bytes(b"module bytes");
+        let ko_gz = gz(&module);
         let deb = make_deb(
             "Package: linux-image-6.1.0-1-test\nVersion: 1\n",
             &[
@@ -292,6 +309,7 @@ pub(crate) mod tests {
                 TarItem::File("./lib/modules/6.1.0-1-test/kernel/a.ko.gz", &ko_gz),
                 TarItem::File("./lib/modules/6.1.0-1-test/modules.builtin", b"kernel/b.ko\n"),
                 TarItem::Symlink("./lib/modules/6.1.0-1-test/build", "/usr/src/x"),
+                TarItem::File("./lib/modules/6.1.0-1-test/kernel/notes.txt", b"not a module"),
                 TarItem::File("./usr/share/doc/x/changelog", b"log"),
             ],
         );
@@ -299,18 +317,20 @@ pub(crate) mod tests {
         std::fs::write(&path, &deb).unwrap();
         assert!(looks_like_deb(&deb));
         let mods = dir.path().join("modules");
-        let pkg = read_kernel_package(&path, Some(&mods)).unwrap();
+        let vmlinuz = dir.path().join("vmlinuz");
+        let pkg = read(&path, &vmlinuz, Some(&mods)).unwrap();
         assert_eq!(pkg.package.as_deref(), Some("linux-image-6.1.0-1-test"));
         assert_eq!(pkg.release, "6.1.0-1-test");
-        assert_eq!(pkg.vmlinuz, b"bzimage");
+        assert_eq!(std::fs::read(&vmlinuz).unwrap(), b"bzimage");
         assert!(pkg.has_modules);
         let root = mods.join("6.1.0-1-test");
-        assert_eq!(std::fs::read(root.join("kernel/a.ko")).unwrap(), b"module bytes");
+        assert_eq!(std::fs::read(root.join("kernel/a.ko")).unwrap(), module);
         assert!(root.join("modules.builtin").is_file());
         assert!(std::fs::symlink_metadata(root.join("build")).is_err());
+        assert!(!root.join("kernel/notes.txt").exists(), "only modules and modules.* files");
 
         // Without a destination, modules are left alone.
-        let pkg = read_kernel_package(&path, None).unwrap();
+        let pkg = read(&path, &vmlinuz, None).unwrap();
         assert!(!pkg.has_modules);
     }
 
@@ -323,7 +343,7 @@ pub(crate) mod tests {
         );
         let path = dir.path().join("meta.deb");
         std::fs::write(&path, &deb).unwrap();
-        let err = read_kernel_package(&path, None).unwrap_err();
+        let err = read(&path, &dir.path().join("vmlinuz"), None).unwrap_err();
         match &err {
             ImportError::MetaPackage { package, depends } => {
                 assert_eq!(package.as_deref(), Some("linux-image-cloud-amd64"));
@@ -351,7 +371,7 @@ pub(crate) mod tests {
         let path = dir.path().join("evil.deb");
         std::fs::write(&path, &deb).unwrap();
         let mods = dir.path().join("modules");
-        let err = read_kernel_package(&path, Some(&mods)).unwrap_err();
+        let err = read(&path, &dir.path().join("vmlinuz"), Some(&mods)).unwrap_err();
         assert!(matches!(err, ImportError::UnsafePath { .. }), "{err}");
         assert!(!dir.path().join("evil.x").exists());
     }

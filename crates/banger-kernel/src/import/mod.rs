@@ -1,19 +1,24 @@
 //! Importing a kernel from files on the host: an ELF vmlinux, an x86 bzImage
-//! or a Debian `linux-image-*` package, plus its modules tree. A kernel whose
-//! virtio drivers are modules gets a small busybox initramfs that loads them
-//! and switches to the guest's root filesystem.
+//! or a Debian `linux-image-*` package, plus its modules tree. Only what is
+//! really a Linux kernel and its modules is taken, every source and every
+//! decompression is streamed through a size limit. A kernel whose virtio
+//! drivers are modules gets a small busybox initramfs that loads them and
+//! switches to the guest's root filesystem.
 
 pub mod bzimage;
 pub mod deb;
+pub mod elf;
 pub mod initramfs;
 pub mod modinfo;
 mod modtree;
+pub mod source;
 
 use std::fs;
-use std::io;
+use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 
 use modinfo::{ModuleIndex, ModuleState};
+pub use source::{open_source, ModulesDir, SourceFile};
 
 /// Modules the guest needs for its devices, in a sensible load order. Any of
 /// them built into the kernel is skipped.
@@ -63,11 +68,51 @@ pub enum ImportError {
         /// The file that was examined.
         path: PathBuf,
     },
-    /// A file given as a vmlinux does not start with the ELF magic.
-    #[error("{} is not an ELF file", path.display())]
-    NotElf {
+    /// A source is a device, a FIFO, a socket or a directory.
+    #[error("{} is {what}, not a regular file", path.display())]
+    NotRegularFile {
+        /// The source.
+        path: PathBuf,
+        /// What it is instead, e.g. "a character device".
+        what: &'static str,
+    },
+    /// A modules directory is not a directory.
+    #[error("{} is {what}, not a modules directory", path.display())]
+    NotADirectory {
+        /// The path given as the modules directory.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
+    },
+    /// A source, or what decompresses out of it, passed its size limit.
+    #[error("{what} is larger than the limit of {}", source::human(*limit))]
+    TooLarge {
+        /// What passed the limit: a file, or e.g. "the decompressed kernel payload".
+        what: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// A file given as a vmlinux is not a Linux kernel.
+    #[error("{} is not a Linux kernel: {reason}", path.display())]
+    NotKernel {
         /// The file that was examined.
         path: PathBuf,
+        /// What it lacks.
+        reason: &'static str,
+    },
+    /// A modules directory holds no module.
+    #[error("{} holds no kernel modules (*.ko, *.ko.xz, *.ko.zst or *.ko.gz)", path.display())]
+    NoModules {
+        /// The modules directory.
+        path: PathBuf,
+    },
+    /// A modules directory is not shaped like one.
+    #[error("{} is not a modules tree: {reason}", path.display())]
+    InvalidModulesTree {
+        /// Where the walk found the problem.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
     },
     /// The bzImage setup header is malformed.
     #[error("not a valid bzImage: {0}")]
@@ -84,9 +129,9 @@ pub enum ImportError {
         #[source]
         source: io::Error,
     },
-    /// The decompressed bzImage payload is not an ELF image.
-    #[error("the decompressed kernel payload is not an ELF vmlinux")]
-    PayloadNotElf,
+    /// The decompressed bzImage payload is not a Linux vmlinux.
+    #[error("the decompressed kernel payload is not a Linux vmlinux: {0}")]
+    PayloadNotKernel(&'static str),
     /// The Debian package is malformed or holds something unexpected.
     #[error("not a valid kernel package: {0}")]
     InvalidDeb(String),
@@ -113,7 +158,8 @@ pub enum ImportError {
         /// The offending path.
         path: PathBuf,
     },
-    /// A `.ko` file is not a relocatable ELF64 with a `.modinfo` section.
+    /// A `.ko` file is not an x86_64 relocatable ELF64 (with a `.modinfo`
+    /// section, when it is one the guest loads).
     #[error("{} is not a loadable kernel module: {reason}", path.display())]
     InvalidModule {
         /// The module file.
@@ -179,19 +225,30 @@ pub enum SourceKind {
     Deb,
 }
 
+impl SourceKind {
+    /// How the README and errors call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Vmlinux => "vmlinux",
+            SourceKind::BzImage => "bzImage",
+            SourceKind::Deb => "package",
+        }
+    }
+}
+
 /// Choices for an import beyond the source file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ImportOptions {
     /// A `/lib/modules/<release>` directory to take the modules from. For a
     /// package it replaces the package's own modules.
-    pub modules_dir: Option<PathBuf>,
+    pub modules: Option<ModulesDir>,
     /// A statically linked busybox, copied into the initramfs.
     pub busybox: PathBuf,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        Self { modules_dir: None, busybox: PathBuf::from("/bin/busybox") }
+        Self { modules: None, busybox: PathBuf::from("/bin/busybox") }
     }
 }
 
@@ -208,83 +265,67 @@ pub struct ImportedKernel {
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
-/// Detects the kind of kernel file from its first bytes: the ELF magic for a
-/// vmlinux, `HdrS` at 0x202 for a bzImage, an ar archive with a
-/// `debian-binary` member for a package.
-pub fn detect_kind(path: &Path) -> Result<SourceKind, ImportError> {
-    use io::Read;
-    let mut head = Vec::with_capacity(0x208);
-    fs::File::open(path).and_then(|f| f.take(0x208).read_to_end(&mut head)).map_err(io_err("read", path))?;
-    kind_from_head(&head).ok_or_else(|| ImportError::UnknownKind { path: path.to_path_buf() })
-}
-
-fn kind_from_head(head: &[u8]) -> Option<SourceKind> {
-    if head.starts_with(ELF_MAGIC) {
-        Some(SourceKind::Vmlinux)
-    } else if head.get(0x202..0x206) == Some(b"HdrS") {
-        Some(SourceKind::BzImage)
-    } else if deb::looks_like_deb(head) {
-        Some(SourceKind::Deb)
-    } else {
-        None
-    }
-}
-
-/// Imports the kernel at `path` into `dest`, which exists and is empty.
+/// Imports the kernel `source` into `dest`, which exists and is empty.
 ///
-/// Writes `dest/vmlinux` (an ELF) and, when the kernel has its virtio drivers
-/// as modules, `dest/initrd.img` and `dest/modules/<release>/` (the whole
-/// modules tree, with every module stored uncompressed as `.ko`). Reports
-/// each step's name through `progress`. On error, `dest` may hold part of
-/// the result; the caller removes it.
+/// Writes `dest/vmlinux` (checked to be a Linux kernel) and, when the
+/// kernel has its virtio drivers as modules, `dest/initrd.img` and
+/// `dest/modules/<release>/` (the modules and `modules.*` files, with every
+/// module stored uncompressed as `.ko`). Reports each step's name through
+/// `progress`. On error, `dest` may hold part of the result; the caller
+/// removes it.
 pub fn import(
-    path: &Path,
-    kind: SourceKind,
+    source: SourceFile,
     opts: &ImportOptions,
     dest: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<ImportedKernel, ImportError> {
     let modules_root = dest.join("modules");
-    let (vmlinux, mut version, mut release) = match kind {
+    let vmlinux_path = dest.join("vmlinux");
+    let SourceFile { mut file, path, kind, .. } = source;
+    let (mut version, mut release) = match kind {
         SourceKind::Vmlinux => {
             progress("copy vmlinux");
-            let data = fs::read(path).map_err(io_err("read", path))?;
-            if !data.starts_with(ELF_MAGIC) {
-                return Err(ImportError::NotElf { path: path.to_path_buf() });
-            }
-            let version = find_linux_version(&data);
-            (data, version, None)
+            // SourceFile::new checked it is a Linux kernel.
+            file.rewind().map_err(io_err("read", &path))?;
+            let out = fs::File::create(&vmlinux_path).map_err(io_err("create", &vmlinux_path))?;
+            let mut scanner = elf::VersionScanner::new(io::BufWriter::new(out));
+            source::copy_limited(
+                &file,
+                &mut scanner,
+                source::VMLINUX_MAX,
+                "the vmlinux",
+                io_err("read", &path),
+                &vmlinux_path,
+            )?;
+            (scanner.finish(), None)
         }
         SourceKind::BzImage => {
             progress("extract vmlinux");
-            let data = fs::read(path).map_err(io_err("read", path))?;
-            let version = bzimage::kernel_version(&data);
-            (bzimage::extract_vmlinux(&data)?, version, None)
+            (bzimage::extract_vmlinux_file(&mut file, &vmlinux_path)?, None)
         }
         SourceKind::Deb => {
             progress("unpack package");
-            let modules_dest = opts.modules_dir.is_none().then_some(modules_root.as_path());
-            let pkg = deb::read_kernel_package(path, modules_dest)?;
+            let vmlinuz = dest.join("vmlinuz");
+            let modules_dest = opts.modules.is_none().then_some(modules_root.as_path());
+            let pkg = deb::read_kernel_package(&file, &path, &vmlinuz, modules_dest)?;
             progress("extract vmlinux");
-            let vmlinux = bzimage::extract_vmlinux(&pkg.vmlinuz)?;
+            let mut bz = fs::File::open(&vmlinuz).map_err(io_err("read", &vmlinuz))?;
+            bzimage::extract_vmlinux_file(&mut bz, &vmlinux_path)?;
+            fs::remove_file(&vmlinuz).map_err(io_err("remove", &vmlinuz))?;
             let release = pkg.has_modules.then(|| pkg.release.clone());
-            (vmlinux, Some(pkg.release), release)
+            (Some(pkg.release), release)
         }
     };
-    let vmlinux_path = dest.join("vmlinux");
-    fs::write(&vmlinux_path, &vmlinux).map_err(io_err("write", &vmlinux_path))?;
-    drop(vmlinux);
 
-    if let Some(dir) = &opts.modules_dir {
+    if let Some(dir) = &opts.modules {
         progress("copy modules");
-        let name = modtree::release_of_dir(dir)?;
         if let Some(kernel) = &version {
-            if *kernel != name {
-                return Err(ImportError::ReleaseMismatch { kernel: kernel.clone(), modules: name });
+            if *kernel != dir.release {
+                return Err(ImportError::ReleaseMismatch { kernel: kernel.clone(), modules: dir.release.clone() });
             }
         }
-        modtree::copy_modules_dir(dir, &modules_root.join(&name))?;
-        release = Some(name);
+        modtree::copy_modules_dir(dir, &modules_root.join(&dir.release))?;
+        release = Some(dir.release.clone());
     }
     if version.is_none() {
         version.clone_from(&release);
@@ -325,96 +366,67 @@ fn initramfs_modules(index: &ModuleIndex) -> Result<Vec<String>, ImportError> {
     index.load_order(&wanted)
 }
 
-/// Finds the release in a `Linux version X ...` banner inside a vmlinux.
-fn find_linux_version(data: &[u8]) -> Option<String> {
-    const BANNER: &[u8] = b"Linux version ";
-    let mut from = 0;
-    while let Some(pos) = data[from..].iter().position(|&b| b == b'L') {
-        let start = from + pos;
-        if data[start..].starts_with(BANNER) {
-            let rest = &data[start + BANNER.len()..];
-            let end = rest.iter().position(|&b| b == b' ' || b == 0)?;
-            let word = std::str::from_utf8(&rest[..end]).ok()?;
-            // The format string "Linux version %s" also appears; skip it.
-            if !word.is_empty() && word.as_bytes()[0].is_ascii_digit() {
-                return Some(word.to_string());
-            }
-        }
-        from = start + 1;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_testkit::bundles::{fake_vmlinux, FAKE_RELEASE};
 
-    #[test]
-    fn kind_is_detected_from_magic() {
-        assert_eq!(kind_from_head(b"\x7fELF\x02\x01"), Some(SourceKind::Vmlinux));
-        let mut bz = vec![0u8; 0x208];
-        bz[0x202..0x206].copy_from_slice(b"HdrS");
-        assert_eq!(kind_from_head(&bz), Some(SourceKind::BzImage));
-        let deb = deb::tests::ar_archive(&[("debian-binary", b"2.0\n")]);
-        assert_eq!(kind_from_head(&deb), Some(SourceKind::Deb));
-        assert_eq!(kind_from_head(b"!<arch>\nfoo"), None);
-        assert_eq!(kind_from_head(b"hello"), None);
+    fn source(path: &Path, kind: Option<SourceKind>) -> SourceFile {
+        SourceFile::new(open_source(path).unwrap(), path, kind).unwrap()
     }
 
-    #[test]
-    fn detect_kind_names_the_file_when_unknown() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("junk");
-        fs::write(&path, b"not a kernel").unwrap();
-        let err = detect_kind(&path).unwrap_err();
-        assert!(err.to_string().contains("junk"), "{err}");
-    }
-
-    #[test]
-    fn linux_version_is_found_in_banner() {
-        let mut data = b"\x7fELF junk Linux version %s (%s) ".to_vec();
-        data.extend_from_slice(b"\0Linux version 6.1.0-56-cloud-amd64 (debian-kernel@lists.debian.org)");
-        assert_eq!(find_linux_version(&data).as_deref(), Some("6.1.0-56-cloud-amd64"));
-        assert_eq!(find_linux_version(b"\x7fELF nothing"), None);
+    fn modules(path: &Path) -> Option<ModulesDir> {
+        Some(ModulesDir::new(open_source(path).unwrap(), path).unwrap())
     }
 
     #[test]
     fn vmlinux_import_copies_and_reads_version() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("vmlinux");
-        fs::write(&src, b"\x7fELF\x02\x01\x01 Linux version 6.6.1-test (x)").unwrap();
+        fs::write(&src, fake_vmlinux("copy")).unwrap();
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
         let mut steps = Vec::new();
         let got =
-            import(&src, SourceKind::Vmlinux, &ImportOptions::default(), &dest, &mut |s| steps.push(s.to_string()))
-                .unwrap();
-        assert_eq!(got.kernel_version.as_deref(), Some("6.6.1-test"));
+            import(source(&src, None), &ImportOptions::default(), &dest, &mut |s| steps.push(s.to_string())).unwrap();
+        assert_eq!(got.kernel_version.as_deref(), Some(FAKE_RELEASE));
         assert!(!got.has_initrd);
         assert_eq!(fs::read(dest.join("vmlinux")).unwrap(), fs::read(&src).unwrap());
         assert_eq!(steps, ["copy vmlinux"]);
     }
 
     #[test]
-    fn vmlinux_import_rejects_non_elf() {
+    fn what_is_not_a_kernel_is_refused_when_opened() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("vmlinux");
-        fs::write(&src, b"MZ not elf").unwrap();
-        let err = import(&src, SourceKind::Vmlinux, &ImportOptions::default(), dir.path(), &mut |_| {}).unwrap_err();
-        assert!(matches!(err, ImportError::NotElf { .. }), "{err}");
+        for (bad, why) in [
+            (b"MZ not elf".to_vec(), "no ELF header"),
+            (b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0".to_vec(), "no ELF header"),
+            (modinfo::tests::make_module(&["name=x"]), "not an ELF executable"),
+        ] {
+            fs::write(&src, bad).unwrap();
+            let err = SourceFile::new(open_source(&src).unwrap(), &src, Some(SourceKind::Vmlinux)).unwrap_err();
+            assert!(matches!(err, ImportError::NotKernel { .. }), "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let mut bz = vec![0u8; 0x1000];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        fs::write(&src, bz).unwrap();
+        let err = SourceFile::new(open_source(&src).unwrap(), &src, None).unwrap_err();
+        assert!(matches!(err, ImportError::InvalidBzImage(_)), "{err}");
     }
 
     #[test]
     fn modules_dir_for_another_release_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("vmlinux");
-        fs::write(&src, b"\x7fELF Linux version 6.6.1-test (x)").unwrap();
+        fs::write(&src, fake_vmlinux("x")).unwrap();
         let mods = dir.path().join("6.6.2-other");
         fs::create_dir(&mods).unwrap();
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let opts = ImportOptions { modules_dir: Some(mods), ..ImportOptions::default() };
-        let err = import(&src, SourceKind::Vmlinux, &opts, &dest, &mut |_| {}).unwrap_err();
+        let opts = ImportOptions { modules: modules(&mods), ..ImportOptions::default() };
+        let err = import(source(&src, None), &opts, &dest, &mut |_| {}).unwrap_err();
         assert!(matches!(err, ImportError::ReleaseMismatch { .. }), "{err}");
     }
 
@@ -436,7 +448,7 @@ mod tests {
         use modinfo::tests::make_module;
         let dir = tempfile::tempdir().unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        io::Write::write_all(&mut gz, b"\x7fELF\x02\x01\x01 the kernel").unwrap();
+        io::Write::write_all(&mut gz, &fake_vmlinux("the kernel")).unwrap();
         let vmlinuz = bzimage::tests::make_bzimage(&gz.finish().unwrap(), "6.1.0-9-test");
         let m = |deps: &str, name: &str| make_module(&[&format!("depends={deps}"), &format!("name={name}")]);
         let (ring, virtio, pci, blk) = (
@@ -468,34 +480,44 @@ mod tests {
         );
         let path = dir.path().join("k.deb");
         fs::write(&path, deb).unwrap();
-        assert_eq!(detect_kind(&path).unwrap(), SourceKind::Deb);
+        let src = source(&path, None);
+        assert_eq!(src.kind(), SourceKind::Deb);
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let opts = ImportOptions { modules_dir: None, busybox: fake_static_busybox(dir.path()) };
+        let opts = ImportOptions { modules: None, busybox: fake_static_busybox(dir.path()) };
         let mut steps = Vec::new();
-        let got = import(&path, SourceKind::Deb, &opts, &dest, &mut |s| steps.push(s.to_string())).unwrap();
+        let got = import(src, &opts, &dest, &mut |s| steps.push(s.to_string())).unwrap();
         assert_eq!(got.kernel_version.as_deref(), Some("6.1.0-9-test"));
         assert!(got.has_initrd);
         assert_eq!(got.modules, ["virtio_ring", "virtio", "virtio_pci", "virtio_blk"]);
         assert_eq!(steps, ["unpack package", "extract vmlinux", "resolve modules", "build initramfs"]);
-        assert!(fs::read(dest.join("vmlinux")).unwrap().starts_with(ELF_MAGIC));
+        assert_eq!(fs::read(dest.join("vmlinux")).unwrap(), fake_vmlinux("the kernel"));
+        assert!(!dest.join("vmlinuz").exists(), "the bzImage is not kept");
         assert!(dest.join("modules/6.1.0-9-test/kernel/drivers/block/virtio_blk.ko").is_file());
         let entries = initramfs::tests::read_initramfs(&dest.join("initrd.img"));
         assert!(entries.iter().any(|e| e.name == "lib/modules/virtio_pci.ko"));
+    }
+
+    /// A modules directory for the fake kernel holding one module and
+    /// `modules.builtin` listing `builtin`.
+    fn fake_modules_dir(dir: &Path, builtin: &str) -> PathBuf {
+        let mods = dir.join(FAKE_RELEASE);
+        fs::create_dir_all(mods.join("kernel/fs")).unwrap();
+        fs::write(mods.join("kernel/fs/dummy.ko"), modinfo::tests::make_module(&["name=dummy"])).unwrap();
+        fs::write(mods.join("modules.builtin"), builtin).unwrap();
+        mods
     }
 
     #[test]
     fn kernel_without_virtio_block_driver_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("vmlinux");
-        fs::write(&src, b"\x7fELF Linux version 6.6.1-test (x)").unwrap();
-        let mods = dir.path().join("6.6.1-test");
-        fs::create_dir(&mods).unwrap();
-        fs::write(mods.join("modules.builtin"), "kernel/drivers/virtio/virtio.ko\n").unwrap();
+        fs::write(&src, fake_vmlinux("x")).unwrap();
+        let mods = fake_modules_dir(dir.path(), "kernel/drivers/virtio/virtio.ko\n");
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let opts = ImportOptions { modules_dir: Some(mods), busybox: fake_static_busybox(dir.path()) };
-        let err = import(&src, SourceKind::Vmlinux, &opts, &dest, &mut |_| {}).unwrap_err();
+        let opts = ImportOptions { modules: modules(&mods), busybox: fake_static_busybox(dir.path()) };
+        let err = import(source(&src, None), &opts, &dest, &mut |_| {}).unwrap_err();
         assert!(matches!(err, ImportError::MissingRequiredModule(_)), "{err}");
     }
 
@@ -503,19 +525,17 @@ mod tests {
     fn all_built_in_means_no_initrd() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("vmlinux");
-        fs::write(&src, b"\x7fELF Linux version 6.6.1-test (x)").unwrap();
-        let mods = dir.path().join("6.6.1-test");
-        fs::create_dir(&mods).unwrap();
+        fs::write(&src, fake_vmlinux("x")).unwrap();
         let builtin: String = VIRTIO_MODULES.iter().map(|m| format!("kernel/x/{m}.ko\n")).collect();
-        fs::write(mods.join("modules.builtin"), builtin).unwrap();
+        let mods = fake_modules_dir(dir.path(), &builtin);
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let opts = ImportOptions { modules_dir: Some(mods), ..ImportOptions::default() };
-        let got = import(&src, SourceKind::Vmlinux, &opts, &dest, &mut |_| {}).unwrap();
+        let opts = ImportOptions { modules: modules(&mods), ..ImportOptions::default() };
+        let got = import(source(&src, None), &opts, &dest, &mut |_| {}).unwrap();
         assert!(!got.has_initrd);
         assert!(got.modules.is_empty());
         assert!(!dest.join("initrd.img").exists());
-        assert!(dest.join("modules/6.6.1-test/modules.builtin").is_file());
+        assert!(dest.join(format!("modules/{FAKE_RELEASE}/modules.builtin")).is_file());
     }
 
     #[test]

@@ -102,19 +102,20 @@ pub async fn pull(
 
 /// Starts importing a kernel from files on the daemon's host.
 #[utoipa::path(post, path = "/v1/kernels/import", tag = "kernels", request_body = KernelImportRequest,
-    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 409, body = ApiError),
+        (status = 413, body = ApiError)))]
 pub async fn import(
     State(daemon): State<Arc<Daemon>>,
     Json(request): Json<KernelImportRequest>,
 ) -> Result<(StatusCode, Json<Operation>)> {
     catalog::validate_name(&request.name).map_err(Error::InvalidArgument)?;
-    kernel::import::validate(&request)?;
     let lock = daemon.kernels.lock(&request.name)?;
     daemon.kernels.check_replace(&request.name, request.force)?;
+    let sources = kernel::import::open_sources(&request)?;
     let op = daemon.ops.start(OperationKind::KernelImport, &request.name, 4, "extract")?;
     let created = Some((ObjectKind::Kernel, request.name.clone()));
     Ok(spawn(daemon, op, created, AtShutdown::Cut, move |daemon, op| {
-        Box::pin(kernel::import::import(daemon, op, request, lock))
+        Box::pin(kernel::import::import(daemon, op, request, sources, lock))
     }))
 }
 

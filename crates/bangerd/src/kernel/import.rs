@@ -1,29 +1,51 @@
 //! `kernel import`: a kernel from files on the host, built in a staging
-//! directory by `banger_kernel::import` and installed like a pull.
+//! directory by `banger_kernel::import` and installed like a pull. The
+//! sources are opened and checked when the request arrives, before the
+//! operation starts, and only those open files are read afterwards.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use banger_api::{Kernel, KernelImportKind, KernelImportRequest};
-use banger_kernel::import::{self, ImportOptions, SourceKind};
+use banger_kernel::import::{self, ImportError, ImportOptions, ModulesDir, SourceFile, SourceKind};
 
 use super::store::KernelLock;
 use crate::error::{Error, Result};
 use crate::operations::OperationHandle;
 use crate::Daemon;
 
-/// Checks an import request before an operation starts, so plain mistakes
-/// (a missing file, a relative path) are answered at once.
-pub fn validate(request: &KernelImportRequest) -> Result<()> {
-    for path in std::iter::once(&request.path).chain(&request.modules_dir) {
-        if !Path::new(path).is_absolute() {
-            return Err(Error::InvalidArgument(format!("path {path:?} must be absolute")));
-        }
-        if !Path::new(path).exists() {
-            return Err(Error::InvalidArgument(format!("{path} does not exist")));
-        }
+/// The opened, checked files of an import request.
+#[derive(Debug)]
+pub struct ImportSources {
+    kernel: SourceFile,
+    modules: Option<ModulesDir>,
+}
+
+/// Opens and checks the files an import request names, so plain mistakes
+/// (a missing file, a relative path, a device, a file past its kind's size
+/// limit, a file that is no kernel at all) are answered at once.
+pub fn open_sources(request: &KernelImportRequest) -> Result<ImportSources> {
+    let kernel_file = open_source(&request.path)?;
+    let kernel = SourceFile::new(kernel_file, Path::new(&request.path), request.kind.map(source_kind))?;
+    let modules = match &request.modules_dir {
+        Some(dir) => Some(ModulesDir::new(open_source(dir)?, Path::new(dir))?),
+        None => None,
+    };
+    Ok(ImportSources { kernel, modules })
+}
+
+/// Opens one host path a request names, for reading: every file or
+/// directory an import reads is this one, or found inside this one.
+fn open_source(path: &str) -> Result<std::fs::File> {
+    if !Path::new(path).is_absolute() {
+        return Err(Error::InvalidArgument(format!("path {path:?} must be absolute")));
     }
-    Ok(())
+    import::open_source(Path::new(path)).map_err(|e| match e {
+        ImportError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::InvalidArgument(format!("{path} does not exist"))
+        }
+        other => other.into(),
+    })
 }
 
 /// Runs the import; blocking work happens off the async runtime.
@@ -31,23 +53,15 @@ pub async fn import(
     daemon: Arc<Daemon>,
     op: &OperationHandle,
     request: KernelImportRequest,
+    sources: ImportSources,
     lock: KernelLock,
 ) -> Result<Kernel> {
     let staging = daemon.kernels.staging(&request.name, op.id())?;
-    let path = PathBuf::from(&request.path);
-    let options = ImportOptions {
-        modules_dir: request.modules_dir.as_ref().map(PathBuf::from),
-        busybox: daemon.config.busybox.clone(),
-    };
-    let kind = request.kind;
+    let options = ImportOptions { modules: sources.modules, busybox: daemon.config.busybox.clone() };
     let dest = staging.path().to_path_buf();
     let progress_op = op.progress_reporter();
     let imported = tokio::task::spawn_blocking(move || {
-        let kind = match kind {
-            Some(kind) => source_kind(kind),
-            None => import::detect_kind(&path)?,
-        };
-        import::import(&path, kind, &options, &dest, &mut |step: &str| progress_op.step(step))
+        import::import(sources.kernel, &options, &dest, &mut |step: &str| progress_op.step(step))
     })
     .await
     .map_err(|e| Error::Internal(format!("import task: {e}")))??;
