@@ -301,7 +301,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big");
         let file = File::create(&path).unwrap();
-        file.write_all_at(ELF_MAGIC, 0).unwrap();
+        file.write_all_at(&banger_testkit::bundles::fake_vmlinux("big"), 0).unwrap();
         file.set_len(VMLINUX_MAX + 1).unwrap();
         let err = SourceFile::new(open_source(&path).unwrap(), &path, None).unwrap_err();
         assert!(matches!(err, ImportError::TooLarge { limit: VMLINUX_MAX, .. }), "{err}");
