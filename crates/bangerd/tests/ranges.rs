@@ -111,73 +111,73 @@ async fn out_of_range_creates_are_refused_before_the_operation() {
         let cases: Vec<(&str, VmCreateRequest, ErrorCode, &str)> = vec![
             (
                 "no cpus",
-                VmCreateRequest { cpus: Some(0), ..request("a") },
+                VmCreateRequest { cpus: Some(0), ..request("a1") },
                 ErrorCode::InvalidArgument,
                 "cpus must be between 1 and",
             ),
             (
                 "more cpus than the host",
-                VmCreateRequest { cpus: Some(too_many_cpus), ..request("a") },
+                VmCreateRequest { cpus: Some(too_many_cpus), ..request("a2") },
                 ErrorCode::InvalidArgument,
                 "(the host's CPUs)",
             ),
             (
                 "too little memory",
-                VmCreateRequest { memory_mib: Some(63), ..request("a") },
+                VmCreateRequest { memory_mib: Some(63), ..request("a3") },
                 ErrorCode::InvalidArgument,
                 "memory must be between 64 MiB",
             ),
             (
                 "more memory than the host",
-                VmCreateRequest { memory_mib: Some(too_much_memory), ..request("a") },
+                VmCreateRequest { memory_mib: Some(too_much_memory), ..request("a4") },
                 ErrorCode::InvalidArgument,
                 "(the host's memory)",
             ),
             (
                 "u32::MAX memory",
-                VmCreateRequest { memory_mib: Some(u32::MAX), ..request("a") },
+                VmCreateRequest { memory_mib: Some(u32::MAX), ..request("a5") },
                 ErrorCode::InvalidArgument,
                 "(the host's memory)",
             ),
             (
                 "a work disk of u64::MAX",
-                VmCreateRequest { work_disk_bytes: Some(u64::MAX), ..request("a") },
+                VmCreateRequest { work_disk_bytes: Some(u64::MAX), ..request("a6") },
                 ErrorCode::InvalidArgument,
                 "work_disk_bytes must be at most",
             ),
             (
                 "a work disk of 17 TiB",
-                VmCreateRequest { work_disk_bytes: Some(17 << 40), ..request("a") },
+                VmCreateRequest { work_disk_bytes: Some(17 << 40), ..request("a7") },
                 ErrorCode::InvalidArgument,
                 "(16 TiB less 1 MiB)",
             ),
             (
                 "a work disk under 1 MiB",
-                VmCreateRequest { work_disk_bytes: Some(MIB - 1), ..request("a") },
+                VmCreateRequest { work_disk_bytes: Some(MIB - 1), ..request("a8") },
                 ErrorCode::InvalidArgument,
                 "at least 1048576 bytes",
             ),
             (
                 "a root disk past 2^63",
-                VmCreateRequest { disk_size_bytes: Some(1 << 63), ..request("a") },
+                VmCreateRequest { disk_size_bytes: Some(1 << 63), ..request("a9") },
                 ErrorCode::InvalidArgument,
                 "disk_size_bytes",
             ),
             (
                 "a root disk under the image",
-                VmCreateRequest { disk_size_bytes: Some(4096), ..request("a") },
+                VmCreateRequest { disk_size_bytes: Some(4096), ..request("a10") },
                 ErrorCode::InvalidArgument,
                 "at least the image's size",
             ),
             (
                 "an unknown kernel",
-                VmCreateRequest { kernel: Some("nope".into()), ..request("a") },
+                VmCreateRequest { kernel: Some("nope".into()), ..request("a11") },
                 ErrorCode::NotFound,
                 "\"nope\"",
             ),
             (
                 "an empty kernel",
-                VmCreateRequest { kernel: Some(String::new()), ..request("a") },
+                VmCreateRequest { kernel: Some(String::new()), ..request("a12") },
                 ErrorCode::InvalidArgument,
                 "kernel must name a kernel",
             ),
@@ -192,13 +192,16 @@ async fn out_of_range_creates_are_refused_before_the_operation() {
                 Ok(op) => {
                     let done = client.wait(&op.id, |_| {}).await.unwrap();
                     wrong.push(format!("{what}: wanted {code}, got 202 and then {:?} {:?}", done.state, done.error));
-                    let _ = client.remove_vm("a", true).await;
+                    if let Ok(op) = client.remove_vm(&create.name, true).await {
+                        let _ = client.wait(&op.id, |_| {}).await;
+                    }
                 }
             }
         }
         assert!(wrong.is_empty(), "{} of {count} cases answered wrong:\n{}", wrong.len(), wrong.join("\n"));
         assert!(client.vms().await.unwrap().is_empty(), "a refused create left a VM");
-        assert!(!daemon.config.state_dir.join("vms/a").exists(), "a refused create left files");
+        let left: Vec<_> = std::fs::read_dir(daemon.config.state_dir.join("vms")).map_or(Vec::new(), |d| d.collect());
+        assert!(left.is_empty(), "a refused create left files: {left:?}");
         assert_eq!(client.operations().await.unwrap().len(), ops_before, "a refused create started an operation");
     })
     .await;
