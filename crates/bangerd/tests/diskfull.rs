@@ -229,3 +229,71 @@ async fn a_daemon_killed_on_a_full_disk_starts_again_and_stops_cleanly() {
     })
     .await;
 }
+
+/// The whole of the real-guest test, the kernel's first import included.
+const GUEST_TEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A real guest under QEMU whose work disk is on the full state
+/// filesystem: its write fails, QEMU pauses it (`io-error`), `vm show`
+/// says so, exec is refused at once, and stop ends it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_paused_on_a_full_disk_shows_paused_refuses_exec_and_stops() {
+    if !banger_testkit::require(
+        "qemu-system-x86_64, to boot a guest",
+        banger_host::find_tool("qemu-system-x86_64").is_some(),
+    ) {
+        return;
+    }
+    let Some(fs) = LoopFs::mount("ext4", 384) else { return };
+    banger_testkit::with_timeout(GUEST_TEST_TIMEOUT, async move {
+        let Some(kernel) = banger_testkit::debian_kernel().await else { return };
+        let agent = agent().await;
+        let state_dir = fs.path().join("state");
+        let daemon = TestDaemon::start_with_kernel(&kernel, |c| {
+            c.state_dir = state_dir.clone();
+            c.agent_binary = Some(agent.clone());
+            c.vmm = Some(banger_api::VmmChoice::Qemu);
+            c.boot_timeout = Duration::from_secs(120);
+        })
+        .await;
+        let client = daemon.client.clone();
+        build_tiny(&client, "tiny", banger_testkit::shared_kernel::NAME).await;
+        let request = VmCreateRequest { memory_mib: Some(256), work_disk_bytes: Some(1 << 30), ..vm_request("g") };
+        let vm = vm_of(succeed(&client, client.create_vm(&request).await.unwrap()).await);
+        assert_eq!(vm.state, VmState::Running);
+
+        fs.fill("filler");
+        // The guest writes to its work disk, whose file has no space to
+        // grow: the exec hangs with the guest, so it runs on its own.
+        let writer = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client.exec("g", &["dd", "if=/dev/zero", "of=/work/fill", "bs=1M", "count=64", "conv=fsync"], b"").await
+            })
+        };
+        let started = Instant::now();
+        let paused = banger_testkit::wait_vm(&client, "g", Duration::from_secs(60), "was paused", |vm| {
+            vm.state == VmState::Paused
+        })
+        .await;
+        eprintln!("full disk: the pause showed {:?} after the guest began writing", started.elapsed());
+        assert_eq!(paused.pause_reason.as_deref(), Some("io-error"), "{paused:?}");
+        assert!(paused.pid.is_some(), "its VMM still runs");
+
+        let started = Instant::now();
+        let refused = client.exec("g", &["true"], b"").await.expect_err("exec in a paused guest is refused");
+        let refusal = started.elapsed();
+        eprintln!("full disk: exec refused in {refusal:?}: {refused}");
+        assert_eq!(refused.api().map(|e| e.code), Some(ErrorCode::Conflict), "{refused}");
+        assert!(refused.to_string().contains("paused"), "{refused}");
+        assert!(refusal < Duration::from_secs(2), "refused at once, not after {refusal:?}");
+
+        let stopped =
+            vm_of(timed(&client, "vm stop of the paused guest", client.stop_vm("g", false).await.unwrap()).await);
+        assert_eq!((stopped.state, stopped.pid, stopped.pause_reason), (VmState::Stopped, None, None));
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        succeed(&client, client.remove_vm("g", false).await.unwrap()).await;
+        drop(daemon);
+    })
+    .await;
+}
