@@ -36,7 +36,16 @@ fn vm_of(result: Option<banger_api::OperationResult>) -> Vm {
     result.and_then(banger_api::OperationResult::into_vm).expect("the result is a VM")
 }
 
-async fn import_kernel(client: &Client, name: &str, vmlinux: &Path) {
+/// A fake vmlinux of about 1 MiB (`kernel import` takes it; nothing boots
+/// it) in `dir`, named for `name`.
+fn fake_vmlinux(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("vmlinux-{name}"));
+    std::fs::write(&path, banger_testkit::bundles::fake_vmlinux(&name.repeat((1 << 20) / name.len()))).unwrap();
+    path
+}
+
+async fn import_kernel(client: &Client, name: &str, sources: &Path) {
+    let vmlinux = fake_vmlinux(sources, name);
     let import = KernelImportRequest {
         name: name.into(),
         path: vmlinux.display().to_string(),
@@ -109,8 +118,8 @@ async fn stop_kill_and_removals_work_on_a_full_state_filesystem() {
         })
         .await;
         let client = daemon.client.clone();
-        import_kernel(&client, "k", &agent).await;
-        import_kernel(&client, "k2", &agent).await;
+        import_kernel(&client, "k", daemon.root.path()).await;
+        import_kernel(&client, "k2", daemon.root.path()).await;
         build_tiny(&client, "tiny", "k").await;
         for name in ["a", "b", "c"] {
             let vm = vm_of(succeed(&client, client.create_vm(&vm_request(name)).await.unwrap()).await);
@@ -154,7 +163,7 @@ async fn stop_kill_and_removals_work_on_a_full_state_filesystem() {
         assert_ne!(check("disk").status, CheckStatus::Pass, "{:?}", check("disk"));
         let import = KernelImportRequest {
             name: "k3".into(),
-            path: agent.display().to_string(),
+            path: fake_vmlinux(daemon.root.path(), "k3").display().to_string(),
             kind: None,
             modules_dir: None,
             force: false,
@@ -187,7 +196,7 @@ async fn a_daemon_killed_on_a_full_disk_starts_again_and_stops_cleanly() {
         let mut daemon =
             DaemonProcess::start_with_state(Path::new(env!("CARGO_BIN_EXE_bangerd")), Some(&state_dir), &config).await;
         let client = daemon.client.clone();
-        import_kernel(&client, "k", &agent).await;
+        import_kernel(&client, "k", daemon.root.path()).await;
         build_tiny(&client, "tiny", "k").await;
         let status = daemon.kill();
         assert!(!status.success());
