@@ -37,6 +37,10 @@ crate::open_enum::open_enum! {
         Cancelled = "cancelled",
         /// A filesystem banger writes to (its state root, say) is full.
         NoSpace = "no_space",
+        /// The client was too slow: a request body stopped arriving.
+        Timeout = "timeout",
+        /// The daemon is too busy to take the request (every connection is in use).
+        Unavailable = "unavailable",
         /// A bug or an unexpected host failure.
         Internal = "internal",
     }

@@ -1,6 +1,6 @@
 //! Who is calling: the peer credentials (`SO_PEERCRED`) of the unix socket
 //! connection a request came in on, attached to every request as
-//! `axum::extract::ConnectInfo<Caller>`.
+//! `axum::extract::ConnectInfo<Caller>` by [`crate::server`].
 
 use tokio::net::UnixStream;
 
@@ -38,11 +38,5 @@ impl Caller {
     /// Whether the caller is root.
     pub fn is_root(&self) -> bool {
         self.uid == 0
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Caller {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Caller {
-        Caller::of(stream.io())
     }
 }

@@ -39,6 +39,8 @@ pub struct Config {
     pub jail_identity: banger_vmm::firecracker::JailIdentity,
     /// How long a boot may take until the agent answers.
     pub boot_timeout: std::time::Duration,
+    /// Limits on API connections (`[api]`).
+    pub api: crate::server::Limits,
     /// For tests: run every VM with the test driver, which runs the guest
     /// agent as a host process (no guest). Not settable from the file.
     pub test_driver: Option<banger_vmm::local::Local>,
@@ -69,6 +71,7 @@ impl Config {
             jailer: None,
             jail_identity: banger_vmm::firecracker::DEFAULT_JAIL_IDENTITY,
             boot_timeout: std::time::Duration::from_secs(180),
+            api: crate::server::Limits::default(),
             test_driver: None,
             fail_create_after: None,
         }
@@ -105,6 +108,21 @@ impl Config {
                 self.boot_timeout = std::time::Duration::from_secs(secs);
             }
         }
+        if let Some(api) = file.api {
+            if let Some(max) = api.max_connections {
+                self.api.max_connections = max;
+            }
+            let secs = std::time::Duration::from_secs;
+            if let Some(timeout) = api.header_timeout_secs {
+                self.api.header_timeout = secs(timeout);
+            }
+            if let Some(timeout) = api.body_timeout_secs {
+                self.api.body_timeout = secs(timeout);
+            }
+            if let Some(timeout) = api.idle_timeout_secs {
+                self.api.idle_timeout = secs(timeout);
+            }
+        }
         if let Some(kernels) = file.kernels {
             self.catalogs.extend(kernels.catalogs);
             if let Some(max) = kernels.max_bundle_bytes {
@@ -132,6 +150,40 @@ pub struct ConfigFile {
     pub kernels: Option<KernelsSection>,
     /// `[vms]` settings.
     pub vms: Option<VmsSection>,
+    /// `[api]` settings.
+    pub api: Option<ApiSection>,
+}
+
+/// The `[api]` table: limits on API connections. Zero is refused: a cap
+/// or timeout of zero would shut every client out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Open connections at most (default: half the open-files limit, at most 4096).
+    #[serde(default, deserialize_with = "positive")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a whole request header.
+    #[serde(default, deserialize_with = "positive")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a request body may go without sending a byte.
+    #[serde(default, deserialize_with = "positive")]
+    pub body_timeout_secs: Option<u64>,
+    /// Seconds a connection may sit between requests.
+    #[serde(default, deserialize_with = "positive")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// A number that must not be zero.
+fn positive<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default + PartialEq,
+{
+    let value = T::deserialize(deserializer)?;
+    if value == T::default() {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(Some(value))
 }
 
 /// The `[vms]` table.
@@ -240,6 +292,28 @@ mod tests {
             .join("\n");
         let file: ConfigFile = toml::from_str(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
         assert!(file.vms.unwrap().jailer_uid.is_some());
+    }
+
+    #[test]
+    fn api_limits_come_from_the_file_and_zero_is_refused() {
+        let file: ConfigFile = toml::from_str(
+            "[api]\nmax_connections = 100\nheader_timeout_secs = 2\nbody_timeout_secs = 3\nidle_timeout_secs = 4\n",
+        )
+        .unwrap();
+        let mut config = Config::new("/var/lib/banger", "/run/banger/bangerd.sock");
+        config.apply_file(file);
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(
+            config.api,
+            crate::server::Limits {
+                max_connections: 100,
+                header_timeout: secs(2),
+                body_timeout: secs(3),
+                idle_timeout: secs(4)
+            }
+        );
+        let error = toml::from_str::<ConfigFile>("[api]\nheader_timeout_secs = 0\n").unwrap_err();
+        assert!(error.to_string().contains("must be at least 1"), "{error}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod limits;
 pub mod operations;
 pub mod permissions;
+pub mod server;
 mod socket;
 pub mod space;
 pub mod staging;
@@ -94,6 +95,14 @@ pub enum StartError {
     /// Another process listens on the socket.
     #[error("another process is already listening on {0}")]
     SocketInUse(PathBuf),
+    /// Something that is not a socket is at the socket path; it is left alone.
+    #[error("{path} is {found}, not a socket; bangerd will not replace it (remove it or choose another socket path)")]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+        /// What is there.
+        found: &'static str,
+    },
     /// The state root could not be prepared.
     #[error("cannot open the state directory")]
     State(#[from] error::Error),
@@ -208,8 +217,7 @@ impl Prepared {
                 daemon.shutting_down().await;
             }
         };
-        let app = app.into_make_service_with_connect_info::<caller::Caller>();
-        let result = axum::serve(listener, app).with_graceful_shutdown(stopping).await;
+        let result = server::serve(listener, app, daemon.config.api, stopping).await;
         let _ = std::fs::remove_file(&socket);
         // Operations, supervisors and relays end at shutdown (an operation
         // cut short is recorded as failed); only then is the root let go.

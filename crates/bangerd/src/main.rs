@@ -37,6 +37,8 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    // Before the config, whose default connection cap is sized from it.
+    bangerd::server::limits::raise_open_files_limit();
     let mut config = Config::new(banger_api::DEFAULT_STATE_DIR, banger_api::DEFAULT_SOCKET);
     match &args.config {
         // A file named on purpose must exist; the default one may not.

@@ -505,3 +505,25 @@ async fn work_disk_seeds_go_with_their_last_vm_and_image_prune_removes_the_rest(
     })
     .await;
 }
+
+/// The API's timeouts apply to reading requests and idle time only: an
+/// exec whose output keeps coming, and a pause in it longer than every
+/// timeout, is never cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_outlives_the_api_timeouts() {
+    within(|agent| async move {
+        let second = Duration::from_secs(1);
+        let h = harness(&agent, |c| {
+            c.api.header_timeout = second;
+            c.api.body_timeout = second;
+            c.api.idle_timeout = second;
+        })
+        .await;
+        h.create("a").await;
+        let started = Instant::now();
+        let slow = h.client.exec("a", &["sh", "-c", "echo first; sleep 3; echo second"], b"").await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(3), "the command ran for {:?}", started.elapsed());
+        assert_eq!((slow.stdout.as_slice(), slow.code), (&b"first\nsecond\n"[..], Some(0)));
+    })
+    .await;
+}

@@ -12,7 +12,6 @@ pub mod initramfs;
 pub mod modinfo;
 mod modtree;
 pub mod source;
-mod targuard;
 
 use std::fs;
 use std::io::{self, Seek};

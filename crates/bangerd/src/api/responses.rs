@@ -1,7 +1,8 @@
 //! The answers every route can give besides its own, added to the served
 //! document in one place: what the request parser refuses (by what the
-//! route reads: path, query, body), a full state filesystem (on routes
-//! that write) and internal failures. A handler's
+//! route reads: path, query, body), a stalled body, a full state
+//! filesystem (on routes that write), internal failures and a daemon with
+//! every connection busy. A handler's
 //! `#[utoipa::path]` lists only what its own logic answers.
 
 use utoipa::openapi::path::{Operation, ParameterIn};
@@ -48,11 +49,13 @@ fn add_to(operation: &mut Operation, writes: bool) {
         common.push(("400", "The body is not valid JSON for this request, or a value is out of range"));
         common.push(("413", "The body is larger than the daemon reads"));
         common.push(("415", "The body is not `Content-Type: application/json`"));
+        common.push(("408", "The body stopped arriving for `[api] body_timeout_secs` (`timeout`)"));
     }
     if writes {
         common.push(("507", "The state filesystem is full (`no_space`); the message names its mount point"));
     }
     common.push(("500", "An internal failure (state database, host I/O, a bug)"));
+    common.push(("503", "Every API connection is busy (`[api] max_connections`); try again (`unavailable`)"));
 
     let responses = &mut operation.responses.responses;
     for (status, description) in common {
@@ -99,9 +102,9 @@ mod tests {
         let statuses = |op: &Operation| op.responses.responses.keys().cloned().collect::<Vec<_>>();
 
         let health = get("/v1/health").get.as_ref().unwrap();
-        assert_eq!(statuses(health), ["200", "500"]);
+        assert_eq!(statuses(health), ["200", "500", "503"]);
         let patch = get("/v1/vms/{name}").patch.as_ref().unwrap();
-        for status in ["200", "400", "404", "409", "413", "415", "500", "507"] {
+        for status in ["200", "400", "404", "408", "409", "413", "415", "500", "503", "507"] {
             assert!(statuses(patch).iter().any(|s| s == status), "PATCH lacks {status}: {:?}", statuses(patch));
         }
         let remove = get("/v1/images/{name}").delete.as_ref().unwrap();

@@ -77,7 +77,6 @@ fn new_record(daemon: &Daemon, request: &VmCreateRequest, image: &banger_api::Im
         creating: true,
         vsock_cid: None,
         in_ledger: true,
-        pause_reason: None,
     }
 }
 
