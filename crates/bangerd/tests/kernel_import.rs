@@ -40,7 +40,14 @@ async fn a_device_or_a_huge_file_is_refused_at_once_with_memory_flat() {
     std::io::Write::write_all(&mut &file, &fake_vmlinux("sparse")).unwrap();
     file.set_len(4 << 30).unwrap();
 
-    let cases: [(&str, &Path, Option<KernelImportKind>, ErrorCode, &str); 4] = [
+    let socket = dir.path().join("socket");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+
+    let cases: [(&str, &Path, Option<KernelImportKind>, ErrorCode, &str); 6] = [
+        ("s", &socket, None, ErrorCode::InvalidArgument, "is a socket, not a regular file"),
+        ("f", &fifo, None, ErrorCode::InvalidArgument, "is a FIFO, not a regular file"),
         (
             "z1",
             Path::new("/dev/zero"),
@@ -123,7 +130,10 @@ async fn only_real_kernels_get_in() {
     let op = daemon.client.import_kernel(&request("good", &good, None)).await.unwrap();
     let done = daemon.client.wait(&op.id, |_| {}).await.unwrap();
     assert_eq!(done.state, OperationState::Succeeded, "{:?}", done.error);
-    assert_eq!(daemon.client.kernel("good").await.unwrap().kernel_version.as_deref(), Some(FAKE_RELEASE));
+    let kernel = daemon.client.kernel("good").await.unwrap();
+    assert_eq!(kernel.kernel_version.as_deref(), Some(FAKE_RELEASE));
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(fake_vmlinux("good")));
+    assert_eq!(kernel.vmlinux_sha256, digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
     assert_eq!(kernel_entries(&daemon), ["good"]);
 }
 

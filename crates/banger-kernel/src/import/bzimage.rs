@@ -5,7 +5,7 @@
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::source::{copy_limited, VMLINUX_MAX};
+use super::source::{copy_limited, HashingWriter, VMLINUX_MAX};
 use super::{io_err, ImportError};
 
 /// The largest block of the lz4 legacy frame, decompressed.
@@ -313,9 +313,18 @@ impl<R: Read> Read for Lz4LegacyReader<R> {
     }
 }
 
+/// What [`extract_vmlinux_file`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractedVmlinux {
+    /// The release the setup header names, if any.
+    pub release: Option<String>,
+    /// The vmlinux's SHA-256, lowercase hex, computed as it was written.
+    pub sha256: String,
+}
+
 /// Extracts the vmlinux of the bzImage `src` to the file `dest` and checks
-/// it is a Linux kernel. Returns the release the header names, if any.
-pub fn extract_vmlinux_file<R: Read + Seek>(src: &mut R, dest: &Path) -> Result<Option<String>, ImportError> {
+/// it is a Linux kernel.
+pub fn extract_vmlinux_file<R: Read + Seek>(src: &mut R, dest: &Path) -> Result<ExtractedVmlinux, ImportError> {
     let mut out = std::fs::File::options()
         .read(true)
         .write(true)
@@ -323,9 +332,12 @@ pub fn extract_vmlinux_file<R: Read + Seek>(src: &mut R, dest: &Path) -> Result<
         .truncate(true)
         .open(dest)
         .map_err(io_err("create", dest))?;
-    let release = extract_payload(src, &mut io::BufWriter::new(&mut out), dest)?;
+    let mut writer = HashingWriter::new(io::BufWriter::new(&mut out));
+    let release = extract_payload(src, &mut writer, dest)?;
+    let (buffered, sha256) = writer.finish();
+    drop(buffered);
     super::elf::check_vmlinux(&mut out).map_err(ImportError::PayloadNotKernel)?;
-    Ok(release)
+    Ok(ExtractedVmlinux { release, sha256 })
 }
 
 #[cfg(test)]
@@ -385,8 +397,13 @@ pub(crate) mod tests {
         assert_eq!(kernel_version(&bz).as_deref(), Some("6.6.1-test"));
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("vmlinux");
-        let release = extract_vmlinux_file(&mut std::io::Cursor::new(&bz), &dest).unwrap();
-        assert_eq!(release.as_deref(), Some("6.6.1-test"));
+        let extracted = extract_vmlinux_file(&mut std::io::Cursor::new(&bz), &dest).unwrap();
+        assert_eq!(extracted.release.as_deref(), Some("6.6.1-test"));
+        let digest: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&vmlinux))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(extracted.sha256, digest);
         assert_eq!(std::fs::read(&dest).unwrap(), vmlinux);
     }
 

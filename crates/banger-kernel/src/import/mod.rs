@@ -257,6 +257,8 @@ impl Default for ImportOptions {
 pub struct ImportedKernel {
     /// The kernel release, e.g. `6.1.0-56-cloud-amd64`, when it could be read.
     pub kernel_version: Option<String>,
+    /// SHA-256 of `vmlinux`, lowercase hex, computed as it was written.
+    pub vmlinux_sha256: String,
     /// Whether `initrd.img` was written.
     pub has_initrd: bool,
     /// Module names put in the initramfs, in load order.
@@ -282,26 +284,22 @@ pub fn import(
     let modules_root = dest.join("modules");
     let vmlinux_path = dest.join("vmlinux");
     let SourceFile { mut file, path, kind, .. } = source;
-    let (mut version, mut release) = match kind {
+    let (mut version, mut release, vmlinux_sha256) = match kind {
         SourceKind::Vmlinux => {
             progress("copy vmlinux");
             // SourceFile::new checked it is a Linux kernel.
             file.rewind().map_err(io_err("read", &path))?;
             let out = fs::File::create(&vmlinux_path).map_err(io_err("create", &vmlinux_path))?;
-            let mut scanner = elf::VersionScanner::new(io::BufWriter::new(out));
-            source::copy_limited(
-                &file,
-                &mut scanner,
-                source::VMLINUX_MAX,
-                "the vmlinux",
-                io_err("read", &path),
-                &vmlinux_path,
-            )?;
-            (scanner.finish(), None)
+            let mut writer = source::HashingWriter::new(elf::VersionScanner::new(io::BufWriter::new(out)));
+            let read_err = io_err("read", &path);
+            source::copy_limited(&file, &mut writer, source::VMLINUX_MAX, "the vmlinux", read_err, &vmlinux_path)?;
+            let (scanner, sha256) = writer.finish();
+            (scanner.finish(), None, sha256)
         }
         SourceKind::BzImage => {
             progress("extract vmlinux");
-            (bzimage::extract_vmlinux_file(&mut file, &vmlinux_path)?, None)
+            let extracted = bzimage::extract_vmlinux_file(&mut file, &vmlinux_path)?;
+            (extracted.release, None, extracted.sha256)
         }
         SourceKind::Deb => {
             progress("unpack package");
@@ -310,10 +308,10 @@ pub fn import(
             let pkg = deb::read_kernel_package(&file, &path, &vmlinuz, modules_dest)?;
             progress("extract vmlinux");
             let mut bz = fs::File::open(&vmlinuz).map_err(io_err("read", &vmlinuz))?;
-            bzimage::extract_vmlinux_file(&mut bz, &vmlinux_path)?;
+            let extracted = bzimage::extract_vmlinux_file(&mut bz, &vmlinux_path)?;
             fs::remove_file(&vmlinuz).map_err(io_err("remove", &vmlinuz))?;
             let release = pkg.has_modules.then(|| pkg.release.clone());
-            (Some(pkg.release), release)
+            (Some(pkg.release), release, extracted.sha256)
         }
     };
 
@@ -332,7 +330,7 @@ pub fn import(
     }
 
     let Some(release) = release else {
-        return Ok(ImportedKernel { kernel_version: version, has_initrd: false, modules: Vec::new() });
+        return Ok(ImportedKernel { kernel_version: version, vmlinux_sha256, has_initrd: false, modules: Vec::new() });
     };
 
     progress("resolve modules");
@@ -340,7 +338,7 @@ pub fn import(
     let modules = initramfs_modules(&index)?;
     let needs_initrd = VIRTIO_MODULES.iter().any(|m| index.state(m) == ModuleState::Module);
     if !needs_initrd {
-        return Ok(ImportedKernel { kernel_version: version, has_initrd: false, modules: Vec::new() });
+        return Ok(ImportedKernel { kernel_version: version, vmlinux_sha256, has_initrd: false, modules: Vec::new() });
     }
 
     progress("build initramfs");
@@ -349,7 +347,7 @@ pub fn import(
         .map(|name| Ok((name.clone(), index.path_of(name)?.to_path_buf())))
         .collect::<Result<_, ImportError>>()?;
     initramfs::write_initramfs(&dest.join("initrd.img"), &opts.busybox, &files)?;
-    Ok(ImportedKernel { kernel_version: version, has_initrd: true, modules })
+    Ok(ImportedKernel { kernel_version: version, vmlinux_sha256, has_initrd: true, modules })
 }
 
 /// The modules to load from the initramfs, dependencies first.

@@ -55,11 +55,15 @@ pub(crate) fn human(bytes: u64) -> String {
 /// opens one. Non-blocking, so a FIFO cannot hold the open forever; what
 /// it is gets checked from the open file, never from the path again.
 pub fn open_source(path: &Path) -> Result<File, ImportError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(io_err("open", path))
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map_err(|e| {
+        // open(2) refuses a unix socket before anything could fstat it.
+        match std::fs::metadata(path) {
+            Ok(meta) if e.raw_os_error() == Some(libc::ENXIO) && !meta.is_file() => {
+                ImportError::NotRegularFile { path: path.to_path_buf(), what: file_type_name(&meta) }
+            }
+            _ => io_err("open", path)(e),
+        }
+    })
 }
 
 /// What a file that is not a regular file is, for the error.
@@ -277,6 +281,36 @@ pub(crate) fn copy_limited(
     Ok(total)
 }
 
+/// A writer that passes bytes on and computes their SHA-256 as they go.
+pub(crate) struct HashingWriter<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: sha2::Digest::new() }
+    }
+
+    /// The inner writer and the lowercase hex digest of what went through.
+    pub(crate) fn finish(self) -> (W, String) {
+        let digest = sha2::Digest::finalize(self.hasher);
+        (self.inner, digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +320,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, 0o600.into(), 0).unwrap();
+        let socket = dir.path().join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let err = open_source(&socket).unwrap_err();
+        assert!(matches!(err, ImportError::NotRegularFile { what: "a socket", .. }), "{err}");
         for (path, what) in
             [(Path::new("/dev/zero"), "a character device"), (fifo.as_path(), "a FIFO"), (dir.path(), "a directory")]
         {
@@ -319,6 +357,15 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ImportError::TooLarge { limit: 100, .. }), "{err}");
         assert!(err.to_string().contains("the thing"), "{err}");
+    }
+
+    #[test]
+    fn the_digest_is_computed_while_copying() {
+        let mut out = HashingWriter::new(Vec::new());
+        copy_limited(&b"abc"[..], &mut out, 10, "x", |e| panic!("{e}"), Path::new("o")).unwrap();
+        let (bytes, digest) = out.finish();
+        assert_eq!(bytes, b"abc");
+        assert_eq!(digest, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

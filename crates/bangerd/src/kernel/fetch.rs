@@ -66,7 +66,7 @@ pub async fn pull(daemon: Arc<Daemon>, op: &OperationHandle, entry: CatalogEntry
     let daemon2 = Arc::clone(&daemon);
     let name = entry.name.clone();
     let version = Some(entry.kernel_version);
-    tokio::task::spawn_blocking(move || daemon2.kernels.install(&lock, &name, staging, version, source))
+    tokio::task::spawn_blocking(move || daemon2.kernels.install(&lock, &name, staging, version, None, source))
         .await
         .map_err(|e| Error::Internal(format!("install task: {e}")))?
 }

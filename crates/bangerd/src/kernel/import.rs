@@ -40,10 +40,13 @@ fn open_source(path: &str) -> Result<std::fs::File> {
     if !Path::new(path).is_absolute() {
         return Err(Error::InvalidArgument(format!("path {path:?} must be absolute")));
     }
+    // Whatever stops the open (no such file, a dangling link, a path
+    // through a file) is about the path the caller gave.
     import::open_source(Path::new(path)).map_err(|e| match e {
         ImportError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             Error::InvalidArgument(format!("{path} does not exist"))
         }
+        ImportError::Io { source, .. } => Error::InvalidArgument(format!("cannot open {path}: {source}")),
         other => other.into(),
     })
 }
@@ -69,7 +72,8 @@ pub async fn import(
     op.step("install");
     let source = banger_api::KernelSource::Import(request.path.clone());
     tokio::task::spawn_blocking(move || {
-        daemon.kernels.install(&lock, &request.name, staging, imported.kernel_version, source)
+        let digest = Some(imported.vmlinux_sha256);
+        daemon.kernels.install(&lock, &request.name, staging, imported.kernel_version, digest, source)
     })
     .await
     .map_err(|e| Error::Internal(format!("install task: {e}")))?

@@ -69,21 +69,27 @@ impl KernelStore {
     }
 
     /// Moves a finished staging directory into place as kernel `name`,
-    /// replacing any kernel of that name, and records it. `_lock` proves
-    /// the caller holds the name.
+    /// replacing any kernel of that name, and records it. `vmlinux_sha256`
+    /// is the digest when whoever wrote the vmlinux computed it; otherwise
+    /// the file is read for it. `_lock` proves the caller holds the name.
     pub fn install(
         &self,
         _lock: &KernelLock,
         name: &str,
         staging: Staging,
         kernel_version: Option<String>,
+        vmlinux_sha256: Option<String>,
         source: KernelSource,
     ) -> Result<Kernel> {
         let vmlinux = staging.path().join("vmlinux");
+        let vmlinux_sha256 = match vmlinux_sha256 {
+            Some(digest) => digest,
+            None => sha256_file(&vmlinux)?,
+        };
         let row = KernelRow {
             name: name.to_owned(),
             kernel_version,
-            vmlinux_sha256: sha256_file(&vmlinux)?,
+            vmlinux_sha256,
             source: source.to_string(),
             size_bytes: dir_size(staging.path())?,
             has_initrd: staging.path().join("initrd.img").is_file(),
