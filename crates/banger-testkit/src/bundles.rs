@@ -136,10 +136,16 @@ pub fn fake_bzimage(payload: &[u8]) -> Vec<u8> {
 /// A zstd frame that inflates to `inflated` zero bytes: small to store,
 /// a decompression bomb for anything that decodes it whole.
 pub fn zstd_zeros(inflated: u64) -> Vec<u8> {
+    zstd_zeros_after(&[], inflated)
+}
+
+/// A zstd frame that inflates to `head` then `zeros` zero bytes.
+pub fn zstd_zeros_after(head: &[u8], zeros: u64) -> Vec<u8> {
     use std::io::Write;
     let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).expect("zstd encoder");
+    encoder.write_all(head).expect("encode");
     let chunk = vec![0u8; 8 << 20];
-    let mut left = inflated;
+    let mut left = zeros;
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;
         encoder.write_all(&chunk[..n]).expect("encode");

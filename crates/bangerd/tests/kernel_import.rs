@@ -198,3 +198,53 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         }
     }
 }
+
+/// An ar archive holding `members`, as a `.deb` is.
+fn ar(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = b"!<arch>\n".to_vec();
+    for (name, data) in members {
+        let header = format!("{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", name, 0, 0, 0, 100644, data.len());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_package_whose_tar_holds_a_huge_long_name_is_refused_with_memory_flat() {
+    let daemon = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // data.tar: a GNU long-name entry claiming 3 GiB, then 3 GiB of zeros,
+    // zstd-compressed: the tar crate would read that name whole.
+    let mut header = tar::Header::new_gnu();
+    header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_size(3 << 30);
+    header.set_cksum();
+    let data_tar = banger_testkit::bundles::zstd_zeros_after(header.as_bytes(), 3 << 30);
+    let deb = dir.path().join("longname.deb");
+    std::fs::write(&deb, ar(&[("debian-binary", b"2.0\n"), ("data.tar.zst", &data_tar)])).unwrap();
+    let before = daemon.peak_rss_kib();
+    let started = Instant::now();
+    let op = daemon.client.import_kernel(&request("ln", &deb, None)).await.expect("an ar archive is accepted");
+    let done = tokio::time::timeout(Duration::from_secs(120), daemon.client.wait(&op.id, |_| {}))
+        .await
+        .expect("the import ends")
+        .unwrap();
+    let after = daemon.peak_rss_kib();
+    eprintln!(
+        "long-name bomb ({} bytes): {:?} in {:.2?}, peak RSS {before} KiB before, {after} KiB after",
+        std::fs::metadata(&deb).unwrap().len(),
+        done.error,
+        started.elapsed()
+    );
+    assert_eq!(done.state, OperationState::Failed);
+    let error = done.error.expect("the failure says why");
+    assert_eq!(error.code, ErrorCode::BadArchive, "{}", error.message);
+    assert!(error.message.contains("larger than 64 KiB"), "{}", error.message);
+    assert!(after < before + FLAT_KIB, "peak RSS grew from {before} KiB to {after} KiB");
+    assert_eq!(kernel_entries(&daemon), Vec::<String>::new());
+}

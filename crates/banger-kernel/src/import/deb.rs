@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::modtree::TreeBudget;
 use super::source::{copy_to_file, limit_or, LimitedReader, BZIMAGE_MAX, DEB_CONTROL_MAX, DEB_DATA_MAX};
+use super::targuard::TarGuard;
 use super::{io_err, modtree, ImportError};
 
 /// More of the control file than any package has.
@@ -123,7 +124,7 @@ struct ControlFields {
 }
 
 fn read_control(reader: impl Read) -> io::Result<ControlFields> {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(TarGuard::new(reader));
     for entry in archive.entries()? {
         let entry = entry?;
         if entry.path()?.file_name() != Some("control".as_ref()) {
@@ -163,7 +164,7 @@ fn read_data(
     let member_err = |source| limit_or(source, |source| ImportError::DebMember { member: member.to_string(), source });
     let mut contents = DataContents::default();
     let mut budgets: std::collections::BTreeMap<String, TreeBudget> = Default::default();
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(TarGuard::new(reader));
     for entry in archive.entries().map_err(member_err)? {
         let mut entry = entry.map_err(member_err)?;
         let raw_path = entry.path().map_err(member_err)?.into_owned();

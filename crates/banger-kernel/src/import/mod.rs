@@ -12,6 +12,7 @@ pub mod initramfs;
 pub mod modinfo;
 mod modtree;
 pub mod source;
+mod targuard;
 
 use std::fs;
 use std::io::{self, Seek};
