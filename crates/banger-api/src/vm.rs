@@ -46,6 +46,10 @@ crate::open_enum::open_enum! {
         Running = "running",
         /// Shutting down.
         Stopping = "stopping",
+        /// Its VMM runs but has paused the guest (on a disk I/O error, say,
+        /// when the filesystem under its disk is full): it cannot run
+        /// commands; `vm stop` or `vm kill` ends it. `pause_reason` says why.
+        Paused = "paused",
         /// Not running.
         Stopped = "stopped",
     }
@@ -112,6 +116,10 @@ pub struct Vm {
     pub agent: Option<AgentStatus>,
     /// The agent's version, once it answered.
     pub agent_version: Option<String>,
+    /// Why the VMM paused the guest, while it is `paused` (QEMU's run
+    /// state: `io-error` when a disk write failed).
+    #[serde(default)]
+    pub pause_reason: Option<String>,
     /// When it was created.
     pub created_at: Timestamp,
 }

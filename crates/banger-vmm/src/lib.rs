@@ -228,6 +228,19 @@ pub enum VmmError {
     Timeout(Duration, &'static str),
 }
 
+/// Whether a VMM runs its guest's vCPUs, as the VMM says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestRun {
+    /// The guest runs.
+    Running,
+    /// The VMM has stopped the guest and keeps it: on a disk I/O error
+    /// (`io-error`), a guest panic, an internal error, or a request.
+    Paused {
+        /// The VMM's word for why (QEMU's run state: `io-error`, ...).
+        reason: String,
+    },
+}
+
 /// A VMM driver.
 #[derive(Debug, Clone)]
 pub enum Vmm {
@@ -281,6 +294,16 @@ impl Vmm {
             Vmm::Firecracker(d) => d.stop(run_dir, process, timeout).await,
             Vmm::Qemu(d) => d.stop(run_dir, process, timeout).await,
             Vmm::Local(d) => d.stop(run_dir, process, timeout).await,
+        }
+    }
+
+    /// Whether the VMM runs the guest or has paused it; `None` when the
+    /// driver cannot tell (Firecracker and the test driver never pause a
+    /// guest by themselves) or the VMM does not answer.
+    pub async fn guest_run(&self, run_dir: &Path) -> Option<GuestRun> {
+        match self {
+            Vmm::Qemu(d) => d.guest_run(run_dir).await,
+            Vmm::Firecracker(_) | Vmm::Local(_) => None,
         }
     }
 

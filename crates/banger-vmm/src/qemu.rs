@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::process::{read_pid_file, remove_if_present, write_pid_file, VmmProcess, KILL_TIMEOUT};
-use crate::{report, AgentEndpoint, VmSpec, VmmError, CONSOLE_LOG, PID_FILE};
+use crate::{report, AgentEndpoint, GuestRun, VmSpec, VmmError, CONSOLE_LOG, PID_FILE};
 use qmp::Qmp;
 
 /// How long QEMU may take to initialise before its parent process exits.
@@ -218,6 +218,15 @@ impl Qemu {
         shut_down(process, &RunFiles::new(run_dir), timeout).await
     }
 
+    /// QEMU's run state (QMP `query-status`): running, or paused and why
+    /// (`io-error` when a disk write failed, with the default
+    /// `werror=enospc` a full filesystem under the disk). `None` if QMP
+    /// does not answer or QEMU is in a passing state.
+    pub async fn guest_run(&self, run_dir: &Path) -> Option<GuestRun> {
+        let mut qmp = Qmp::connect(&RunFiles::new(run_dir).qmp).await.ok()?;
+        run_state(&qmp.execute("query-status").await.ok()?)
+    }
+
     /// The process QEMU's pid files name, whether or not it runs.
     pub(crate) fn recorded_process(&self, run_dir: &Path) -> Option<VmmProcess> {
         RunFiles::new(run_dir).recorded_process()
@@ -276,6 +285,19 @@ async fn shut_down(process: VmmProcess, files: &RunFiles, timeout: Duration) -> 
         tracing::warn!(pid, "QEMU ignored QMP quit; killing it");
     }
     process.kill_and_wait(KILL_TIMEOUT).await
+}
+
+/// What a `query-status` answer says of the guest. QEMU's run states that
+/// hold the guest until someone acts are a pause; the passing ones
+/// (migration, start-up, shutdown) say nothing.
+fn run_state(status: &serde_json::Value) -> Option<GuestRun> {
+    match status.get("status")?.as_str()? {
+        "running" => Some(GuestRun::Running),
+        reason @ ("io-error" | "paused" | "internal-error" | "guest-panicked" | "watchdog" | "suspended" | "debug") => {
+            Some(GuestRun::Paused { reason: reason.to_owned() })
+        }
+        _ => None,
+    }
 }
 
 /// Rejects what QEMU would fail on less clearly, or not at all.
@@ -447,6 +469,16 @@ mod tests {
             crate::Vmm::Qemu(vsock).agent_endpoint(run_dir),
             AgentEndpoint::Vsock { cid: 3, port: banger_agent_proto::VSOCK_PORT }
         );
+    }
+
+    #[test]
+    fn query_status_answers_map_to_running_or_paused() {
+        let status = |s: &str| run_state(&serde_json::json!({"status": s, "running": s == "running"}));
+        assert_eq!(status("running"), Some(GuestRun::Running));
+        assert_eq!(status("io-error"), Some(GuestRun::Paused { reason: "io-error".into() }));
+        assert_eq!(status("guest-panicked"), Some(GuestRun::Paused { reason: "guest-panicked".into() }));
+        assert_eq!(status("inmigrate"), None);
+        assert_eq!(run_state(&serde_json::json!({})), None);
     }
 
     #[test]

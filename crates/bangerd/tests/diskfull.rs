@@ -36,7 +36,16 @@ fn vm_of(result: Option<banger_api::OperationResult>) -> Vm {
     result.and_then(banger_api::OperationResult::into_vm).expect("the result is a VM")
 }
 
-async fn import_kernel(client: &Client, name: &str, vmlinux: &Path) {
+/// A fake vmlinux of about 1 MiB (`kernel import` takes it; nothing boots
+/// it) in `dir`, named for `name`.
+fn fake_vmlinux(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("vmlinux-{name}"));
+    std::fs::write(&path, banger_testkit::bundles::fake_vmlinux(&name.repeat((1 << 20) / name.len()))).unwrap();
+    path
+}
+
+async fn import_kernel(client: &Client, name: &str, sources: &Path) {
+    let vmlinux = fake_vmlinux(sources, name);
     let import = KernelImportRequest {
         name: name.into(),
         path: vmlinux.display().to_string(),
@@ -109,8 +118,8 @@ async fn stop_kill_and_removals_work_on_a_full_state_filesystem() {
         })
         .await;
         let client = daemon.client.clone();
-        import_kernel(&client, "k", &agent).await;
-        import_kernel(&client, "k2", &agent).await;
+        import_kernel(&client, "k", daemon.root.path()).await;
+        import_kernel(&client, "k2", daemon.root.path()).await;
         build_tiny(&client, "tiny", "k").await;
         for name in ["a", "b", "c"] {
             let vm = vm_of(succeed(&client, client.create_vm(&vm_request(name)).await.unwrap()).await);
@@ -154,7 +163,7 @@ async fn stop_kill_and_removals_work_on_a_full_state_filesystem() {
         assert_ne!(check("disk").status, CheckStatus::Pass, "{:?}", check("disk"));
         let import = KernelImportRequest {
             name: "k3".into(),
-            path: agent.display().to_string(),
+            path: fake_vmlinux(daemon.root.path(), "k3").display().to_string(),
             kind: None,
             modules_dir: None,
             force: false,
@@ -187,7 +196,7 @@ async fn a_daemon_killed_on_a_full_disk_starts_again_and_stops_cleanly() {
         let mut daemon =
             DaemonProcess::start_with_state(Path::new(env!("CARGO_BIN_EXE_bangerd")), Some(&state_dir), &config).await;
         let client = daemon.client.clone();
-        import_kernel(&client, "k", &agent).await;
+        import_kernel(&client, "k", daemon.root.path()).await;
         build_tiny(&client, "tiny", "k").await;
         let status = daemon.kill();
         assert!(!status.success());
@@ -226,6 +235,74 @@ async fn a_daemon_killed_on_a_full_disk_starts_again_and_stops_cleanly() {
         assert_eq!(daemon.terminate().code(), Some(0));
         let log = daemon.log();
         assert!(!log.contains("panicked"), "{log}");
+    })
+    .await;
+}
+
+/// The whole of the real-guest test, the kernel's first import included.
+const GUEST_TEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A real guest under QEMU whose work disk is on the full state
+/// filesystem: its write fails, QEMU pauses it (`io-error`), `vm show`
+/// says so, exec is refused at once, and stop ends it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_paused_on_a_full_disk_shows_paused_refuses_exec_and_stops() {
+    if !banger_testkit::require(
+        "qemu-system-x86_64, to boot a guest",
+        banger_host::find_tool("qemu-system-x86_64").is_some(),
+    ) {
+        return;
+    }
+    let Some(fs) = LoopFs::mount("ext4", 384) else { return };
+    banger_testkit::with_timeout(GUEST_TEST_TIMEOUT, async move {
+        let Some(kernel) = banger_testkit::debian_kernel().await else { return };
+        let agent = agent().await;
+        let state_dir = fs.path().join("state");
+        let daemon = TestDaemon::start_with_kernel(&kernel, |c| {
+            c.state_dir = state_dir.clone();
+            c.agent_binary = Some(agent.clone());
+            c.vmm = Some(banger_api::VmmChoice::Qemu);
+            c.boot_timeout = Duration::from_secs(120);
+        })
+        .await;
+        let client = daemon.client.clone();
+        build_tiny(&client, "tiny", banger_testkit::shared_kernel::NAME).await;
+        let request = VmCreateRequest { memory_mib: Some(256), work_disk_bytes: Some(1 << 30), ..vm_request("g") };
+        let vm = vm_of(succeed(&client, client.create_vm(&request).await.unwrap()).await);
+        assert_eq!(vm.state, VmState::Running);
+
+        fs.fill("filler");
+        // The guest writes to its work disk, whose file has no space to
+        // grow: the exec hangs with the guest, so it runs on its own.
+        let writer = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client.exec("g", &["dd", "if=/dev/zero", "of=/work/fill", "bs=1M", "count=64", "conv=fsync"], b"").await
+            })
+        };
+        let started = Instant::now();
+        let paused = banger_testkit::wait_vm(&client, "g", Duration::from_secs(60), "was paused", |vm| {
+            vm.state == VmState::Paused
+        })
+        .await;
+        eprintln!("full disk: the pause showed {:?} after the guest began writing", started.elapsed());
+        assert_eq!(paused.pause_reason.as_deref(), Some("io-error"), "{paused:?}");
+        assert!(paused.pid.is_some(), "its VMM still runs");
+
+        let started = Instant::now();
+        let refused = client.exec("g", &["true"], b"").await.expect_err("exec in a paused guest is refused");
+        let refusal = started.elapsed();
+        eprintln!("full disk: exec refused in {refusal:?}: {refused}");
+        assert_eq!(refused.api().map(|e| e.code), Some(ErrorCode::Conflict), "{refused}");
+        assert!(refused.to_string().contains("paused"), "{refused}");
+        assert!(refusal < Duration::from_secs(2), "refused at once, not after {refusal:?}");
+
+        let stopped =
+            vm_of(timed(&client, "vm stop of the paused guest", client.stop_vm("g", false).await.unwrap()).await);
+        assert_eq!((stopped.state, stopped.pid, stopped.pause_reason), (VmState::Stopped, None, None));
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        succeed(&client, client.remove_vm("g", false).await.unwrap()).await;
+        drop(daemon);
     })
     .await;
 }

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_testkit::{prereq, TestDaemon};
+use banger_api::{ImageBuildRequest, ImageRecipe, KernelPullRequest, OperationState, VmCreateRequest};
+use banger_testkit::bundles::{entry, good_bundle};
+use banger_testkit::{prereq, Canned, HttpServer, TestDaemon};
 use banger_vmm::local::{Local, LocalFaults};
 
 /// The whole test, schemathesis's run included.
@@ -31,11 +33,27 @@ fn schemathesis() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing() {
     let program = schemathesis();
-    if !prereq::require(&format!("schemathesis at {}", program.display()), program.is_file()) {
+    if !prereq::require(&format!("schemathesis at {}", program.display()), program.is_file())
+        || !prereq::require("root, to build the tiny image", prereq::is_root())
+    {
         return;
     }
     prereq::with_timeout(TEST_TIMEOUT, run(program)).await;
 }
+
+/// What the fuzzed path parameters name half the time, so routes answer
+/// with real objects and not only 404s: kernel "k", image "tiny" and VM
+/// "v" (made, not started) exist when the run begins.
+const CONFIG: &str = r#"
+[dictionaries.names]
+values = ["k", "tiny", "v"]
+
+[parameters]
+"path.name" = { dictionary = "names", probability = 0.5 }
+# Following a running VM's console streams until the VM stops, like the
+# event stream; the one-shot read is fuzzed.
+"query.follow" = false
+"#;
 
 async fn run(program: PathBuf) {
     let agent = banger_testkit::guest::agent_binary();
@@ -45,9 +63,15 @@ async fn run(program: PathBuf) {
         c.boot_timeout = Duration::from_secs(3);
     })
     .await;
+    let server = HttpServer::start().await;
+    objects(&daemon, &server).await;
     let port = bridge(&daemon.config.socket).await;
     let reports = daemon.root.path().join("schemathesis");
+    let config = daemon.root.path().join("schemathesis.toml");
+    std::fs::write(&config, CONFIG).unwrap();
     let output = tokio::process::Command::new(&program)
+        .arg("--config-file")
+        .arg(&config)
         .arg("run")
         .arg(format!("http://127.0.0.1:{port}/v1/openapi.json"))
         .args(["--checks", CHECKS, "--max-examples", MAX_EXAMPLES, "--workers", "2", "--seed", "7"])
@@ -67,6 +91,12 @@ async fn run(program: PathBuf) {
         .expect("run schemathesis");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // Shown with `--nocapture`: what was tested, and the warnings.
+    println!("{stdout}");
+    // Whatever the run left running goes with the test.
+    if let Ok(op) = daemon.client.remove_vm("v", true).await {
+        let _ = daemon.client.wait(&op.id, |_| {}).await;
+    }
     assert!(output.status.success(), "schemathesis found problems ({}):\n{stdout}\n{stderr}", output.status);
     // "1257 generated, 1257 passed": it did test something, and all passed.
     let summary = stdout.lines().find(|l| l.contains(" generated, ")).unwrap_or_default();
@@ -75,7 +105,44 @@ async fn run(program: PathBuf) {
         matches!(counts.as_slice(), [generated, "generated,", passed, "passed"] if generated == passed && *generated != "0"),
         "schemathesis's summary is not all passed: {summary:?}\n{stdout}"
     );
-    assert!(daemon.client.vms().await.unwrap().is_empty(), "fuzzing made a VM");
+    let made: Vec<String> = daemon.client.vms().await.unwrap().into_iter().map(|v| v.name).collect();
+    assert!(made.iter().all(|n| n == "v"), "fuzzing made VMs: {made:?}");
+}
+
+/// Kernel "k" (pulled from a loopback catalog), image "tiny" and VM "v".
+async fn objects(daemon: &TestDaemon, server: &HttpServer) {
+    let bundle = good_bundle("fuzz");
+    daemon.set_catalog(vec![entry("k", &server.route("/k.tar.zst", Canned::ok(bundle.clone())), &bundle)]);
+    let client = &daemon.client;
+    let pull = client.pull_kernel(&KernelPullRequest { name: "k".into(), force: false }).await.unwrap();
+    succeed(client, pull).await;
+    let build = ImageBuildRequest {
+        name: "tiny".into(),
+        recipe: Some(ImageRecipe::Tiny),
+        from_dir: None,
+        from_tar: None,
+        kernel: "k".into(),
+        size_bytes: None,
+        force: false,
+    };
+    succeed(client, client.build_image(&build).await.unwrap()).await;
+    let create = VmCreateRequest {
+        name: "v".into(),
+        image: "tiny".into(),
+        kernel: None,
+        cpus: None,
+        memory_mib: Some(128),
+        disk_size_bytes: None,
+        work_disk_bytes: None,
+        vmm: None,
+        no_start: true,
+    };
+    succeed(client, client.create_vm(&create).await.unwrap()).await;
+}
+
+async fn succeed(client: &banger_client::Client, op: banger_api::Operation) {
+    let done = tokio::time::timeout(Duration::from_secs(60), client.wait(&op.id, |_| {})).await.unwrap().unwrap();
+    assert_eq!(done.state, OperationState::Succeeded, "{:?} failed: {:?}", done.kind, done.error);
 }
 
 /// Listens on a loopback port and relays each connection to `socket`.

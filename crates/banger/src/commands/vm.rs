@@ -385,8 +385,9 @@ fn show(ctx: &Context, v: &Vm) -> anyhow::Result<()> {
 
 fn state(v: &Vm) -> String {
     let state = v.state.as_str();
-    match v.agent {
-        Some(banger_api::AgentStatus::NotAnswering) => format!("{state} (agent not answering)"),
+    match (&v.pause_reason, v.agent) {
+        (Some(reason), _) if v.state == banger_api::VmState::Paused => format!("{state} ({reason})"),
+        (_, Some(banger_api::AgentStatus::NotAnswering)) => format!("{state} (agent not answering)"),
         _ => state.to_owned(),
     }
 }

@@ -214,9 +214,9 @@ fn async_stream(
                     let next = offset + chunk.len() as u64;
                     return Some((Ok(bytes::Bytes::from(chunk)), (next, false)));
                 }
-                let running = daemon
-                    .vm_record(&name)
-                    .is_ok_and(|r| matches!(r.state, VmState::Starting | VmState::Running | VmState::Stopping));
+                let running = daemon.vm_record(&name).is_ok_and(|r| {
+                    matches!(r.state, VmState::Starting | VmState::Running | VmState::Paused | VmState::Stopping)
+                });
                 if !follow || !running {
                     return None;
                 }

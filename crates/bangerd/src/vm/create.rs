@@ -77,6 +77,7 @@ fn new_record(daemon: &Daemon, request: &VmCreateRequest, image: &banger_api::Im
         creating: true,
         vsock_cid: None,
         in_ledger: true,
+        pause_reason: None,
     }
 }
 

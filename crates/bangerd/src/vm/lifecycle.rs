@@ -166,6 +166,7 @@ pub async fn stopped(daemon: &Arc<Daemon>, record: &mut VmRecord) -> Result<()> 
     daemon.vms.drop_agent(&record.name);
     ledger::release(daemon, record, Scope::Boot).await?;
     record.state = VmState::Stopped;
+    record.pause_reason = None;
     daemon.save_vm(record)
 }
 
@@ -208,6 +209,12 @@ async fn stop_locked(daemon: &Arc<Daemon>, record: &mut VmRecord, guard: &mut Vm
     let Some(process) = daemon.running_vmm(&record.name)? else {
         return stopped(daemon, record).await;
     };
+    if record.state == VmState::Paused {
+        // A paused guest cannot shut down, and QEMU's quit could wait on
+        // the very disk that failed: its VMM is killed.
+        tracing::info!(vm = %record.name, reason = ?record.pause_reason, "the guest is paused; killing its VMM");
+        return stopped(daemon, record).await;
+    }
     record.state = VmState::Stopping;
     daemon.save_vm(record)?;
     if let Some(agent) = daemon.vms.agent(&record.name) {

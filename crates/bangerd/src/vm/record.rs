@@ -49,6 +49,9 @@ pub struct VmRecord {
     /// ledger existed are given entries at start.
     #[serde(default)]
     pub in_ledger: bool,
+    /// Why the VMM paused the guest, while the VM is paused.
+    #[serde(default)]
+    pub pause_reason: Option<String>,
 }
 
 /// What the daemon knows of a VM beyond its row.
@@ -78,6 +81,7 @@ impl VmRecord {
             pid: live.pid,
             agent: live.agent.filter(|_| self.state == VmState::Running),
             agent_version: self.agent_version.clone(),
+            pause_reason: self.pause_reason.clone().filter(|_| self.state == VmState::Paused),
             // Written by `now_rfc3339`; only a hand-edited row fails, and
             // it shows as the epoch rather than hiding the VM.
             created_at: self.created_at.parse().unwrap_or(std::time::UNIX_EPOCH.into()),

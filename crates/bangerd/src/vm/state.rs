@@ -78,7 +78,7 @@ pub enum Refused {
 /// knows which actions fit which states.
 pub fn admit(state: VmState, action: VmAction) -> Result<Admitted, Refused> {
     use Admitted::{AlreadyDone, Preempt, Proceed};
-    use VmState::{Created, Running, Starting, Stopped, Stopping};
+    use VmState::{Created, Paused, Running, Starting, Stopped, Stopping};
     let wrong = |wanted| Err(Refused::WrongState { wanted });
     match (action, state) {
         (VmAction::Create, _) => Err(Refused::Exists),
@@ -87,31 +87,37 @@ pub fn admit(state: VmState, action: VmAction) -> Result<Admitted, Refused> {
 
         (VmAction::Start, Created | Stopped) => Ok(Proceed),
         (VmAction::Start, Running) => Ok(AlreadyDone),
-        (VmAction::Start, Starting | Stopping) => wrong("stopped"),
+        (VmAction::Start, Starting | Stopping | Paused) => wrong("stopped"),
 
-        (VmAction::Stop, Running) => Ok(Proceed),
+        // A paused guest cannot shut down: its VMM is ended at once.
+        (VmAction::Stop, Running | Paused) => Ok(Proceed),
         (VmAction::Stop, Starting) => Ok(Preempt),
         (VmAction::Stop, Created | Stopped) => Ok(AlreadyDone),
         // A stop under way: a second one would only wait behind it.
         (VmAction::Stop, Stopping) => wrong("running (it is already stopping; `vm kill` ends it now)"),
 
-        (VmAction::Restart, Running | Created | Stopped) => Ok(Proceed),
+        (VmAction::Restart, Running | Paused | Created | Stopped) => Ok(Proceed),
         (VmAction::Restart, Starting) => Ok(Preempt),
         (VmAction::Restart, Stopping) => wrong("running or stopped"),
 
-        (VmAction::Kill, Running) => Ok(Proceed),
+        (VmAction::Kill, Running | Paused) => Ok(Proceed),
         (VmAction::Kill, Starting | Stopping) => Ok(Preempt),
         (VmAction::Kill, Created | Stopped) => Ok(AlreadyDone),
 
         (VmAction::Remove { .. }, Created | Stopped) => Ok(Proceed),
-        (VmAction::Remove { force: true }, Running) => Ok(Proceed),
+        (VmAction::Remove { force: true }, Running | Paused) => Ok(Proceed),
         (VmAction::Remove { force: true }, Starting | Stopping) => Ok(Preempt),
-        (VmAction::Remove { force: false }, Running | Starting | Stopping) => wrong("stopped (or use --force)"),
+        (VmAction::Remove { force: false }, Running | Starting | Stopping | Paused) => {
+            wrong("stopped (or use --force)")
+        }
 
         (VmAction::Set | VmAction::ResizeDisk, Created | Stopped) => Ok(Proceed),
-        (VmAction::Set | VmAction::ResizeDisk, Running | Starting | Stopping) => wrong("stopped"),
+        (VmAction::Set | VmAction::ResizeDisk, Running | Starting | Stopping | Paused) => wrong("stopped"),
 
         (VmAction::Exec, Running) => Ok(Proceed),
+        (VmAction::Exec, Paused) => {
+            wrong("running (its VMM paused the guest, see `banger vm show`; `banger vm stop` ends it)")
+        }
         (VmAction::Exec, Created | Starting | Stopping | Stopped) => wrong("running"),
     }
 }
@@ -121,21 +127,21 @@ mod tests {
     use super::*;
     use Admitted::{AlreadyDone as Done, Preempt as Pre, Proceed as Go};
 
-    const STATES: [VmState; 5] =
-        [VmState::Created, VmState::Starting, VmState::Running, VmState::Stopping, VmState::Stopped];
+    const STATES: [VmState; 6] =
+        [VmState::Created, VmState::Starting, VmState::Running, VmState::Stopping, VmState::Stopped, VmState::Paused];
 
-    /// `None` stands for a refusal. Columns: created, starting, running, stopping, stopped.
-    const TABLE: &[(VmAction, [Option<Admitted>; 5])] = &[
-        (VmAction::Create, [None, None, None, None, None]),
-        (VmAction::Start, [Some(Go), None, Some(Done), None, Some(Go)]),
-        (VmAction::Stop, [Some(Done), Some(Pre), Some(Go), None, Some(Done)]),
-        (VmAction::Restart, [Some(Go), Some(Pre), Some(Go), None, Some(Go)]),
-        (VmAction::Kill, [Some(Done), Some(Pre), Some(Go), Some(Pre), Some(Done)]),
-        (VmAction::Remove { force: false }, [Some(Go), None, None, None, Some(Go)]),
-        (VmAction::Remove { force: true }, [Some(Go), Some(Pre), Some(Go), Some(Pre), Some(Go)]),
-        (VmAction::Set, [Some(Go), None, None, None, Some(Go)]),
-        (VmAction::ResizeDisk, [Some(Go), None, None, None, Some(Go)]),
-        (VmAction::Exec, [None, None, Some(Go), None, None]),
+    /// `None` stands for a refusal. Columns: created, starting, running, stopping, stopped, paused.
+    const TABLE: &[(VmAction, [Option<Admitted>; 6])] = &[
+        (VmAction::Create, [None, None, None, None, None, None]),
+        (VmAction::Start, [Some(Go), None, Some(Done), None, Some(Go), None]),
+        (VmAction::Stop, [Some(Done), Some(Pre), Some(Go), None, Some(Done), Some(Go)]),
+        (VmAction::Restart, [Some(Go), Some(Pre), Some(Go), None, Some(Go), Some(Go)]),
+        (VmAction::Kill, [Some(Done), Some(Pre), Some(Go), Some(Pre), Some(Done), Some(Go)]),
+        (VmAction::Remove { force: false }, [Some(Go), None, None, None, Some(Go), None]),
+        (VmAction::Remove { force: true }, [Some(Go), Some(Pre), Some(Go), Some(Pre), Some(Go), Some(Go)]),
+        (VmAction::Set, [Some(Go), None, None, None, Some(Go), None]),
+        (VmAction::ResizeDisk, [Some(Go), None, None, None, Some(Go), None]),
+        (VmAction::Exec, [None, None, Some(Go), None, None, None]),
     ];
 
     #[test]

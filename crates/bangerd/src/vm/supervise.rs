@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use banger_api::VmState;
-use banger_vmm::VmmProcess;
+use banger_vmm::{GuestRun, VmmProcess};
 
 use super::health::{KEEPALIVE_INTERVAL, PING_TIMEOUT};
 use super::ledger::Resource;
@@ -41,9 +41,12 @@ pub fn watch(daemon: Arc<Daemon>, name: String, process: VmmProcess) {
 }
 
 /// Pings the VM's agent for as long as the VM runs, keeping its health
-/// current and telling subscribers when it changes. Never returns.
+/// current and telling subscribers when it changes; when the agent does
+/// not answer, asks the VMM whether it paused the guest (a disk write
+/// failed) and records the VM paused, or running again. Never returns.
 async fn keepalive(daemon: &Arc<Daemon>, name: &str) {
     let mut answering = true;
+    let mut paused = daemon.vm_record(name).is_ok_and(|r| r.state == VmState::Paused);
     let mut ticks = tokio::time::interval(KEEPALIVE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -59,6 +62,9 @@ async fn keepalive(daemon: &Arc<Daemon>, name: &str) {
         if answered {
             daemon.vms.health().answered(name);
         }
+        if !answered || paused {
+            paused = check_paused(daemon, name, answered).await.unwrap_or(paused);
+        }
         let now = daemon.vms.health().silent_for(name).is_none();
         if now != answering {
             answering = now;
@@ -66,6 +72,41 @@ async fn keepalive(daemon: &Arc<Daemon>, name: &str) {
             daemon.publish_vm_update(name);
         }
     }
+}
+
+/// Asks the VM's VMM whether it paused the guest (an agent that answers
+/// means it runs) and records the answer when it changed; says whether
+/// the VM is now recorded paused. `None` when nothing was learnt, or an
+/// action holds the VM (it decides the state then).
+async fn check_paused(daemon: &Arc<Daemon>, name: &str, answered: bool) -> Option<bool> {
+    let record = daemon.vm_record(name).ok()?;
+    let run = if answered {
+        GuestRun::Running
+    } else {
+        daemon.driver(&record).ok()?.guest_run(&daemon.vm_run_dir(name)).await?
+    };
+    let _guard = daemon.vms.try_lock(name).ok()?;
+    let mut record = daemon.vm_record(name).ok()?;
+    let (state, reason) = match run {
+        GuestRun::Running => (VmState::Running, None),
+        GuestRun::Paused { reason } => (VmState::Paused, Some(reason)),
+    };
+    if !matches!(record.state, VmState::Running | VmState::Paused) {
+        return None;
+    }
+    if record.state != state {
+        match &reason {
+            Some(reason) => tracing::warn!(vm = %name, reason, "the VMM paused the guest"),
+            None => tracing::info!(vm = %name, "the guest runs again"),
+        }
+        record.state = state;
+        record.pause_reason = reason;
+        if let Err(e) = daemon.save_vm(&record) {
+            tracing::error!(vm = %name, error = %e, "cannot record the guest's run state");
+            return None;
+        }
+    }
+    Some(state == VmState::Paused)
 }
 
 /// A new connection to a running VM's agent, when the last one broke.
@@ -114,12 +155,12 @@ async fn reconcile(daemon: &Arc<Daemon>, mut record: VmRecord, guard: VmGuard) -
 async fn adopt(daemon: &Arc<Daemon>, mut record: VmRecord, guard: VmGuard) -> Result<()> {
     let name = record.name.clone();
     let process = match record.state {
-        VmState::Running | VmState::Starting => daemon.running_vmm(&name)?,
+        VmState::Running | VmState::Paused | VmState::Starting => daemon.running_vmm(&name)?,
         // Unknown: a newer daemon's record; treated as not running.
         VmState::Created | VmState::Stopped | VmState::Stopping | VmState::Unknown => None,
     };
     match (record.state, process) {
-        (VmState::Running, Some(process)) => {
+        (VmState::Running | VmState::Paused, Some(process)) => {
             tracing::info!(vm = %name, pid = process.pid, "adopting running VM");
             watch(Arc::clone(daemon), name, process);
         }
