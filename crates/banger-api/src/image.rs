@@ -101,7 +101,8 @@ pub enum ImageRecipe {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageBuildRequest {
-    /// Name of the new image.
+    /// Name of the new image (a DNS label).
+    #[schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// A recipe.
     #[serde(default)]
@@ -114,8 +115,10 @@ pub struct ImageBuildRequest {
     pub from_tar: Option<String>,
     /// Kernel VMs boot by default: a local kernel, or a catalog entry (pulled if needed).
     pub kernel: String,
-    /// Size of the ext4 file in bytes (default: what the content needs, plus headroom).
+    /// Size of the ext4 file in bytes (default: what the content needs, plus
+    /// headroom), rounded up to whole MiB.
     #[serde(default)]
+    #[schema(maximum = 17592184995840.0)]
     pub size_bytes: Option<u64>,
     /// Replace an image of that name.
     #[serde(default)]
@@ -126,7 +129,8 @@ pub struct ImageBuildRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRegisterRequest {
-    /// Name of the image.
+    /// Name of the image (a DNS label).
+    #[schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// An ext4 root filesystem file on the daemon's host (absolute path); it is copied into the store.
     pub rootfs: String,

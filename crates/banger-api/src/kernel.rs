@@ -127,6 +127,7 @@ pub struct CatalogListing {
 #[serde(deny_unknown_fields)]
 pub struct KernelPullRequest {
     /// Catalog entry to pull.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub name: String,
     /// Replace a kernel of that name already in the store.
     #[serde(default)]
@@ -150,6 +151,7 @@ pub enum KernelImportKind {
 #[serde(deny_unknown_fields)]
 pub struct KernelImportRequest {
     /// Name to store it under.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub name: String,
     /// The file to import (absolute path).
     pub path: String,

@@ -60,6 +60,14 @@ use utoipa::ToSchema;
 /// Version of the HTTP API; it is also the first path segment (`/v1`).
 pub const API_VERSION: &str = "v1";
 
+/// The largest disk a request may ask for (root, work, resize, image), in
+/// bytes: the last whole MiB under 16 TiB. Sizes are rounded up to whole MiB.
+/// The document's `maximum` for those fields.
+pub const MAX_DISK_BYTES: u64 = (16 << 40) - (1 << 20);
+
+/// The least memory a VM may have, MiB (the most is the host's memory).
+pub const MIN_MEMORY_MIB: u32 = 64;
+
 /// Default path of the daemon's unix socket.
 pub const DEFAULT_SOCKET: &str = "/run/banger/bangerd.sock";
 

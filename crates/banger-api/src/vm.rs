@@ -129,23 +129,29 @@ pub struct Vm {
 #[serde(deny_unknown_fields)]
 pub struct VmCreateRequest {
     /// Name: 1 to 63 lowercase letters, digits and hyphens, not starting or ending with a hyphen.
+    #[schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// The image to clone the root disk from.
     pub image: String,
     /// A kernel other than the image's.
     #[serde(default)]
     pub kernel: Option<String>,
-    /// vCPUs (default 1).
+    /// vCPUs (default 1; at most the host's CPUs).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub cpus: Option<u32>,
-    /// Memory in MiB (default 512).
+    /// Memory in MiB (default 512; at most the host's memory).
     #[serde(default)]
+    #[schema(minimum = 64)]
     pub memory_mib: Option<u32>,
-    /// Root disk size in bytes (default: the image's size; never smaller).
+    /// Root disk size in bytes (default: the image's size; never smaller),
+    /// rounded up to whole MiB.
     #[serde(default)]
+    #[schema(maximum = 17592184995840.0)]
     pub disk_size_bytes: Option<u64>,
-    /// A writable work disk of this size, mounted at /work.
+    /// A writable work disk of this size, mounted at /work, rounded up to whole MiB.
     #[serde(default)]
+    #[schema(minimum = 1048576, maximum = 17592184995840.0)]
     pub work_disk_bytes: Option<u64>,
     /// Force a VMM (default: chosen from what the host can do). A VMM this
     /// crate does not know is refused.
@@ -160,11 +166,13 @@ pub struct VmCreateRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSetRequest {
-    /// New vCPU count.
+    /// New vCPU count (at most the host's CPUs).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub cpus: Option<u32>,
-    /// New memory in MiB.
+    /// New memory in MiB (at most the host's memory).
     #[serde(default)]
+    #[schema(minimum = 64)]
     pub memory_mib: Option<u32>,
 }
 
@@ -172,7 +180,8 @@ pub struct VmSetRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskResizeRequest {
-    /// New root disk size in bytes.
+    /// New root disk size in bytes, rounded up to whole MiB.
+    #[schema(maximum = 17592184995840.0)]
     pub size_bytes: u64,
 }
 

@@ -43,6 +43,18 @@ pub enum StorageError {
         /// The size asked for.
         requested: u64,
     },
+    /// resize2fs refused the size (each ext4 grows only so far past the size
+    /// it was made at); the disk is put back as it was.
+    #[error("the filesystem in {path} cannot grow to {size} bytes; the disk is left as it was")]
+    CannotGrow {
+        /// The disk.
+        path: PathBuf,
+        /// The size asked for.
+        size: u64,
+        /// What resize2fs said.
+        #[source]
+        source: banger_host::CommandError,
+    },
     /// A host tool is not installed.
     #[error("{tool} not found; install Debian's {package} package")]
     MissingTool {

@@ -45,19 +45,33 @@ pub(crate) fn grow_disk_with(cmds: &dyn HostCommands, path: &Path, new_size: u64
     }
 }
 
-/// Checks the filesystem, lengthens the file and grows the filesystem to fill it.
+/// Checks the filesystem, lengthens the file and grows the filesystem to
+/// fill it. When resize2fs refuses (a size past what this filesystem's
+/// layout can address), the file gets its old length back and is checked
+/// again, so the disk is as it was.
 pub(crate) fn grow_ext4(cmds: &dyn HostCommands, path: &Path, size: u64) -> Result<(), StorageError> {
     require_tool(cmds, "e2fsck", "e2fsprogs")?;
     require_tool(cmds, "resize2fs", "e2fsprogs")?;
-    // resize2fs insists on a freshly checked filesystem. `-y` (not `-p`, which
-    // e2fsck refuses to combine with `-y`) answers every question itself.
-    // Exit 1 means errors were corrected, which is fine.
-    cmds.run(&HostCommand::new("e2fsck").args(["-f", "-y"]).arg(path).ok_exit_code(1))?;
-    let file = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
-    file.set_len(size).map_err(io_at(path))?;
-    drop(file);
-    cmds.run(&HostCommand::new("resize2fs").arg(path))?;
+    let check = || {
+        // resize2fs insists on a freshly checked filesystem. `-y` (not `-p`, which
+        // e2fsck refuses to combine with `-y`) answers every question itself.
+        // Exit 1 means errors were corrected, which is fine.
+        cmds.run(&HostCommand::new("e2fsck").args(["-f", "-y"]).arg(path).ok_exit_code(1))
+    };
+    check()?;
+    let original = std::fs::metadata(path).map_err(io_at(path))?.len();
+    set_len(path, size)?;
+    if let Err(source) = cmds.run(&HostCommand::new("resize2fs").arg(path)) {
+        set_len(path, original)?;
+        check()?;
+        return Err(StorageError::CannotGrow { path: path.to_owned(), size, source });
+    }
     Ok(())
+}
+
+fn set_len(path: &Path, size: u64) -> Result<(), StorageError> {
+    let file = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
+    file.set_len(size).map_err(io_at(path))
 }
 
 #[cfg(test)]
@@ -88,6 +102,21 @@ mod tests {
         grow_disk_with(&fake, &disk, 1 << 20).unwrap();
         assert!(matches!(grow_disk_with(&fake, &disk, 4096), Err(StorageError::Shrink { .. })));
         assert_eq!(fake.lines().len(), 2);
+    }
+
+    #[test]
+    fn a_size_resize2fs_refuses_leaves_the_disk_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("root.ext4");
+        std::fs::write(&disk, [0u8; 4096]).unwrap();
+        let fake = RecordingCommands::new()
+            .reply_always("e2fsck", FakeReply::exit(0, ""))
+            .reply_always("resize2fs", FakeReply::exit(1, "New size results in too many block group descriptors."));
+        let err = grow_disk_with(&fake, &disk, 1 << 40).unwrap_err();
+        assert!(matches!(err, StorageError::CannotGrow { size, .. } if size == 1 << 40), "{err}");
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4096, "the file has its old length");
+        let d = disk.display();
+        assert_eq!(fake.lines(), [format!("e2fsck -f -y {d}"), format!("resize2fs {d}"), format!("e2fsck -f -y {d}")]);
     }
 
     #[test]

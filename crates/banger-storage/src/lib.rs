@@ -254,7 +254,11 @@ mod tests {
         let failing = banger_host::RecordingCommands::new()
             .reply_always("resize2fs", banger_host::FakeReply::exit(1, "resize2fs: No space left on device"));
         let err = clone_disk_with(&failing, CowStrategy::SparseCopy, &base, &other, Some(1 << 20)).unwrap_err();
-        assert!(err.to_string().contains("No space left on device"), "{err}");
+        let cause = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+        assert!(
+            matches!(err, StorageError::CannotGrow { .. }) && cause.contains("No space left on device"),
+            "{err}: {cause}"
+        );
         assert!(!other.exists(), "a failed clone leaves nothing behind");
     }
 }

@@ -308,7 +308,7 @@ fn storage_code(e: &banger_storage::StorageError) -> ErrorCode {
     use banger_storage::StorageError as E;
     match e {
         E::ReflinkUnsupported { .. } | E::DeviceMapperUnavailable | E::MissingTool { .. } => ErrorCode::Unsupported,
-        E::Shrink { .. } => ErrorCode::InvalidArgument,
+        E::Shrink { .. } | E::CannotGrow { .. } => ErrorCode::InvalidArgument,
         _ => ErrorCode::Internal,
     }
 }

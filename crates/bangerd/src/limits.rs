@@ -6,12 +6,12 @@
 use crate::error::{Error, Result};
 
 /// The least memory a VM gets, MiB.
-pub const MIN_MEMORY_MIB: u32 = 64;
+pub use banger_api::MIN_MEMORY_MIB;
 
 /// The largest disk (root, work or image) the daemon makes: the last whole
 /// MiB under 16 TiB, as large a file as an ext4 state root holds (its limit
 /// is 16 TiB less 4 KiB), and within what ext4 inside the disk addresses.
-pub const MAX_DISK_BYTES: u64 = (16 << 40) - DISK_ROUNDING;
+pub use banger_api::MAX_DISK_BYTES;
 
 /// Disk sizes are rounded up to a multiple of this.
 pub const DISK_ROUNDING: u64 = 1 << 20;
@@ -127,6 +127,24 @@ mod tests {
         let message = refused(disk_size("work_disk_bytes", u64::MAX, 0));
         assert!(message.starts_with("work_disk_bytes must be at most 17592184995840 bytes"), "{message}");
         refused(disk_size("size", (1 << 20) - 1, 1 << 20));
+    }
+
+    #[test]
+    fn the_ceiling_is_whole_mib_and_the_document_says_it() {
+        assert_eq!(MAX_DISK_BYTES % DISK_ROUNDING, 0);
+        let doc = serde_json::to_value(crate::api::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for (schema, field) in [
+            ("VmCreateRequest", "disk_size_bytes"),
+            ("VmCreateRequest", "work_disk_bytes"),
+            ("DiskResizeRequest", "size_bytes"),
+            ("ImageBuildRequest", "size_bytes"),
+        ] {
+            let maximum = schemas[schema]["properties"][field]["maximum"].as_f64();
+            assert_eq!(maximum, Some(MAX_DISK_BYTES as f64), "{schema}.{field}");
+        }
+        let minimum = schemas["VmCreateRequest"]["properties"]["memory_mib"]["minimum"].as_f64();
+        assert_eq!(minimum, Some(f64::from(MIN_MEMORY_MIB)));
     }
 
     #[test]
