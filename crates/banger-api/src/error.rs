@@ -11,6 +11,9 @@ crate::open_enum::open_enum! {
     pub enum ErrorCode {
         /// The request was malformed or named something invalid.
         InvalidArgument = "invalid_argument",
+        /// The caller may not read a host path it named (the daemon reads
+        /// them with the caller's own rights).
+        PermissionDenied = "permission_denied",
         /// The named object does not exist.
         NotFound = "not_found",
         /// An object with that name already exists.

@@ -37,8 +37,7 @@ pub(crate) fn mkfs_ext4(
 ) -> Result<(), ImageError> {
     require_tool(cmds, "mkfs.ext4", "e2fsprogs")?;
     // An image holds its root's secrets (/etc/shadow, keys): owner only.
-    let out =
-        OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file).map_err(io_at(file))?;
+    let out = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file).map_err(io_at(file))?;
     out.set_len(size_bytes).map_err(io_at(file))?;
     drop(out);
     cmds.run(&HostCommand::new("mkfs.ext4").args(layout::mkfs_args(label, root, file)))?;

@@ -99,6 +99,22 @@ pub fn build(
     build_with(&SystemCommands, recipe, opts, dest, progress)
 }
 
+/// Builds `dest/rootfs.ext4` from a root tarball (plain or compressed)
+/// read from `tar`: one the caller opened, or a tree streamed as a tar.
+/// `source` names it in messages. Like [`build`] otherwise.
+pub fn build_from_tar_stream(
+    tar: &mut dyn std::io::Read,
+    source: &Path,
+    opts: &BuildOptions,
+    dest: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BuiltImage, ImageError> {
+    let cmds = &SystemCommands;
+    in_scratch(cmds, opts, dest, |scratch, output| {
+        recipe::rootfs::from_tar_stream(cmds, tar, source, opts, scratch, output, progress)
+    })
+}
+
 /// [`build`], running host tools through `cmds`.
 pub(crate) fn build_with(
     cmds: &dyn HostCommands,
@@ -106,6 +122,22 @@ pub(crate) fn build_with(
     opts: &BuildOptions,
     dest: &Path,
     progress: &mut dyn FnMut(&str),
+) -> Result<BuiltImage, ImageError> {
+    in_scratch(cmds, opts, dest, |scratch, output| match recipe {
+        Recipe::Tiny => recipe::tiny::build(cmds, opts, scratch, output, progress),
+        Recipe::Debian { suite } => recipe::debian::build(cmds, &suite, opts, scratch, output, progress),
+        Recipe::FromDir(dir) => recipe::rootfs::from_dir(cmds, &dir, opts, scratch, output, progress),
+        Recipe::FromTar(tar) => recipe::rootfs::from_tar(cmds, &tar, opts, scratch, output, progress),
+    })
+}
+
+/// Runs `fill(scratch, output)` with scratch space inside `dest` (so on
+/// the same filesystem), removed whatever happens.
+fn in_scratch(
+    cmds: &dyn HostCommands,
+    opts: &BuildOptions,
+    dest: &Path,
+    fill: impl FnOnce(&Path, &Path) -> Result<BuiltImage, ImageError>,
 ) -> Result<BuiltImage, ImageError> {
     let scratch = tempfile::Builder::new()
         .prefix(".build-")
@@ -115,13 +147,7 @@ pub(crate) fn build_with(
         return Err(ImageError::NotRoot);
     }
     elf::require_static(&opts.agent, ImageError::AgentMissing, ImageError::AgentNotStatic)?;
-    let output = dest.join(ROOTFS_FILE);
-    let result = match recipe {
-        Recipe::Tiny => recipe::tiny::build(cmds, opts, scratch.path(), &output, progress),
-        Recipe::Debian { suite } => recipe::debian::build(cmds, &suite, opts, scratch.path(), &output, progress),
-        Recipe::FromDir(dir) => recipe::rootfs::from_dir(cmds, &dir, opts, scratch.path(), &output, progress),
-        Recipe::FromTar(tar) => recipe::rootfs::from_tar(cmds, &tar, opts, scratch.path(), &output, progress),
-    };
+    let result = fill(scratch.path(), &dest.join(ROOTFS_FILE));
     // Never delete through a mount that debootstrap left behind.
     if let Err(e) = host::unmount_under(cmds, scratch.path()) {
         let _ = scratch.keep();

@@ -3,7 +3,6 @@
 //! stay inside the root: `..` and absolute member paths are refused.
 //! Absolute link targets are fine, as they are in any root filesystem.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
@@ -55,10 +54,11 @@ pub(crate) struct Skipped {
     pub special_files: usize,
 }
 
-/// Unpacks the tarball at `path` into the existing, empty directory `root`.
-pub(crate) fn extract(path: &Path, root: &Path) -> Result<Skipped, ImageError> {
+/// Unpacks the tarball read from `input` (`path` names it) into the
+/// existing, empty directory `root`.
+pub(crate) fn extract(input: &mut dyn Read, path: &Path, root: &Path) -> Result<Skipped, ImageError> {
     let tar_error = |source| ImageError::Tar { path: path.to_owned(), source };
-    let mut input = BufReader::new(File::open(path).map_err(tar_error)?);
+    let mut input = BufReader::new(input);
     let compression = sniff(input.fill_buf().map_err(tar_error)?);
     let reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(input),

@@ -95,6 +95,20 @@ pub fn clone_disk(
     clone_disk_with(&SystemCommands, strategy, src, dest, size_bytes)
 }
 
+/// [`clone_disk`] from a file already open for reading (one a caller
+/// opened with its own rights); `src` names it in messages. A dm-snapshot
+/// needs the file's path, so this strategy makes a sparse copy instead.
+pub fn clone_open_disk(
+    strategy: CowStrategy,
+    source: &File,
+    src: &Path,
+    dest: &Path,
+    size_bytes: Option<u64>,
+) -> Result<CloneInfo, StorageError> {
+    let strategy = if strategy == CowStrategy::DmSnapshot { CowStrategy::SparseCopy } else { strategy };
+    copy_disk(&SystemCommands, strategy, source, src, dest, size_bytes)
+}
+
 /// [`clone_disk`], running host tools through `cmds`.
 pub(crate) fn clone_disk_with(
     cmds: &dyn HostCommands,
@@ -109,10 +123,24 @@ pub(crate) fn clone_disk_with(
         return dm_snapshot(cmds, src, dest, src_len, growth);
     }
     let source = File::open(src).map_err(io_at(src))?;
+    copy_disk(cmds, strategy, &source, src, dest, size_bytes)
+}
+
+/// Reflinks or sparse-copies the open `source` (named `src`) to the new file `dest`, then grows it.
+fn copy_disk(
+    cmds: &dyn HostCommands,
+    strategy: CowStrategy,
+    source: &File,
+    src: &Path,
+    dest: &Path,
+    size_bytes: Option<u64>,
+) -> Result<CloneInfo, StorageError> {
+    let src_len = source.metadata().map_err(io_at(src))?.len();
+    let growth = grow::plan_growth(src_len, size_bytes)?;
     let (out, guard) = create_new(dest)?;
     match strategy {
-        CowStrategy::Reflink => sys::ficlone(&out, &source).map_err(|e| reflink_error(e, src, dest))?,
-        _ => sparse::copy(&source, &out, src_len).map_err(io_at(dest))?,
+        CowStrategy::Reflink => sys::ficlone(&out, source).map_err(|e| reflink_error(e, src, dest))?,
+        _ => sparse::copy(source, &out, src_len).map_err(io_at(dest))?,
     }
     out.sync_all().map_err(io_at(dest))?;
     drop(out);

@@ -103,6 +103,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The caller named a host path it may not read itself.
+    #[error("{path} is not readable with the caller's own rights")]
+    PermissionDenied {
+        /// The path.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The request conflicts with the state of things (an image in use, say).
     #[error("{0}")]
     Conflict(String),
@@ -261,6 +270,7 @@ impl Error {
             Error::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             Error::Unsupported(_) | Error::AgentBinary(_) => ErrorCode::Unsupported,
             Error::Conflict(_) => ErrorCode::Conflict,
+            Error::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             Error::InvalidState { .. } | Error::AgentNotAnswering { .. } => ErrorCode::Conflict,
             Error::AgentNeverAnswered { .. } | Error::VmmExited { .. } => ErrorCode::BootFailed,
             Error::Preempted { .. } | Error::ShuttingDown { .. } => ErrorCode::Cancelled,
@@ -317,6 +327,7 @@ fn storage_code(e: &banger_storage::StorageError) -> ErrorCode {
 pub fn status_for(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidArgument | ErrorCode::BadArchive => StatusCode::BAD_REQUEST,
+        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::AlreadyExists | ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

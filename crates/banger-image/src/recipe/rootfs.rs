@@ -3,6 +3,7 @@
 //! the image boots the root's own `/sbin/init` if it has one, else the agent.
 
 use std::fs;
+use std::io::Read;
 use std::path::Path;
 
 use banger_host::HostCommands;
@@ -46,11 +47,25 @@ pub(crate) fn from_tar(
     if !tar.is_file() {
         return Err(ImageError::BadSource { path: tar.to_owned(), expected: "a tarball" });
     }
+    let mut file = fs::File::open(tar).map_err(|source| ImageError::Tar { path: tar.to_owned(), source })?;
+    from_tar_stream(cmds, &mut file, tar, opts, scratch, output, progress)
+}
+
+/// Builds an image from a root tarball read from `tar` (`source` names it).
+pub(crate) fn from_tar_stream(
+    cmds: &dyn HostCommands,
+    tar: &mut dyn Read,
+    source: &Path,
+    opts: &BuildOptions,
+    scratch: &Path,
+    output: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BuiltImage, ImageError> {
     host::require_tool(cmds, "mkfs.ext4", "e2fsprogs")?;
     progress("unpacking the root tarball");
     let root = scratch.join("root");
     fs::create_dir(&root).map_err(io_at(&root))?;
-    let skipped = tarball::extract(tar, &root)?;
+    let skipped = tarball::extract(tar, source, &root)?;
     if skipped.special_files > 0 {
         progress(&format!("left out {} device nodes and FIFOs (/dev is a devtmpfs)", skipped.special_files));
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use banger_api::{
     ApiError, Image, ImageBuildRequest, ImagePruneReport, ImageRegisterRequest, ObjectKind, Operation, OperationKind,
@@ -12,7 +12,9 @@ use utoipa::IntoParams;
 
 use super::extract::{Json, Path, Query};
 use super::{spawn, AtShutdown};
+use crate::caller::Caller;
 use crate::error::{Error, Result};
+use crate::vm::ledger::blocking;
 use crate::{image, Daemon};
 
 /// Images in the store.
@@ -32,35 +34,43 @@ pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -
 
 /// Starts building an image from a recipe, a directory or a tarball.
 #[utoipa::path(post, path = "/v1/images/build", tag = "images", request_body = ImageBuildRequest,
-    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError),
-        (status = 501, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 501, body = ApiError)))]
 pub async fn build(
     State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
     Json(mut request): Json<ImageBuildRequest>,
 ) -> Result<(StatusCode, Json<Operation>)> {
     image::validate_build(&mut request)?;
     crate::kernel::resolve::check_known(&daemon, &request.kernel).await?;
+    let (input, request) =
+        blocking(move || image::open_build_input(&caller, &request).map(|input| (input, request))).await?;
     image::agent_binary(&daemon)?;
     let lock = daemon.images.claim(&request.name, request.force)?;
     let op = daemon.ops.start(OperationKind::ImageBuild, &request.name, 4, "resolve kernel")?;
     let created = Some((ObjectKind::Image, request.name.clone()));
-    Ok(spawn(daemon, op, created, AtShutdown::Cut, move |daemon, op| Box::pin(image::build(daemon, op, request, lock))))
+    Ok(spawn(daemon, op, created, AtShutdown::Cut, move |daemon, op| {
+        Box::pin(image::build(daemon, op, request, input, lock))
+    }))
 }
 
 /// Starts registering an existing ext4 root filesystem.
 #[utoipa::path(post, path = "/v1/images/register", tag = "images", request_body = ImageRegisterRequest,
-    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
 pub async fn register(
     State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
     Json(request): Json<ImageRegisterRequest>,
 ) -> Result<(StatusCode, Json<Operation>)> {
-    image::validate_register(&request)?;
     crate::kernel::resolve::check_known(&daemon, &request.kernel).await?;
+    let (rootfs, request) =
+        blocking(move || image::open_register_input(&caller, &request).map(|rootfs| (rootfs, request))).await?;
     let lock = daemon.images.claim(&request.name, request.force)?;
     let op = daemon.ops.start(OperationKind::ImageRegister, &request.name, 3, "resolve kernel")?;
     let created = Some((ObjectKind::Image, request.name.clone()));
     Ok(spawn(daemon, op, created, AtShutdown::Cut, move |daemon, op| {
-        Box::pin(image::register(daemon, op, request, lock))
+        Box::pin(image::register(daemon, op, request, rootfs, lock))
     }))
 }
 

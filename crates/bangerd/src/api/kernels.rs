@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use banger_api::{
@@ -16,6 +16,7 @@ use banger_kernel::catalog;
 
 use super::extract::{Json, Path, Query};
 use super::{spawn, AtShutdown};
+use crate::caller::Caller;
 use crate::error::{Error, Result};
 use crate::kernel;
 use crate::Daemon;
@@ -102,16 +103,20 @@ pub async fn pull(
 
 /// Starts importing a kernel from files on the daemon's host.
 #[utoipa::path(post, path = "/v1/kernels/import", tag = "kernels", request_body = KernelImportRequest,
-    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 409, body = ApiError),
-        (status = 413, body = ApiError)))]
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 403, body = ApiError),
+        (status = 409, body = ApiError), (status = 413, body = ApiError)))]
 pub async fn import(
     State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
     Json(request): Json<KernelImportRequest>,
 ) -> Result<(StatusCode, Json<Operation>)> {
     catalog::validate_name(&request.name).map_err(Error::InvalidArgument)?;
     let lock = daemon.kernels.lock(&request.name)?;
     daemon.kernels.check_replace(&request.name, request.force)?;
-    let sources = kernel::import::open_sources(&request)?;
+    let (sources, request) = crate::vm::ledger::blocking(move || {
+        kernel::import::open_sources(&caller, &request).map(|sources| (sources, request))
+    })
+    .await?;
     let op = daemon.ops.start(OperationKind::KernelImport, &request.name, 4, "extract")?;
     let created = Some((ObjectKind::Kernel, request.name.clone()));
     Ok(spawn(daemon, op, created, AtShutdown::Cut, move |daemon, op| {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use banger_api::{Image, ImageBuildRequest, ImageRecipe, ImageRegisterRequest, ImageSource, Timestamp};
 use banger_image::{BuildOptions, Recipe, ROOTFS_FILE};
 
+use crate::caller::{files, Caller};
 use crate::db::{Db, ObjectTable};
 use crate::error::{Error, Result};
 use crate::operations::OperationHandle;
@@ -102,12 +103,81 @@ pub fn validate_build(request: &mut ImageBuildRequest) -> Result<()> {
         return Err(Error::InvalidArgument("give exactly one of a recipe, --from-dir or --from-tar".into()));
     }
     for path in request.from_dir.iter().chain(&request.from_tar) {
-        if !Path::new(path).is_absolute() || !Path::new(path).exists() {
-            return Err(Error::InvalidArgument(format!("{path} must be an absolute path that exists")));
+        if !Path::new(path).is_absolute() {
+            return Err(Error::InvalidArgument(format!("{path} must be an absolute path")));
         }
     }
     request.size_bytes = request.size_bytes.map(|size| crate::limits::disk_size("size_bytes", size, 0)).transpose()?;
     Ok(())
+}
+
+/// What a build makes its root from, opened before its operation starts.
+pub enum BuildInput {
+    /// One of banger's recipes, or a directory a root caller named (copied as root).
+    Recipe(Recipe),
+    /// A directory a caller other than root named: walked with its rights.
+    Tree {
+        /// The directory, opened as the caller.
+        dir: std::fs::File,
+        /// Its path, for messages.
+        path: PathBuf,
+        /// Who named it.
+        caller: Caller,
+    },
+    /// A root tarball, opened with the caller's rights.
+    Tar {
+        /// The tarball.
+        file: std::fs::File,
+        /// Its path, for messages.
+        path: PathBuf,
+    },
+}
+
+/// Opens what a checked build request names with the caller's rights,
+/// before its operation starts.
+pub fn open_build_input(caller: &Caller, request: &ImageBuildRequest) -> Result<BuildInput> {
+    Ok(match (&request.recipe, &request.from_dir, &request.from_tar) {
+        (Some(ImageRecipe::Tiny), ..) => BuildInput::Recipe(Recipe::Tiny),
+        (Some(ImageRecipe::Debian), ..) => BuildInput::Recipe(Recipe::debian()),
+        (_, Some(dir), _) if caller.is_root() => {
+            if !Path::new(dir).is_dir() {
+                return Err(Error::InvalidArgument(format!("{dir} must be an absolute path to a directory")));
+            }
+            BuildInput::Recipe(Recipe::FromDir(dir.into()))
+        }
+        (_, Some(dir), _) => {
+            let path = PathBuf::from(dir);
+            BuildInput::Tree { dir: files::open_dir(caller, &path)?, path, caller: caller.clone() }
+        }
+        (_, _, Some(tar)) => {
+            let path = PathBuf::from(tar);
+            BuildInput::Tar { file: files::open_file(caller, &path)?, path }
+        }
+        _ => return Err(Error::InvalidArgument("no image source".into())),
+    })
+}
+
+/// Builds a root filesystem into `dest` (blocking).
+fn build_rootfs(
+    input: BuildInput,
+    options: &BuildOptions,
+    dest: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<banger_image::BuiltImage> {
+    match input {
+        BuildInput::Recipe(recipe) => Ok(banger_image::build(recipe, options, dest, progress)?),
+        BuildInput::Tar { mut file, path } => {
+            Ok(banger_image::build_from_tar_stream(&mut file, &path, options, dest, progress)?)
+        }
+        BuildInput::Tree { dir, path, caller } => {
+            let mut tree = files::stream_tree(&caller, dir, &path)?;
+            let built = banger_image::build_from_tar_stream(&mut tree, &path, options, dest, progress);
+            // A walk cut short by a file the caller cannot read ends the
+            // stream early: its error comes first, and the build is void.
+            tree.finish()?;
+            Ok(built?)
+        }
+    }
 }
 
 /// The static guest agent every image carries ([`agent_binary::find`]).
@@ -120,16 +190,16 @@ pub async fn build(
     daemon: Arc<Daemon>,
     op: &OperationHandle,
     request: ImageBuildRequest,
+    input: BuildInput,
     lock: NameLock,
 ) -> Result<Image> {
     let agent = agent_binary(&daemon)?;
     op.step("resolve kernel");
     let kernel = crate::kernel::resolve::resolve(&daemon, &request.kernel, op).await?;
-    let (recipe, source) = match (&request.recipe, &request.from_dir, &request.from_tar) {
-        (Some(ImageRecipe::Tiny), ..) => (Recipe::Tiny, ImageSource::Recipe(ImageRecipe::Tiny)),
-        (Some(ImageRecipe::Debian), ..) => (Recipe::debian(), ImageSource::Recipe(ImageRecipe::Debian)),
-        (_, Some(dir), _) => (Recipe::FromDir(dir.into()), ImageSource::Dir(dir.clone())),
-        (_, _, Some(tar)) => (Recipe::FromTar(tar.into()), ImageSource::Tar(tar.clone())),
+    let source = match (&request.recipe, &request.from_dir, &request.from_tar) {
+        (Some(recipe), ..) => ImageSource::Recipe(*recipe),
+        (_, Some(dir), _) => ImageSource::Dir(dir.clone()),
+        (_, _, Some(tar)) => ImageSource::Tar(tar.clone()),
         _ => return Err(Error::InvalidArgument("no image source".into())),
     };
     let staging = daemon.images.staging(&request.name, op.id())?;
@@ -137,11 +207,10 @@ pub async fn build(
     let dest = staging.path().to_path_buf();
     let reporter = op.progress_reporter();
     op.step("build root filesystem");
-    let built = tokio::task::spawn_blocking(move || {
-        banger_image::build(recipe, &options, &dest, &mut |s: &str| reporter.step(s))
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("build task: {e}")))??;
+    let built =
+        tokio::task::spawn_blocking(move || build_rootfs(input, &options, &dest, &mut |s: &str| reporter.step(s)))
+            .await
+            .map_err(|e| Error::Internal(format!("build task: {e}")))??;
     let image = Image {
         name: request.name.clone(),
         kernel: kernel.name,
@@ -155,25 +224,25 @@ pub async fn build(
     install(daemon, lock, staging, image).await
 }
 
-/// Checks a register request before its operation starts.
-pub fn validate_register(request: &ImageRegisterRequest) -> Result<()> {
+/// Checks a register request and opens its root filesystem with the
+/// caller's rights, before its operation starts.
+pub fn open_register_input(caller: &Caller, request: &ImageRegisterRequest) -> Result<std::fs::File> {
     let path = Path::new(&request.rootfs);
-    if !path.is_absolute() || !path.is_file() {
+    if !path.is_absolute() {
         return Err(Error::InvalidArgument(format!("{} must be an absolute path to an ext4 file", request.rootfs)));
     }
-    if !is_ext_filesystem(path) {
+    let file = files::open_file(caller, path)?;
+    if !is_ext_filesystem(&file) {
         return Err(Error::InvalidArgument(format!("{} is not an ext2/3/4 filesystem image", request.rootfs)));
     }
-    Ok(())
+    Ok(file)
 }
 
 /// Whether the file carries the ext2/3/4 superblock magic (0xEF53 at byte 1080).
-fn is_ext_filesystem(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
+fn is_ext_filesystem(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
     let mut magic = [0u8; 2];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.seek(SeekFrom::Start(1080)).and_then(|_| f.read_exact(&mut magic)))
-        .is_ok_and(|()| magic == [0x53, 0xEF])
+    file.read_exact_at(&mut magic, 1080).is_ok_and(|()| magic == [0x53, 0xEF])
 }
 
 /// Registers an existing ext4 root filesystem (an operation's work): it is
@@ -182,6 +251,7 @@ pub async fn register(
     daemon: Arc<Daemon>,
     op: &OperationHandle,
     request: ImageRegisterRequest,
+    rootfs: std::fs::File,
     lock: NameLock,
 ) -> Result<Image> {
     op.step("resolve kernel");
@@ -192,7 +262,7 @@ pub async fn register(
     let strategy = daemon.cow_strategy();
     op.step("copy root filesystem");
     let dest_copy = dest.clone();
-    tokio::task::spawn_blocking(move || banger_storage::clone_disk(strategy, &source, &dest_copy, None))
+    tokio::task::spawn_blocking(move || banger_storage::clone_open_disk(strategy, &rootfs, &source, &dest_copy, None))
         .await
         .map_err(|e| Error::Internal(format!("copy task: {e}")))??;
     let size_bytes = std::fs::metadata(&dest).map_err(Error::io("cannot stat", &dest))?.len();

@@ -1,15 +1,18 @@
 //! `kernel import`: a kernel from files on the host, built in a staging
 //! directory by `banger_kernel::import` and installed like a pull. The
 //! sources are opened and checked when the request arrives, before the
-//! operation starts, and only those open files are read afterwards.
+//! operation starts, with the caller's own rights, and only those open
+//! files are read afterwards.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use banger_api::{Kernel, KernelImportKind, KernelImportRequest};
 use banger_kernel::import::{self, ImportError, ImportOptions, ModulesDir, SourceFile, SourceKind};
+use tempfile::TempDir;
 
 use super::store::KernelLock;
+use crate::caller::{files, Caller};
 use crate::error::{Error, Result};
 use crate::operations::OperationHandle;
 use crate::Daemon;
@@ -18,27 +21,49 @@ use crate::Daemon;
 #[derive(Debug)]
 pub struct ImportSources {
     kernel: SourceFile,
-    modules: Option<ModulesDir>,
+    modules: Option<Modules>,
+}
+
+/// A modules directory, as the importer will read it.
+#[derive(Debug)]
+enum Modules {
+    /// Root's: read where it is.
+    InPlace(ModulesDir),
+    /// Another caller's: copied with the caller's rights first.
+    Caller { dir: std::fs::File, path: PathBuf, caller: Caller },
 }
 
 /// Opens and checks the files an import request names, so plain mistakes
 /// (a missing file, a relative path, a device, a file past its kind's size
-/// limit, a file that is no kernel at all) are answered at once.
-pub fn open_sources(request: &KernelImportRequest) -> Result<ImportSources> {
-    let kernel_file = open_source(&request.path)?;
+/// limit, a file that is no kernel at all, a file the caller may not read)
+/// are answered at once.
+pub fn open_sources(caller: &Caller, request: &KernelImportRequest) -> Result<ImportSources> {
+    let kernel_file = open_source(caller, &request.path)?;
     let kernel = SourceFile::new(kernel_file, Path::new(&request.path), request.kind.map(source_kind))?;
     let modules = match &request.modules_dir {
-        Some(dir) => Some(ModulesDir::new(open_source(dir)?, Path::new(dir))?),
+        Some(dir) if caller.is_root() => {
+            Some(Modules::InPlace(ModulesDir::new(open_source(caller, dir)?, Path::new(dir))?))
+        }
+        Some(dir) => {
+            let opened = open_source(caller, dir)?;
+            let checked = opened.try_clone().map_err(Error::io("cannot open", dir))?;
+            ModulesDir::new(checked, Path::new(dir))?;
+            Some(Modules::Caller { dir: opened, path: PathBuf::from(dir), caller: caller.clone() })
+        }
         None => None,
     };
     Ok(ImportSources { kernel, modules })
 }
 
-/// Opens one host path a request names, for reading: every file or
-/// directory an import reads is this one, or found inside this one.
-fn open_source(path: &str) -> Result<std::fs::File> {
+/// Opens one host path a request names, for reading, with the caller's
+/// rights: every file or directory an import reads is this one, or found
+/// inside this one.
+fn open_source(caller: &Caller, path: &str) -> Result<std::fs::File> {
     if !Path::new(path).is_absolute() {
         return Err(Error::InvalidArgument(format!("path {path:?} must be absolute")));
+    }
+    if !caller.is_root() {
+        return files::open(caller, Path::new(path));
     }
     // Whatever stops the open (no such file, a dangling link, a path
     // through a file) is about the path the caller gave.
@@ -51,6 +76,39 @@ fn open_source(path: &str) -> Result<std::fs::File> {
     })
 }
 
+/// Copies a caller's modules directory, read with the caller's rights, into
+/// a scratch directory beside the staging one (keeping its name, which is
+/// the kernel release). Links are left out: the importer reads the copy
+/// as root, and a caller's link may point anywhere.
+fn stage_modules(dir: std::fs::File, path: &Path, caller: &Caller, beside: &Path) -> Result<(TempDir, ModulesDir)> {
+    let name = path.file_name().ok_or_else(|| Error::InvalidArgument(format!("{} has no name", path.display())))?;
+    let parent = beside.parent().unwrap_or(beside);
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("{}caller-modules-", crate::staging::TEMP_PREFIX))
+        .tempdir_in(parent)
+        .map_err(Error::io("cannot create a directory in", parent))?;
+    let copy = scratch.path().join(name);
+    std::fs::create_dir(&copy).map_err(Error::io("cannot create", &copy))?;
+    let mut tree = files::stream_tree(caller, dir, path)?;
+    let unpacked = unpack_without_links(&mut tree, &copy);
+    tree.finish()?;
+    unpacked.map_err(Error::io("cannot copy the modules of", path))?;
+    let opened = import::open_source(&copy)?;
+    Ok((scratch, ModulesDir::new(opened, &copy)?))
+}
+
+fn unpack_without_links(tree: &mut dyn std::io::Read, dest: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(tree);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if matches!(entry.header().entry_type(), tar::EntryType::Symlink | tar::EntryType::Link) {
+            continue;
+        }
+        entry.unpack_in(dest)?;
+    }
+    Ok(())
+}
+
 /// Runs the import; blocking work happens off the async runtime.
 pub async fn import(
     daemon: Arc<Daemon>,
@@ -60,11 +118,20 @@ pub async fn import(
     lock: KernelLock,
 ) -> Result<Kernel> {
     let staging = daemon.kernels.staging(&request.name, op.id())?;
-    let options = ImportOptions { modules: sources.modules, busybox: daemon.config.busybox.clone() };
+    let busybox = daemon.config.busybox.clone();
     let dest = staging.path().to_path_buf();
     let progress_op = op.progress_reporter();
     let imported = tokio::task::spawn_blocking(move || {
-        import::import(sources.kernel, &options, &dest, &mut |step: &str| progress_op.step(step))
+        let (_scratch, modules) = match sources.modules {
+            Some(Modules::InPlace(modules)) => (None, Some(modules)),
+            Some(Modules::Caller { dir, path, caller }) => {
+                let (scratch, modules) = stage_modules(dir, &path, &caller, &dest)?;
+                (Some(scratch), Some(modules))
+            }
+            None => (None, None),
+        };
+        let options = ImportOptions { modules, busybox };
+        Ok::<_, Error>(import::import(sources.kernel, &options, &dest, &mut |step: &str| progress_op.step(step))?)
     })
     .await
     .map_err(|e| Error::Internal(format!("import task: {e}")))??;

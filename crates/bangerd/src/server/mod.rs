@@ -140,7 +140,7 @@ impl Connection {
             let slot = Arc::clone(&slot);
             let alarms = Arc::clone(&alarms);
             hyper::service::service_fn(move |request| {
-                handle(request, app.clone(), Arc::clone(&slot), caller, limits, Arc::clone(&alarms))
+                handle(request, app.clone(), Arc::clone(&slot), caller.clone(), limits, Arc::clone(&alarms))
             })
         };
         // The header timeout is ours (see `expiry`): hyper's runs between
