@@ -81,6 +81,8 @@ impl TreeStream {
         drop(self.chunks);
         match self.walker.join() {
             Ok(Ok(())) => Ok(()),
+            // The reading side stopped first: its own error says why.
+            Ok(Err((_, e))) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
             Ok(Err((relative, e))) => {
                 let path = self.root.join(relative);
                 match e.raw_os_error() {
