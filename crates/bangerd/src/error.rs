@@ -356,3 +356,35 @@ impl IntoResponse for Error {
 
 /// The daemon's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enospc() -> std::io::Error {
+        std::io::Error::from_raw_os_error(libc::ENOSPC)
+    }
+
+    #[test]
+    fn a_full_filesystem_is_no_space_wherever_it_is_in_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let direct = Error::io("cannot write", dir.path().join("f"))(enospc());
+        assert!(matches!(direct, Error::NoSpace { .. }), "{direct:?}");
+        assert_eq!(direct.code(), ErrorCode::NoSpace);
+        assert_eq!(status_for(direct.code()), StatusCode::INSUFFICIENT_STORAGE);
+        let mount = crate::space::mount_point(dir.path());
+        let message = direct.to_api().message;
+        assert!(
+            message.starts_with(&format!("no space left on the filesystem mounted at {}", mount.display())),
+            "{message}"
+        );
+
+        let nested = Error::Storage(banger_storage::StorageError::Io { path: "/x".into(), source: enospc() });
+        assert_eq!(nested.code(), ErrorCode::NoSpace);
+        let other = Error::Storage(banger_storage::StorageError::Io {
+            path: "/x".into(),
+            source: std::io::Error::other("eio"),
+        });
+        assert_eq!(other.code(), ErrorCode::Internal);
+    }
+}
