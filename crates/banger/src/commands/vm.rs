@@ -400,3 +400,38 @@ fn vmm(v: &Vm) -> String {
         (VmmChoice::Unknown, _) => "unknown".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use banger_api::{AgentStatus, DiskStrategy, VmState};
+
+    use super::*;
+
+    fn vm(state: VmState, agent: Option<AgentStatus>, pause_reason: Option<&str>) -> Vm {
+        Vm {
+            name: "dev".into(),
+            state,
+            image: "tiny".into(),
+            kernel: "k".into(),
+            vmm: VmmChoice::Qemu,
+            kvm: false,
+            cpus: 1,
+            memory_mib: 256,
+            disk_size_bytes: 1 << 30,
+            work_disk_bytes: None,
+            disk_strategy: DiskStrategy::SparseCopy,
+            pid: Some(7),
+            agent,
+            agent_version: None,
+            pause_reason: pause_reason.map(Into::into),
+            created_at: std::time::UNIX_EPOCH.into(),
+        }
+    }
+
+    #[test]
+    fn the_state_column_says_why_a_vm_is_paused_or_silent() {
+        assert_eq!(state(&vm(VmState::Paused, None, Some("io-error"))), "paused (io-error)");
+        assert_eq!(state(&vm(VmState::Running, Some(AgentStatus::NotAnswering), None)), "running (agent not answering)");
+        assert_eq!(state(&vm(VmState::Running, Some(AgentStatus::Answering), None)), "running");
+    }
+}
