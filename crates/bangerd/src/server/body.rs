@@ -1,10 +1,10 @@
 //! Bodies that watch a request: a request body that fails when the client
-//! stops sending it while a handler waits, and a response body that marks
-//! the connection idle once it is done.
+//! stops sending it while a handler waits, and a response body; once both
+//! are done (sent, read or dropped) the connection is idle.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,6 +18,43 @@ use tokio::time::{Instant, Sleep};
 
 use super::table::Slot;
 
+/// One request and its response on a connection: the connection is idle
+/// once both bodies are done, whichever ends last (a handler may answer
+/// before it has read the whole request).
+pub struct Exchange {
+    slot: Arc<Slot>,
+    open: AtomicU8,
+}
+
+impl Exchange {
+    /// A request just begun on `slot`'s connection.
+    pub fn begin(slot: Arc<Slot>) -> (Part, Part) {
+        slot.request_started();
+        let exchange = Arc::new(Exchange { slot, open: AtomicU8::new(2) });
+        (Part(Some(Arc::clone(&exchange))), Part(Some(exchange)))
+    }
+}
+
+/// The request's or the response's share of an [`Exchange`].
+pub struct Part(Option<Arc<Exchange>>);
+
+impl Part {
+    /// This body is done; the last one done leaves the connection idle.
+    fn done(&mut self) {
+        if let Some(exchange) = self.0.take() {
+            if exchange.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+                exchange.slot.response_done();
+            }
+        }
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
 /// The error a stalled request body ends with.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body sent nothing for {0:?}")]
@@ -28,6 +65,7 @@ pub struct BodyStalled(Duration);
 /// does not count.
 pub struct StallTimeout {
     inner: Incoming,
+    part: Part,
     timeout: Duration,
     /// Armed while the handler waits for bytes.
     sleep: Pin<Box<Sleep>>,
@@ -36,9 +74,10 @@ pub struct StallTimeout {
 }
 
 impl StallTimeout {
-    /// Wraps `inner`; `stalled` is set if it times out.
-    pub fn new(inner: Incoming, timeout: Duration, stalled: Arc<AtomicBool>) -> StallTimeout {
-        StallTimeout { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)), waiting: false, stalled }
+    /// Wraps `inner`, the request's `part`; `stalled` is set if it times out.
+    pub fn new(inner: Incoming, part: Part, timeout: Duration, stalled: Arc<AtomicBool>) -> StallTimeout {
+        let sleep = Box::pin(tokio::time::sleep(timeout));
+        StallTimeout { inner, part, timeout, sleep, waiting: false, stalled }
     }
 }
 
@@ -51,6 +90,9 @@ impl Body for StallTimeout {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
+                if frame.is_none() {
+                    this.part.done();
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -89,17 +131,17 @@ pub fn stalled_response(timeout: Duration) -> Response {
     response
 }
 
-/// A response body that tells the connection's [`Slot`] when it is done
-/// (fully sent, or dropped).
+/// A response body that tells its [`Exchange`] when it is done (fully
+/// sent, or dropped).
 pub struct Observed {
     inner: axum::body::Body,
-    slot: Arc<Slot>,
+    part: Part,
 }
 
 impl Observed {
-    /// Wraps `inner`, the response to a request on `slot`'s connection.
-    pub fn new(inner: axum::body::Body, slot: Arc<Slot>) -> Observed {
-        Observed { inner, slot }
+    /// Wraps `inner`, the response's `part`.
+    pub fn new(inner: axum::body::Body, part: Part) -> Observed {
+        Observed { inner, part }
     }
 }
 
@@ -110,7 +152,7 @@ impl Body for Observed {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
-            self.slot.response_done();
+            self.part.done();
         }
         polled
     }
@@ -124,8 +166,21 @@ impl Body for Observed {
     }
 }
 
-impl Drop for Observed {
-    fn drop(&mut self) {
-        self.slot.response_done();
+#[cfg(test)]
+mod tests {
+    use super::super::table::{Admission, Phase, Table};
+    use super::*;
+
+    #[test]
+    fn a_connection_is_idle_once_the_request_and_the_response_are_done() {
+        let table = Table::default();
+        let Admission::Admitted(slot) = table.admit(1) else { panic!("room") };
+        let (request, response) = Exchange::begin(Arc::clone(&slot));
+        assert_eq!(slot.state().0, Phase::Busy);
+        // Answered before the whole request was read: still busy.
+        drop(response);
+        assert_eq!(slot.state().0, Phase::Busy);
+        drop(request);
+        assert_eq!(slot.state().0, Phase::Idle);
     }
 }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::caller::Caller;
 use alarm::{Alarm, Alarms};
-use body::{Observed, StallTimeout};
+use body::{Exchange, Observed, StallTimeout};
 pub use limits::Limits;
 use table::{Admission, Phase, Slot, Table};
 
@@ -211,10 +211,11 @@ async fn handle(
     limits: Limits,
     alarms: Arc<Alarms>,
 ) -> Result<Response<Observed>, Infallible> {
-    slot.request_started();
+    let (request_part, response_part) = Exchange::begin(Arc::clone(&slot));
     let stalled = Arc::new(AtomicBool::new(false));
-    let mut request =
-        request.map(|body| axum::body::Body::new(StallTimeout::new(body, limits.body_timeout, Arc::clone(&stalled))));
+    let mut request = request.map(|body| {
+        axum::body::Body::new(StallTimeout::new(body, request_part, limits.body_timeout, Arc::clone(&stalled)))
+    });
     request.extensions_mut().insert(ConnectInfo(caller));
     let Ok(mut response) = tower_service::Service::call(&mut app.clone(), request).await;
     if stalled.load(Ordering::Acquire) {
@@ -224,7 +225,7 @@ async fn handle(
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         slot.upgraded();
     }
-    Ok(response.map(|body| Observed::new(body, slot)))
+    Ok(response.map(|body| Observed::new(body, response_part)))
 }
 
 #[cfg(test)]
