@@ -185,7 +185,8 @@ async fn a_stalled_body_gets_a_408_json_error() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut daemon = daemon("[api]\nbody_timeout_secs = 1\n").await;
         let mut stream = connect(&daemon).await;
-        let head = "POST /v1/vms HTTP/1.1\r\nHost: banger\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+        let head =
+            "POST /v1/vms HTTP/1.1\r\nHost: banger\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(b"{\"name\": \"half").await.unwrap();
         let started = Instant::now();

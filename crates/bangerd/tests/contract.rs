@@ -106,6 +106,13 @@ async fn every_rejection_is_a_json_error_with_its_status() {
         ),
         ("a body over the limit", format!("POST /v1/vms HTTP/1.1\r\n{JSON}"), big.as_bytes(), 413, ErrorCode::TooLarge),
         ("a bad query", "DELETE /v1/vms/a?force=maybe HTTP/1.1".to_owned(), b"", 400, ErrorCode::InvalidArgument),
+        (
+            "a misspelt query parameter",
+            "DELETE /v1/images/a?forse=true HTTP/1.1".to_owned(),
+            b"",
+            400,
+            ErrorCode::InvalidArgument,
+        ),
         ("a path that is not UTF-8", "GET /v1/vms/%FF%FE HTTP/1.1".to_owned(), b"", 400, ErrorCode::InvalidArgument),
         ("an unknown route", "GET /v1/nothing-here HTTP/1.1".to_owned(), b"", 404, ErrorCode::NotFound),
         ("a route outside /v1", "GET / HTTP/1.1".to_owned(), b"", 404, ErrorCode::NotFound),

@@ -76,6 +76,7 @@ pub async fn register(
 
 /// Query of `DELETE /v1/images/{name}`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
     /// Remove even if VMs were made from it (they keep their own disks).
     #[serde(default)]

@@ -47,6 +47,7 @@ pub async fn show(State(daemon): State<Arc<Daemon>>, Path(name): Path<String>) -
 
 /// Query of `DELETE /v1/kernels/{name}`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
     /// Remove it even if images or VMs boot it.
     #[serde(default)]

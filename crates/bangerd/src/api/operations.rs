@@ -35,6 +35,7 @@ pub async fn get(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> R
 
 /// Which events to stream.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events about this operation.
     pub operation: Option<String>,

@@ -123,6 +123,7 @@ pub async fn kill(
 
 /// Query of `DELETE /v1/vms/{name}`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
     /// Kill a VM that is not stopped (cancelling its boot or stop) instead of refusing.
     #[serde(default)]
@@ -169,6 +170,7 @@ pub async fn resize_disk(
 
 /// Query of `GET /v1/vms/{name}/logs`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Keep streaming as the console writes, until the VM stops.
     #[serde(default)]
