@@ -14,19 +14,25 @@ use banger_api::{
 use banger_client::Client;
 use banger_testkit::bundles::{entry, good_bundle};
 use banger_testkit::{prereq, Canned, HttpServer, TestDaemon};
-use banger_vmm::local::{Local, LocalFaults};
+use banger_vmm::local::{BootFault, Local, LocalFaults};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
+/// A boot that never answers holds its VM this long.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// A daemon with kernel "k" (pulled from a loopback catalog) and image
 /// "tiny", its VMs on the test driver.
 async fn daemon(server: &HttpServer) -> TestDaemon {
+    daemon_with_faults(server, LocalFaults::default()).await
+}
+
+async fn daemon_with_faults(server: &HttpServer, faults: LocalFaults) -> TestDaemon {
     let agent = banger_testkit::guest::agent_binary();
     let daemon = TestDaemon::start_with(|c| {
         c.agent_binary = Some(agent.clone());
-        c.test_driver = Some(Local { agent: agent.clone(), faults: LocalFaults::default() });
-        c.boot_timeout = Duration::from_secs(3);
+        c.test_driver = Some(Local { agent: agent.clone(), faults });
+        c.boot_timeout = BOOT_TIMEOUT;
     })
     .await;
     let bundle = good_bundle("ranges");
@@ -301,6 +307,40 @@ async fn an_image_build_with_an_empty_or_unknown_kernel_is_refused_before_the_op
         assert_eq!(client.operations().await.unwrap().len(), ops_before, "a refused build started an operation");
         let names: Vec<String> = client.images().await.unwrap().into_iter().map(|i| i.name).collect();
         assert_eq!(names, ["tiny"]);
+    })
+    .await;
+}
+
+/// A change answered at once (`set`, a disk resize) does not wait on a
+/// boot in progress: it is told the VM is busy within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_during_a_boot_is_told_busy_at_once() {
+    if !prereq::require("root, to build the tiny image", prereq::is_root()) {
+        return;
+    }
+    prereq::with_timeout(TEST_TIMEOUT, async {
+        let server = HttpServer::start().await;
+        let faults = LocalFaults::default();
+        faults.set("hung", BootFault::NeverListens);
+        let daemon = daemon_with_faults(&server, faults).await;
+        let client = &daemon.client;
+        succeed(client, client.create_vm(&request("hung")).await.unwrap()).await;
+        let boot = client.start_vm("hung", false).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for attempt in ["set", "resize"] {
+            let asked = std::time::Instant::now();
+            let answer = match attempt {
+                "set" => client.set_vm("hung", &VmSetRequest { cpus: Some(1), memory_mib: None }).await.map(|_| ()),
+                _ => client.resize_vm_disk("hung", 128 * MIB).await.map(|_| ()),
+            };
+            let message = refused(answer, ErrorCode::Conflict);
+            assert!(message.contains("is busy"), "{attempt}: {message}");
+            assert!(asked.elapsed() < Duration::from_secs(5), "{attempt}: busy after {:?}", asked.elapsed());
+        }
+        let done = client.wait(&boot.id, |_| {}).await.unwrap();
+        assert_eq!(done.state, OperationState::Failed, "the hung boot times out");
+        let vm = client.vm("hung").await.unwrap();
+        assert_eq!((vm.cpus, len(daemon.config.state_dir.join("vms/hung/root.ext4"))), (1, vm.disk_size_bytes));
     })
     .await;
 }

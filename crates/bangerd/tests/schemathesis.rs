@@ -75,7 +75,8 @@ async fn run(program: PathBuf) {
         .arg("run")
         .arg(format!("http://127.0.0.1:{port}/v1/openapi.json"))
         .args(["--checks", CHECKS, "--max-examples", MAX_EXAMPLES, "--workers", "2", "--seed", "7"])
-        .args(["--request-timeout", "20", "--no-color", "--suppress-health-check", "all"])
+        // A disk resize to near 16 TiB takes resize2fs half a minute here.
+        .args(["--request-timeout", "60", "--no-color", "--suppress-health-check", "all"])
         // The event stream never ends while the daemon runs: every request
         // would wait out the request timeout. It has no request body and
         // one optional query string; tests/daemon.rs reads it for real.

@@ -27,6 +27,10 @@ const POWEROFF_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long reconnecting to a running guest's agent may take.
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a change answered at once (`set`, a disk resize) waits for
+/// another operation on the VM to let go before it answers busy.
+const BUSY_WAIT: Duration = Duration::from_secs(2);
+
 /// Takes the VM's lock the way `action` needs it: preempting whoever holds
 /// it when the state machine says so.
 /// The actions that cut short whatever holds the lock always preempt: the
@@ -39,6 +43,14 @@ pub async fn lock_for(daemon: &Daemon, name: &str, action: VmAction, admitted: A
     } else {
         daemon.vms.lock(name).await
     }
+}
+
+/// The VM's lock for a change answered at once: a caller is told the VM
+/// is busy rather than kept waiting on a boot or a long resize.
+async fn lock_briefly(daemon: &Daemon, name: &str) -> Result<VmGuard> {
+    tokio::time::timeout(BUSY_WAIT, daemon.vms.lock(name))
+        .await
+        .map_err(|_| Error::Busy { kind: "VM", name: name.to_owned() })
 }
 
 /// Re-reads the VM under its lock and asks the state machine again.
@@ -274,7 +286,7 @@ pub async fn forget(daemon: &Arc<Daemon>, record: VmRecord) -> Result<()> {
 
 /// Changes a stopped VM's vCPUs or memory.
 pub async fn set(daemon: &Arc<Daemon>, name: &str, request: VmSetRequest) -> Result<Vm> {
-    let _guard = daemon.vms.lock(name).await;
+    let _guard = lock_briefly(daemon, name).await?;
     let (mut record, _) = readmit(daemon, name, VmAction::Set)?;
     let host = crate::limits::HostLimits::probe();
     if let Some(cpus) = request.cpus {
@@ -289,7 +301,7 @@ pub async fn set(daemon: &Arc<Daemon>, name: &str, request: VmSetRequest) -> Res
 
 /// Grows a stopped VM's root disk (and its filesystem).
 pub async fn resize_disk(daemon: &Arc<Daemon>, name: &str, size_bytes: u64) -> Result<Vm> {
-    let _guard = daemon.vms.lock(name).await;
+    let _guard = lock_briefly(daemon, name).await?;
     let (mut record, _) = readmit(daemon, name, VmAction::ResizeDisk)?;
     let size_bytes = crate::limits::disk_size("size_bytes", size_bytes, 0)?;
     if size_bytes < record.disk_size_bytes {
