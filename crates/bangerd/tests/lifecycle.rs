@@ -117,6 +117,8 @@ impl Harness {
     /// The kinds of the entries in a VM's ledger, oldest first.
     fn ledger(&self, name: &str) -> Vec<String> {
         let db = rusqlite::Connection::open(self.daemon.config.state_dir.join("banger.db")).unwrap();
+        // The daemon's database keeps a rollback journal: a reader waits out its writes.
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
         let mut stmt = db.prepare("SELECT body FROM vm_resources WHERE vm = ?1 ORDER BY id").unwrap();
         let bodies = stmt.query_map([name], |row| row.get::<_, String>(0)).unwrap();
         bodies
@@ -438,6 +440,7 @@ async fn a_pid_that_another_process_now_has_is_neither_adopted_nor_signalled() {
         let mut stranger = std::process::Command::new("sleep").arg("600").spawn().unwrap();
         let forged = VmmProcess { pid: stranger.id(), start_time: process.start_time };
         let db = rusqlite::Connection::open(h.daemon.config.state_dir.join("banger.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
         let entry = serde_json::json!({"kind": "vmm", "run_dir": h.run_dir("a"), "process": forged}).to_string();
         db.execute("UPDATE vm_resources SET body = ?1 WHERE vm = 'a' AND body LIKE '%\"vmm\"%'", [entry]).unwrap();
         drop(db);
