@@ -48,7 +48,7 @@ fn vm_json() -> Value {
     json!({
         "name": "dev", "state": "running", "image": "tiny", "kernel": "k", "vmm": "qemu", "kvm": false,
         "cpus": 1, "memory_mib": 512, "disk_size_bytes": 1048576, "work_disk_bytes": null,
-        "disk_strategy": "reflink", "pid": 42, "agent": "answering", "agent_version": "0.1.0", "created_at": "2026-01-01T00:00:00Z"
+        "disk_strategy": "reflink", "pid": 42, "pause_reason": null, "agent": "answering", "agent_version": "0.1.0", "created_at": "2026-01-01T00:00:00Z"
     })
 }
 
@@ -84,7 +84,7 @@ fn responses_accept_unknown_fields() {
 #[test]
 fn response_enums_decode_values_they_do_not_know() {
     let mut vm = vm_json();
-    vm["state"] = json!("paused");
+    vm["state"] = json!("hibernating");
     vm["vmm"] = json!("cloud_hypervisor");
     vm["disk_strategy"] = json!("qcow2_overlay");
     let vm: Vm = serde_json::from_value(vm).unwrap();
