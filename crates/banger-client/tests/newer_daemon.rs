@@ -67,7 +67,7 @@ fn event_stream() -> Response {
 fn newer_daemon() -> Router {
     Router::new()
         .route("/v1/vms/dev", get(|| async { json_response(StatusCode::OK, vm("running")) }))
-        .route("/v1/vms", get(|| async { json_response(StatusCode::OK, json!([vm("paused")])) }))
+        .route("/v1/vms", get(|| async { json_response(StatusCode::OK, json!([vm("hibernating")])) }))
         .route(
             "/v1/operations/op-1",
             get(|| async { json_response(StatusCode::OK, operation("op-1", "vm_create", "succeeded", vm("running"))) }),

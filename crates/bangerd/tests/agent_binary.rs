@@ -55,6 +55,16 @@ fn tiny(name: &str, kernel: &str) -> ImageBuildRequest {
     }
 }
 
+/// Kernel "k" in the daemon's catalog, so an image build naming it gets
+/// past the kernel check to the agent's (nothing is fetched when the build
+/// is refused).
+async fn catalog_kernel(daemon: &TestDaemon) -> HttpServer {
+    let server = HttpServer::start().await;
+    let bundle = good_bundle("agent-choice");
+    daemon.set_catalog(vec![entry("k", &server.route("/k.tar.zst", Canned::ok(bundle.clone())), &bundle)]);
+    server
+}
+
 async fn agent_check(daemon: &TestDaemon) -> banger_api::Check {
     let report = daemon.client.doctor().await.unwrap();
     report.checks.into_iter().find(|c| c.name == "agent").expect("doctor has an agent check")
@@ -104,6 +114,7 @@ async fn with_no_static_agent_the_build_error_lists_every_path_and_the_fix() {
     let (dynamic, missing) = (candidates.dynamic(), candidates.missing());
     let daemon = TestDaemon::start_with(|c| c.agent_candidates = vec![dynamic.clone(), missing.clone()]).await;
 
+    let _server = catalog_kernel(&daemon).await;
     let error = daemon.client.build_image(&tiny("t", "k")).await.unwrap_err();
     let api = error.api().expect("an API error");
     assert_eq!(api.code, ErrorCode::Unsupported, "{error}");
@@ -132,6 +143,7 @@ async fn a_configured_dynamic_agent_is_an_error_not_skipped() {
     })
     .await;
 
+    let _server = catalog_kernel(&daemon).await;
     let error = daemon.client.build_image(&tiny("t", "k")).await.unwrap_err();
     let message = error.api().expect("an API error").message.clone();
     assert!(message.contains("[vms] agent_binary"), "{message}");
