@@ -15,6 +15,7 @@ pub mod http;
 pub mod loopfs;
 pub mod prereq;
 pub mod process;
+pub mod requests;
 pub mod shared_kernel;
 pub mod vms;
 

@@ -8,29 +8,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use banger_api::{
-    CheckStatus, ErrorCode, ImageBuildRequest, ImageRecipe, KernelImportRequest, Operation, OperationState, Vm,
-    VmCreateRequest, VmState,
+    CheckStatus, ErrorCode, KernelImportRequest, Operation, OperationState, Vm, VmCreateRequest, VmState,
 };
 use banger_client::Client;
 use banger_testkit::loopfs::LoopFs;
+use banger_testkit::requests::{finished, succeed, tiny_image, vm};
 use banger_testkit::{DaemonProcess, TestDaemon};
 use banger_vmm::local::{Local, LocalFaults};
 
 /// Every test here ends within this, whatever the daemon does.
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
-
-async fn finished(client: &Client, op: Operation) -> Operation {
-    tokio::time::timeout(Duration::from_secs(60), client.wait(&op.id, |_| {}))
-        .await
-        .expect("the operation finishes in time")
-        .expect("the operation can be followed")
-}
-
-async fn succeed(client: &Client, op: Operation) -> Option<banger_api::OperationResult> {
-    let done = finished(client, op).await;
-    assert_eq!(done.state, OperationState::Succeeded, "{:?} {} failed: {:?}", done.kind, done.target, done.error);
-    done.result
-}
 
 fn vm_of(result: Option<banger_api::OperationResult>) -> Vm {
     result.and_then(banger_api::OperationResult::into_vm).expect("the result is a VM")
@@ -57,30 +44,11 @@ async fn import_kernel(client: &Client, name: &str, sources: &Path) {
 }
 
 async fn build_tiny(client: &Client, name: &str, kernel: &str) {
-    let build = ImageBuildRequest {
-        name: name.into(),
-        recipe: Some(ImageRecipe::Tiny),
-        from_dir: None,
-        from_tar: None,
-        kernel: kernel.into(),
-        size_bytes: None,
-        force: false,
-    };
-    succeed(client, client.build_image(&build).await.unwrap()).await;
+    succeed(client, client.build_image(&tiny_image(name, kernel)).await.unwrap()).await;
 }
 
 fn vm_request(name: &str) -> VmCreateRequest {
-    VmCreateRequest {
-        name: name.into(),
-        image: "tiny".into(),
-        kernel: None,
-        cpus: None,
-        memory_mib: Some(128),
-        disk_size_bytes: None,
-        work_disk_bytes: None,
-        vmm: None,
-        no_start: false,
-    }
+    vm(name, "tiny")
 }
 
 /// Waits until `cond` holds, checking every 100 ms, for at most `within`.

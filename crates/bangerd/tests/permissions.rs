@@ -5,26 +5,14 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_api::{
-    ImageBuildRequest, ImageRecipe, ImageRegisterRequest, KernelImportKind, KernelImportRequest, OperationState,
-    VmCreateRequest,
-};
-use banger_client::Client;
+use banger_api::{ImageRegisterRequest, KernelImportKind, KernelImportRequest, VmCreateRequest};
+use banger_testkit::requests::{succeed, tiny_image, vm};
 use banger_testkit::TestDaemon;
 use banger_vmm::local::{Local, LocalFaults};
 
 /// Every test here ends within this (the first may fetch Debian's kernel
 /// package and build the static agent).
 const TEST_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Waits for an operation and asserts it succeeded.
-async fn succeed(client: &Client, op: banger_api::Operation) {
-    let done = tokio::time::timeout(Duration::from_secs(240), client.wait(&op.id, |_| {}))
-        .await
-        .expect("the operation finishes in time")
-        .expect("the operation can be followed");
-    assert_eq!(done.state, OperationState::Succeeded, "{} failed: {:?}", op.target, done.error);
-}
 
 /// Every file and directory under `root` (not following links) that group
 /// or others may read, write or search, with its mode; sockets apart.
@@ -73,18 +61,6 @@ fn import(name: &str, path: &Path, kind: Option<KernelImportKind>, modules: Opti
     }
 }
 
-fn tiny(name: &str, kernel: &str) -> ImageBuildRequest {
-    ImageBuildRequest {
-        name: name.into(),
-        recipe: Some(ImageRecipe::Tiny),
-        from_dir: None,
-        from_tar: None,
-        kernel: kernel.into(),
-        size_bytes: None,
-        force: false,
-    }
-}
-
 #[tokio::test]
 async fn the_state_root_is_readable_by_root_only() {
     if !banger_testkit::require("root, to build images", banger_testkit::is_root()) {
@@ -112,7 +88,7 @@ async fn the_state_root_is_readable_by_root_only() {
         let request = import("k2", &vmlinux, Some(KernelImportKind::Vmlinux), Some(&modules));
         succeed(&client, client.import_kernel(&request).await.unwrap()).await;
 
-        succeed(&client, client.build_image(&tiny("tiny", "k")).await.unwrap()).await;
+        succeed(&client, client.build_image(&tiny_image("tiny", "k")).await.unwrap()).await;
         let rootfs = sources.path().join("rootfs.ext4");
         std::fs::copy(state.join("images/tiny/rootfs.ext4"), &rootfs).unwrap();
         chmod(&rootfs, 0o600);
@@ -120,17 +96,7 @@ async fn the_state_root_is_readable_by_root_only() {
             ImageRegisterRequest { name: "reg".into(), rootfs: rootfs.display().to_string(), ..register_defaults() };
         succeed(&client, client.register_image(&register).await.unwrap()).await;
 
-        let vm = VmCreateRequest {
-            name: "v1".into(),
-            image: "reg".into(),
-            kernel: None,
-            cpus: None,
-            memory_mib: Some(128),
-            disk_size_bytes: None,
-            work_disk_bytes: Some(1 << 20),
-            vmm: None,
-            no_start: true,
-        };
+        let vm = VmCreateRequest { work_disk_bytes: Some(1 << 20), no_start: true, ..vm("v1", "reg") };
         succeed(&client, client.create_vm(&vm).await.unwrap()).await;
         assert!(state.join("vms/v1").is_dir());
 

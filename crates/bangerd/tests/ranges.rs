@@ -8,11 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use banger_api::{
-    ErrorCode, ImageBuildRequest, ImageRecipe, KernelPullRequest, Operation, OperationState, Vm, VmCreateRequest,
-    VmSetRequest,
+    ErrorCode, ImageBuildRequest, ImageRecipe, KernelPullRequest, OperationState, Vm, VmCreateRequest, VmSetRequest,
 };
-use banger_client::Client;
 use banger_testkit::bundles::{entry, good_bundle};
+use banger_testkit::requests::{succeed, tiny_image, vm};
 use banger_testkit::{prereq, Canned, HttpServer, TestDaemon};
 use banger_vmm::local::{BootFault, Local, LocalFaults};
 
@@ -39,37 +38,13 @@ async fn daemon_with_faults(server: &HttpServer, faults: LocalFaults) -> TestDae
     daemon.set_catalog(vec![entry("k", &server.route("/k.tar.zst", Canned::ok(bundle.clone())), &bundle)]);
     let client = &daemon.client;
     succeed(client, client.pull_kernel(&KernelPullRequest { name: "k".into(), force: false }).await.unwrap()).await;
-    let build = ImageBuildRequest {
-        name: "tiny".into(),
-        recipe: Some(ImageRecipe::Tiny),
-        from_dir: None,
-        from_tar: None,
-        kernel: "k".into(),
-        size_bytes: None,
-        force: false,
-    };
-    succeed(client, client.build_image(&build).await.unwrap()).await;
+    succeed(client, client.build_image(&tiny_image("tiny", "k")).await.unwrap()).await;
     daemon
 }
 
-async fn succeed(client: &Client, op: Operation) -> Option<banger_api::OperationResult> {
-    let done = tokio::time::timeout(Duration::from_secs(60), client.wait(&op.id, |_| {})).await.unwrap().unwrap();
-    assert_eq!(done.state, OperationState::Succeeded, "{:?} failed: {:?}", done.kind, done.error);
-    done.result
-}
-
+/// A VM of the tiny image, not started.
 fn request(name: &str) -> VmCreateRequest {
-    VmCreateRequest {
-        name: name.into(),
-        image: "tiny".into(),
-        kernel: None,
-        cpus: None,
-        memory_mib: Some(128),
-        disk_size_bytes: None,
-        work_disk_bytes: None,
-        vmm: None,
-        no_start: true,
-    }
+    VmCreateRequest { no_start: true, ..vm(name, "tiny") }
 }
 
 /// The error of a refused request, after checking its code.

@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_api::{ImageBuildRequest, ImageRecipe, KernelPullRequest, OperationState, VmCreateRequest};
+use banger_api::{KernelPullRequest, VmCreateRequest};
 use banger_testkit::bundles::{entry, good_bundle};
+use banger_testkit::requests::{succeed, tiny_image, vm};
 use banger_testkit::{prereq, Canned, HttpServer, TestDaemon};
 use banger_vmm::local::{Local, LocalFaults};
 
@@ -117,33 +118,9 @@ async fn objects(daemon: &TestDaemon, server: &HttpServer) {
     let client = &daemon.client;
     let pull = client.pull_kernel(&KernelPullRequest { name: "k".into(), force: false }).await.unwrap();
     succeed(client, pull).await;
-    let build = ImageBuildRequest {
-        name: "tiny".into(),
-        recipe: Some(ImageRecipe::Tiny),
-        from_dir: None,
-        from_tar: None,
-        kernel: "k".into(),
-        size_bytes: None,
-        force: false,
-    };
-    succeed(client, client.build_image(&build).await.unwrap()).await;
-    let create = VmCreateRequest {
-        name: "v".into(),
-        image: "tiny".into(),
-        kernel: None,
-        cpus: None,
-        memory_mib: Some(128),
-        disk_size_bytes: None,
-        work_disk_bytes: None,
-        vmm: None,
-        no_start: true,
-    };
+    succeed(client, client.build_image(&tiny_image("tiny", "k")).await.unwrap()).await;
+    let create = VmCreateRequest { no_start: true, ..vm("v", "tiny") };
     succeed(client, client.create_vm(&create).await.unwrap()).await;
-}
-
-async fn succeed(client: &banger_client::Client, op: banger_api::Operation) {
-    let done = tokio::time::timeout(Duration::from_secs(60), client.wait(&op.id, |_| {})).await.unwrap().unwrap();
-    assert_eq!(done.state, OperationState::Succeeded, "{:?} failed: {:?}", done.kind, done.error);
 }
 
 /// Listens on a loopback port and relays each connection to `socket`.

@@ -431,7 +431,10 @@ mod tests {
     #[test]
     fn the_state_column_says_why_a_vm_is_paused_or_silent() {
         assert_eq!(state(&vm(VmState::Paused, None, Some("io-error"))), "paused (io-error)");
-        assert_eq!(state(&vm(VmState::Running, Some(AgentStatus::NotAnswering), None)), "running (agent not answering)");
+        assert_eq!(
+            state(&vm(VmState::Running, Some(AgentStatus::NotAnswering), None)),
+            "running (agent not answering)"
+        );
         assert_eq!(state(&vm(VmState::Running, Some(AgentStatus::Answering), None)), "running");
     }
 }
