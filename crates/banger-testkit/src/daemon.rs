@@ -119,5 +119,31 @@ impl Drop for TestDaemon {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // VMs outlive their daemon by design; a test that failed before
+        // removing its VMs must not leave their VMMs running.
+        kill_processes_naming(self.root.path());
+        if self.config.run_dir.starts_with(self.root.path()) {
+            return;
+        }
+        kill_processes_naming(&self.config.run_dir);
+    }
+}
+
+/// SIGKILLs every process whose command line names `dir` (a test's own
+/// temporary directory, so nothing outside the test is touched).
+fn kill_processes_naming(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
     }
 }
