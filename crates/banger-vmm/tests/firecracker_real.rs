@@ -139,12 +139,14 @@ fn pid_alive(pid: u32) -> bool {
     stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z")
 }
 
-/// Waits until `path` contains `text`, up to `timeout`; the file's text.
+/// Waits until `path` holds the line `text`, up to `timeout`; the file's text.
 async fn wait_for_text(path: &Path, text: &str, timeout: Duration) -> String {
+    // The whole line: the guest's newline may reach the file a read later.
+    let line = format!("{text}\n");
     let deadline = Instant::now() + timeout;
     loop {
         let got = std::fs::read_to_string(path).unwrap_or_default();
-        if got.contains(text) || Instant::now() > deadline {
+        if got.contains(&line) || Instant::now() > deadline {
             return got;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
