@@ -117,9 +117,9 @@ pub(crate) fn clone_disk_with(
     dest: &Path,
     size_bytes: Option<u64>,
 ) -> Result<CloneInfo, StorageError> {
-    let src_len = fs::metadata(src).map_err(io_at(src))?.len();
-    let growth = grow::plan_growth(src_len, size_bytes)?;
     if strategy == CowStrategy::DmSnapshot {
+        let src_len = fs::metadata(src).map_err(io_at(src))?.len();
+        let growth = grow::plan_growth(src_len, size_bytes)?;
         return dm_snapshot(cmds, src, dest, src_len, growth);
     }
     let source = File::open(src).map_err(io_at(src))?;

@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_api::{CheckStatus, ErrorCode, ImageBuildRequest, ImageRecipe, OperationState};
+use banger_api::{CheckStatus, ErrorCode, OperationState};
 use banger_testkit::bundles::{entry, good_bundle};
+use banger_testkit::requests::tiny_image;
 use banger_testkit::{Canned, HttpServer, TestDaemon};
 
 /// Candidate agents in a temporary directory.
@@ -40,18 +41,6 @@ impl Candidates {
 
     fn missing(&self) -> PathBuf {
         self.dir.path().join("nowhere/banger-agent")
-    }
-}
-
-fn tiny(name: &str, kernel: &str) -> ImageBuildRequest {
-    ImageBuildRequest {
-        name: name.into(),
-        recipe: Some(ImageRecipe::Tiny),
-        from_dir: None,
-        from_tar: None,
-        kernel: kernel.into(),
-        size_bytes: None,
-        force: false,
     }
 }
 
@@ -88,7 +77,7 @@ async fn a_dynamic_agent_beside_the_daemon_is_passed_over_for_the_static_one() {
     let server = HttpServer::start().await;
     let bundle = good_bundle("agent-choice");
     daemon.set_catalog(vec![entry("k", &server.route("/k.tar.zst", Canned::ok(bundle.clone())), &bundle)]);
-    let op = daemon.client.build_image(&tiny("t", "k")).await.expect("the build starts");
+    let op = daemon.client.build_image(&tiny_image("t", "k")).await.expect("the build starts");
     let done = tokio::time::timeout(Duration::from_secs(120), daemon.client.wait(&op.id, |_| {}))
         .await
         .expect("the build finishes")
@@ -115,7 +104,7 @@ async fn with_no_static_agent_the_build_error_lists_every_path_and_the_fix() {
     let daemon = TestDaemon::start_with(|c| c.agent_candidates = vec![dynamic.clone(), missing.clone()]).await;
 
     let _server = catalog_kernel(&daemon).await;
-    let error = daemon.client.build_image(&tiny("t", "k")).await.unwrap_err();
+    let error = daemon.client.build_image(&tiny_image("t", "k")).await.unwrap_err();
     let api = error.api().expect("an API error");
     assert_eq!(api.code, ErrorCode::Unsupported, "{error}");
     let message = &api.message;
@@ -144,7 +133,7 @@ async fn a_configured_dynamic_agent_is_an_error_not_skipped() {
     .await;
 
     let _server = catalog_kernel(&daemon).await;
-    let error = daemon.client.build_image(&tiny("t", "k")).await.unwrap_err();
+    let error = daemon.client.build_image(&tiny_image("t", "k")).await.unwrap_err();
     let message = error.api().expect("an API error").message.clone();
     assert!(message.contains("[vms] agent_binary"), "{message}");
     assert!(message.contains(&format!("{} is dynamically linked", dynamic.display())), "{message}");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use banger_api::{
     ErrorCode, ImageBuildRequest, ImageRecipe, KernelPullRequest, OperationState, Vm, VmCreateRequest, VmSetRequest,
+    VmState,
 };
 use banger_testkit::bundles::{entry, good_bundle};
 use banger_testkit::requests::{succeed, tiny_image, vm};
@@ -301,7 +302,10 @@ async fn a_change_during_a_boot_is_told_busy_at_once() {
         let client = &daemon.client;
         succeed(client, client.create_vm(&request("hung")).await.unwrap()).await;
         let boot = client.start_vm("hung", false).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        banger_testkit::wait_vm(client, "hung", Duration::from_secs(10), "starting", |vm| {
+            vm.state == VmState::Starting
+        })
+        .await;
         for attempt in ["set", "resize"] {
             let asked = std::time::Instant::now();
             let answer = match attempt {
