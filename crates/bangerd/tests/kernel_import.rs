@@ -81,30 +81,42 @@ async fn a_bzimage_bomb_stops_at_the_limit_with_memory_flat() {
     let dir = tempfile::tempdir().unwrap();
     let bomb = dir.path().join("bomb.bzImage");
     std::fs::write(&bomb, fake_bzimage(&zstd_zeros(2 << 30))).unwrap();
-    let before = daemon.peak_rss_kib();
-    let started = Instant::now();
-    let op = daemon.client.import_kernel(&request("bomb", &bomb, None)).await.expect("a bzImage header is accepted");
-    let done = tokio::time::timeout(Duration::from_secs(120), daemon.client.wait(&op.id, |_| {}))
-        .await
-        .expect("the import ends")
-        .unwrap();
-    let after = daemon.peak_rss_kib();
-    eprintln!(
-        "bomb (2 GiB of zeros in {} bytes): {:?} in {:.2?}, peak RSS {before} KiB before, {after} KiB after",
-        std::fs::metadata(&bomb).unwrap().len(),
-        done.error,
-        started.elapsed()
-    );
-    assert_eq!(done.state, OperationState::Failed);
-    let error = done.error.expect("the failure says why");
+    let error = import_fails_with_memory_flat(&daemon, "bomb", &bomb, "bomb (2 GiB of zeros)").await;
     assert_eq!(error.code, ErrorCode::TooLarge, "{}", error.message);
     assert!(
         error.message.contains("decompressed kernel payload is larger than the limit of 512 MiB"),
         "{}",
         error.message
     );
+}
+
+/// Imports `path` as kernel `name`, which is accepted and then fails;
+/// asserts the daemon's peak RSS stayed flat and nothing was left in the
+/// kernel store; the failure.
+async fn import_fails_with_memory_flat(
+    daemon: &DaemonProcess,
+    name: &str,
+    path: &Path,
+    what: &str,
+) -> banger_api::ApiError {
+    let before = daemon.peak_rss_kib();
+    let started = Instant::now();
+    let op = daemon.client.import_kernel(&request(name, path, None)).await.expect("the import is accepted");
+    let done = tokio::time::timeout(Duration::from_secs(120), daemon.client.wait(&op.id, |_| {}))
+        .await
+        .expect("the import ends")
+        .unwrap();
+    let after = daemon.peak_rss_kib();
+    eprintln!(
+        "{what} ({} bytes): {:?} in {:.2?}, peak RSS {before} KiB before, {after} KiB after",
+        std::fs::metadata(path).unwrap().len(),
+        done.error,
+        started.elapsed()
+    );
+    assert_eq!(done.state, OperationState::Failed);
     assert!(after < before + FLAT_KIB, "peak RSS grew from {before} KiB to {after} KiB");
-    assert_eq!(kernel_entries(&daemon), Vec::<String>::new(), "the staging directory is gone");
+    assert_eq!(kernel_entries(daemon), Vec::<String>::new(), "the staging directory is gone");
+    done.error.expect("the failure says why")
 }
 
 #[tokio::test]
@@ -227,24 +239,7 @@ async fn a_package_whose_tar_holds_a_huge_long_name_is_refused_with_memory_flat(
     let data_tar = banger_testkit::bundles::zstd_zeros_after(header.as_bytes(), 3 << 30);
     let deb = dir.path().join("longname.deb");
     std::fs::write(&deb, ar(&[("debian-binary", b"2.0\n"), ("data.tar.zst", &data_tar)])).unwrap();
-    let before = daemon.peak_rss_kib();
-    let started = Instant::now();
-    let op = daemon.client.import_kernel(&request("ln", &deb, None)).await.expect("an ar archive is accepted");
-    let done = tokio::time::timeout(Duration::from_secs(120), daemon.client.wait(&op.id, |_| {}))
-        .await
-        .expect("the import ends")
-        .unwrap();
-    let after = daemon.peak_rss_kib();
-    eprintln!(
-        "long-name bomb ({} bytes): {:?} in {:.2?}, peak RSS {before} KiB before, {after} KiB after",
-        std::fs::metadata(&deb).unwrap().len(),
-        done.error,
-        started.elapsed()
-    );
-    assert_eq!(done.state, OperationState::Failed);
-    let error = done.error.expect("the failure says why");
+    let error = import_fails_with_memory_flat(&daemon, "ln", &deb, "long-name bomb").await;
     assert_eq!(error.code, ErrorCode::BadArchive, "{}", error.message);
     assert!(error.message.contains("larger than 64 KiB"), "{}", error.message);
-    assert!(after < before + FLAT_KIB, "peak RSS grew from {before} KiB to {after} KiB");
-    assert_eq!(kernel_entries(&daemon), Vec::<String>::new());
 }
