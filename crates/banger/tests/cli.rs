@@ -120,6 +120,23 @@ async fn doctor_status_and_completions() {
     }
 }
 
+/// `image prune` removes the work-disk seeds no VM uses and says what it
+/// freed, in words and in JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_prune_says_what_it_removed() {
+    let daemon = TestDaemon::start().await;
+    let socket = daemon.config.socket.clone();
+    let seeds = daemon.config.state_dir.join("images/.seeds");
+    std::fs::create_dir_all(&seeds).unwrap();
+    std::fs::write(seeds.join("work-1073741824.ext4"), vec![1u8; 2 << 20]).unwrap();
+    let pruned = banger(&socket, &["image", "prune"]).await;
+    assert!(pruned.status.success(), "{}", stderr(&pruned));
+    assert_eq!(stdout(&pruned).trim(), "removed 1 unused work-disk seed(s), freed 2.0 MiB");
+    assert!(!seeds.join("work-1073741824.ext4").exists());
+    let again = json(&banger(&socket, &["image", "prune", "--json"]).await);
+    assert_eq!(again, serde_json::json!({"removed": [], "freed_bytes": 0}));
+}
+
 /// The whole kernel path with Debian's real cloud kernel: import the .deb,
 /// bundle it, serve the bundle over loopback, pull it back, compare.
 #[tokio::test(flavor = "multi_thread")]
