@@ -5,7 +5,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::{check_header, Frame, ProtocolError, HEADER_LEN, MAGIC, MAX_PAYLOAD};
+use crate::{check_header, Frame, Header, ProtocolError, HEADER_LEN, MAGIC, MAX_PAYLOAD};
 
 /// Decodes and encodes [`Frame`]s, refusing payloads larger than its bound
 /// (at most [`MAX_PAYLOAD`]) before buffering them.
@@ -48,7 +48,7 @@ impl Decoder for FrameCodec {
             return Ok(None);
         };
         let header: &[u8; HEADER_LEN] = header.try_into().expect("HEADER_LEN bytes");
-        let (kind, stream, len) = check_header(header, self.max_payload)?;
+        let Header { kind, flags, stream, len } = check_header(header, self.max_payload)?;
         let total = HEADER_LEN + len as usize;
         if src.len() < total {
             // The bound was checked above, so this reservation is bounded too.
@@ -56,8 +56,8 @@ impl Decoder for FrameCodec {
             return Ok(None);
         }
         src.advance(HEADER_LEN);
-        let payload = src.split_to(len as usize).to_vec();
-        Ok(Some(Frame { stream, kind, payload }))
+        let payload = src.split_to(len as usize).freeze();
+        Ok(Some(Frame { stream, kind, flags, payload }))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
@@ -82,8 +82,8 @@ impl Encoder<&Frame> for FrameCodec {
         }
         dst.reserve(HEADER_LEN + frame.payload.len());
         dst.put_slice(&MAGIC);
-        dst.put_u8(frame.kind as u8);
-        dst.put_u8(0);
+        dst.put_u8(frame.kind.to_u8());
+        dst.put_u8(frame.flags);
         dst.put_u32(frame.stream);
         dst.put_u32(len);
         dst.put_slice(&frame.payload);
@@ -102,15 +102,15 @@ impl Encoder<Frame> for FrameCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{FrameKind, Request, PROTOCOL_VERSION};
+    use crate::{FrameKind, Hello, Request};
     use futures_util::{SinkExt, StreamExt};
     use tokio_util::codec::{FramedRead, FramedWrite};
 
     fn samples() -> Vec<Frame> {
         vec![
-            Frame::control(0, &Request::Hello { protocol: PROTOCOL_VERSION }),
+            Frame::control(0, &Request::Hello(Hello::ours())),
             Frame::data(7, FrameKind::Stdout, b"hello\n".to_vec()),
-            Frame::data(7, FrameKind::Stdin, Vec::new()),
+            Frame::empty(7, FrameKind::Stdin).fin(),
             Frame::data(u32::MAX, FrameKind::Stderr, vec![0xab; 70_000]),
         ]
     }
@@ -174,8 +174,9 @@ mod tests {
         bad[0] = b'X';
         assert!(matches!(FrameCodec::new().decode(&mut bad), Err(ProtocolError::BadMagic(_))));
         let mut kind = BytesMut::from(&Frame::data(1, FrameKind::Stdout, vec![1]).encode()[..]);
-        kind[2] = 9;
-        assert!(matches!(FrameCodec::new().decode(&mut kind), Err(ProtocolError::BadKind(9))));
+        kind[2] = 99;
+        let unknown = FrameCodec::new().decode(&mut kind).unwrap().unwrap();
+        assert_eq!(unknown.kind, FrameKind::Unknown(99), "an unknown kind is a frame to skip, not an error");
         let mut cut = BytesMut::from(&Frame::data(1, FrameKind::Stdout, vec![1, 2, 3]).encode()[..14]);
         let err = FrameCodec::new().decode_eof(&mut cut).unwrap_err();
         assert!(matches!(&err, ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof), "{err}");
