@@ -360,9 +360,19 @@ impl Mux {
         }
     }
 
-    /// Resets a stream on both sides.
+    /// Resets a stream on both sides, at once (ahead of queued frames).
     fn reset_both(&self, shared: &Arc<Shared>, reason: &str) {
         self.urgent(Frame::data(shared.id, FrameKind::Reset, reason.to_string()));
+        self.end(shared, reason.to_string());
+    }
+
+    /// Resets a stream on both sides after what it queued already, so a
+    /// request sent just before still arrives first.
+    fn reset_after_queued(&self, shared: &Arc<Shared>, reason: &str) {
+        let frame = Frame::data(shared.id, FrameKind::Reset, reason.to_string());
+        if let Err(e) = self.inner.queue.try_send(frame) {
+            self.urgent(e.into_inner());
+        }
         self.end(shared, reason.to_string());
     }
 
@@ -544,12 +554,12 @@ impl StreamSender {
         Ok(())
     }
 
-    /// Abandons the stream on both sides.
+    /// Abandons the stream on both sides (after what was sent on it already).
     pub fn reset(&self, reason: &str) {
         if lock(&self.shared.outbox).reset.is_some() {
             return;
         }
-        self.mux.reset_both(&self.shared, reason);
+        self.mux.reset_after_queued(&self.shared, reason);
     }
 
     /// Waits until the stream is reset or the connection ends; returns the reason.

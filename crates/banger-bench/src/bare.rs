@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use banger_agent_proto::{self as proto, ExecRequest, Frame, FrameKind, Reply, Request, PROTOCOL_VERSION};
+use banger_agent_proto::{self as proto, ExecRequest, Frame, FrameKind, Hello, Reply, Request, PROTOCOL_VERSION};
 use banger_vmm::qemu::Qemu;
 use banger_vmm::{DiskSpec, VmSpec};
 use serde::Serialize;
@@ -98,7 +98,7 @@ async fn time_boot(qemu: &Path, args: &[String], run_dir: &Path, hello_retry: Du
 /// the hello and to the exit.
 async fn talk(socket: &Path, started: Instant, hello_retry: Duration) -> anyhow::Result<(f64, f64)> {
     let (mut reader, mut writer) = connect(socket).await.into_split();
-    let hello = Frame::control(proto::CONTROL_STREAM, &Request::Hello { protocol: PROTOCOL_VERSION });
+    let hello = Frame::control(proto::CONTROL_STREAM, &Request::Hello(Hello::ours()));
     loop {
         proto::write_frame(&mut writer, &hello).await?;
         if let Ok(answer) = tokio::time::timeout(hello_retry, read_hello(&mut reader)).await {
@@ -107,9 +107,9 @@ async fn talk(socket: &Path, started: Instant, hello_retry: Duration) -> anyhow:
     }
     let agent_hello_s = started.elapsed().as_secs_f64();
 
-    let exec = ExecRequest { argv: vec!["true".into()], env: Vec::new(), cwd: None };
+    let exec = ExecRequest { argv: vec!["true".into()], ..Default::default() };
     proto::write_frame(&mut writer, &Frame::control(EXEC_STREAM, &Request::Exec(exec))).await?;
-    proto::write_frame(&mut writer, &Frame::data(EXEC_STREAM, FrameKind::Stdin, Vec::new())).await?;
+    proto::write_frame(&mut writer, &Frame::empty(EXEC_STREAM, FrameKind::Stdin).fin()).await?;
     read_exit(&mut reader).await?;
     Ok((agent_hello_s, started.elapsed().as_secs_f64()))
 }
@@ -129,7 +129,7 @@ async fn read_hello<R: AsyncRead + Unpin>(reader: &mut R) -> anyhow::Result<()> 
         if frame.stream != proto::CONTROL_STREAM {
             continue;
         }
-        if let Ok(Reply::Hello { protocol, .. }) = frame.message::<Reply>() {
+        if let Ok(Reply::Hello(Hello { protocol, .. })) = frame.message::<Reply>() {
             ensure!(protocol == PROTOCOL_VERSION, "the agent speaks protocol {protocol}");
             return Ok(());
         }
@@ -145,7 +145,7 @@ async fn read_exit<R: AsyncRead + Unpin>(reader: &mut R) -> anyhow::Result<()> {
         match frame.message::<Reply>()? {
             Reply::Exited { code: Some(0), .. } => return Ok(()),
             Reply::Exited { code, signal } => bail!("`true` ended with code {code:?}, signal {signal:?}"),
-            Reply::Error { message } => bail!("the agent could not run `true`: {message}"),
+            Reply::Error { message, .. } => bail!("the agent could not run `true`: {message}"),
             _ => continue,
         }
     }

@@ -28,7 +28,7 @@ impl Client {
         let (mut reader, mut writer) = tokio::io::split(channel);
         start(
             &mut writer,
-            ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), env: Vec::new(), cwd: None },
+            ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() },
         )
         .await?;
         for chunk in stdin.chunks(64 * 1024) {
@@ -99,15 +99,15 @@ pub async fn next_event<R: AsyncRead + Unpin>(reader: &mut R) -> Result<ExecEven
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .ok_or_else(|| ClientError::Protocol("the exec connection closed before the command ended".into()))?;
         match frame.kind {
-            FrameKind::Stdout => return Ok(ExecEvent::Stdout(frame.payload)),
-            FrameKind::Stderr => return Ok(ExecEvent::Stderr(frame.payload)),
-            FrameKind::Stdin => continue,
+            FrameKind::Stdout => return Ok(ExecEvent::Stdout(frame.payload.to_vec())),
+            FrameKind::Stderr => return Ok(ExecEvent::Stderr(frame.payload.to_vec())),
             FrameKind::Control => match frame.message::<Reply>().map_err(|e| ClientError::Protocol(e.to_string()))? {
                 Reply::Started { .. } => return Ok(ExecEvent::Started),
                 Reply::Exited { code, signal } => return Ok(ExecEvent::Exited { code, signal }),
-                Reply::Error { message } => return Ok(ExecEvent::Error(message)),
-                Reply::Hello { .. } | Reply::Pong => continue,
+                Reply::Error { message, .. } => return Ok(ExecEvent::Error(message)),
+                _ => continue,
             },
+            _ => continue,
         }
     }
 }

@@ -170,7 +170,7 @@ impl Drop for LocalVm {
 
 /// Sends a hello and reads the agent's answer.
 async fn hello(socket: &mut AgentSocket) -> Reply {
-    let frame = Frame::control(0, &Request::Hello { protocol: PROTOCOL_VERSION });
+    let frame = Frame::control(0, &Request::Hello(banger_agent_proto::Hello::ours()));
     write_frame(socket, &frame).await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(5), read_frame(socket)).await.expect("no answer to hello");
     answer.unwrap().expect("the agent closed the connection").message().unwrap()
@@ -198,7 +198,7 @@ async fn the_local_agent_starts_detached_answers_and_stops() {
         assert_eq!(vm.vmm.agent_endpoint(vm.run_dir()), AgentEndpoint::Unix(vm.run_dir().join("agent.sock")));
 
         let mut socket = vm.connect().await;
-        let Reply::Hello { protocol, .. } = hello(&mut socket).await else { panic!("not a hello") };
+        let Reply::Hello(banger_agent_proto::Hello { protocol, .. }) = hello(&mut socket).await else { panic!("not a hello") };
         assert_eq!(protocol, PROTOCOL_VERSION);
         eprintln!("the agent answered {:?} after start", started.elapsed());
         assert!(vm.vmm.start(&vm.spec).await.is_err(), "a second start while it runs");
@@ -277,7 +277,7 @@ async fn a_silent_listener_accepts_but_never_answers() {
         let process = vm.vmm.start(&vm.spec).await.expect("start");
         assert!(vm.run_dir().join("agent.sock").exists(), "the socket is there at once");
         let mut socket = vm.vmm.agent_endpoint(vm.run_dir()).connect().await.expect("the connection is accepted");
-        write_frame(&mut socket, &Frame::control(0, &Request::Hello { protocol: PROTOCOL_VERSION })).await.unwrap();
+        write_frame(&mut socket, &Frame::control(0, &Request::Hello(banger_agent_proto::Hello::ours()))).await.unwrap();
         let answer = tokio::time::timeout(Duration::from_millis(500), read_frame(&mut socket)).await;
         assert!(answer.is_err(), "the silent listener answered: {answer:?}");
         assert!(process.is_running());
@@ -390,7 +390,7 @@ async fn a_firecracker_vsock_that_never_answers_connect_times_out() {
 
 /// Starts `sleep 300` through the agent on `stream`; its process.
 async fn exec_sleep(socket: &mut AgentSocket, stream: u32) -> VmmProcess {
-    let exec = banger_agent_proto::ExecRequest { argv: vec!["sleep".into(), "300".into()], env: vec![], cwd: None };
+    let exec = banger_agent_proto::ExecRequest { argv: vec!["sleep".into(), "300".into()], ..Default::default() };
     write_frame(socket, &Frame::control(stream, &Request::Exec(exec))).await.unwrap();
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(socket)).await.unwrap().unwrap().unwrap();
@@ -410,7 +410,7 @@ async fn the_commands_of_the_agent_end_with_stop_and_kill() {
             let process = vm.vmm.start(&vm.spec).await.expect("start");
             let mut socket = vm.connect().await;
             hello(&mut socket).await;
-            let commands = [exec_sleep(&mut socket, 1).await, exec_sleep(&mut socket, 2).await];
+            let commands = [exec_sleep(&mut socket, 1).await, exec_sleep(&mut socket, 3).await];
             assert!(commands.iter().all(VmmProcess::is_running));
             if kill {
                 vm.vmm.kill(vm.run_dir(), process).await.unwrap();

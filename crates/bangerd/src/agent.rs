@@ -1,23 +1,32 @@
 //! The host side of the guest agent protocol: one connection per VM (a
-//! virtio-serial chardev accepts a single client), multiplexed by stream
-//! id so execs run side by side. The handshake checks the protocol version.
+//! virtio-serial chardev accepts a single client) carrying many streams,
+//! each with its own flow-control window ([`banger_agent_proto::mux`]).
+//! The handshake negotiates the version; a keepalive notices an agent that
+//! stopped answering within seconds and ends the connection, so the
+//! supervisor connects again (and says hello to the agent that came back).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use banger_agent_proto::{self as proto, Frame, Reply, Request, CONTROL_STREAM, PROTOCOL_VERSION};
+use banger_agent_proto::mux::{self, Event, Mux, MuxError, Role, Stream};
+use banger_agent_proto::{
+    self as proto, Frame, FrameCodec, FrameKind, Hello, Reply, Request, CONTROL_STREAM, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
 use banger_vmm::AgentEndpoint;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
 
-/// Frames one stream may have waiting for its reader (each at most 32 KiB
-/// from the agent, so about 16 MiB).
-const STREAM_BUFFER: usize = 512;
+/// How long one hello waits for an answer before it is sent again (a
+/// hello written before the guest opened its port is lost).
+pub const HELLO_RETRY: Duration = Duration::from_millis(250);
 
-/// How long one hello waits for an answer before it is sent again.
-const HELLO_RETRY: Duration = Duration::from_millis(250);
+/// A connection this quiet is pinged...
+const QUIET: Duration = Duration::from_secs(1);
+
+/// ...and one this quiet is dead: the agent stopped answering.
+const DEAD_AFTER: Duration = Duration::from_secs(10);
 
 /// Why the agent could not be reached or spoken to.
 #[derive(Debug, thiserror::Error)]
@@ -25,17 +34,35 @@ pub enum AgentError {
     /// No answer in time.
     #[error("the guest agent did not answer within {0:?}")]
     Timeout(Duration),
-    /// The agent speaks another protocol version.
-    #[error("the guest agent speaks protocol version {agent}, bangerd speaks {ours}: rebuild the image with this banger's agent")]
+    /// The agent speaks no version we speak.
+    #[error(
+        "the guest agent speaks protocol {agent}, bangerd speaks {oldest} to {newest}: restart the VM to give it this banger's agent"
+    )]
     Version {
-        /// The agent's version.
-        agent: u32,
-        /// Ours.
-        ours: u32,
+        /// What the agent speaks, as it said.
+        agent: String,
+        /// Our oldest.
+        oldest: u32,
+        /// Our newest.
+        newest: u32,
     },
     /// The connection broke.
     #[error("the connection to the guest agent closed")]
     Closed,
+    /// A stream failed.
+    #[error(transparent)]
+    Stream(#[from] MuxError),
+    /// The agent answered a request with an error.
+    #[error("{message}")]
+    Refused {
+        /// What kind of failure.
+        kind: proto::ErrorKind,
+        /// The agent's words.
+        message: String,
+    },
+    /// The agent answered with something the request does not expect.
+    #[error("the guest agent answered unexpectedly: {0}")]
+    Unexpected(String),
     /// A frame could not be read or written.
     #[error("guest agent protocol error")]
     Protocol(#[from] proto::ProtocolError),
@@ -43,38 +70,27 @@ pub enum AgentError {
 
 /// A live, handshaken connection to one guest's agent.
 pub struct AgentConn {
-    writer: mpsc::Sender<Frame>,
-    streams: Arc<Mutex<HashMap<u32, mpsc::Sender<Frame>>>>,
-    next_stream: AtomicU32,
-    closed: Arc<AtomicBool>,
-    /// What the agent sends on stream 0 after the handshake: answers to pings.
-    control: tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>,
+    mux: Mux,
     /// Held for its `Drop`: closing the connection when this goes.
     _tasks: Tasks,
     /// The agent's build version.
     pub agent_version: String,
+    /// The protocol version in use.
+    pub protocol: u32,
+    /// What the agent offered.
+    pub features: Vec<String>,
 }
 
 /// The tasks that own the socket's halves. Dropping this closes the
 /// connection, which matters: a VMM's chardev serves one client at a time.
-struct Tasks {
-    reader: tokio::task::AbortHandle,
-    writer: tokio::task::AbortHandle,
-}
+struct Tasks(Vec<tokio::task::AbortHandle>);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        self.reader.abort();
-        self.writer.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
-}
-
-/// One logical stream on the connection.
-pub struct AgentStream {
-    /// Its id.
-    pub id: u32,
-    /// Frames the agent sends on it.
-    pub frames: mpsc::Receiver<Frame>,
 }
 
 impl AgentConn {
@@ -111,196 +127,216 @@ impl AgentConn {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (mut reader, mut writer) = tokio::io::split(stream);
-        let (tx, mut rx) = mpsc::channel::<Frame>(256);
-        let streams: Arc<Mutex<HashMap<u32, mpsc::Sender<Frame>>>> = Arc::default();
-        let closed = Arc::new(AtomicBool::new(false));
-
-        let writer_closed = Arc::clone(&closed);
-        let writer_task = tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if proto::write_frame(&mut writer, &frame).await.is_err() {
-                    break;
-                }
-            }
-            writer_closed.store(true, Ordering::SeqCst);
-        });
-        // One reader for the connection's whole life: the handshake never
-        // cancels a read halfway through a frame. Stream 0 goes to the
-        // handshake; other streams to whoever opened them.
-        let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Frame>();
-        let routes = Arc::clone(&streams);
-        let reader_closed = Arc::clone(&closed);
-        let writer_abort = writer_task.abort_handle();
-        let reader_task = tokio::spawn(async move {
-            while let Ok(Some(frame)) = proto::read_frame(&mut reader).await {
-                if frame.stream == CONTROL_STREAM {
-                    let _ = control_tx.send(frame);
-                    continue;
-                }
-                let route = routes.lock().unwrap_or_else(|e| e.into_inner()).get(&frame.stream).cloned();
-                if let Some(route) = route {
-                    // A stream whose reader is far behind holds the others
-                    // up rather than grow the daemon's memory without end.
-                    let _ = route.send(frame).await;
-                }
-            }
-            reader_closed.store(true, Ordering::SeqCst);
-            // The socket closes only when both halves go; a chardev serves
-            // one client at a time, so a dead reader must not keep it.
-            writer_abort.abort();
-            // Dropping the senders ends every open stream.
-            routes.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        });
-        let tasks = Tasks { reader: reader_task.abort_handle(), writer: writer_task.abort_handle() };
-
-        let hello = Frame::control(CONTROL_STREAM, &Request::Hello { protocol: PROTOCOL_VERSION });
-        let agent_version = loop {
-            tx.send(hello.clone()).await.map_err(|_| AgentError::Closed)?;
+        let (reader, writer) = tokio::io::split(stream);
+        // FramedRead keeps a partly read frame across a timed-out wait.
+        let mut frames = FramedRead::new(reader, FrameCodec::new());
+        let mut sink = FramedWrite::new(writer, FrameCodec::new());
+        let ours = Hello::ours();
+        let hello = Frame::control(CONTROL_STREAM, &Request::Hello(ours.clone()));
+        let theirs = loop {
+            sink.send(&hello).await.map_err(|_| AgentError::Closed)?;
             let wait = HELLO_RETRY.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            let answered = tokio::time::timeout(wait, async {
-                loop {
-                    let frame = control_rx.recv().await.ok_or(AgentError::Closed)?;
-                    if let Ok(Reply::Hello { protocol, agent_version }) = frame.message::<Reply>() {
-                        if protocol != PROTOCOL_VERSION {
-                            return Err(AgentError::Version { agent: protocol, ours: PROTOCOL_VERSION });
-                        }
-                        return Ok(agent_version);
-                    }
-                }
-            })
-            .await;
-            match answered {
-                Ok(result) => break result?,
+            match tokio::time::timeout(wait, answer_to_hello(&mut frames)).await {
+                Ok(answer) => break answer?,
                 Err(_) if tokio::time::Instant::now() >= deadline => return Err(AgentError::Timeout(timeout)),
                 Err(_) => continue,
             }
         };
+        let protocol = theirs.protocol;
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) {
+            let agent = protocol.to_string();
+            return Err(AgentError::Version { agent, oldest: MIN_PROTOCOL_VERSION, newest: PROTOCOL_VERSION });
+        }
+        let peer_window = theirs.window.unwrap_or(mux::DEFAULT_WINDOW);
+        let (mux, mut output) = Mux::new(Role::Host, mux::DEFAULT_WINDOW, peer_window);
+
+        let writer_mux = mux.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = output.next().await {
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+            }
+            writer_mux.shut_down("the connection to the guest agent closed");
+        });
+        // One reader for the connection's whole life.
+        let reader_mux = mux.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(frame)) = frames.next().await {
+                if let Some(stream) = reader_mux.receive(frame) {
+                    // bangerd serves no streams the guest opens (yet).
+                    drop(stream);
+                }
+            }
+            reader_mux.shut_down("the connection to the guest agent closed");
+        });
+        let keepalive = tokio::spawn(keepalive(mux.clone()));
+        let tasks = Tasks(vec![reader.abort_handle(), writer.abort_handle(), keepalive.abort_handle()]);
         Ok(Arc::new(AgentConn {
-            writer: tx,
-            streams,
-            next_stream: AtomicU32::new(1),
-            closed,
-            control: tokio::sync::Mutex::new(control_rx),
+            mux,
             _tasks: tasks,
-            agent_version,
+            agent_version: theirs.agent_version.unwrap_or_default(),
+            protocol,
+            features: theirs.features,
         }))
     }
 
     /// Whether the connection has broken.
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.mux.is_gone()
     }
 
-    /// Opens a new logical stream.
-    pub fn open(&self) -> AgentStream {
-        let id = self.next_stream.fetch_add(1, Ordering::SeqCst);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-        AgentStream { id, frames: rx }
+    /// Opens a new stream; its first message says what it is for.
+    pub fn open(&self) -> Result<Stream, AgentError> {
+        Ok(self.mux.open()?)
     }
 
-    /// Forgets a stream once its exchange is over.
-    pub fn close(&self, id: u32) {
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    /// Opens a stream, sends `request` on it and waits for the first reply;
+    /// an `error` reply is [`AgentError::Refused`]. The stream stays open
+    /// for what follows (data, more replies).
+    pub async fn request(&self, request: &Request) -> Result<(Reply, Stream), AgentError> {
+        let mut stream = self.open()?;
+        stream.send(request).await?;
+        let reply = next_reply(&mut stream).await?;
+        Ok((reply, stream))
     }
 
-    /// Pings the agent and waits for its answer (a `pong`, or an `error`
-    /// from an agent that predates pings): the caller bounds the wait.
-    pub async fn ping(&self) -> Result<(), AgentError> {
-        let mut control = self.control.lock().await;
-        // An answer to an earlier ping that timed out is not this one's.
-        while control.try_recv().is_ok() {}
-        self.send(Frame::control(CONTROL_STREAM, &Request::Ping)).await?;
-        loop {
-            let frame = control.recv().await.ok_or(AgentError::Closed)?;
-            if matches!(frame.message::<Reply>(), Ok(Reply::Pong | Reply::Error { .. })) {
-                return Ok(());
-            }
-        }
+    /// Pings the agent and waits for its pong (the caller bounds the wait).
+    pub async fn ping(&self) -> Result<Duration, AgentError> {
+        Ok(self.mux.ping().await?)
     }
 
     /// Asks the guest to power off; the VM ends without a reply.
     pub async fn poweroff(&self) {
-        let stream = self.open();
-        let _ = self.send(Frame::control(stream.id, &Request::Poweroff)).await;
-        self.close(stream.id);
-    }
-
-    /// Sends a frame.
-    pub async fn send(&self, frame: Frame) -> Result<(), AgentError> {
-        self.writer.send(frame).await.map_err(|_| AgentError::Closed)
+        if let Ok(stream) = self.open() {
+            // Dropping the stream resets it after the request is sent.
+            let _ = stream.send(&Request::Poweroff).await;
+        }
     }
 }
 
-/// How long a command whose client went away gets after SIGHUP, and
-/// again after SIGKILL, to report that it ended.
-const HANGUP_GRACE: Duration = Duration::from_secs(2);
+/// Waits for the agent's hello on stream 0. An `error` there comes from an
+/// agent that could not read our hello: one of protocol version 1.
+async fn answer_to_hello<R: AsyncRead + Unpin>(frames: &mut FramedRead<R, FrameCodec>) -> Result<Hello, AgentError> {
+    loop {
+        let frame = frames.next().await.ok_or(AgentError::Closed)??;
+        if frame.stream != CONTROL_STREAM || frame.kind != FrameKind::Control {
+            continue;
+        }
+        match frame.message::<Reply>() {
+            Ok(Reply::Hello(hello)) => return Ok(hello),
+            Ok(Reply::Error { message, .. }) => {
+                return Err(AgentError::Version {
+                    agent: format!("another version (it answered: {message})"),
+                    oldest: MIN_PROTOCOL_VERSION,
+                    newest: PROTOCOL_VERSION,
+                })
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// The next control reply on a stream (data before it is skipped); an
+/// `error` is [`AgentError::Refused`].
+pub async fn next_reply(stream: &mut Stream) -> Result<Reply, AgentError> {
+    loop {
+        match stream.recv().await? {
+            None => return Err(AgentError::Closed),
+            Some(event @ Event::Control(_)) => match event.message::<Reply>() {
+                Some(Reply::Error { message, kind }) => return Err(AgentError::Refused { kind, message }),
+                Some(reply) => return Ok(reply),
+                None => return Err(AgentError::Unexpected("a control message that is not a reply".into())),
+            },
+            Some(Event::Data { .. }) => continue,
+        }
+    }
+}
+
+/// Pings a quiet connection, and ends one silent for [`DEAD_AFTER`]: the
+/// agent died or restarted (a new agent waits for a new hello).
+async fn keepalive(mux: Mux) {
+    let mut ticks = tokio::time::interval(QUIET);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let silent = mux.last_heard().elapsed();
+        if silent >= DEAD_AFTER {
+            tracing::warn!(silent_s = silent.as_secs(), "the guest agent stopped answering; closing its connection");
+            mux.shut_down("the guest agent stopped answering");
+            return;
+        }
+        if silent >= QUIET {
+            let ping = mux.clone();
+            tokio::spawn(async move { tokio::time::timeout(DEAD_AFTER, ping.ping()).await });
+        }
+    }
+}
 
 /// Relays one exec between a client connection (which speaks the frame
-/// protocol as a host would: an `exec` control frame first, then stdin and
-/// signals) and the agent, renumbering streams both ways. Only stdin and
-/// signals pass upstream: a client cannot say hello or power the VM off
-/// through its exec. Ends when the agent reports the command ended (or
-/// failed to start). A client that goes away first hangs the command up.
+/// format as a version-1 host would: an `exec` control frame first, then
+/// stdin frames, an empty one for the end of input, and signals) and an
+/// agent stream. Only stdin and signals pass upstream: a client cannot say
+/// hello or power the VM off through its exec. Ends when the agent reports
+/// the command ended (or failed to start). A client that goes away resets
+/// the stream, and the agent hangs the command up.
 pub async fn relay_exec<C>(agent: Arc<AgentConn>, client: C) -> Result<(), AgentError>
 where
     C: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut client_rx, mut client_tx) = tokio::io::split(client);
-    let first = proto::read_frame(&mut client_rx).await?.ok_or(AgentError::Closed)?;
+    let (client_rx, client_tx) = tokio::io::split(client);
+    let mut client_rx = FramedRead::new(client_rx, FrameCodec::new());
+    let mut client_tx = FramedWrite::new(client_tx, FrameCodec::new());
+    let first = client_rx.next().await.ok_or(AgentError::Closed)??;
     let client_stream = first.stream;
-    if !matches!(first.message::<Request>(), Ok(Request::Exec(_))) {
-        let error = Reply::Error { message: "the first frame must be an exec request".into() };
-        proto::write_frame(&mut client_tx, &Frame::control(client_stream, &error)).await?;
+    let Ok(Request::Exec(exec)) = first.message::<Request>() else {
+        let error = Reply::Error { message: "the first frame must be an exec request".into(), kind: Default::default() };
+        client_tx.send(Frame::control(client_stream, &error)).await?;
         return Ok(());
-    }
-    let mut stream = agent.open();
-    let agent_stream = stream.id;
-    agent.send(Frame { stream: agent_stream, ..first }).await?;
-
-    let upstream_agent = Arc::clone(&agent);
+    };
+    let mut stream = agent.open()?;
+    stream.send(&Request::Exec(exec)).await?;
+    let sender = stream.sender();
     // Ends with whether the client had closed stdin before it stopped
     // sending: then its end of stream is a half-close, not a departure.
     let mut upstream = tokio::spawn(async move {
-        let mut stdin_closed = false;
-        while let Ok(Some(frame)) = proto::read_frame(&mut client_rx).await {
-            let allowed = match frame.kind {
-                proto::FrameKind::Stdin => {
-                    stdin_closed |= frame.payload.is_empty();
-                    true
+        while let Some(Ok(frame)) = client_rx.next().await {
+            let sent = match frame.kind {
+                FrameKind::Stdin if frame.payload.is_empty() || frame.is_fin() => {
+                    return sender.finish(FrameKind::Stdin).await.is_ok();
                 }
-                proto::FrameKind::Control => matches!(frame.message::<Request>(), Ok(Request::Signal { .. })),
-                _ => false,
+                FrameKind::Stdin => sender.write(FrameKind::Stdin, frame.payload).await,
+                FrameKind::Control => match frame.message::<Request>() {
+                    Ok(signal @ Request::Signal { .. }) => sender.send(&signal).await,
+                    _ => Ok(()),
+                },
+                _ => Ok(()),
             };
-            if allowed && upstream_agent.send(Frame { stream: agent_stream, ..frame }).await.is_err() {
+            if sent.is_err() {
                 break;
             }
         }
-        stdin_closed
+        false
     });
-
-    let mut started = false;
-    let mut client_gone = false;
     let mut upstream_done = false;
     let result = loop {
         tokio::select! {
-            frame = stream.frames.recv() => {
-                let Some(frame) = frame else {
-                    if !client_gone {
-                        let error = Reply::Error { message: "the connection to the guest agent closed".into() };
-                        let _ = proto::write_frame(&mut client_tx, &Frame::control(client_stream, &error)).await;
+            event = stream.recv() => {
+                let frame = match event {
+                    Ok(Some(Event::Data { kind, bytes, .. })) if !bytes.is_empty() => Frame::data(client_stream, kind, bytes),
+                    Ok(Some(Event::Data { .. })) => continue,
+                    Ok(Some(Event::Control(json))) => Frame { stream: client_stream, kind: FrameKind::Control, flags: 0, payload: json },
+                    Ok(None) | Err(_) => {
+                        let error = Reply::Error { message: "the connection to the guest agent closed".into(), kind: Default::default() };
+                        let _ = client_tx.send(Frame::control(client_stream, &error)).await;
+                        break Err(AgentError::Closed);
                     }
-                    break Err(AgentError::Closed);
                 };
-                let reply = (frame.kind == proto::FrameKind::Control).then(|| frame.message::<Reply>().ok()).flatten();
-                started |= matches!(reply, Some(Reply::Started { .. }));
-                // An error before the start means the command never ran;
-                // after it (a refused signal, say) the command still runs.
-                let last = matches!(reply, Some(Reply::Exited { .. })) || (!started && matches!(reply, Some(Reply::Error { .. })));
-                if !client_gone && proto::write_frame(&mut client_tx, &Frame { stream: client_stream, ..frame }).await.is_err() {
-                    client_gone = true;
-                    hang_up(&agent, agent_stream).await;
+                let reply = frame.message::<Reply>().ok();
+                let last = matches!(reply, Some(Reply::Exited { .. } | Reply::Error { .. }));
+                if client_tx.send(frame).await.is_err() {
+                    stream.reset("the client went away");
+                    break Ok(());
                 }
                 if last {
                     break Ok(());
@@ -309,153 +345,146 @@ where
             half_closed = &mut upstream, if !upstream_done => {
                 upstream_done = true;
                 if !matches!(half_closed, Ok(true)) {
-                    client_gone = true;
-                    hang_up(&agent, agent_stream).await;
+                    stream.reset("the client went away");
+                    break Ok(());
                 }
             }
         }
     };
     upstream.abort();
-    agent.close(agent_stream);
     result
-}
-
-/// The client left before its command ended: SIGHUP now, SIGKILL if it is
-/// still there after a grace period (the relay keeps waiting for `exited`).
-async fn hang_up(agent: &Arc<AgentConn>, stream: u32) {
-    let signal = move |signal| Frame::control(stream, &Request::Signal { signal });
-    let _ = agent.send(signal(libc::SIGHUP)).await;
-    let agent = Arc::clone(agent);
-    tokio::spawn(async move {
-        tokio::time::sleep(HANGUP_GRACE).await;
-        if agent.streams.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&stream) {
-            let _ = agent.send(signal(libc::SIGKILL)).await;
-        }
-    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
 
-    /// A stand-in agent on a unix socket that answers hello with `protocol`.
-    async fn fake_agent(protocol: u32) -> (tempfile::TempDir, AgentEndpoint) {
+    /// A stand-in agent on a unix socket that answers the hello with `answer`.
+    async fn answering(answer: Reply) -> (tempfile::TempDir, AgentEndpoint) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let hello = proto::read_frame(&mut stream).await.unwrap().unwrap();
-            assert!(matches!(hello.message::<Request>(), Ok(Request::Hello { .. })));
-            let reply = Reply::Hello { protocol, agent_version: "test".into() };
-            proto::write_frame(&mut stream, &Frame::control(CONTROL_STREAM, &reply)).await.unwrap();
+            assert!(matches!(hello.message::<Request>(), Ok(Request::Hello(_))));
+            proto::write_frame(&mut stream, &Frame::control(CONTROL_STREAM, &answer)).await.unwrap();
             // Keep the connection open while the test looks at it.
             let _ = proto::read_frame(&mut stream).await;
         });
         (dir, AgentEndpoint::Unix(path))
     }
 
+    fn hello_reply(protocol: u32) -> Reply {
+        Reply::Hello(Hello { protocol, agent_version: Some("test".into()), ..Hello::ours() })
+    }
+
     #[tokio::test]
-    async fn an_agent_of_another_protocol_version_is_refused() {
-        let (_dir, endpoint) = fake_agent(PROTOCOL_VERSION + 1).await;
-        let error = AgentConn::connect(&endpoint, Duration::from_secs(5)).await.err().expect("refused");
-        assert!(matches!(error, AgentError::Version { .. }), "{error}");
-        assert!(error.to_string().contains("rebuild the image"), "{error}");
+    async fn agents_of_other_protocol_versions_are_refused_clearly() {
+        // A version-1 agent cannot parse a version-2 hello and says so.
+        let v1 = Reply::Error { message: "bad control message".into(), kind: Default::default() };
+        for answer in [hello_reply(PROTOCOL_VERSION + 1), hello_reply(1), v1] {
+            let (_dir, endpoint) = answering(answer).await;
+            let error = AgentConn::connect(&endpoint, Duration::from_secs(5)).await.err().expect("refused");
+            assert!(matches!(error, AgentError::Version { .. }), "{error}");
+            assert!(error.to_string().contains("restart the VM"), "{error}");
+        }
     }
 
     #[tokio::test]
     async fn an_agent_of_our_version_is_accepted() {
-        let (_dir, endpoint) = fake_agent(PROTOCOL_VERSION).await;
+        let (_dir, endpoint) = answering(hello_reply(PROTOCOL_VERSION)).await;
         let conn = AgentConn::connect(&endpoint, Duration::from_secs(5)).await.expect("accepted");
         assert_eq!(conn.agent_version, "test");
+        assert_eq!(conn.protocol, PROTOCOL_VERSION);
         assert!(!conn.is_closed());
     }
 
-    /// A stand-in agent that starts every exec and reports each frame it
-    /// gets; it answers `exited` when told to through `finish`.
-    async fn exec_agent() -> (tempfile::TempDir, Arc<AgentConn>, mpsc::UnboundedReceiver<Frame>, mpsc::Sender<u32>) {
+    /// A stand-in agent speaking version 2: it starts every exec and hands
+    /// the streams to the test.
+    async fn exec_agent() -> (tempfile::TempDir, Arc<AgentConn>, mpsc::UnboundedReceiver<Stream>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let (seen_tx, seen_rx) = mpsc::unbounded_channel();
-        let (finish_tx, mut finish_rx) = mpsc::channel::<u32>(1);
+        let (streams_tx, streams) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let (mut reader, mut writer) = tokio::io::split(stream);
-            loop {
-                tokio::select! {
-                    frame = proto::read_frame(&mut reader) => {
-                        let Ok(Some(frame)) = frame else { return };
-                        let reply = match frame.message::<Request>() {
-                            Ok(Request::Hello { .. }) => Some(Reply::Hello { protocol: PROTOCOL_VERSION, agent_version: "t".into() }),
-                            Ok(Request::Exec(_)) => Some(Reply::Started { pid: 7 }),
-                            _ => None,
-                        };
-                        if let Some(reply) = reply {
-                            proto::write_frame(&mut writer, &Frame::control(frame.stream, &reply)).await.unwrap();
-                        }
-                        let _ = seen_tx.send(frame);
-                    }
-                    Some(stream) = finish_rx.recv() => {
-                        let exited = Reply::Exited { code: Some(0), signal: None };
-                        proto::write_frame(&mut writer, &Frame::control(stream, &exited)).await.unwrap();
-                    }
+            let (reader, writer) = stream.into_split();
+            let mut frames = FramedRead::new(reader, FrameCodec::new());
+            let mut sink = FramedWrite::new(writer, FrameCodec::new());
+            frames.next().await.unwrap().unwrap();
+            sink.send(Frame::control(CONTROL_STREAM, &hello_reply(PROTOCOL_VERSION))).await.unwrap();
+            let (mux, mut output) = Mux::new(Role::Guest, mux::DEFAULT_WINDOW, mux::DEFAULT_WINDOW);
+            tokio::spawn(async move {
+                while let Some(frame) = output.next().await {
+                    sink.send(frame).await.unwrap();
+                }
+            });
+            while let Some(Ok(frame)) = frames.next().await {
+                if let Some(mut stream) = mux.receive(frame) {
+                    stream.recv().await.unwrap();
+                    stream.send(&Reply::Started { pid: 7 }).await.unwrap();
+                    let _ = streams_tx.send(stream);
                 }
             }
         });
         let conn = AgentConn::connect(&AgentEndpoint::Unix(path), Duration::from_secs(5)).await.unwrap();
-        (dir, conn, seen_rx, finish_tx)
+        (dir, conn, streams)
     }
 
     fn exec_frame() -> Frame {
-        Frame::control(1, &Request::Exec(proto::ExecRequest { argv: vec!["cat".into()], env: vec![], cwd: None }))
-    }
-
-    async fn next_signal(seen: &mut mpsc::UnboundedReceiver<Frame>, within: Duration) -> Option<i32> {
-        tokio::time::timeout(within, async {
-            loop {
-                let frame = seen.recv().await?;
-                if let Ok(Request::Signal { signal }) = frame.message::<Request>() {
-                    return Some(signal);
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten()
+        Frame::control(1, &Request::Exec(proto::ExecRequest { argv: vec!["cat".into()], ..Default::default() }))
     }
 
     #[tokio::test]
-    async fn a_client_that_leaves_hangs_its_command_up() {
-        let (_dir, agent, mut seen, _finish) = exec_agent().await;
+    async fn a_client_that_leaves_resets_its_stream() {
+        let (_dir, agent, mut streams) = exec_agent().await;
         let (client, relay_side) = tokio::io::duplex(1 << 16);
         let relay = tokio::spawn(relay_exec(Arc::clone(&agent), relay_side));
         let (mut client_rx, mut client_tx) = tokio::io::split(client);
         proto::write_frame(&mut client_tx, &exec_frame()).await.unwrap();
         let started = proto::read_frame(&mut client_rx).await.unwrap().unwrap();
         assert!(matches!(started.message::<Reply>(), Ok(Reply::Started { .. })));
+        let mut guest_side = streams.recv().await.unwrap();
         drop((client_rx, client_tx));
-        assert_eq!(next_signal(&mut seen, Duration::from_secs(2)).await, Some(libc::SIGHUP));
-        relay.abort();
+        let seen = tokio::time::timeout(Duration::from_secs(5), guest_side.recv()).await.unwrap();
+        assert!(matches!(seen, Err(MuxError::Reset(_))), "{seen:?}");
+        relay.await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn a_client_that_only_closed_its_input_is_not_hung_up() {
-        let (_dir, agent, mut seen, finish) = exec_agent().await;
+        let (_dir, agent, mut streams) = exec_agent().await;
         let (client, relay_side) = tokio::io::duplex(1 << 16);
         let relay = tokio::spawn(relay_exec(Arc::clone(&agent), relay_side));
         let (mut client_rx, mut client_tx) = tokio::io::split(client);
         proto::write_frame(&mut client_tx, &exec_frame()).await.unwrap();
-        proto::write_frame(&mut client_tx, &Frame::data(1, proto::FrameKind::Stdin, Vec::new())).await.unwrap();
+        proto::write_frame(&mut client_tx, &Frame::data(1, FrameKind::Stdin, b"typed".to_vec())).await.unwrap();
+        proto::write_frame(&mut client_tx, &Frame::empty(1, FrameKind::Stdin)).await.unwrap();
         tokio::io::AsyncWriteExt::shutdown(&mut client_tx).await.unwrap();
-        assert_eq!(next_signal(&mut seen, Duration::from_millis(500)).await, None, "no hang-up for a half-close");
-        finish.send(1).await.unwrap();
+        let mut guest_side = streams.recv().await.unwrap();
+        let input = guest_side.recv().await.unwrap().unwrap();
+        assert!(matches!(input, Event::Data { ref bytes, .. } if &bytes[..] == b"typed"), "{input:?}");
+        let end = guest_side.recv().await.unwrap().unwrap();
+        assert!(matches!(end, Event::Data { fin: true, .. }), "{end:?}");
+        guest_side.write(FrameKind::Stdout, Bytes::from_static(b"typed")).await.unwrap();
+        guest_side.send(&Reply::Exited { code: Some(0), signal: None }).await.unwrap();
         let mut last = None;
         while let Ok(Some(frame)) = proto::read_frame(&mut client_rx).await {
             last = frame.message::<Reply>().ok();
         }
         assert_eq!(last, Some(Reply::Exited { code: Some(0), signal: None }));
         relay.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_get_their_reply_and_errors_are_refusals() {
+        let (_dir, agent, _streams) = exec_agent().await;
+        let (reply, _stream) = agent.request(&Request::Exec(Default::default())).await.unwrap();
+        assert_eq!(reply, Reply::Started { pid: 7 });
+        assert!(agent.ping().await.unwrap() < Duration::from_secs(5));
     }
 
     #[tokio::test]
