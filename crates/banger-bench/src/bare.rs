@@ -32,8 +32,8 @@ pub struct BareGuest {
     pub init: String,
     pub memory_mib: u32,
     pub cpus: u32,
-    /// Resend the hello this often until answered (bangerd: 2 s; a hello
-    /// written before the guest opens its port is lost).
+    /// Resend the hello this often until answered (bangerd: every 250 ms; a
+    /// hello written before the guest opens its port is lost).
     pub hello_retry: Duration,
 }
 

@@ -7,6 +7,7 @@ mod bootlog;
 mod corpus;
 mod daemon;
 mod diskcost;
+mod exec;
 mod pull;
 mod report;
 mod serve;
@@ -28,6 +29,9 @@ use clap::{Parser, Subcommand};
 /// `banger-bench vm` times `banger vm create` + a first `vm exec` against
 /// QEMU started by hand with banger's arguments until its agent runs `true`,
 /// and measures banger's host-side work and the disk a new VM costs.
+///
+/// `banger-bench exec` times `banger vm exec -- true` and a large stream out
+/// of the guest against ssh into the same debian guest.
 /// Build first: cargo build --release -p bangerd -p banger -p banger-bench
 #[derive(Debug, Parser)]
 #[command(name = "banger-bench", version)]
@@ -42,6 +46,8 @@ enum Command {
     Pull(pull::PullArgs),
     /// VM boot to first exec: `banger vm create` + `vm exec` against bare QEMU.
     Vm(vm::VmArgs),
+    /// Exec latency and throughput: `banger vm exec` against ssh into the same guest.
+    Exec(exec::ExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Pull(args) => pull::run(&args),
         Command::Vm(args) => vm::run(&args),
+        Command::Exec(args) => exec::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

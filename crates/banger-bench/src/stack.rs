@@ -129,6 +129,11 @@ impl Stack {
         serde_json::from_slice(&output.stdout).with_context(|| format!("banger {} printed no JSON", args.join(" ")))
     }
 
+    /// bangerd's process id.
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     pub fn kernel(&self) -> anyhow::Result<Kernel> {
         self.json(&["kernel", "show", KERNEL])
     }
@@ -141,7 +146,8 @@ impl Stack {
         self.json(&["vm", "show", name])
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// `banger ARGS` against this stack's daemon, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.banger);
         command.arg("--socket").arg(&self.socket).args(args).stdin(Stdio::null());
         daemon::isolate(&mut command, &self.no_config);

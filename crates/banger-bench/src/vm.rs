@@ -24,7 +24,7 @@ const CPUS: u32 = 1;
 #[derive(Debug, clap::Args)]
 pub struct VmArgs {
     /// Rounds; each boots one VM with banger, then one with bare QEMU.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// Guest memory in MiB, for both sides.
     #[arg(long, default_value_t = 256)]

@@ -53,8 +53,11 @@ pub struct Medians {
     pub bare_vmm_started_s: f64,
     pub bare_agent_hello_s: f64,
     pub bare_total_s: f64,
-    /// banger_total_s / bare_total_s: above 1.0, banger adds that much.
+    /// The median of the rounds' banger_total_s / bare_total_s: above 1.0,
+    /// banger adds that much.
     pub ratio: f64,
+    /// The smallest and largest round's ratio.
+    pub ratio_spread: (f64, f64),
     pub host_side_ms: Option<f64>,
     pub to_vmm_started_ms: Option<f64>,
     pub cli_to_operation_ms: Option<f64>,
@@ -81,6 +84,8 @@ impl VmReport {
             (!values.is_empty()).then(|| median(values))
         };
         let banger_total_s = of(&|r| r.banger.total_s);
+        // Rounds interleave the two sides, so each round's ratio compares like with like.
+        let ratios: Vec<f64> = rounds.iter().map(|r| r.banger.total_s / r.bare.exited_s).collect();
         let bare_total_s = of(&|r| r.bare.exited_s);
         let medians = Medians {
             banger_create_s: of(&|r| r.banger.create_s),
@@ -89,7 +94,11 @@ impl VmReport {
             bare_vmm_started_s: of(&|r| r.bare.vmm_started_s),
             bare_agent_hello_s: of(&|r| r.bare.agent_hello_s),
             bare_total_s,
-            ratio: banger_total_s / bare_total_s,
+            ratio: median(ratios.clone()),
+            ratio_spread: (
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            ),
             host_side_ms: steps(&|s| s.host_side_ms),
             to_vmm_started_ms: steps(&|s| Some(s.to_vmm_started_ms)),
             cli_to_operation_ms: steps(&|s| Some(s.cli_to_operation_ms)),
@@ -127,7 +136,13 @@ impl VmReport {
         println!();
         let pct = (m.ratio - 1.0) * 100.0;
         let verdict = if pct < 10.0 { "within the 10% target" } else { "over the 10% target" };
-        println!("ratio = banger (create + first exec) / bare (spawn to exit of `true`) = {:.3}", m.ratio);
+        println!(
+            "ratio = banger (create + first exec) / bare (spawn to exit of `true`) = {:.3} (median of {} rounds; spread {:.3} to {:.3})",
+            m.ratio,
+            self.rounds.len(),
+            m.ratio_spread.0,
+            m.ratio_spread.1
+        );
         println!("        banger adds {pct:+.1}% ({verdict})");
         println!();
         println!("where a create's time goes (from bangerd's log, medians, ms):");
