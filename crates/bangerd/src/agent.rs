@@ -162,7 +162,14 @@ impl AgentConn {
         // One reader for the connection's whole life.
         let reader_mux = mux.clone();
         let reader = tokio::spawn(async move {
-            while let Some(Ok(frame)) = frames.next().await {
+            loop {
+                let frame = tokio::select! {
+                    frame = frames.next() => frame,
+                    // Shut down (the keepalive gave up): the socket must
+                    // close, or the chardev would not take the next connection.
+                    () = reader_mux.gone() => break,
+                };
+                let Some(Ok(frame)) = frame else { break };
                 if let Some(stream) = reader_mux.receive(frame) {
                     // bangerd serves no streams the guest opens (yet).
                     drop(stream);
