@@ -16,14 +16,14 @@
 //!   later daemon adds a field (a VM's address, say).
 //! - **Enums in responses whose set grows** ([`ErrorCode`],
 //!   [`OperationKind`], [`ObjectKind`], [`VmState`], [`VmmChoice`],
-//!   [`DiskStrategy`], [`AgentStatus`]) are open: a value this crate does not know decodes
+//!   [`DiskStrategy`], [`AgentStatus`], [`SessionState`]) are open: a value this crate does not know decodes
 //!   as `Unknown`, which the daemon never sends, and the OpenAPI document
 //!   describes them as "one of these, or another string". An [`Event`] of
 //!   a type this crate does not know decodes as `Event::Unknown`, and the
 //!   client's event stream skips it. Closed sets ([`OperationState`],
 //!   [`CheckStatus`], [`CatalogEntryState`]) say on their type why they are.
 //! - **Typed values that travel as text** ([`Timestamp`], [`KernelSource`],
-//!   [`ImageSource`]) keep the wire form they always had; sources a crate
+//!   [`ImageSource`], [`Signal`] as a name) keep the wire form they always had; sources a crate
 //!   does not know are kept as sent ([`KernelSource::Other`]).
 //!
 //! A change that an old client cannot read this way (a field's type, a
@@ -36,6 +36,9 @@ mod image;
 mod kernel;
 mod open_enum;
 mod operation;
+mod session;
+mod signal;
+mod stats;
 mod text_form;
 mod time;
 mod vm;
@@ -49,6 +52,9 @@ pub use kernel::{
     KernelImportRequest, KernelPullRequest, KernelSource,
 };
 pub use operation::{Operation, OperationKind, OperationResult, OperationState, Progress};
+pub use session::{Session, SessionExit, SessionStartRequest, SessionState, SessionStopRequest};
+pub use signal::{Signal, SignalError, MAX_SIGNAL};
+pub use stats::{GuestDisk, GuestMemory, GuestNet, GuestPort, GuestStats, VmStats, VmmStats};
 pub use time::{Timestamp, TimestampError};
 pub use vm::{
     AgentStatus, DiskResizeRequest, DiskStrategy, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice, EXEC_UPGRADE,

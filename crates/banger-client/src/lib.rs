@@ -7,12 +7,15 @@ pub mod exec;
 use std::path::{Path, PathBuf};
 
 use banger_api::{
-    ApiError, CatalogListing, DiskResizeRequest, DoctorReport, Health, Image, ImageBuildRequest, ImagePruneReport,
-    ImageRegisterRequest, Kernel, KernelImportRequest, KernelPullRequest, Operation, Vm, VmCreateRequest, VmSetRequest,
+    ApiError, CatalogListing, DiskResizeRequest, DoctorReport, GuestPort, Health, Image, ImageBuildRequest,
+    ImagePruneReport, ImageRegisterRequest, Kernel, KernelImportRequest, KernelPullRequest, Operation, Session,
+    SessionExit, SessionStartRequest, SessionStopRequest, Signal, Vm, VmCreateRequest, VmSetRequest, VmStats,
     EXEC_UPGRADE,
 };
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -243,6 +246,65 @@ impl Client {
         Ok(TokioIo::new(upgraded))
     }
 
+    /// `GET /v1/vms/{name}/stats`: the guest's figures and its VMM's (the
+    /// daemon samples for a quarter of a second).
+    pub async fn vm_stats(&self, name: &str) -> Result<VmStats> {
+        self.get(&format!("/v1/vms/{}/stats", segment(name))).await
+    }
+
+    /// `GET /v1/vms/{name}/ports`: the guest's listening sockets.
+    pub async fn vm_ports(&self, name: &str) -> Result<Vec<GuestPort>> {
+        self.get(&format!("/v1/vms/{}/ports", segment(name))).await
+    }
+
+    /// `POST /v1/vms/{name}/sessions`: starts a session.
+    pub async fn start_session(&self, vm: &str, request: &SessionStartRequest) -> Result<Session> {
+        self.send_json(Method::POST, &format!("/v1/vms/{}/sessions", segment(vm)), Some(request)).await
+    }
+
+    /// `GET /v1/vms/{name}/sessions`.
+    pub async fn sessions(&self, vm: &str) -> Result<Vec<Session>> {
+        self.get(&format!("/v1/vms/{}/sessions", segment(vm))).await
+    }
+
+    /// `GET /v1/vms/{name}/sessions/{session}`.
+    pub async fn session(&self, vm: &str, session: &str) -> Result<Session> {
+        self.get(&session_path(vm, session, "")).await
+    }
+
+    /// `POST .../sessions/{session}/send`: types `input` into the session, as is.
+    pub async fn send_to_session(&self, vm: &str, session: &str, input: impl Into<Bytes>) -> Result<()> {
+        let body = Full::new(input.into()).map_err(|never| match never {});
+        self.send_raw(&session_path(vm, session, "/send"), body).await
+    }
+
+    /// `POST .../sessions/{session}/send` with what `reader` yields until
+    /// its end, streamed (the daemon takes at most 16 MiB at a time).
+    pub async fn send_to_session_from<R>(&self, vm: &str, session: &str, reader: R) -> Result<()>
+    where
+        R: tokio::io::AsyncRead + Send + 'static,
+    {
+        let chunks = tokio_util::io::ReaderStream::new(reader).map_ok(Frame::data);
+        self.send_raw(&session_path(vm, session, "/send"), StreamBody::new(chunks)).await
+    }
+
+    /// `POST .../sessions/{session}/stop`: signals it (SIGTERM by default).
+    pub async fn stop_session(&self, vm: &str, session: &str, signal: Option<Signal>) -> Result<()> {
+        let body = serde_json::to_vec(&SessionStopRequest { signal }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let response = self.request(Method::POST, &session_path(vm, session, "/stop"), Some(body)).await?;
+        expect_success(response).await.map(drop)
+    }
+
+    /// `POST .../sessions/{session}/wait`: returns once the session ended.
+    pub async fn wait_session(&self, vm: &str, session: &str) -> Result<SessionExit> {
+        self.send_json::<(), _>(Method::POST, &session_path(vm, session, "/wait"), None).await
+    }
+
+    /// `DELETE .../sessions/{session}`: forgets an ended session.
+    pub async fn remove_session(&self, vm: &str, session: &str) -> Result<()> {
+        expect_success(self.request(Method::DELETE, &session_path(vm, session, ""), None).await?).await.map(drop)
+    }
+
     /// `GET /v1/operations`.
     pub async fn operations(&self) -> Result<Vec<Operation>> {
         self.get("/v1/operations").await
@@ -306,6 +368,30 @@ impl Client {
     }
 
     async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Response<Incoming>> {
+        let content_type = body.is_some().then_some("application/json");
+        let body = Full::new(Bytes::from(body.unwrap_or_default())).map_err(|never| match never {});
+        self.request_with(method, path, content_type, body).await
+    }
+
+    /// POSTs `body` as `application/octet-stream` and expects no answer but success.
+    async fn send_raw<B>(&self, path: &str, body: B) -> Result<()>
+    where
+        B: hyper::body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static,
+    {
+        let response = self.request_with(Method::POST, path, Some("application/octet-stream"), body).await?;
+        expect_success(response).await.map(drop)
+    }
+
+    async fn request_with<B>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: B,
+    ) -> Result<Response<Incoming>>
+    where
+        B: hyper::body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static,
+    {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Unreachable { socket: self.socket.clone(), source })?;
@@ -316,14 +402,17 @@ impl Client {
             let _ = connection.await;
         });
         let mut request = Request::builder().method(method).uri(path).header("host", "bangerd");
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
         }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let request = request.body(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
         sender.send_request(request).await.map_err(ClientError::Http)
     }
+}
+
+/// The path of a session, or of one of its actions (`suffix` `/send`).
+fn session_path(vm: &str, session: &str, suffix: &str) -> String {
+    format!("/v1/vms/{}/sessions/{}{suffix}", segment(vm), segment(session))
 }
 
 /// Percent-encodes what could break a path segment; names are DNS-like, so

@@ -39,6 +39,9 @@ enum Command {
     /// Virtual machines: create, run commands in, stop, remove.
     #[command(subcommand)]
     Vm(commands::vm::VmCommand),
+    /// Guest sessions: commands under a terminal that outlive their clients.
+    #[command(subcommand)]
+    Session(commands::session::SessionCommand),
     /// Check what this host can run and how to fix what it cannot.
     Doctor,
     /// Long-running work the daemon is doing or has done.
@@ -97,6 +100,7 @@ async fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
         Command::Kernel(cmd) => commands::kernel::run(cmd, ctx).await,
         Command::Image(cmd) => commands::image::run(cmd, ctx).await,
         Command::Vm(cmd) => commands::vm::run(cmd, ctx).await,
+        Command::Session(cmd) => commands::session::run(cmd, ctx).await,
         Command::Doctor => commands::doctor::run(ctx).await,
         Command::Operation(cmd) => commands::operation::run(cmd, ctx).await,
         Command::Daemon(cmd) => commands::daemon::run(cmd, ctx).await,

@@ -279,6 +279,7 @@ impl Error {
             Error::Vmm(banger_vmm::VmmError::MissingBinary { .. }) => ErrorCode::Unsupported,
             Error::Vmm(banger_vmm::VmmError::InvalidSpec(_)) => ErrorCode::InvalidArgument,
             Error::Agent(crate::agent::AgentError::Version { .. }) => ErrorCode::Unsupported,
+            Error::Agent(crate::agent::AgentError::Refused { kind, .. }) => refusal_code(*kind),
             Error::Vmm(_) | Error::Agent(_) => ErrorCode::Internal,
             Error::NoSpace { .. } => ErrorCode::NoSpace,
             Error::Db(_) | Error::Io { .. } | Error::Internal(_) => ErrorCode::Internal,
@@ -295,6 +296,20 @@ impl Error {
             source = cause.source();
         }
         ApiError { code: self.code(), message }
+    }
+}
+
+/// The code for a request the guest agent refused, by the kind it gave:
+/// the agent's message is what the user reads.
+fn refusal_code(kind: banger_agent_proto::ErrorKind) -> ErrorCode {
+    use banger_agent_proto::ErrorKind as K;
+    match kind {
+        K::InvalidArgument => ErrorCode::InvalidArgument,
+        K::NotFound => ErrorCode::NotFound,
+        K::AlreadyExists => ErrorCode::AlreadyExists,
+        K::PermissionDenied => ErrorCode::PermissionDenied,
+        K::Unsupported => ErrorCode::Unsupported,
+        K::Internal | K::Unknown => ErrorCode::Internal,
     }
 }
 
@@ -363,6 +378,26 @@ mod tests {
 
     fn enospc() -> std::io::Error {
         std::io::Error::from_raw_os_error(libc::ENOSPC)
+    }
+
+    #[test]
+    fn agent_refusals_keep_their_kind_and_message() {
+        use banger_agent_proto::ErrorKind as K;
+        let cases = [
+            (K::NotFound, ErrorCode::NotFound, StatusCode::NOT_FOUND),
+            (K::AlreadyExists, ErrorCode::AlreadyExists, StatusCode::CONFLICT),
+            (K::PermissionDenied, ErrorCode::PermissionDenied, StatusCode::FORBIDDEN),
+            (K::InvalidArgument, ErrorCode::InvalidArgument, StatusCode::BAD_REQUEST),
+            (K::Unsupported, ErrorCode::Unsupported, StatusCode::NOT_IMPLEMENTED),
+            (K::Internal, ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+            (K::Unknown, ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+        ];
+        for (kind, code, status) in cases {
+            let message = "no session named \"s\"".to_owned();
+            let error = Error::Agent(crate::agent::AgentError::Refused { kind, message: message.clone() });
+            assert_eq!((error.code(), status_for(error.code())), (code, status), "{kind:?}");
+            assert_eq!(error.to_api().message, message);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod caller;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod guest;
 pub mod image;
 pub mod kernel;
 pub mod limits;

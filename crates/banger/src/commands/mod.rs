@@ -6,4 +6,6 @@ pub mod doctor;
 pub mod image;
 pub mod kernel;
 pub mod operation;
+pub mod session;
+pub mod stats;
 pub mod vm;

@@ -1,4 +1,4 @@
-//! `banger vm create|list|show|start|stop|restart|kill|rm|set|disk|logs|exec`.
+//! `banger vm create|list|show|start|stop|restart|kill|rm|set|disk|logs|stats|ports|exec`.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -122,6 +122,20 @@ pub enum VmCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// What a running VM uses: the guest's CPU, memory, disks and network,
+    /// and its VMM process's host CPU and memory.
+    Stats {
+        /// VM name.
+        name: String,
+        /// Refresh every second until Ctrl-C.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// The guest's listening TCP and UDP sockets.
+    Ports {
+        /// VM name.
+        name: String,
+    },
     /// Run a command in a VM; its exit code becomes banger's.
     Exec {
         /// VM name.
@@ -232,6 +246,8 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
                 }
             }
         }
+        VmCommand::Stats { name, watch } => super::stats::stats(ctx, &name, watch).await?,
+        VmCommand::Ports { name } => super::stats::ports(ctx, &name).await?,
         VmCommand::Exec { name, interactive, command } => {
             // The command's exit code is banger's, so banger's own failures
             // use codes a command rarely does, as ssh does: 127 when the

@@ -7,6 +7,8 @@ mod images;
 mod kernels;
 mod operations;
 mod responses;
+mod sessions;
+mod stats;
 mod system;
 mod vms;
 
@@ -36,6 +38,7 @@ Every error is an `ApiError` (`{code, message}` JSON); a path no route has answe
         (name = "kernels", description = "The kernel store and catalogs"),
         (name = "images", description = "Root filesystem images"),
         (name = "vms", description = "Virtual machines"),
+        (name = "sessions", description = "Guest sessions: commands under a terminal that outlive their clients"),
     )
 )]
 struct ApiDoc;
@@ -68,6 +71,13 @@ fn api() -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(vms::resize_disk))
         .routes(routes!(vms::logs))
         .routes(routes!(vms::exec))
+        .routes(routes!(stats::show))
+        .routes(routes!(stats::ports))
+        .routes(routes!(sessions::list, sessions::start))
+        .routes(routes!(sessions::show, sessions::remove))
+        .routes(routes!(sessions::send))
+        .routes(routes!(sessions::stop))
+        .routes(routes!(sessions::wait))
 }
 
 /// What an operation's work ends with, as the operation's result.

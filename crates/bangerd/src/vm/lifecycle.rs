@@ -321,7 +321,12 @@ pub async fn resize_disk(daemon: &Arc<Daemon>, name: &str, size_bytes: u64) -> R
 /// broke (after a daemon restart, say). A VM whose agent has stopped
 /// answering is refused at once rather than waited on.
 pub async fn agent(daemon: &Arc<Daemon>, name: &str) -> Result<Arc<AgentConn>> {
-    daemon.admit(name, VmAction::Exec)?;
+    agent_for(daemon, name, VmAction::Exec).await
+}
+
+/// [`agent`] for another `action` on the guest, which a refusal names.
+pub async fn agent_for(daemon: &Arc<Daemon>, name: &str, action: VmAction) -> Result<Arc<AgentConn>> {
+    daemon.admit(name, action)?;
     if let Some(silent) = daemon.vms.health().silent_for(name) {
         return Err(Error::AgentNotAnswering { name: name.to_owned(), silent });
     }
@@ -332,7 +337,7 @@ pub async fn agent(daemon: &Arc<Daemon>, name: &str) -> Result<Arc<AgentConn>> {
     if let Some(agent) = daemon.vms.agent(name) {
         return Ok(agent);
     }
-    let (record, _) = daemon.admit(name, VmAction::Exec)?;
+    let (record, _) = daemon.admit(name, action)?;
     let endpoint = daemon.driver(&record)?.agent_endpoint(&daemon.vm_run_dir(name));
     let agent = tokio::time::timeout(RECONNECT_TIMEOUT, AgentConn::connect(&endpoint, RECONNECT_TIMEOUT))
         .await

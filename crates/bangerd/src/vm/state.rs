@@ -30,6 +30,12 @@ pub enum VmAction {
     ResizeDisk,
     /// Run a command in it.
     Exec,
+    /// Anything else asked of its guest agent: sessions, copies, stats;
+    /// `verb` is the command as a user types it (`session start`).
+    Guest {
+        /// The command.
+        verb: &'static str,
+    },
 }
 
 impl VmAction {
@@ -46,6 +52,7 @@ impl VmAction {
             VmAction::Set => "vm set",
             VmAction::ResizeDisk => "vm disk resize",
             VmAction::Exec => "vm exec",
+            VmAction::Guest { verb } => verb,
         }
     }
 }
@@ -114,11 +121,11 @@ pub fn admit(state: VmState, action: VmAction) -> Result<Admitted, Refused> {
         (VmAction::Set | VmAction::ResizeDisk, Created | Stopped) => Ok(Proceed),
         (VmAction::Set | VmAction::ResizeDisk, Running | Starting | Stopping | Paused) => wrong("stopped"),
 
-        (VmAction::Exec, Running) => Ok(Proceed),
-        (VmAction::Exec, Paused) => {
+        (VmAction::Exec | VmAction::Guest { .. }, Running) => Ok(Proceed),
+        (VmAction::Exec | VmAction::Guest { .. }, Paused) => {
             wrong("running (its VMM paused the guest, see `banger vm show`; `banger vm stop` ends it)")
         }
-        (VmAction::Exec, Created | Starting | Stopping | Stopped) => wrong("running"),
+        (VmAction::Exec | VmAction::Guest { .. }, Created | Starting | Stopping | Stopped) => wrong("running"),
     }
 }
 
@@ -142,6 +149,7 @@ mod tests {
         (VmAction::Set, [Some(Go), None, None, None, Some(Go), None]),
         (VmAction::ResizeDisk, [Some(Go), None, None, None, Some(Go), None]),
         (VmAction::Exec, [None, None, Some(Go), None, None, None]),
+        (VmAction::Guest { verb: "session start" }, [None, None, Some(Go), None, None, None]),
     ];
 
     #[test]
@@ -168,6 +176,7 @@ mod tests {
             VmAction::Set,
             VmAction::ResizeDisk,
             VmAction::Exec,
+            VmAction::Guest { verb: "session start" },
         ] {
             match action {
                 VmAction::Create
@@ -178,7 +187,8 @@ mod tests {
                 | VmAction::Remove { .. }
                 | VmAction::Set
                 | VmAction::ResizeDisk
-                | VmAction::Exec => assert!(covered(action), "{action:?} has no row"),
+                | VmAction::Exec
+                | VmAction::Guest { .. } => assert!(covered(action), "{action:?} has no row"),
             }
         }
     }
