@@ -106,7 +106,9 @@ impl utoipa::PartialSchema for Signal {
         OneOfBuilder::new()
             .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(MAX_SIGNAL)))
             .item(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)))
-            .description(Some("A Linux signal: its number (1 to 64) or its name, with or without `SIG` (`TERM`, `SIGKILL`)."))
+            .description(Some(
+                "A Linux signal: its number (1 to 64) or its name, with or without `SIG` (`TERM`, `SIGKILL`).",
+            ))
             .into()
     }
 }

@@ -4,8 +4,9 @@
 use banger_api::{
     AgentStatus, ApiError, DiskResizeRequest, DiskStrategy, ErrorCode, Event, Image, ImageBuildRequest, ImageRecipe,
     ImageRegisterRequest, ImageSource, Kernel, KernelCatalog, KernelImportRequest, KernelPullRequest, KernelSource,
-    ObjectKind, Operation, OperationKind, OperationResult, OperationState, Timestamp, Vm, VmCreateRequest,
-    VmSetRequest, VmState, VmmChoice,
+    ObjectKind, Operation, OperationKind, OperationResult, OperationState, Session, SessionExit, SessionStartRequest,
+    SessionState, SessionStopRequest, Signal, Timestamp, Vm, VmCreateRequest, VmSetRequest, VmState, VmStats,
+    VmmChoice,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -32,6 +33,8 @@ fn requests_refuse_unknown_fields() {
     refuses_unknown_field::<VmSetRequest>(json!({"cpus": 2}));
     refuses_unknown_field::<DiskResizeRequest>(json!({"size_bytes": 1}));
     refuses_unknown_field::<KernelCatalog>(json!({"version": 1, "entries": []}));
+    refuses_unknown_field::<SessionStartRequest>(json!({"argv": ["sh"], "env": {"K": "V"}}));
+    refuses_unknown_field::<SessionStopRequest>(json!({"signal": "KILL"}));
 }
 
 #[test]
@@ -79,6 +82,28 @@ fn responses_accept_unknown_fields() {
     assert_eq!(error.code, ErrorCode::NotFound);
     with_extra_field::<banger_api::Health>(json!({"version": "1", "api": "v1", "state_dir": "/s"})).unwrap();
     with_extra_field::<banger_api::DoctorReport>(json!({"checks": []})).unwrap();
+    let session: Session = with_extra_field(json!({
+        "name": "0", "command": ["sh"], "state": "hibernating", "started_at": "2026-01-01T00:00:00Z", "attached": 0
+    }))
+    .unwrap();
+    assert_eq!(session.state, SessionState::Unknown);
+    with_extra_field::<SessionExit>(json!({"exit_code": null, "signal": 9, "exit_status": 137})).unwrap();
+    let stats = json!({
+        "interval_ms": 250,
+        "guest": {"uptime_secs": 1.0, "cpus": 1, "cpu_percent": 0.0, "load": [0.0, 0.0, 0.0],
+            "memory": {"total_bytes": 1, "available_bytes": 1, "used_bytes": 0}, "disks": [], "net": []},
+        "vmm": {"pid": 1, "cpu_percent": 0.0, "rss_bytes": 1}
+    });
+    with_extra_field::<VmStats>(stats).unwrap();
+}
+
+#[test]
+fn signals_travel_as_names_or_numbers() {
+    let stop: SessionStopRequest = serde_json::from_value(json!({"signal": "SIGKILL"})).unwrap();
+    assert_eq!(stop.signal, Some(Signal::KILL));
+    let stop: SessionStopRequest = serde_json::from_value(json!({"signal": 15})).unwrap();
+    assert_eq!(serde_json::to_value(stop).unwrap(), json!({"signal": 15}));
+    assert!(serde_json::from_value::<SessionStopRequest>(json!({"signal": "LOUDLY"})).is_err());
 }
 
 #[test]
@@ -172,7 +197,16 @@ macro_rules! assert_open_enum_round_trips {
 
 #[test]
 fn open_enums_keep_their_wire_names() {
-    assert_open_enum_round_trips!(ErrorCode, OperationKind, ObjectKind, VmState, VmmChoice, DiskStrategy, AgentStatus);
+    assert_open_enum_round_trips!(
+        ErrorCode,
+        OperationKind,
+        ObjectKind,
+        VmState,
+        VmmChoice,
+        DiskStrategy,
+        AgentStatus,
+        SessionState
+    );
     assert_eq!(serde_json::to_value(OperationKind::VmRemove).unwrap(), json!("vm_remove"));
     assert_eq!(serde_json::to_value(DiskStrategy::DmSnapshot).unwrap(), json!("dm_snapshot"));
 }

@@ -290,7 +290,8 @@ impl Client {
 
     /// `POST .../sessions/{session}/stop`: signals it (SIGTERM by default).
     pub async fn stop_session(&self, vm: &str, session: &str, signal: Option<Signal>) -> Result<()> {
-        let body = serde_json::to_vec(&SessionStopRequest { signal }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&SessionStopRequest { signal }).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let response = self.request(Method::POST, &session_path(vm, session, "/stop"), Some(body)).await?;
         expect_success(response).await.map(drop)
     }

@@ -211,7 +211,8 @@ fn show(ctx: &Context, vm: &str, s: &Session) -> anyhow::Result<()> {
 /// Waits for the session and turns its end into banger's exit code.
 async fn wait(ctx: &Context, vm: &str, session: &str) -> ExitCode {
     let waited = async {
-        let exit = ctx.client.wait_session(vm, session).await.with_context(|| format!("cannot wait for session {session}"))?;
+        let exit =
+            ctx.client.wait_session(vm, session).await.with_context(|| format!("cannot wait for session {session}"))?;
         if ctx.json {
             output::json(&exit)?;
         }
@@ -233,8 +234,7 @@ fn command(s: &Session) -> String {
         .command
         .iter()
         .map(|arg| {
-            let plain = !arg.is_empty()
-                && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            let plain = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
             if plain {
                 arg.clone()
             } else {

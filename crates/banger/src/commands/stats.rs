@@ -118,9 +118,7 @@ pub async fn ports(ctx: &Context, vm: &str) -> anyhow::Result<()> {
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = ports
         .into_iter()
-        .map(|p| {
-            vec![p.protocol, p.address, p.port.to_string(), dash(p.pid.map(|p| p.to_string())), dash(p.process)]
-        })
+        .map(|p| vec![p.protocol, p.address, p.port.to_string(), dash(p.pid.map(|p| p.to_string())), dash(p.process)])
         .collect();
     output::table(&["PROTO", "ADDRESS", "PORT", "PID", "PROCESS"], &rows);
     Ok(())

@@ -128,7 +128,9 @@ pub async fn wait(daemon: &Arc<Daemon>, vm: &str, session: &str) -> Result<Sessi
                 Ok((reply, _)) => return Err(unexpected(&reply)),
                 // The connection ended (the agent went silent, or the VM
                 // stopped): wait on a new one, or say why there is none.
-                Err(AgentError::Closed | AgentError::Stream(_)) if agent.is_closed() && reconnects < WAIT_RECONNECTS => {
+                Err(AgentError::Closed | AgentError::Stream(_))
+                    if agent.is_closed() && reconnects < WAIT_RECONNECTS =>
+                {
                     reconnects += 1;
                 }
                 Err(e) => return Err(e.into()),

@@ -22,9 +22,8 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// The VM's stats: two samples [`SAMPLE_INTERVAL`] apart.
 pub async fn stats(daemon: &Arc<Daemon>, vm: &str) -> Result<VmStats> {
     let agent = agent(daemon, vm, "vm stats", STATS).await?;
-    let vmm = daemon
-        .running_vmm(vm)?
-        .ok_or_else(|| Error::Conflict(format!("VM {vm:?} has no running VMM process")))?;
+    let vmm =
+        daemon.running_vmm(vm)?.ok_or_else(|| Error::Conflict(format!("VM {vm:?} has no running VMM process")))?;
     let first = sample(&agent, vmm).await?;
     tokio::time::sleep(SAMPLE_INTERVAL).await;
     let second = sample(&agent, vmm).await?;
@@ -77,8 +76,8 @@ fn read_process(pid: u32) -> Result<HostProcess> {
         let path = format!("/proc/{pid}/{file}");
         std::fs::read_to_string(&path).map_err(Error::io("cannot read", path))
     };
-    let cpu_ticks = cpu_ticks(&read("stat")?)
-        .ok_or_else(|| Error::Internal(format!("/proc/{pid}/stat has no CPU times")))?;
+    let cpu_ticks =
+        cpu_ticks(&read("stat")?).ok_or_else(|| Error::Internal(format!("/proc/{pid}/stat has no CPU times")))?;
     let rss_bytes = rss_bytes(&read("status")?).unwrap_or(0);
     Ok(HostProcess { pid, cpu_ticks, rss_bytes })
 }
