@@ -294,10 +294,7 @@ impl Mux {
     /// A frame for a stream not in the table: a new stream, or one that ended.
     fn receive_unknown(&self, state: &mut State, frame: Frame) -> Option<Stream> {
         let id = frame.stream;
-        let new = frame.kind == FrameKind::Control
-            && id > state.peer_high
-            && !self.inner.role.opened(id)
-            && id != CONTROL_STREAM;
+        let new = frame.kind == FrameKind::Control && id > state.peer_high && !self.inner.role.opened(id) && id != CONTROL_STREAM;
         if !new {
             // Late frames of a stream that ended, or stream 0's: nothing to do.
             return None;
@@ -355,11 +352,7 @@ impl Mux {
                     return self.reset_both(shared, "data beyond the stream's window");
                 }
                 inbox.granted -= len;
-                inbox.events.push_back(Event::Data {
-                    kind,
-                    bytes: frame.payload,
-                    fin: frame.flags & crate::FLAG_FIN != 0,
-                });
+                inbox.events.push_back(Event::Data { kind, bytes: frame.payload, fin: frame.flags & crate::FLAG_FIN != 0 });
                 drop(inbox);
                 shared.readable.notify_waiters();
             }
@@ -615,11 +608,7 @@ impl Stream {
                     let reason = reason.clone();
                     drop(inbox);
                     self.finished = true;
-                    return Err(if self.sender.mux.is_gone() {
-                        self.sender.mux.gone_error()
-                    } else {
-                        MuxError::Reset(reason)
-                    });
+                    return Err(if self.sender.mux.is_gone() { self.sender.mux.gone_error() } else { MuxError::Reset(reason) });
                 }
                 if let Some(event) = inbox.events.pop_front() {
                     match &event {

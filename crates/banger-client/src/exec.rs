@@ -26,8 +26,11 @@ impl Client {
     pub async fn exec(&self, name: &str, argv: &[&str], stdin: &[u8]) -> Result<ExecOutput> {
         let channel = self.exec_channel(name).await?;
         let (mut reader, mut writer) = tokio::io::split(channel);
-        start(&mut writer, ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() })
-            .await?;
+        start(
+            &mut writer,
+            ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() },
+        )
+        .await?;
         for chunk in stdin.chunks(64 * 1024) {
             send_stdin(&mut writer, chunk.to_vec()).await?;
         }

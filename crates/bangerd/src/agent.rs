@@ -297,8 +297,7 @@ where
     let first = client_rx.next().await.ok_or(AgentError::Closed)??;
     let client_stream = first.stream;
     let Ok(Request::Exec(exec)) = first.message::<Request>() else {
-        let error =
-            Reply::Error { message: "the first frame must be an exec request".into(), kind: Default::default() };
+        let error = Reply::Error { message: "the first frame must be an exec request".into(), kind: Default::default() };
         client_tx.send(Frame::control(client_stream, &error)).await?;
         return Ok(());
     };

@@ -292,7 +292,8 @@ async fn exec_command(ctx: &Context, name: &str, interactive: bool, argv: Vec<St
     let channel = ctx.client.exec_channel(name).await?;
     let (mut reader, writer) = tokio::io::split(channel);
     let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
-    exec::start(&mut *writer.lock().await, banger_agent_proto::ExecRequest { argv, ..Default::default() }).await?;
+    exec::start(&mut *writer.lock().await, banger_agent_proto::ExecRequest { argv, ..Default::default() })
+        .await?;
 
     let forward_stdin = interactive || !std::io::stdin().is_terminal();
     let stdin_writer = std::sync::Arc::clone(&writer);
