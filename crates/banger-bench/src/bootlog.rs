@@ -18,6 +18,9 @@ pub struct CreateTimeline {
     pub vm_running: Option<SystemTime>,
     /// "operation succeeded".
     pub op_succeeded: Option<SystemTime>,
+    /// "guest agent installed" (debug): how long writing the daemon's
+    /// agent into the VM's disk took, in ms, as bangerd measured it.
+    pub agent_install_ms: Option<u64>,
 }
 
 /// The timeline of the create of VM `vm` in `log`, or `None` if its
@@ -25,6 +28,7 @@ pub struct CreateTimeline {
 pub fn create_timeline(log: &str, vm: &str) -> Option<CreateTimeline> {
     let mut op: Option<(String, SystemTime)> = None;
     let (mut vmm_spawn, mut vmm_started, mut vm_running, mut op_succeeded) = (None, None, None, None);
+    let mut agent_install_ms = None;
     for raw in log.lines() {
         let line = strip_ansi(raw);
         let Some(at) = timestamp(&line) else { continue };
@@ -38,7 +42,9 @@ pub fn create_timeline(log: &str, vm: &str) -> Option<CreateTimeline> {
             continue;
         }
         let for_vm = field(&line, "vm") == Some(vm);
-        if for_vm && line.contains(" starting QEMU ") {
+        if for_vm && line.contains(" guest agent installed ") {
+            agent_install_ms = agent_install_ms.or_else(|| field(&line, "ms").and_then(|ms| ms.parse().ok()));
+        } else if for_vm && line.contains(" starting QEMU ") {
             vmm_spawn.get_or_insert(at);
         } else if for_vm && line.contains(" VMM started ") {
             vmm_started.get_or_insert(at);
@@ -50,7 +56,14 @@ pub fn create_timeline(log: &str, vm: &str) -> Option<CreateTimeline> {
         }
     }
     let (_, op_started) = op?;
-    Some(CreateTimeline { op_started, vmm_spawn, vmm_started: vmm_started?, vm_running, op_succeeded })
+    Some(CreateTimeline {
+        op_started,
+        vmm_spawn,
+        vmm_started: vmm_started?,
+        vm_running,
+        op_succeeded,
+        agent_install_ms,
+    })
 }
 
 /// Seconds from `from` to `to` (negative if `to` is earlier).
@@ -101,6 +114,7 @@ mod tests {
     const LOG: &str = "\
 2026-11-27T04:42:36.100000Z  INFO bangerd::operations: operation started op=op-aaa kind=VmCreate target=\"bench-10\"
 2026-11-27T04:42:36.422043Z  INFO bangerd::operations: operation started op=op-bbb kind=VmCreate target=\"bench-1\"
+2026-11-27T04:42:36.430000Z DEBUG bangerd::vm::agent_inject: guest agent installed vm=bench-1 path=/usr/bin/banger-agent ms=24
 2026-11-27T04:42:36.452043Z DEBUG banger_vmm::qemu: starting QEMU vm=bench-1 binary=qemu-system-x86_64 args=[\"-name\"]
 2026-11-27T04:42:36.522043Z  INFO bangerd::vm::lifecycle: VMM started vm=bench-10 pid=7 vmm=Qemu
 \u{1b}[2m2026-11-27T04:42:36.622043Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m bangerd::vm::lifecycle: VMM started vm=bench-1 pid=8 vmm=Qemu
@@ -116,12 +130,13 @@ mod tests {
         assert_eq!(ms(t.vmm_started), 200.0);
         assert_eq!(ms(t.vm_running.unwrap()), 5200.0);
         assert_eq!(ms(t.op_succeeded.unwrap()), 5278.0);
+        assert_eq!(t.agent_install_ms, Some(24));
     }
 
     #[test]
     fn missing_lines_give_none() {
         assert!(create_timeline(LOG, "bench-2").is_none());
         let t = create_timeline(LOG, "bench-10").unwrap();
-        assert!(t.vmm_spawn.is_none() && t.vm_running.is_none());
+        assert!(t.vmm_spawn.is_none() && t.vm_running.is_none() && t.agent_install_ms.is_none());
     }
 }

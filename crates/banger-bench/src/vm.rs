@@ -171,6 +171,7 @@ fn steps(t: &bootlog::CreateTimeline, create: &Timed) -> CreateSteps {
     CreateSteps {
         cli_to_operation_ms: ms(create.started_at, t.op_started),
         host_side_ms: t.vmm_spawn.map(|at| ms(t.op_started, at)),
+        agent_install_ms: t.agent_install_ms.map(|ms| ms as f64),
         to_vmm_started_ms: ms(t.op_started, t.vmm_started),
         vmm_started_to_running_ms: t.vm_running.map(|at| ms(t.vmm_started, at)),
         running_to_cli_exit_ms: t.vm_running.map(|at| ms(at, create.ended_at)),

@@ -27,6 +27,8 @@ pub struct CreateSteps {
     pub cli_to_operation_ms: f64,
     /// "operation started" to "starting QEMU": banger's own host-side work.
     pub host_side_ms: Option<f64>,
+    /// Of that, writing the daemon's agent into the VM's disk.
+    pub agent_install_ms: Option<f64>,
     /// "operation started" to "VMM started": the same plus QEMU's
     /// initialisation until its `-daemonize` parent exits (over-counts).
     pub to_vmm_started_ms: f64,
@@ -59,6 +61,7 @@ pub struct Medians {
     /// The smallest and largest round's ratio.
     pub ratio_spread: (f64, f64),
     pub host_side_ms: Option<f64>,
+    pub agent_install_ms: Option<f64>,
     pub to_vmm_started_ms: Option<f64>,
     pub cli_to_operation_ms: Option<f64>,
     pub vmm_started_to_running_ms: Option<f64>,
@@ -100,6 +103,7 @@ impl VmReport {
                 ratios.iter().copied().fold(0.0, f64::max),
             ),
             host_side_ms: steps(&|s| s.host_side_ms),
+            agent_install_ms: steps(&|s| s.agent_install_ms),
             to_vmm_started_ms: steps(&|s| Some(s.to_vmm_started_ms)),
             cli_to_operation_ms: steps(&|s| Some(s.cli_to_operation_ms)),
             vmm_started_to_running_ms: steps(&|s| s.vmm_started_to_running_ms),
@@ -149,6 +153,7 @@ impl VmReport {
         let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
         println!("  CLI start -> operation started               {:>9}", ms(m.cli_to_operation_ms));
         println!("  operation started -> QEMU spawned (host work){:>9}", ms(m.host_side_ms));
+        println!("    of which: the agent written into its disk   {:>9}", ms(m.agent_install_ms));
         println!("  operation started -> \"VMM started\"           {:>9}", ms(m.to_vmm_started_ms));
         println!("  \"VMM started\" -> agent answered              {:>9}", ms(m.vmm_started_to_running_ms));
         println!("  agent answered -> CLI exit                    {:>9}", ms(m.running_to_cli_exit_ms));

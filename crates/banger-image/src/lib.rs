@@ -1,9 +1,11 @@
 //! Root filesystem images for banger guests. [`build`] turns a [`Recipe`]
 //! (a busybox root, a debootstrapped Debian, a directory or a tarball) into
 //! an ext4 file made without mounting (`mkfs.ext4 -d`); [`ensure_seed`] keeps
-//! the pre-formatted empty work disks that VMs clone. Nothing here knows
-//! about the daemon.
+//! the pre-formatted empty work disks that VMs clone; [`install_agent`]
+//! puts a guest agent into an existing disk at each boot. Nothing here
+//! knows about the daemon.
 
+mod agent_install;
 mod elf;
 mod error;
 mod host;
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use banger_host::{HostCommands, SystemCommands};
 
+pub use agent_install::{agent_candidates, install_agent, locate_agent, AgentInstallError};
 pub use elf::{file_linkage, Linkage};
 pub use error::ImageError;
 pub use seed::{ensure_seed, seed_file, seed_path, SeedFile};

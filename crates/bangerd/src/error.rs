@@ -177,6 +177,15 @@ pub enum Error {
     /// No static guest agent to put into images.
     #[error(transparent)]
     AgentBinary(#[from] crate::image::agent_binary::AgentBinaryError),
+    /// The daemon's agent could not be written into a VM's root disk before its boot.
+    #[error("cannot install the guest agent into the root disk of VM {name:?}")]
+    AgentInstall {
+        /// The VM.
+        name: String,
+        /// Why.
+        #[source]
+        source: banger_image::AgentInstallError,
+    },
     /// An image could not be built.
     #[error("cannot build image")]
     Image(#[from] banger_image::ImageError),
@@ -273,6 +282,10 @@ impl Error {
             Error::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             Error::InvalidState { .. } | Error::AgentNotAnswering { .. } => ErrorCode::Conflict,
             Error::AgentNeverAnswered { .. } | Error::VmmExited { .. } => ErrorCode::BootFailed,
+            Error::AgentInstall { source: banger_image::AgentInstallError::MissingTool { .. }, .. } => {
+                ErrorCode::Unsupported
+            }
+            Error::AgentInstall { .. } => ErrorCode::BootFailed,
             Error::Preempted { .. } | Error::ShuttingDown { .. } => ErrorCode::Cancelled,
             Error::Image(e) => image_code(e),
             Error::Storage(e) => storage_code(e),

@@ -79,6 +79,7 @@ mod tests {
             [format!("{} --list-full", s.opts.busybox.display()), mkfs_line("rootfs", Some(&root), &s.output)]
         );
         assert_eq!(built.init, "/sbin/init");
+        assert!(root.join(crate::Recipe::Tiny.agent_path().trim_start_matches('/')).is_file(), "where boots write it");
         assert_eq!(fs::metadata(&s.output).unwrap().len(), built.size_bytes, "the file is sized before mkfs");
         assert!(root.join("bin/ls").is_symlink());
         assert!(steps[0].contains("3 applets"), "{steps:?}");

@@ -1,5 +1,6 @@
-//! Which guest agent images carry. It must be a static ELF, since it runs
-//! in guest roots that have no dynamic loader. A configured
+//! Which guest agent images carry and every boot writes into its VM's
+//! disk. It must be a static ELF, since it runs in guest roots that have
+//! no dynamic loader. A configured
 //! `[vms] agent_binary` is used or refused, never passed over; otherwise the
 //! first static one among the usual places wins. What was looked at, and why
 //! each was refused, goes into the error and into `banger doctor`.
@@ -109,7 +110,7 @@ pub fn search(config: &Config) -> AgentSearch {
     AgentSearch { chosen: Err(AgentBinaryError::NotFound { looked_at: passed_over }), passed_over: Vec::new() }
 }
 
-/// The agent images carry, or why there is none.
+/// The agent images carry and boots install, or why there is none.
 pub fn find(config: &Config) -> Result<PathBuf, AgentBinaryError> {
     search(config).chosen
 }
@@ -139,11 +140,11 @@ impl AgentSearch {
                 (CheckStatus::Pass, detail, None)
             }
             // A configuration that cannot work is the host's failure; a
-            // missing agent only stops image builds.
+            // missing agent only stops image builds and boots.
             Err(e @ AgentBinaryError::Configured { .. }) => (CheckStatus::Fail, e.to_string(), None),
             Err(AgentBinaryError::NotFound { looked_at }) => (
                 CheckStatus::Warn,
-                format!("no static banger-agent, so images cannot be built: {}", refusals(looked_at)),
+                format!("no static banger-agent, so images cannot be built nor VMs booted: {}", refusals(looked_at)),
                 Some(FIX_COMMAND.to_owned()),
             ),
         };

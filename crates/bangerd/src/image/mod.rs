@@ -180,7 +180,7 @@ fn build_rootfs(
     }
 }
 
-/// The static guest agent every image carries ([`agent_binary::find`]).
+/// The static guest agent images carry and boots install ([`agent_binary::find`]).
 pub fn agent_binary(daemon: &Daemon) -> Result<PathBuf> {
     Ok(agent_binary::find(&daemon.config)?)
 }

@@ -78,6 +78,7 @@ fn new_record(daemon: &Daemon, request: &VmCreateRequest, image: &banger_api::Im
         vsock_cid: None,
         in_ledger: true,
         pause_reason: None,
+        agent_path: super::agent_inject::image_agent_path(image),
     }
 }
 

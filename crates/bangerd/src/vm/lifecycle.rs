@@ -74,6 +74,12 @@ pub async fn boot(
     std::fs::create_dir_all(&run_dir).map_err(Error::io("cannot create", &run_dir))?;
     let spec = spec(daemon, record, kernel.vmlinux_path.into(), kernel.initrd_path.map(Into::into));
 
+    // Before anything is held or the state changes: a disk the agent
+    // cannot go into fails the boot with nothing to release.
+    if let Some(op) = op {
+        op.step("install agent");
+    }
+    super::agent_inject::install(daemon, record, spec.disks[0].path.clone()).await?;
     if let Some(op) = op {
         op.step("boot");
     }

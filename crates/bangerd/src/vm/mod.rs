@@ -3,6 +3,7 @@
 //! machine, creation, the lifecycle, the ledger and supervision live in
 //! their own modules.
 
+pub mod agent_inject;
 pub mod create;
 pub mod health;
 pub mod ledger;

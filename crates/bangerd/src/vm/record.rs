@@ -52,6 +52,11 @@ pub struct VmRecord {
     /// Why the VMM paused the guest, while the VM is paused.
     #[serde(default)]
     pub pause_reason: Option<String>,
+    /// Where its root disk carries the guest agent, which every boot
+    /// replaces with the daemon's own; `None` until known (a registered
+    /// image's, or a row older than this field: found at the next boot).
+    #[serde(default)]
+    pub agent_path: Option<String>,
 }
 
 /// What the daemon knows of a VM beyond its row.
