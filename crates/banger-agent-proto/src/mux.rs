@@ -637,6 +637,40 @@ impl Stream {
         }
     }
 
+    /// The next control message, passing over data queued before it (which
+    /// stays queued, and keeps counting against the window): a reader that
+    /// cannot take more data now (a command not reading its stdin) still
+    /// sees a signal or a resize sent after it. `Ok(None)` once the other
+    /// side closed the stream and no control message is left; an error
+    /// once it was reset.
+    pub async fn recv_control(&mut self) -> Result<Option<Bytes>, MuxError> {
+        let shared = &self.sender.shared;
+        loop {
+            let notified = shared.readable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inbox = lock(&shared.inbox);
+                if let Some(reason) = &inbox.reset {
+                    let reason = reason.clone();
+                    drop(inbox);
+                    self.finished = true;
+                    return Err(if self.sender.mux.is_gone() { self.sender.mux.gone_error() } else { MuxError::Reset(reason) });
+                }
+                if let Some(at) = inbox.events.iter().position(|e| matches!(e, Event::Control(_))) {
+                    if let Some(Event::Control(json)) = inbox.events.remove(at) {
+                        inbox.controls -= 1;
+                        return Ok(Some(json));
+                    }
+                }
+                if inbox.remote_closed {
+                    return Ok(None);
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Sends a control message.
     pub async fn send<T: Serialize>(&self, message: &T) -> Result<(), MuxError> {
         self.sender.send(message).await
@@ -836,6 +870,23 @@ mod tests {
         // The output yields what was queued before (the reset of nothing) and then ends.
         while out.next().await.is_some() {}
         host.gone().await;
+    }
+
+    #[tokio::test]
+    async fn controls_can_be_read_past_queued_data() {
+        let (guest, _out) = Mux::new(Role::Guest, 1024, 1024);
+        let mut s = guest.receive(Frame::control(1, &Request::Stats)).unwrap();
+        s.recv().await.unwrap();
+        guest.receive(Frame::data(1, FrameKind::Stdin, b"unread".to_vec()));
+        guest.receive(Frame::control(1, &Request::Signal { signal: 2 }));
+        let control = s.recv_control().await.unwrap().unwrap();
+        assert_eq!(serde_json::from_slice::<Request>(&control).unwrap(), Request::Signal { signal: 2 });
+        // The data is still there, in order, and no control is left.
+        assert_eq!(data(&mut s).await, b"unread");
+        guest.receive(Frame::empty(1, FrameKind::Close));
+        assert_eq!(s.recv_control().await.unwrap(), None);
+        guest.receive(Frame::data(1, FrameKind::Reset, b"gone".to_vec()));
+        assert_eq!(s.recv_control().await, Err(MuxError::Reset("gone".into())));
     }
 
     #[tokio::test]

@@ -87,8 +87,8 @@ mod tests {
     fn garbage_is_skipped_until_a_header_parses() {
         let frame = Frame::data(1, FrameKind::Stdout, b"x".to_vec());
         let (mut decoder, mut buf) = (ResyncingDecoder::default(), BytesMut::new());
-        // Noise, a false magic with a bad kind, then noise ending in a lone 'B'.
-        buf.put_slice(b"xyzBA\x09\0\0\0\0\0\0\0\0\0--B");
+        // Noise, a false magic with an impossible length, then noise ending in a lone 'B'.
+        buf.put_slice(b"xyzBA\0\0\0\0\0\0\xff\xff\xff\xff--B");
         let skipped: usize = drain(&mut decoder, &mut buf)
             .into_iter()
             .map(|d| match d {

@@ -1,19 +1,30 @@
-//! `banger-agent`: the guest agent inside every banger image. It runs the
-//! host's commands over a virtio-serial port or vsock (no guest networking
-//! needed) and, as the guest's init, prepares the guest and reaps orphans.
+//! `banger-agent`: the guest agent inside every banger image. It serves the
+//! host over a virtio-serial port or vsock (no guest networking needed):
+//! commands, terminal sessions that outlive every connection, file copies,
+//! stats and listening ports; as the guest's init it also prepares the
+//! guest and reaps orphans.
 //!
-//! Usage: `banger-agent [--port DEVICE | --listen-unix PATH]`. Without a
-//! flag the channel is found in the guest; the flags are for testing.
+//! Usage: `banger-agent [--port DEVICE | --listen-unix PATH] [--sessions-dir DIR]`.
+//! Without a channel flag the channel is found in the guest; the flags are
+//! for testing, and for a host process standing in for a guest.
 
 mod channel;
+mod copy;
 mod decoder;
 mod exec;
 mod init;
 mod log;
-mod outbox;
+mod output;
+mod ports;
+mod pty;
 mod reaper;
+mod requests;
 mod serve;
+mod session;
+mod spawn;
+mod stats;
 mod sys;
+mod user;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -26,8 +37,12 @@ use crate::channel::Channel;
 use crate::log::log;
 use crate::reaper::Reaper;
 use crate::serve::Agent;
+use crate::session::Sessions;
 
-const USAGE: &str = "usage: banger-agent [--port DEVICE | --listen-unix PATH]";
+const USAGE: &str = "usage: banger-agent [--port DEVICE | --listen-unix PATH] [--sessions-dir DIR]";
+
+/// Where sessions keep their state and logs in a guest.
+const GUEST_SESSIONS_DIR: &str = "/run/banger/sessions";
 
 /// Where to serve the host.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,23 +55,48 @@ enum Mode {
     ListenUnix(PathBuf),
 }
 
+/// What the command line says.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    mode: Mode,
+    sessions_dir: Option<PathBuf>,
+}
+
+impl Options {
+    /// Sessions live under `/run/banger/sessions` in a guest. An agent on a
+    /// unix socket is a host process standing in for a guest: its sessions
+    /// go next to its socket, never into the host's own `/run/banger`.
+    fn sessions_dir(&self) -> PathBuf {
+        match (&self.sessions_dir, &self.mode) {
+            (Some(dir), _) => dir.clone(),
+            (None, Mode::ListenUnix(socket)) => {
+                let mut dir = socket.clone().into_os_string();
+                dir.push(".sessions");
+                PathBuf::from(dir)
+            }
+            (None, _) => PathBuf::from(GUEST_SESSIONS_DIR),
+        }
+    }
+}
+
 /// Init gets the kernel command line's leftover words, which need not be
 /// UTF-8: such a word is no flag of ours, so it is ignored. Paths may be anything.
-fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Mode, String> {
-    let mut mode = Mode::Discover;
+fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Options, String> {
+    let mut options = Options { mode: Mode::Discover, sessions_dir: None };
     while let Some(arg) = args.next() {
         let Some(arg) = arg.to_str() else {
             log!("ignoring an argument that is not UTF-8: {arg:?}");
             continue;
         };
         let mut value = || args.next().map(PathBuf::from).ok_or(format!("{arg} needs a path"));
-        mode = match arg {
-            "--port" => Mode::Port(value()?),
-            "--listen-unix" => Mode::ListenUnix(value()?),
+        match arg {
+            "--port" => options.mode = Mode::Port(value()?),
+            "--listen-unix" => options.mode = Mode::ListenUnix(value()?),
+            "--sessions-dir" => options.sessions_dir = Some(value()?),
             _ => return Err(format!("unknown argument {arg:?}")),
-        };
+        }
     }
-    Ok(mode)
+    Ok(options)
 }
 
 fn main() {
@@ -66,12 +106,12 @@ fn main() {
         println!("banger-agent {}", env!("CARGO_PKG_VERSION"));
         return;
     }
-    let mode = match parse_args(args.into_iter()) {
-        Ok(mode) => mode,
+    let options = match parse_args(args.into_iter()) {
+        Ok(options) => options,
         // The kernel hands init any command-line word it does not know: never die of it.
         Err(message) if is_init => {
             log!("{message}; ignored");
-            Mode::Discover
+            Options { mode: Mode::Discover, sessions_dir: None }
         }
         Err(message) => {
             eprintln!("{message}\n{USAGE}");
@@ -88,7 +128,7 @@ fn main() {
             return keep_init_alive(is_init);
         }
     };
-    if let Err(e) = runtime.block_on(run(mode, is_init)) {
+    if let Err(e) = runtime.block_on(run(options, is_init)) {
         log!("{e}");
     }
     if is_init {
@@ -107,12 +147,14 @@ fn keep_init_alive(is_init: bool) {
     }
 }
 
-async fn run(mode: Mode, is_init: bool) -> std::io::Result<()> {
-    let agent = Arc::new(Agent { reaper: Reaper::start()?, is_init });
+async fn run(options: Options, is_init: bool) -> std::io::Result<()> {
+    let reaper = Reaper::start()?;
+    let sessions = Sessions::load(&options.sessions_dir(), reaper.clone());
+    let agent = Arc::new(Agent { reaper, is_init, sessions });
     if is_init {
         tokio::spawn(power_off_on_signal());
     }
-    match mode {
+    match options.mode {
         Mode::ListenUnix(path) => channel::serve_unix(&path, agent).await,
         Mode::Port(path) => channel::serve_port(&path, agent).await,
         Mode::Discover => loop {
@@ -148,9 +190,10 @@ async fn power_off_on_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(args: &[&str]) -> Result<Mode, String> {
-        parse_args(args.iter().map(OsString::from))
+        parse_args(args.iter().map(OsString::from)).map(|o| o.mode)
     }
 
     #[test]
@@ -168,8 +211,19 @@ mod tests {
         let bad = || OsString::from_vec(b"x=\xff".to_vec());
         let args = [bad(), "--port".into(), OsString::from_vec(b"/dev/\xff".to_vec()), bad()];
         assert_eq!(
-            parse_args(args.into_iter()),
+            parse_args(args.into_iter()).map(|o| o.mode),
             Ok(Mode::Port(PathBuf::from(OsString::from_vec(b"/dev/\xff".to_vec()))))
+        );
+    }
+
+    #[test]
+    fn sessions_live_in_run_in_a_guest_and_beside_a_test_socket() {
+        let options = |args: &[&str]| parse_args(args.iter().map(OsString::from)).unwrap();
+        assert_eq!(options(&[]).sessions_dir(), Path::new("/run/banger/sessions"));
+        assert_eq!(options(&["--listen-unix", "/tmp/a.sock"]).sessions_dir(), Path::new("/tmp/a.sock.sessions"));
+        assert_eq!(
+            options(&["--listen-unix", "/tmp/a.sock", "--sessions-dir", "/tmp/s"]).sessions_dir(),
+            Path::new("/tmp/s")
         );
     }
 }

@@ -1,21 +1,27 @@
-//! Serving one channel: frames are read and decoded in one loop, which
-//! answers the handshake, starts commands, routes stdin and signals, and
-//! leaves everything written to the host to the channel's writer task.
+//! Serving one channel: a reader loop cuts frames, answers each host's
+//! hello and feeds every other frame to the current host's multiplexer; a
+//! writer task owns the write side. Each hello starts a new generation: a
+//! fresh [`Mux`] for the host that said it, the previous one shut down (its
+//! commands hung up), so frames meant for an old host never reach a new one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use banger_agent_proto::{ExecRequest, Frame, FrameKind, Reply, Request, CONTROL_STREAM, PROTOCOL_VERSION};
-use futures_util::StreamExt;
+use banger_agent_proto::mux::{self, Mux, MuxOutput, Role};
+use banger_agent_proto::{
+    ErrorKind, Frame, FrameCodec, FrameKind, Hello, Reply, Request, CONTROL_STREAM, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::FramedRead;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::decoder::{Decoded, ResyncingDecoder};
-use crate::exec::{self, Running, StdinOverflow, Streams};
-use crate::init;
 use crate::log::log;
-use crate::outbox::Writer;
 use crate::reaper::Reaper;
+use crate::requests;
+use crate::session::Sessions;
 
 /// How often a port with no host connected is read again.
 const HOST_POLL: Duration = Duration::from_millis(100);
@@ -27,6 +33,8 @@ pub(crate) struct Agent {
     pub(crate) reaper: Reaper,
     /// The agent is the guest's init, so it may power the machine off.
     pub(crate) is_init: bool,
+    /// Sessions outlive every connection.
+    pub(crate) sessions: Sessions,
 }
 
 /// How the channel behaves when the host goes away.
@@ -39,17 +47,15 @@ pub(crate) enum Transport {
     Port,
 }
 
-/// What a command is told when the host sends stdin faster than it reads.
-const STDIN_OVERFLOW: &str = "stdin overflow: the command did not read its input fast enough; input closed";
-
 /// Serves one channel until it ends (a [`Transport::Port`] never does).
 pub(crate) async fn serve<R, W>(reader: R, writer: W, transport: Transport, agent: Arc<Agent>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut session =
-        Session { agent, writer: Writer::start(writer, transport == Transport::Port), streams: Streams::default() };
+    let (switches, switched) = mpsc::channel(4);
+    tokio::spawn(write_frames(writer, switched, transport));
+    let mut host = Host { agent, mux: None, switches, strays: 0, taken: 0 };
     // A port's reads return 0 while no host is connected; FramedRead reads
     // again when polled after such an end, so one reader serves every host.
     let mut frames = FramedRead::with_capacity(reader, ResyncingDecoder::default(), READ_CHUNK);
@@ -59,7 +65,7 @@ where
             (Some(Ok(decoded)), _) => {
                 host_present = true;
                 match decoded {
-                    Decoded::Frame(frame) => session.handle(frame).await,
+                    Decoded::Frame(frame) => host.handle(frame).await,
                     Decoded::Skipped(n) => log!("skipped {n} bytes that are not a frame"),
                 }
             }
@@ -75,8 +81,7 @@ where
                     log!("the host disconnected from the port");
                 }
                 host_present = false;
-                // No host, no more input: commands waiting for it see its end.
-                session.streams.close_stdin();
+                host.end_generation("the host disconnected");
                 // A frame cut short by a departed host must not swallow the next host's hello.
                 frames.read_buffer_mut().clear();
                 tokio::time::sleep(HOST_POLL).await;
@@ -85,130 +90,170 @@ where
     }
 }
 
-/// The state of the channel as the host sees it.
-struct Session {
+/// What the writer writes next: the answer to a hello, and the output of
+/// the multiplexer it started (none when the hello was refused).
+struct Switch {
+    answer: Frame,
+    output: Option<MuxOutput>,
+}
+
+/// The host on the other end of the channel, as far as the reader knows it.
+struct Host {
     agent: Arc<Agent>,
-    writer: Writer,
-    streams: Streams,
+    /// The current generation's multiplexer, once a host said hello.
+    mux: Option<Mux>,
+    switches: mpsc::Sender<Switch>,
+    /// Frames that came with no generation to take them (logged once per gap).
+    strays: u64,
+    /// Frames the current generation took: a hello repeated before any
+    /// (a host retrying while the guest boots) is not logged again.
+    taken: u64,
 }
 
-impl Drop for Session {
-    /// The host connection is over (or its handling panicked): its commands
-    /// go on running, but no more input will come for them.
+impl Drop for Host {
+    /// The connection is over (or its handling panicked): its streams end,
+    /// and the commands still running on them are hung up.
     fn drop(&mut self) {
-        self.streams.close_stdin();
+        self.end_generation("the connection to the host ended");
     }
 }
 
-impl Session {
+impl Host {
     async fn handle(&mut self, frame: Frame) {
-        let stream = frame.stream;
-        match frame.kind {
-            FrameKind::Control => match serde_json::from_slice::<Request>(&frame.payload) {
-                Ok(Request::Hello { protocol }) if stream == CONTROL_STREAM => self.hello(stream, protocol).await,
-                Ok(Request::Hello { .. }) => log!("ignoring a hello on stream {stream}: hellos belong on stream 0"),
-                Ok(Request::Exec(req)) => self.exec(stream, req).await,
-                Ok(Request::Signal { signal }) => self.signal(stream, signal).await,
-                Ok(Request::Poweroff) => self.power_off(stream).await,
-                Ok(Request::Ping) => self.reply(stream, Reply::Pong).await,
-                Err(e) => self.reply(stream, Reply::Error { message: format!("bad request: {e}") }).await,
-            },
-            FrameKind::Stdin => self.stdin(stream, frame.payload).await,
-            FrameKind::Stdout | FrameKind::Stderr => {
-                log!("ignoring an output frame from the host on stream {stream}")
-            }
-        }
-    }
-
-    async fn reply(&self, stream: u32, reply: Reply) {
-        self.writer.outbox().send(Frame::control(stream, &reply)).await;
-    }
-
-    /// Queues input for the command on `stream`. Input beyond
-    /// [`exec::STDIN_LIMIT`] closes its stdin: the command goes on running.
-    async fn stdin(&mut self, stream: u32, chunk: Vec<u8>) {
-        let overflowed = {
-            let mut streams = self.streams.lock();
-            let Some(running) = streams.get_mut(&stream) else {
-                return;
+        if frame.stream == CONTROL_STREAM && frame.kind == FrameKind::Control {
+            return match frame.message::<Request>() {
+                Ok(Request::Hello(hello)) => self.hello(hello).await,
+                Ok(other) => log!("ignoring {other:?} on stream 0, which is for the handshake"),
+                Err(e) => log!("ignoring a bad message on stream 0: {e}"),
             };
-            match running.stdin.as_ref().map(|stdin| stdin.send(chunk)) {
-                Some(Err(StdinOverflow)) => running.stdin.take(),
-                // Sent, or the input was closed before: dropped.
-                Some(Ok(())) | None => None,
+        }
+        let Some(mux) = &self.mux else {
+            if self.strays == 0 {
+                log!("frames before any hello (for an earlier agent or host) are dropped");
+            }
+            self.strays += 1;
+            return;
+        };
+        self.taken += 1;
+        if let Some(mut stream) = mux.receive(frame) {
+            // Taken now, before a reset right behind it can discard it: a
+            // request sent and abandoned (a power-off) is still carried out.
+            let first = stream.recv().now_or_never();
+            tokio::spawn(requests::serve(stream, first, self.agent.clone()));
+        }
+    }
+
+    /// A hello starts a new generation whether it is accepted or not: it
+    /// comes from a new host, so the previous host's streams end.
+    async fn hello(&mut self, theirs: Hello) {
+        let repeated = self.mux.is_some() && self.taken == 0;
+        self.end_generation("a new host said hello");
+        self.strays = 0;
+        self.taken = 0;
+        let ours = Hello::ours();
+        let switch = match ours.negotiate(&theirs) {
+            Some(protocol) => {
+                let peer_window = theirs.window.unwrap_or(mux::DEFAULT_WINDOW);
+                let window = ours.window.unwrap_or(mux::DEFAULT_WINDOW);
+                let (mux, output) = Mux::new(Role::Guest, window, peer_window);
+                self.mux = Some(mux);
+                if !repeated {
+                    log!("a host said hello; speaking protocol {protocol}");
+                }
+                // All of ours: each side uses those both offer.
+                let hello = Hello { protocol, agent_version: Some(env!("CARGO_PKG_VERSION").into()), ..ours };
+                Switch { answer: Frame::control(CONTROL_STREAM, &Reply::Hello(hello)), output: Some(output) }
+            }
+            None => {
+                let message = version_mismatch(&theirs);
+                log!("{message}");
+                let refusal = Reply::Error { message, kind: ErrorKind::Unsupported };
+                Switch { answer: Frame::control(CONTROL_STREAM, &refusal), output: None }
             }
         };
-        if let Some(stdin) = overflowed {
-            stdin.discard();
-            log!("stream {stream}: {STDIN_OVERFLOW}");
-            self.reply(stream, Reply::Error { message: STDIN_OVERFLOW.into() }).await;
-        }
+        // Only fails once the writer is gone, and then nothing can be said.
+        let _ = self.switches.send(switch).await;
     }
 
-    /// A hello starts a new host connection. Commands of the previous one keep
-    /// running (their stdin is closed), but their output is dropped.
-    async fn hello(&mut self, stream: u32, protocol: u32) {
-        if protocol != PROTOCOL_VERSION {
-            log!("the host speaks protocol {protocol}, this agent {PROTOCOL_VERSION}");
+    fn end_generation(&mut self, reason: &str) {
+        if let Some(mux) = self.mux.take() {
+            mux.shut_down(reason);
         }
-        self.writer.next_generation();
-        self.streams.close_stdin();
-        self.streams = Streams::default();
-        let reply = Reply::Hello { protocol: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").into() };
-        self.reply(stream, reply).await;
     }
+}
 
-    async fn exec(&mut self, stream: u32, req: ExecRequest) {
-        let refusal = if stream == CONTROL_STREAM {
-            Some("stream 0 is for the handshake; run commands on a new stream".to_string())
-        } else if self.streams.lock().contains_key(&stream) {
-            Some(format!("stream {stream} is already running a command"))
-        } else {
-            None
+/// The refusal of a host with no version in common, naming both ranges.
+fn version_mismatch(theirs: &Hello) -> String {
+    let range = |min: u32, max: u32| if min == max { format!("{max}") } else { format!("{min} to {max}") };
+    let host = range(theirs.min_protocol.unwrap_or(theirs.protocol), theirs.protocol);
+    format!(
+        "the host speaks agent protocol {host}, this agent (banger-agent {}) speaks {}: \
+         restart the VM with the banger that runs it, so it gets that banger's agent",
+        env!("CARGO_PKG_VERSION"),
+        range(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+    )
+}
+
+/// Owns the write side: writes each generation's frames, starting with the
+/// answer to its hello; a newer generation replaces an older one at once
+/// (the old one's queued frames are dropped). On a port a failed write
+/// drops the frame and goes on; on a connection it ends the writer.
+async fn write_frames<W>(writer: W, mut switches: mpsc::Receiver<Switch>, transport: Transport)
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut sink = FramedWrite::new(writer, FrameCodec::new());
+    let mut output: Option<MuxOutput> = None;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            switch = switches.recv() => match switch {
+                Some(Switch { answer, output: next }) => {
+                    output = next;
+                    answer
+                }
+                None => return,
+            },
+            frame = next_frame(&mut output) => match frame {
+                Some(frame) => frame,
+                None => {
+                    output = None;
+                    continue;
+                }
+            },
         };
-        if let Some(message) = refusal {
-            return self.reply(stream, Reply::Error { message }).await;
-        }
-        match exec::spawn(&req, &self.agent.reaper) {
-            Ok(spawned) => {
-                let (stdin, stdin_rx) = exec::stdin_queue();
-                self.streams.lock().insert(stream, Running { pid: spawned.pid, stdin: Some(stdin) });
-                let (outbox, streams) = (self.writer.outbox(), self.streams.clone());
-                tokio::spawn(exec::supervise(stream, spawned, stdin_rx, outbox, streams));
+        // `send` flushes, so each frame leaves as soon as it is taken.
+        if let Err(e) = sink.send(&frame).await {
+            if transport == Transport::Connection {
+                return;
             }
-            Err(message) => self.reply(stream, Reply::Error { message }).await,
+            log!("writing to the host failed: {e}");
+            // The frame is dropped whole: a next host must not get its tail.
+            sink.write_buffer_mut().clear();
+            tokio::time::sleep(HOST_POLL).await;
         }
     }
+}
 
-    /// Signals the command's whole process group, which may outlive the
-    /// command itself while its output is drained.
-    async fn signal(&self, stream: u32, signal: i32) {
-        let Some(pid) = self.streams.lock().get(&stream).map(|r| r.pid) else {
-            return; // The command already ended; its Exited is on the way.
-        };
-        match self.agent.reaper.signal_group(pid, signal) {
-            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
-                let message = format!("cannot send signal {signal} to process {pid}: {e}");
-                self.reply(stream, Reply::Error { message }).await;
-            }
-            _ => {}
-        }
+/// The next frame of the current generation; pending while there is none.
+async fn next_frame(output: &mut Option<MuxOutput>) -> Option<Frame> {
+    match output {
+        Some(output) => output.next().await,
+        None => std::future::pending().await,
     }
+}
 
-    async fn power_off(&self, stream: u32) {
-        if !self.agent.is_init {
-            // Not init (a host process standing for a guest, in tests): the
-            // machine's power-off ends the agent and what it runs, as a
-            // guest's power-off ends its VMM. No reply, as from a guest.
-            log!("power-off requested: not the guest's init, so the agent ends its commands and exits");
-            self.agent.reaper.signal_all_groups(libc::SIGKILL);
-            std::process::exit(0);
-        }
-        let message = match tokio::task::spawn_blocking(init::power_off).await {
-            Ok(e) => format!("cannot power off: {e}"),
-            Err(e) => format!("cannot power off: {e}"),
-        };
-        log!("{message}");
-        self.reply(stream, Reply::Error { message }).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_host_is_told_both_ranges() {
+        let v1 = Hello { protocol: 1, min_protocol: None, agent_version: None, features: vec![], window: None };
+        let message = version_mismatch(&v1);
+        assert!(message.contains("the host speaks agent protocol 1,"), "{message}");
+        assert!(message.contains(&format!("speaks {PROTOCOL_VERSION}")), "{message}");
+        let future = Hello { protocol: 9, min_protocol: Some(7), ..Hello::ours() };
+        assert!(version_mismatch(&future).contains("protocol 7 to 9"));
     }
 }

@@ -8,15 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use banger_agent_proto::{read_frame, write_frame, ExecRequest, Frame, FrameKind, Reply, Request, PROTOCOL_VERSION};
+mod common;
+
+use banger_agent_proto::{Frame, FrameKind, Hello, Reply, Request};
+use bytes::Bytes;
+use common::{exec, next_reply, outcome, Client};
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
 /// The whole test: the agent's build and the shared kernel's import (when
 /// this test is the first of the run to need them), the boot, the talk.
 const TEST_TIMEOUT: Duration = Duration::from_secs(600);
-const BUSYBOX_APPLETS: &[&str] = &["sh", "cat", "echo", "uname", "ls", "sleep", "hostname", "mount", "head", "wc"];
+const BUSYBOX_APPLETS: &[&str] =
+    &["sh", "cat", "echo", "uname", "ls", "sleep", "hostname", "mount", "head", "wc", "tty", "stty", "true"];
 
 /// A root filesystem image: busybox, its applets, the agent as init.
 fn make_root(dir: &Path, agent: &Path) -> PathBuf {
@@ -91,72 +95,29 @@ impl Drop for Guest {
     }
 }
 
-struct Host {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+/// Connects to the guest's port (QEMU's chardev socket) and says hello,
+/// again every 250 ms as bangerd does, until the agent answers.
+async fn connect(socket: &Path) -> Client {
+    let conn = loop {
+        match UnixStream::connect(socket).await {
+            Ok(conn) => break conn,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    Client::over(conn, Some(Duration::from_millis(250))).await.expect("the agent refused our hello")
 }
 
-impl Host {
-    async fn connect(socket: &Path) -> Host {
-        loop {
-            match UnixStream::connect(socket).await {
-                Ok(conn) => {
-                    let (reader, writer) = conn.into_split();
-                    return Host { reader, writer };
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+/// Runs a command, feeding it `stdin` (then its end); returns (stdout, stderr, exit code).
+async fn run(client: &Client, argv: &[&str], stdin: Option<&[u8]>) -> (String, String, Option<i32>) {
+    let mut stream = client.exec(exec(argv)).await;
+    if let Some(input) = stdin {
+        stream.write(FrameKind::Stdin, Bytes::copy_from_slice(input)).await.unwrap();
+        stream.finish(FrameKind::Stdin).await.unwrap();
     }
-
-    async fn send(&mut self, frame: Frame) {
-        write_frame(&mut self.writer, &frame).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Frame {
-        read_frame(&mut self.reader).await.unwrap().expect("the channel closed")
-    }
-
-    /// Says hello; returns the agent's version and the frames that came
-    /// before its answer (output for an earlier host connection).
-    async fn hello(&mut self) -> (String, Vec<Frame>) {
-        self.send(Frame::control(0, &Request::Hello { protocol: PROTOCOL_VERSION })).await;
-        let mut earlier = Vec::new();
-        loop {
-            let frame = self.recv().await;
-            if let (0, Ok(Reply::Hello { protocol, agent_version })) = (frame.stream, frame.message::<Reply>()) {
-                assert_eq!(protocol, PROTOCOL_VERSION);
-                return (agent_version, earlier);
-            }
-            earlier.push(frame);
-        }
-    }
-
-    /// Runs a command, feeding it `stdin` (then EOF); returns (stdout, stderr, exit code).
-    async fn run(&mut self, stream: u32, argv: &[&str], stdin: Option<&[u8]>) -> (String, String, Option<i32>) {
-        let req = ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), env: vec![], cwd: None };
-        self.send(Frame::control(stream, &Request::Exec(req))).await;
-        if let Some(input) = stdin {
-            self.send(Frame::data(stream, FrameKind::Stdin, input.to_vec())).await;
-            self.send(Frame::data(stream, FrameKind::Stdin, Vec::new())).await;
-        }
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        loop {
-            let frame = self.recv().await;
-            assert_eq!(frame.stream, stream, "a frame for another stream: {frame:?}");
-            match frame.kind {
-                FrameKind::Stdout => out.extend(frame.payload),
-                FrameKind::Stderr => err.extend(frame.payload),
-                _ => match frame.message::<Reply>().unwrap() {
-                    Reply::Started { .. } => {}
-                    Reply::Exited { code, .. } => {
-                        return (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap(), code)
-                    }
-                    other => panic!("{argv:?}: {other:?}"),
-                },
-            }
-        }
-    }
+    let out = outcome(&mut stream).await;
+    assert!(out.error.is_none(), "{argv:?}: {out:?}");
+    let code = out.exited.and_then(|(code, _)| code);
+    (out.stdout(), String::from_utf8(out.stderr).unwrap(), code)
 }
 
 /// A guest ready to boot: its kernel, its root image, where its sockets go.
@@ -243,53 +204,58 @@ fn agent_runs_commands_as_init_of_a_real_guest() {
         let mut guest = prepared.boot();
         let socket = prepared.socket("agent.sock");
         let release = prepared.kernel.release().to_owned();
-        let mut host = Host::connect(&socket).await;
-        assert_eq!(host.hello().await.0, env!("CARGO_PKG_VERSION"));
+        let client = connect(&socket).await;
+        assert_eq!(client.hello.agent_version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
         eprintln!("agent answered {:.1} s after QEMU started", started.elapsed().as_secs_f64());
 
-        let (out, _, code) = host.run(1, &["uname", "-r"], None).await;
+        let (out, _, code) = run(&client, &["uname", "-r"], None).await;
         assert_eq!((out.trim(), code), (release.as_str(), Some(0)));
-        let (out, _, _) = host.run(2, &["hostname"], None).await;
+        let (out, _, _) = run(&client, &["hostname"], None).await;
         assert_eq!(out.trim(), "agent-test");
-        let (out, err, code) = host.run(3, &["sh", "-c", "echo out; echo err >&2; exit 7"], None).await;
+        let (out, err, code) = run(&client, &["sh", "-c", "echo out; echo err >&2; exit 7"], None).await;
         assert_eq!((out.as_str(), err.as_str(), code), ("out\n", "err\n", Some(7)));
-        let (out, _, code) = host.run(4, &["cat"], Some(b"through the port\n")).await;
+        let (out, _, code) = run(&client, &["cat"], Some(b"through the port\n")).await;
         assert_eq!((out.as_str(), code), ("through the port\n", Some(0)));
-        let (out, _, _) = host.run(5, &["cat", "/proc/mounts"], None).await;
+        let (out, _, _) = run(&client, &["cat", "/proc/mounts"], None).await;
         for mount in [" /proc proc ", " /sys sysfs ", " /dev devtmpfs ", " /dev/pts devpts ", " /run tmpfs "] {
             assert!(out.contains(mount), "{mount:?} is not mounted:\n{out}");
         }
-        let (out, _, _) = host.run(6, &["sh", "-c", "echo $PATH"], None).await;
+        let (out, _, _) = run(&client, &["sh", "-c", "echo $PATH"], None).await;
         assert_eq!(out.trim(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        let mut tty = client.exec(common::tty(&["sh", "-c", "tty; stty size"], 33, 101)).await;
+        let out = outcome(&mut tty).await;
+        assert!(out.stdout().starts_with("/dev/pts/") && out.stdout().contains("33 101"), "{out:?}");
+        let Reply::Stats(stats) = client.request(&Request::Stats).await else { panic!("no stats") };
+        assert!(stats.cpus == 1 && stats.memory.total > 0, "{stats:?}");
+        assert!(stats.disks.iter().any(|d| d.mount == "/" && d.device == "/dev/vda" && d.total > 0), "{stats:?}");
 
-        // The host goes away mid-frame and comes back (a daemon restart): the
-        // port is the same byte stream, so the agent must resynchronise.
-        let partial = Frame::control(7, &Request::Hello { protocol: PROTOCOL_VERSION }).encode();
-        host.writer.write_all(&partial[..5]).await.unwrap();
-        drop(host);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut host = Host::connect(&socket).await;
-        host.hello().await;
-        let (out, _, code) = host.run(1, &["echo", "after reconnect"], None).await;
-        assert_eq!((out.as_str(), code), ("after reconnect\n", Some(0)));
-
-        // Output made while no host is connected: whatever of it reaches the
-        // next host comes before the answer to its hello, never after.
-        let late =
-            ExecRequest { argv: vec!["sh".into(), "-c".into(), "sleep 1; echo late".into()], env: vec![], cwd: None };
-        host.send(Frame::control(8, &Request::Exec(late))).await;
-        assert!(matches!(host.recv().await.message::<Reply>().unwrap(), Reply::Started { .. }));
-        drop(host);
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let mut host = Host::connect(&socket).await;
-        let (_, earlier) = host.hello().await;
-        eprintln!("before the hello answer after a reconnect: {earlier:?}");
-        assert!(earlier.iter().all(|f| f.stream == 8), "{earlier:?}");
-        let (out, _, _) = host.run(2, &["echo", "fresh"], None).await;
-        assert_eq!(out, "fresh\n");
+        // A command running when the host goes away is hung up: the port
+        // outlives the connection, and a new host starts with a hello.
+        let mut sleeper = client.exec(exec(&["sleep", "1000"])).await;
+        let Reply::Started { pid } = next_reply(&mut sleeper).await else { panic!("not started") };
+        drop(client);
+        // A host that died mid-frame leaves half a frame: the agent resynchronises.
+        let mut raw = UnixStream::connect(&socket).await.unwrap();
+        let partial = Frame::control(0, &Request::Hello(Hello::ours())).encode();
+        raw.write_all(&partial[..5]).await.unwrap();
+        drop(raw);
+        let client = connect(&socket).await;
+        let (_, _, code) = run(&client, &["true"], None).await;
+        assert_eq!(code, Some(0));
+        let gone_by = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, _, code) = run(&client, &["sh", "-c", &format!("kill -0 {pid} 2>/dev/null")], None).await;
+            if code != Some(0) {
+                break;
+            }
+            assert!(Instant::now() < gone_by, "sleep {pid} outlived the host that started it");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
 
         // Power off: QEMU (with -no-reboot) exits by itself.
-        host.send(Frame::control(9, &Request::Poweroff)).await;
+        let off = client.mux.open().unwrap();
+        off.send(&Request::Poweroff).await.unwrap();
+        drop(off);
         eprintln!("QEMU exited {:.1} s after the power-off request", wait_for_exit(&mut guest).await.as_secs_f64());
         let log = agent_log(&guest);
         eprintln!("---- the agent on the guest console ----\n{log}");
@@ -304,12 +270,10 @@ fn ctrl_alt_del_powers_the_guest_off() {
             return;
         };
         let mut guest = prepared.boot();
-        let mut host = Host::connect(&prepared.socket("agent.sock")).await;
-        host.hello().await;
+        let client = connect(&prepared.socket("agent.sock")).await;
         // A process that would run for ever: power-off must not wait for it.
-        let forever = ExecRequest { argv: vec!["sleep".into(), "1000".into()], env: vec![], cwd: None };
-        host.send(Frame::control(1, &Request::Exec(forever))).await;
-        assert!(matches!(host.recv().await.message::<Reply>().unwrap(), Reply::Started { .. }));
+        let mut forever = client.exec(exec(&["sleep", "1000"])).await;
+        assert!(matches!(next_reply(&mut forever).await, Reply::Started { .. }));
         ctrl_alt_del(&prepared.socket("qmp.sock")).await;
         let took = wait_for_exit(&mut guest).await;
         eprintln!("QEMU exited {:.1} s after Ctrl-Alt-Del", took.as_secs_f64());
