@@ -32,6 +32,17 @@ impl Refusal {
         Refusal::new(ErrorKind::NotFound, message)
     }
 
+    /// The kind that matches an I/O error (a missing file, a refused one, or a failure).
+    pub(crate) fn of_io(error: &std::io::Error, message: impl Into<String>) -> Refusal {
+        let kind = match error.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => ErrorKind::InvalidArgument,
+            _ => ErrorKind::Internal,
+        };
+        Refusal::new(kind, message)
+    }
+
     pub(crate) fn reply(self) -> Reply {
         Reply::Error { message: self.message, kind: self.kind }
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use banger_agent_proto::{Frame, FrameKind, Hello, Reply, Request};
+use banger_agent_proto::{Frame, FrameKind, Hello, Reply, Request, SessionInfo, SessionStart, SessionState};
 use bytes::Bytes;
 use common::{exec, next_reply, outcome, Client};
 use tokio::io::AsyncWriteExt;
@@ -229,6 +229,10 @@ fn agent_runs_commands_as_init_of_a_real_guest() {
         assert!(stats.cpus == 1 && stats.memory.total > 0, "{stats:?}");
         assert!(stats.disks.iter().any(|d| d.mount == "/" && d.device == "/dev/vda" && d.total > 0), "{stats:?}");
 
+        // A session lives under /run/banger/sessions and outlives the connection below.
+        let start = Request::SessionStart(SessionStart { name: "s".into(), exec: exec(&["sh", "-c", "echo in-guest; exec cat"]) });
+        assert!(matches!(client.request(&start).await, Reply::Session(_)));
+
         // A command running when the host goes away is hung up: the port
         // outlives the connection, and a new host starts with a hello.
         let mut sleeper = client.exec(exec(&["sleep", "1000"])).await;
@@ -251,6 +255,16 @@ fn agent_runs_commands_as_init_of_a_real_guest() {
             assert!(Instant::now() < gone_by, "sleep {pid} outlived the host that started it");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+
+        let attach = Request::SessionAttach { name: "s".into(), size: None, read_only: false };
+        let mut view = client.open(&attach).await;
+        assert!(matches!(next_reply(&mut view).await, Reply::Session(SessionInfo { state: SessionState::Running, .. })));
+        common::stdout_until(&mut view, "in-guest").await;
+        common::type_in(&view, "typed in the guest\n").await;
+        common::stdout_until(&mut view, "typed in the guest").await;
+        drop(view);
+        let (_, _, code) = run(&client, &["cat", "/run/banger/sessions/s/state.json"], None).await;
+        assert_eq!(code, Some(0), "the session's state is kept in /run/banger/sessions");
 
         // Power off: QEMU (with -no-reboot) exits by itself.
         let off = client.mux.open().unwrap();
