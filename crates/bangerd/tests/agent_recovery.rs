@@ -69,9 +69,11 @@ async fn killed_agent_body() {
     let pid = client.exec("r", &["pidof", "banger-agent"], b"").await.unwrap();
     let pid = String::from_utf8(pid.stdout).unwrap().trim().to_owned();
     assert!(!pid.is_empty() && pid != "1", "the agent runs under the image's init: {pid:?}");
-    // The exec that kills the agent dies with it; its answer does not matter.
-    let _ = client.exec("r", &["kill", "-9", &pid], b"").await;
     let killed_at = std::time::Instant::now();
+    // The exec that kills the agent dies with it: it ends once the daemon
+    // gives up on the silent connection. Its answer does not matter.
+    let _ = client.exec("r", &["kill", "-9", &pid], b"").await;
+    let exec_ended_after = killed_at.elapsed();
 
     let silent = |v: &Vm| v.agent == Some(AgentStatus::NotAnswering);
     banger_testkit::wait_vm(&client, "r", Duration::from_secs(60), "reported its agent silent", silent).await;
@@ -86,6 +88,8 @@ async fn killed_agent_body() {
     assert_ne!(new_pid, pid, "a new agent answers");
     let console = std::fs::read_to_string(daemon.config.run_dir.join("vms/r/console.log")).unwrap();
     assert!(console.contains("restarting init: the agent ended"), "the guest's init restarted it");
-    eprintln!("agent killed: reported silent after {reported_after:?}, answering again after {recovered_after:?}");
+    eprintln!(
+        "agent killed: its exec ended after {exec_ended_after:?}, reported silent after {reported_after:?}, answering again after {recovered_after:?}"
+    );
     succeed(&client, client.remove_vm("r", true).await.unwrap()).await;
 }
