@@ -88,6 +88,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/vms/{name}/disk/resize"),
     ("get", "/v1/vms/{name}/logs"),
     ("get", "/v1/vms/{name}/exec"),
+    ("get", "/v1/vms/{name}/stats"),
+    ("get", "/v1/vms/{name}/ports"),
+    ("get", "/v1/vms/{name}/sessions"),
+    ("post", "/v1/vms/{name}/sessions"),
+    ("get", "/v1/vms/{name}/sessions/{session}"),
+    ("delete", "/v1/vms/{name}/sessions/{session}"),
+    ("post", "/v1/vms/{name}/sessions/{session}/send"),
+    ("post", "/v1/vms/{name}/sessions/{session}/stop"),
+    ("post", "/v1/vms/{name}/sessions/{session}/wait"),
 ];
 
 #[tokio::test]
