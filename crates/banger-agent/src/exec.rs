@@ -66,7 +66,9 @@ pub(crate) async fn run(mut stream: Stream, req: ExecRequest, agent: &Agent) {
                 use std::os::unix::process::ExitStatusExt;
                 Reply::Exited { code: status.code(), signal: status.signal() }
             }
-            Err(_) => Refusal::new(banger_agent_proto::ErrorKind::Internal, format!("lost track of process {pid}")).reply(),
+            Err(_) => {
+                Refusal::new(banger_agent_proto::ErrorKind::Internal, format!("lost track of process {pid}")).reply()
+            }
         };
         let _ = sender.send(&reply).await;
         let _ = sender.close().await;
@@ -249,7 +251,10 @@ impl Input<'_> {
 
 /// An event the input loop acts on.
 pub(crate) enum Incoming {
-    Data { bytes: Bytes, fin: bool },
+    Data {
+        bytes: Bytes,
+        fin: bool,
+    },
     /// A control message (`None`: one this build cannot read).
     Control(Option<Request>),
 }

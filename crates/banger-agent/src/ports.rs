@@ -151,7 +151,10 @@ mod tests {
 
     #[test]
     fn only_unconnected_udp_sockets_count() {
-        assert_eq!(parse_sockets(UDP, UDP_UNCONNECTED), [Socket { address: "127.0.0.53".into(), port: 53, inode: 11111 }]);
+        assert_eq!(
+            parse_sockets(UDP, UDP_UNCONNECTED),
+            [Socket { address: "127.0.0.53".into(), port: 53, inode: 11111 }]
+        );
     }
 
     #[test]

@@ -133,10 +133,7 @@ pub(crate) fn run_as(command: &mut Command, account: &Account) {
     // fork and is only read.
     unsafe {
         command.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -33,7 +33,11 @@ pub(crate) struct Child {
 
 /// The agent's ends of a process's standard streams.
 pub(crate) enum ChildIo {
-    Pipes { stdin: pipe::Sender, stdout: pipe::Receiver, stderr: pipe::Receiver },
+    Pipes {
+        stdin: pipe::Sender,
+        stdout: pipe::Receiver,
+        stderr: pipe::Receiver,
+    },
     /// A terminal: input and all output go through its master.
     Pty(Arc<PtyMaster>),
 }
@@ -43,7 +47,8 @@ pub(crate) fn spawn(req: &ExecRequest, reaper: &Reaper) -> Result<Child, Refusal
     let Some(program) = req.argv.first() else {
         return Err(Refusal::invalid("nothing to run: argv is empty"));
     };
-    let account = Account::resolve(req.user.as_deref()).map_err(|e| Refusal::invalid(format!("cannot run {program}: {e}")))?;
+    let account =
+        Account::resolve(req.user.as_deref()).map_err(|e| Refusal::invalid(format!("cannot run {program}: {e}")))?;
     let cwd = match &req.cwd {
         Some(cwd) if !Path::new(cwd).is_dir() => {
             return Err(Refusal::not_found(format!("cannot run {program}: there is no directory {cwd}")));
@@ -63,7 +68,8 @@ pub(crate) fn spawn(req: &ExecRequest, reaper: &Reaper) -> Result<Child, Refusal
         command.env("TERM", req.term.as_deref().unwrap_or(DEFAULT_TERM));
     }
     command.envs(req.env.iter().map(|(k, v)| (k, v))).current_dir(cwd);
-    let cannot = |what: &str, e: io::Error| Refusal::new(ErrorKind::Internal, format!("cannot run {program}: {what}: {e}"));
+    let cannot =
+        |what: &str, e: io::Error| Refusal::new(ErrorKind::Internal, format!("cannot run {program}: {what}: {e}"));
     let master = match req.tty {
         Some(size) => Some(with_terminal(&mut command, size).map_err(|e| cannot("cannot open a terminal", e))?),
         None => {

@@ -33,14 +33,12 @@ fn parse_cpu(stat: &str) -> (CpuTimes, u32) {
                 let v: Vec<u64> = words.map(|w| w.parse().unwrap_or(0)).collect();
                 let at = |i: usize| v.get(i).copied().unwrap_or(0);
                 // user nice system idle iowait irq softirq steal (guest time is inside user).
-                times = CpuTimes {
-                    user: at(0) + at(1),
-                    system: at(2) + at(5) + at(6),
-                    idle: at(3) + at(4),
-                    steal: at(7),
-                };
+                times =
+                    CpuTimes { user: at(0) + at(1), system: at(2) + at(5) + at(6), idle: at(3) + at(4), steal: at(7) };
             }
-            Some(name) if name.strip_prefix("cpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) => {
+            Some(name)
+                if name.strip_prefix("cpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+            {
                 cpus += 1;
             }
             _ => {}
@@ -103,7 +101,8 @@ fn unescape_mount(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal =
+            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(d) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -164,7 +163,8 @@ mod tests {
     fn uptime_load_and_memory_are_read() {
         assert_eq!(parse_uptime("12345.67 24000.00\n"), 12345.67);
         assert_eq!(parse_loadavg("0.52 0.58 0.59 2/345 12345\n"), [0.52, 0.58, 0.59]);
-        let meminfo = "MemTotal:        2014088 kB\nMemFree:          120516 kB\nMemAvailable:    1514136 kB\nBuffers: 1 kB\n";
+        let meminfo =
+            "MemTotal:        2014088 kB\nMemFree:          120516 kB\nMemAvailable:    1514136 kB\nBuffers: 1 kB\n";
         assert_eq!(
             parse_meminfo(meminfo),
             MemoryStats { total: 2014088 * 1024, available: 1514136 * 1024, free: 120516 * 1024 }

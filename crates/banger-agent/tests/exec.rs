@@ -39,7 +39,12 @@ async fn hello_and_echo() {
 async fn a_version_1_host_is_refused_clearly() {
     let agent = Agent::start().await;
     let mut conn = UnixStream::connect(&agent.socket).await.unwrap();
-    let v1 = Frame { stream: 0, kind: FrameKind::Control, flags: 0, payload: br#"{"type":"hello","protocol":1}"#[..].into() };
+    let v1 = Frame {
+        stream: 0,
+        kind: FrameKind::Control,
+        flags: 0,
+        payload: br#"{"type":"hello","protocol":1}"#[..].into(),
+    };
     write_frame(&mut conn, &v1).await.unwrap();
     let answer = tokio::time::timeout(TIMEOUT, read_frame(&mut conn)).await.unwrap().unwrap().unwrap();
     assert_eq!(answer.stream, CONTROL_STREAM);
@@ -217,15 +222,7 @@ async fn a_signal_reaches_the_whole_process_group() {
     let Reply::Started { pid } = next_reply(&mut stream).await else { panic!("not started") };
     // Wait for sh's child (in its group) to be sleep: before its exec the
     // child is still sh, which handles SIGINT as a shell does.
-    let deadline = Instant::now() + TIMEOUT;
-    let child_is_sleep = || {
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        children.split_whitespace().any(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "sleep"))
-    };
-    while !child_is_sleep() {
-        assert!(Instant::now() < deadline, "sh never started sleep");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_child(pid, "sleep").await;
     let started = Instant::now();
     stream.send(&Request::Signal { signal: libc::SIGINT }).await.unwrap();
     let out = outcome(&mut stream).await;
@@ -281,7 +278,8 @@ async fn a_terminal_is_a_real_one() {
 async fn a_resize_reaches_the_terminal_and_fin_is_its_eof() {
     let agent = Agent::start().await;
     let client = agent.connect().await;
-    let mut stream = client.exec(tty(&["sh", "-c", "stty size; read line; stty size; cat; echo cat-ended"], 24, 80)).await;
+    let mut stream =
+        client.exec(tty(&["sh", "-c", "stty size; read line; stty size; cat; echo cat-ended"], 24, 80)).await;
     assert!(matches!(next_reply(&mut stream).await, Reply::Started { .. }));
     stdout_until(&mut stream, "24 80").await;
     stream.send(&Request::Resize(TtySize { rows: 30, cols: 100 })).await.unwrap();
@@ -297,17 +295,22 @@ async fn a_resize_reaches_the_terminal_and_fin_is_its_eof() {
 #[tokio::test]
 async fn commands_run_as_the_user_asked_for() {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let Some(nobody) = passwd.lines().find(|l| l.starts_with("nobody:")) else {
-        return eprintln!("SKIP: no user nobody here");
-    };
-    if !rustix_is_root() {
-        return eprintln!("SKIP: switching users needs root");
+    let nobody = passwd.lines().find(|l| l.starts_with("nobody:"));
+    if !banger_testkit::prereq::require("root, to switch users", banger_testkit::prereq::is_root())
+        || !banger_testkit::prereq::require("a user nobody in /etc/passwd", nobody.is_some())
+    {
+        return;
     }
+    let nobody = nobody.unwrap();
     let uid: u32 = nobody.split(':').nth(2).unwrap().parse().unwrap();
     let agent = Agent::start().await;
     let client = agent.connect().await;
     for user in ["nobody".to_string(), uid.to_string()] {
-        let req = ExecRequest { user: Some(user), cwd: Some("/".into()), ..exec(&["sh", "-c", "id -u; id -g; echo $USER $LOGNAME"]) };
+        let req = ExecRequest {
+            user: Some(user),
+            cwd: Some("/".into()),
+            ..exec(&["sh", "-c", "id -u; id -g; echo $USER $LOGNAME"])
+        };
         let out = outcome(&mut client.exec(req).await).await;
         let lines: Vec<&str> = out.stdout.split(|b| *b == b'\n').map(|l| std::str::from_utf8(l).unwrap()).collect();
         assert_eq!(lines[0], uid.to_string(), "{out:?}");
@@ -317,14 +320,6 @@ async fn commands_run_as_the_user_asked_for() {
     let (kind, message) = outcome(&mut client.exec(req).await).await.error.expect("refused");
     assert_eq!(kind, ErrorKind::InvalidArgument);
     assert!(message.contains("no-such-user-here"), "{message}");
-}
-
-fn rustix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
 }
 
 /// A client that goes away while its command runs (its stream reset, or
@@ -340,6 +335,7 @@ async fn a_departed_client_hangs_its_command_up() {
     // One that ignores SIGHUP is killed after the grace.
     let mut stream = client.exec(exec(&["sh", "-c", "trap '' HUP; sleep 30"])).await;
     let Reply::Started { pid } = next_reply(&mut stream).await else { panic!() };
+    wait_for_child(pid, "sleep").await; // the trap is set by then
     drop(client);
     let since = Instant::now();
     assert!(wait_gone(pid, Duration::from_secs(10)).await, "sh {pid} outlived its connection");
@@ -347,11 +343,17 @@ async fn a_departed_client_hangs_its_command_up() {
     // A finished command's stream may be dropped: nothing is hung up then.
     let client = agent.connect().await;
     let marker = agent.dir.path().join("background-lived");
-    let script = format!("(trap 'echo hup > {0}.hup' HUP; sleep 1; echo lived > {0}) </dev/null >/dev/null 2>&1 &", marker.display());
+    let script = format!(
+        "(trap 'echo hup > {0}.hup' HUP; sleep 1; echo lived > {0}) </dev/null >/dev/null 2>&1 &",
+        marker.display()
+    );
     let out = client.run(&["sh", "-c", &script]).await;
     assert_eq!(out.exited, Some((Some(0), None)));
     drop(client);
-    assert!(wait_for_file(&marker, Duration::from_secs(10)).await, "the background job of a finished command was hung up");
+    assert!(
+        wait_for_file(&marker, Duration::from_secs(10)).await,
+        "the background job of a finished command was hung up"
+    );
 }
 
 #[tokio::test]

@@ -229,8 +229,37 @@ fn agent_runs_commands_as_init_of_a_real_guest() {
         assert!(stats.cpus == 1 && stats.memory.total > 0, "{stats:?}");
         assert!(stats.disks.iter().any(|d| d.mount == "/" && d.device == "/dev/vda" && d.total > 0), "{stats:?}");
 
+        // Files in and out as tar streams.
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(14);
+        header.set_mode(0o640);
+        header.set_mtime(1_500_000_000);
+        header.set_cksum();
+        tar.append_data(&mut header, "sent", &b"into the guest"[..]).unwrap();
+        let mut copy = client.open(&Request::CopyIn { dest: "/tmp/received".into() }).await;
+        copy.write(FrameKind::Stdin, Bytes::from(tar.into_inner().unwrap())).await.unwrap();
+        copy.finish(FrameKind::Stdin).await.unwrap();
+        assert_eq!(next_reply(&mut copy).await, Reply::Done);
+        let (out, _, _) = run(&client, &["sh", "-c", "cat /tmp/received; ls -l /tmp/received"], None).await;
+        assert!(out.starts_with("into the guest-rw-r-----"), "{out}");
+        let mut copy = client.open(&Request::CopyOut { path: "/tmp/received".into() }).await;
+        let mut tar = Vec::new();
+        while let Some(banger_agent_proto::mux::Event::Data { bytes, .. }) = common::event(&mut copy).await {
+            tar.extend(&bytes);
+        }
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap().to_str(), Some("received"));
+        let mut content = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut content).unwrap();
+        assert_eq!(content, "into the guest");
+
         // A session lives under /run/banger/sessions and outlives the connection below.
-        let start = Request::SessionStart(SessionStart { name: "s".into(), exec: exec(&["sh", "-c", "echo in-guest; exec cat"]) });
+        let start = Request::SessionStart(SessionStart {
+            name: "s".into(),
+            exec: exec(&["sh", "-c", "echo in-guest; exec cat"]),
+        });
         assert!(matches!(client.request(&start).await, Reply::Session(_)));
 
         // A command running when the host goes away is hung up: the port
@@ -258,7 +287,10 @@ fn agent_runs_commands_as_init_of_a_real_guest() {
 
         let attach = Request::SessionAttach { name: "s".into(), size: None, read_only: false };
         let mut view = client.open(&attach).await;
-        assert!(matches!(next_reply(&mut view).await, Reply::Session(SessionInfo { state: SessionState::Running, .. })));
+        assert!(matches!(
+            next_reply(&mut view).await,
+            Reply::Session(SessionInfo { state: SessionState::Running, .. })
+        ));
         common::stdout_until(&mut view, "in-guest").await;
         common::type_in(&view, "typed in the guest\n").await;
         common::stdout_until(&mut view, "typed in the guest").await;

@@ -133,7 +133,11 @@ async fn a_session_is_started_attached_typed_into_and_stopped() {
     let (waited, stopped) = tokio::join!(waiting, stop);
     assert_eq!(stopped, Reply::Done);
     assert_eq!(waited, Reply::Exited { code: None, signal: Some(libc::SIGTERM) });
-    assert_eq!(wait(&client, "work").await, Reply::Exited { code: None, signal: Some(libc::SIGTERM) }, "at once when ended");
+    assert_eq!(
+        wait(&client, "work").await,
+        Reply::Exited { code: None, signal: Some(libc::SIGTERM) },
+        "at once when ended"
+    );
     let ended = session_info(&client, "work").await;
     assert_eq!((ended.state, ended.pid, ended.signal), (SessionState::Exited, None, Some(libc::SIGTERM)));
     assert!(ended.ended_at.is_some());
@@ -178,7 +182,9 @@ async fn names_are_checked_and_running_ones_are_unique() {
         let reply = client.request(&request).await;
         assert!(matches!(reply, Reply::Error { kind: ErrorKind::NotFound, .. }), "{request:?}: {reply:?}");
     }
-    let Reply::Error { kind, .. } = client.request(&Request::SessionRemove { name: "one".into() }).await else { panic!() };
+    let Reply::Error { kind, .. } = client.request(&Request::SessionRemove { name: "one".into() }).await else {
+        panic!()
+    };
     assert_eq!(kind, ErrorKind::InvalidArgument, "a running session is not removed");
     // An ended session's name may be used again.
     client.request(&Request::SessionStop { name: "one".into(), signal: Some(libc::SIGKILL) }).await;
@@ -249,7 +255,10 @@ async fn a_client_that_stops_reading_does_not_block_the_session() {
     let (mut stalled, _) = attach(&client, "flood", None).await;
     assert_eq!(send(&client, "flood", "go\n").await, Reply::Done);
     let waited = tokio::time::timeout(Duration::from_secs(60), wait(&client, "flood")).await;
-    assert_eq!(waited.expect("the session waited for its stalled client"), Reply::Exited { code: Some(0), signal: None });
+    assert_eq!(
+        waited.expect("the session waited for its stalled client"),
+        Reply::Exited { code: Some(0), signal: None }
+    );
     let mut seen = Vec::new();
     loop {
         match event(&mut stalled).await.expect("the attach ended without exited") {

@@ -100,7 +100,12 @@ fn parser(size: TtySize) -> vt100::Parser {
 
 impl Session {
     /// Starts `exec` under a new terminal as the session `name`, kept in `dir`.
-    pub(crate) fn start(name: &str, mut exec: ExecRequest, dir: PathBuf, reaper: &Reaper) -> Result<Arc<Session>, Refusal> {
+    pub(crate) fn start(
+        name: &str,
+        mut exec: ExecRequest,
+        dir: PathBuf,
+        reaper: &Reaper,
+    ) -> Result<Arc<Session>, Refusal> {
         let size = *exec.tty.get_or_insert(DEFAULT_SIZE);
         let child = spawn::spawn(&exec, reaper)?;
         let ChildIo::Pty(master) = child.io else {

@@ -19,7 +19,13 @@ pub(crate) async fn start(stream: Stream, start: SessionStart, sessions: &Sessio
 
 /// `session`, the screen as it is, then the live output until the process
 /// ends (`exited`) or the client detaches; what the client types goes in.
-pub(crate) async fn attach(mut stream: Stream, name: &str, size: Option<TtySize>, read_only: bool, sessions: &Sessions) {
+pub(crate) async fn attach(
+    mut stream: Stream,
+    name: &str,
+    size: Option<TtySize>,
+    read_only: bool,
+    sessions: &Sessions,
+) {
     let session = match sessions.get(name) {
         Ok(session) => session,
         Err(refusal) => return answer(stream, refusal.reply()).await,
@@ -171,7 +177,9 @@ pub(crate) async fn send(mut stream: Stream, name: &str, sessions: &Sessions) {
             Err(_) => return,
             Ok(None) => break,
             Ok(Some(event)) => {
-                let banger_agent_proto::mux::Event::Data { kind: FrameKind::Stdin, bytes, fin } = event else { continue };
+                let banger_agent_proto::mux::Event::Data { kind: FrameKind::Stdin, bytes, fin } = event else {
+                    continue;
+                };
                 if !bytes.is_empty() {
                     let Some(slot) = session.input_slot().await else {
                         let refusal = crate::requests::Refusal::invalid(format!("session {name} has ended"));

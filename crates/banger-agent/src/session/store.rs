@@ -43,13 +43,17 @@ impl StateFile {
     }
 }
 
-/// Creates a fresh directory for a session (an older one of that name is removed).
+/// Creates a fresh directory for a session (an older one of that name is
+/// removed), readable by root only; its parents get the usual modes.
 pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
 /// Writes `state.json` whole (a new file renamed over the old one).
@@ -147,7 +151,11 @@ mod tests {
         write_state(&session, &state).unwrap();
         assert!(read_state(&session).unwrap().ended());
         // A state file from a newer agent with fields this one does not know still reads.
-        fs::write(session.join(STATE), br#"{"name":"s","argv":[],"started_at":1,"pid":null,"size":{"rows":1,"cols":2},"new":1}"#).unwrap();
+        fs::write(
+            session.join(STATE),
+            br#"{"name":"s","argv":[],"started_at":1,"pid":null,"size":{"rows":1,"cols":2},"new":1}"#,
+        )
+        .unwrap();
         assert_eq!(read_state(&session).unwrap().size, TtySize { rows: 1, cols: 2 });
         // A fresh directory replaces the old one.
         create_dir(&session).unwrap();

@@ -276,6 +276,22 @@ pub async fn wait_gone(pid: u32, within: Duration) -> bool {
     }
 }
 
+/// Waits until a child of `pid` runs `program` (it has exec'd).
+pub async fn wait_for_child(pid: u32, program: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if children
+            .split_whitespace()
+            .any(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|name| name.trim() == program))
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{pid} never started {program}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until `path` exists.
 pub async fn wait_for_file(path: &Path, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
