@@ -46,7 +46,9 @@ impl Agent {
     /// Starts an agent whose sessions live in `sessions` (to restart one).
     pub async fn start_in(dir: tempfile::TempDir, sessions: PathBuf, extra: &[&OsStr]) -> Agent {
         let socket = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_banger-agent"))
+        // BANGER_TEST_AGENT runs these tests against another build (the static release one).
+        let binary = std::env::var_os("BANGER_TEST_AGENT").unwrap_or_else(|| env!("CARGO_BIN_EXE_banger-agent").into());
+        let child = Command::new(binary)
             .arg("--listen-unix")
             .arg(&socket)
             .arg("--sessions-dir")
