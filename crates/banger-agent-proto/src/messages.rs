@@ -499,7 +499,7 @@ mod tests {
             Reply::Hello(Hello { agent_version: Some("0.1.0".into()), ..Hello::ours() }),
             Reply::Started { pid: 42 },
             Reply::Exited { code: Some(3), signal: None },
-            Reply::Error { message: "no such program".into(), kind: ErrorKind::NotFound },
+            Reply::Error { message: "no such session".into(), kind: ErrorKind::NotFound },
             Reply::Pong,
             Reply::Session(session.clone()),
             Reply::Sessions { sessions: vec![session] },

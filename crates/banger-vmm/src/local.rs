@@ -101,11 +101,23 @@ impl RunFiles {
     }
 
     /// Everything but the console log.
+    /// What a stopped VM leaves no more: as a guest's `/run` goes with its
+    /// reboot, so do the sessions the agent kept beside its socket.
     fn remove_runtime_files(&self) -> io::Result<()> {
         for path in [&self.socket, &self.pid, &self.pid.with_extension("pid.partial")] {
             remove_if_present(path)?;
         }
-        Ok(())
+        match std::fs::remove_dir_all(self.sessions()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where the agent keeps its sessions when it serves a socket.
+    fn sessions(&self) -> PathBuf {
+        let mut dir = self.socket.clone().into_os_string();
+        dir.push(".sessions");
+        dir.into()
     }
 }
 
