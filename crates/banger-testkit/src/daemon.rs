@@ -131,7 +131,7 @@ impl Drop for TestDaemon {
 
 /// SIGKILLs every process whose command line names `dir` (a test's own
 /// temporary directory, so nothing outside the test is touched).
-fn kill_processes_naming(dir: &Path) {
+pub fn kill_processes_naming(dir: &Path) {
     let needle = dir.as_os_str().as_encoded_bytes();
     let Ok(entries) = std::fs::read_dir("/proc") else { return };
     for entry in entries.flatten() {

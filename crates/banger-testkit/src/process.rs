@@ -161,5 +161,37 @@ impl Drop for DaemonProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // VMMs outlive their daemon by design; a test that failed before
+        // removing its VMs must not leave them running.
+        crate::daemon::kill_processes_naming(self.root.path());
+        if !self.state_dir.starts_with(self.root.path()) {
+            crate::daemon::kill_processes_naming(&self.state_dir);
+        }
     }
+}
+
+/// The `bangerd` binary of this build, for tests outside the bangerd
+/// package (which have no `CARGO_BIN_EXE_bangerd`): built now if need be,
+/// with the profile the tests were built with.
+pub fn bangerd_binary() -> PathBuf {
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.as_ref() {
+        return path.clone();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target_dir = crate::cache::target_dir();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let release = !cfg!(debug_assertions);
+    let mut command = Command::new(cargo);
+    command.args(["build", "-p", "bangerd", "--bin", "bangerd"]).env("CARGO_TARGET_DIR", &target_dir);
+    if release {
+        command.arg("--release");
+    }
+    let status = command.current_dir(&workspace).status().expect("run cargo to build bangerd");
+    assert!(status.success(), "building bangerd failed");
+    let path = target_dir.join(if release { "release" } else { "debug" }).join("bangerd");
+    assert!(path.is_file(), "no bangerd at {}", path.display());
+    *built = Some(path.clone());
+    path
 }

@@ -8,9 +8,11 @@ pub mod stats;
 
 use std::sync::Arc;
 
-use banger_agent_proto::Reply;
+use banger_agent_proto::{FrameKind, Reply, Request};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 
-use crate::agent::{AgentConn, AgentError};
+use crate::agent::{next_reply, AgentConn, AgentError};
 use crate::error::{Error, Result};
 use crate::vm::{lifecycle, VmAction};
 use crate::Daemon;
@@ -31,4 +33,55 @@ async fn agent(daemon: &Arc<Daemon>, vm: &str, verb: &'static str, feature: &str
 /// The error for a reply that does not answer the request.
 fn unexpected(reply: &Reply) -> Error {
     Error::Agent(AgentError::Unexpected(format!("{reply:?}")))
+}
+
+/// Sends `request`, then `input` as its stdin as it arrives (each chunk
+/// written once the agent's window has room, so the agent paces the
+/// client), then the end of input, and waits for `done`. The agent may
+/// refuse before the input ends; more than `limit` bytes is refused with
+/// `too_large()`.
+async fn upload<S, E>(
+    agent: &AgentConn,
+    request: &Request,
+    mut input: S,
+    limit: u64,
+    too_large: fn() -> Error,
+) -> Result<u64>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut stream = agent.open()?;
+    stream.send(request).await.map_err(AgentError::from)?;
+    let sender = stream.sender();
+    let mut sent = 0u64;
+    let feed = async {
+        while let Some(chunk) = input.next().await {
+            let chunk = chunk.map_err(|e| Error::InvalidArgument(format!("the input broke off: {e}")))?;
+            sent += chunk.len() as u64;
+            if sent > limit {
+                return Err(too_large());
+            }
+            sender.write(FrameKind::Stdin, chunk).await.map_err(AgentError::from)?;
+        }
+        sender.finish(FrameKind::Stdin).await.map_err(AgentError::from)?;
+        Ok(())
+    };
+    let early = tokio::select! {
+        fed = feed => {
+            // On failure the stream is dropped, which resets it: the agent
+            // abandons what it was given.
+            fed?;
+            None
+        }
+        reply = next_reply(&mut stream) => Some(reply),
+    };
+    let reply = match early {
+        Some(reply) => reply?,
+        None => next_reply(&mut stream).await?,
+    };
+    match reply {
+        Reply::Done => Ok(sent),
+        other => Err(unexpected(&other)),
+    }
 }

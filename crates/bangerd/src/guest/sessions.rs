@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use banger_agent_proto::features::SESSIONS;
-use banger_agent_proto::{ErrorKind, ExecRequest, FrameKind, Reply, Request, SessionInfo, SessionStart};
+use banger_agent_proto::{ErrorKind, ExecRequest, Reply, Request, SessionInfo, SessionStart};
 use banger_api::{Session, SessionExit, SessionStartRequest, SessionState, Signal, Timestamp};
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 
-use super::{agent, unexpected};
-use crate::agent::{next_reply, AgentConn, AgentError};
+use super::{agent, unexpected, upload};
+use crate::agent::{AgentConn, AgentError};
 use crate::error::{Error, Result};
 use crate::Daemon;
 
@@ -64,44 +64,14 @@ pub async fn get(daemon: &Arc<Daemon>, vm: &str, session: &str) -> Result<Sessio
 
 /// Types `input` into the session as it arrives, at the pace the agent
 /// takes it; at most [`MAX_SEND_BYTES`].
-pub async fn send<S, E>(daemon: &Arc<Daemon>, vm: &str, session: &str, mut input: S) -> Result<()>
+pub async fn send<S, E>(daemon: &Arc<Daemon>, vm: &str, session: &str, input: S) -> Result<()>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     let agent = agent(daemon, vm, "session send", SESSIONS).await?;
-    let mut stream = agent.open()?;
-    stream.send(&Request::SessionSend { name: session.to_owned() }).await.map_err(AgentError::from)?;
-    let sender = stream.sender();
-    let upload = async {
-        let mut sent = 0u64;
-        while let Some(chunk) = input.next().await {
-            let chunk = chunk.map_err(|e| Error::InvalidArgument(format!("the input broke off: {e}")))?;
-            sent += chunk.len() as u64;
-            if sent > MAX_SEND_BYTES {
-                return Err(too_large());
-            }
-            sender.write(FrameKind::Stdin, chunk).await.map_err(AgentError::from)?;
-        }
-        sender.finish(FrameKind::Stdin).await.map_err(AgentError::from)?;
-        Ok(())
-    };
-    // The agent may refuse (no such session) before the input ends.
-    let early = tokio::select! {
-        uploaded = upload => {
-            uploaded?;
-            None
-        }
-        reply = next_reply(&mut stream) => Some(reply),
-    };
-    let reply = match early {
-        Some(reply) => reply?,
-        None => next_reply(&mut stream).await?,
-    };
-    match reply {
-        Reply::Done => Ok(()),
-        other => Err(unexpected(&other)),
-    }
+    let request = Request::SessionSend { name: session.to_owned() };
+    upload(&agent, &request, input, MAX_SEND_BYTES, too_large).await.map(drop)
 }
 
 /// The error for input over [`MAX_SEND_BYTES`].
