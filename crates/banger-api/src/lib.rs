@@ -39,6 +39,7 @@ mod operation;
 mod session;
 mod signal;
 mod stats;
+pub mod stream;
 mod text_form;
 mod time;
 mod vm;
@@ -57,7 +58,7 @@ pub use signal::{Signal, SignalError, MAX_SIGNAL};
 pub use stats::{GuestDisk, GuestMemory, GuestNet, GuestPort, GuestStats, VmStats, VmmStats};
 pub use time::{Timestamp, TimestampError};
 pub use vm::{
-    AgentStatus, DiskResizeRequest, DiskStrategy, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice, EXEC_UPGRADE,
+    AgentStatus, DiskResizeRequest, DiskStrategy, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice,
 };
 
 use serde::{Deserialize, Serialize};

@@ -184,9 +184,3 @@ pub struct DiskResizeRequest {
     #[schema(maximum = 17592184995840.0)]
     pub size_bytes: u64,
 }
-
-/// The upgraded `GET /v1/vms/{name}/exec` connection speaks the agent's
-/// frame protocol (`banger-agent-proto`): the client sends one `exec`
-/// control frame, then stdin frames; the daemon relays output frames and
-/// the final `exited` (or `error`) frame. This is the `Upgrade` token.
-pub const EXEC_UPGRADE: &str = "banger-exec/1";

@@ -2,7 +2,7 @@
 //! and the tests use it; so can any Rust program.
 
 mod events;
-pub mod exec;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +10,6 @@ use banger_api::{
     ApiError, CatalogListing, DiskResizeRequest, DoctorReport, GuestPort, Health, Image, ImageBuildRequest,
     ImagePruneReport, ImageRegisterRequest, Kernel, KernelImportRequest, KernelPullRequest, Operation, Session,
     SessionExit, SessionStartRequest, SessionStopRequest, Signal, Vm, VmCreateRequest, VmSetRequest, VmStats,
-    EXEC_UPGRADE,
 };
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -24,7 +23,7 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 pub use events::EventStream;
-pub use exec::ExecOutput;
+pub use stream::{ExecOutput, StreamEvent, StreamEvents, StreamSender};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +43,9 @@ pub enum ClientError {
     /// The exchange itself failed.
     #[error("talking to bangerd failed")]
     Http(#[source] hyper::Error),
+    /// A WebSocket stream (exec, attach, logs) failed.
+    #[error("the stream to bangerd failed")]
+    WebSocket(#[source] tokio_tungstenite::tungstenite::Error),
     /// The daemon answered something this client does not understand.
     #[error("unexpected answer from bangerd: {0}")]
     Protocol(String),
@@ -213,37 +215,6 @@ impl Client {
     pub async fn vm_logs(&self, name: &str, follow: bool) -> Result<Incoming> {
         let path = format!("/v1/vms/{}/logs?follow={follow}", segment(name));
         Ok(check_status(self.request(Method::GET, &path, None).await?).await?.into_body())
-    }
-
-    /// `GET /v1/vms/{name}/exec` with an upgrade: a connection that speaks
-    /// the agent's frame protocol (send an exec frame, then stdin; read
-    /// output frames and the final exited or error frame).
-    pub async fn exec_channel(&self, name: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Unreachable { socket: self.socket.clone(), source })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(ClientError::Http)?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(format!("/v1/vms/{}/exec", segment(name)))
-            .header("host", "bangerd")
-            .header("connection", "upgrade")
-            .header("upgrade", EXEC_UPGRADE)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(ClientError::Http)?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(check_status(response)
-                .await
-                .err()
-                .unwrap_or_else(|| ClientError::Protocol("exec was not upgraded".into())));
-        }
-        let upgraded = hyper::upgrade::on(response).await.map_err(ClientError::Http)?;
-        Ok(TokioIo::new(upgraded))
     }
 
     /// `GET /v1/vms/{name}/stats`: the guest's figures and its VMM's (the

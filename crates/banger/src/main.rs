@@ -6,6 +6,7 @@ mod commands;
 mod output;
 mod progress;
 mod size;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,7 +90,11 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match runtime.block_on(run(cli.command, &ctx)) {
+    let result = runtime.block_on(run(cli.command, &ctx));
+    // A read of stdin still pending (exec, attach) cannot be cancelled:
+    // exit without waiting for it.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(error) => report(&error),
     }

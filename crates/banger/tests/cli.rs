@@ -252,7 +252,7 @@ async fn vm_create_exec_logs_and_rm_from_the_cli_body() {
     assert!(stderr(&missing).contains("no-such-program"), "{}", stderr(&missing));
     let stopped_vm = banger(&socket, &["vm", "exec", "nope", "--", "true"]).await;
     assert_eq!(stopped_vm.status.code(), Some(255), "banger's own failure exits 255");
-    let piped = banger_stdin(&socket, &["vm", "exec", "dev", "--", "wc", "-c"], &[b'x'; 100_000]).await;
+    let piped = banger_stdin(&socket, &["vm", "exec", "-i", "dev", "--", "wc", "-c"], &[b'x'; 100_000]).await;
     ok(&piped);
     assert_eq!(stdout(&piped).trim(), "100000", "stdin is forwarded whole");
 

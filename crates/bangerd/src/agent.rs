@@ -280,92 +280,9 @@ async fn keepalive(mux: Mux) {
     }
 }
 
-/// Relays one exec between a client connection (which speaks the frame
-/// format as a version-1 host would: an `exec` control frame first, then
-/// stdin frames, an empty one for the end of input, and signals) and an
-/// agent stream. Only stdin and signals pass upstream: a client cannot say
-/// hello or power the VM off through its exec. Ends when the agent reports
-/// the command ended (or failed to start). A client that goes away resets
-/// the stream, and the agent hangs the command up.
-pub async fn relay_exec<C>(agent: Arc<AgentConn>, client: C) -> Result<(), AgentError>
-where
-    C: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (client_rx, client_tx) = tokio::io::split(client);
-    let mut client_rx = FramedRead::new(client_rx, FrameCodec::new());
-    let mut client_tx = FramedWrite::new(client_tx, FrameCodec::new());
-    let first = client_rx.next().await.ok_or(AgentError::Closed)??;
-    let client_stream = first.stream;
-    let Ok(Request::Exec(exec)) = first.message::<Request>() else {
-        let error = Reply::Error { message: "the first frame must be an exec request".into(), kind: Default::default() };
-        client_tx.send(Frame::control(client_stream, &error)).await?;
-        return Ok(());
-    };
-    let mut stream = agent.open()?;
-    stream.send(&Request::Exec(exec)).await?;
-    let sender = stream.sender();
-    // Ends with whether the client had closed stdin before it stopped
-    // sending: then its end of stream is a half-close, not a departure.
-    let mut upstream = tokio::spawn(async move {
-        while let Some(Ok(frame)) = client_rx.next().await {
-            let sent = match frame.kind {
-                FrameKind::Stdin if frame.payload.is_empty() || frame.is_fin() => {
-                    return sender.finish(FrameKind::Stdin).await.is_ok();
-                }
-                FrameKind::Stdin => sender.write(FrameKind::Stdin, frame.payload).await,
-                FrameKind::Control => match frame.message::<Request>() {
-                    Ok(signal @ Request::Signal { .. }) => sender.send(&signal).await,
-                    _ => Ok(()),
-                },
-                _ => Ok(()),
-            };
-            if sent.is_err() {
-                break;
-            }
-        }
-        false
-    });
-    let mut upstream_done = false;
-    let result = loop {
-        tokio::select! {
-            event = stream.recv() => {
-                let frame = match event {
-                    Ok(Some(Event::Data { kind, bytes, .. })) if !bytes.is_empty() => Frame::data(client_stream, kind, bytes),
-                    Ok(Some(Event::Data { .. })) => continue,
-                    Ok(Some(Event::Control(json))) => Frame { stream: client_stream, kind: FrameKind::Control, flags: 0, payload: json },
-                    Ok(None) | Err(_) => {
-                        let error = Reply::Error { message: "the connection to the guest agent closed".into(), kind: Default::default() };
-                        let _ = client_tx.send(Frame::control(client_stream, &error)).await;
-                        break Err(AgentError::Closed);
-                    }
-                };
-                let reply = frame.message::<Reply>().ok();
-                let last = matches!(reply, Some(Reply::Exited { .. } | Reply::Error { .. }));
-                if client_tx.send(frame).await.is_err() {
-                    stream.reset("the client went away");
-                    break Ok(());
-                }
-                if last {
-                    break Ok(());
-                }
-            }
-            half_closed = &mut upstream, if !upstream_done => {
-                upstream_done = true;
-                if !matches!(half_closed, Ok(true)) {
-                    stream.reset("the client went away");
-                    break Ok(());
-                }
-            }
-        }
-    };
-    upstream.abort();
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use tokio::sync::mpsc;
 
     /// A stand-in agent on a unix socket that answers the hello with `answer`.
@@ -439,51 +356,6 @@ mod tests {
         });
         let conn = AgentConn::connect(&AgentEndpoint::Unix(path), Duration::from_secs(5)).await.unwrap();
         (dir, conn, streams)
-    }
-
-    fn exec_frame() -> Frame {
-        Frame::control(1, &Request::Exec(proto::ExecRequest { argv: vec!["cat".into()], ..Default::default() }))
-    }
-
-    #[tokio::test]
-    async fn a_client_that_leaves_resets_its_stream() {
-        let (_dir, agent, mut streams) = exec_agent().await;
-        let (client, relay_side) = tokio::io::duplex(1 << 16);
-        let relay = tokio::spawn(relay_exec(Arc::clone(&agent), relay_side));
-        let (mut client_rx, mut client_tx) = tokio::io::split(client);
-        proto::write_frame(&mut client_tx, &exec_frame()).await.unwrap();
-        let started = proto::read_frame(&mut client_rx).await.unwrap().unwrap();
-        assert!(matches!(started.message::<Reply>(), Ok(Reply::Started { .. })));
-        let mut guest_side = streams.recv().await.unwrap();
-        drop((client_rx, client_tx));
-        let seen = tokio::time::timeout(Duration::from_secs(5), guest_side.recv()).await.unwrap();
-        assert!(matches!(seen, Err(MuxError::Reset(_))), "{seen:?}");
-        relay.await.unwrap().unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_client_that_only_closed_its_input_is_not_hung_up() {
-        let (_dir, agent, mut streams) = exec_agent().await;
-        let (client, relay_side) = tokio::io::duplex(1 << 16);
-        let relay = tokio::spawn(relay_exec(Arc::clone(&agent), relay_side));
-        let (mut client_rx, mut client_tx) = tokio::io::split(client);
-        proto::write_frame(&mut client_tx, &exec_frame()).await.unwrap();
-        proto::write_frame(&mut client_tx, &Frame::data(1, FrameKind::Stdin, b"typed".to_vec())).await.unwrap();
-        proto::write_frame(&mut client_tx, &Frame::empty(1, FrameKind::Stdin)).await.unwrap();
-        tokio::io::AsyncWriteExt::shutdown(&mut client_tx).await.unwrap();
-        let mut guest_side = streams.recv().await.unwrap();
-        let input = guest_side.recv().await.unwrap().unwrap();
-        assert!(matches!(input, Event::Data { ref bytes, .. } if &bytes[..] == b"typed"), "{input:?}");
-        let end = guest_side.recv().await.unwrap().unwrap();
-        assert!(matches!(end, Event::Data { fin: true, .. }), "{end:?}");
-        guest_side.write(FrameKind::Stdout, Bytes::from_static(b"typed")).await.unwrap();
-        guest_side.send(&Reply::Exited { code: Some(0), signal: None }).await.unwrap();
-        let mut last = None;
-        while let Ok(Some(frame)) = proto::read_frame(&mut client_rx).await {
-            last = frame.message::<Reply>().ok();
-        }
-        assert_eq!(last, Some(Reply::Exited { code: Some(0), signal: None }));
-        relay.await.unwrap().unwrap();
     }
 
     #[tokio::test]

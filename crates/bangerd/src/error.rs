@@ -314,7 +314,7 @@ impl Error {
 
 /// The code for a request the guest agent refused, by the kind it gave:
 /// the agent's message is what the user reads.
-fn refusal_code(kind: banger_agent_proto::ErrorKind) -> ErrorCode {
+pub fn refusal_code(kind: banger_agent_proto::ErrorKind) -> ErrorCode {
     use banger_agent_proto::ErrorKind as K;
     match kind {
         K::InvalidArgument => ErrorCode::InvalidArgument,

@@ -97,6 +97,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/vms/{name}/sessions/{session}/send"),
     ("post", "/v1/vms/{name}/sessions/{session}/stop"),
     ("post", "/v1/vms/{name}/sessions/{session}/wait"),
+    ("get", "/v1/vms/{name}/sessions/{session}/attach"),
+    ("get", "/v1/vms/{name}/sessions/{session}/logs"),
 ];
 
 #[tokio::test]

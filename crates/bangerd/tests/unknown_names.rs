@@ -22,7 +22,7 @@ async fn thousands_of_requests_for_missing_vms_leave_memory_flat() {
             0 => client.stop_vm(&name, true).await.map(drop),
             1 => client.stop_vm(&name, false).await.map(drop),
             2 => client.remove_vm(&name, true).await.map(drop),
-            _ => client.exec_channel(&name).await.map(drop),
+            _ => client.exec(&name, &["true"], b"").await.map(drop),
         }
         .expect_err("no such VM");
         assert_eq!(error.api().map(|e| e.code), Some(ErrorCode::NotFound), "{error}");

@@ -1,8 +1,10 @@
 //! One file per command group.
 
+pub mod attach;
 pub mod completions;
 pub mod daemon;
 pub mod doctor;
+pub mod exec;
 pub mod image;
 pub mod kernel;
 pub mod operation;

@@ -1,5 +1,6 @@
-//! `banger session start|list|show|send|stop|wait|rm`: commands that run in
-//! a VM under a terminal and outlive every client.
+//! `banger session start|list|show|send|stop|wait|rm|attach|logs`: commands
+//! that run in a VM under a terminal and outlive every client (attach and
+//! logs are in `attach`).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use banger_api::{Session, SessionStartRequest, SessionState, Signal, VmState};
 use clap::Subcommand;
 use serde::Serialize;
 
+use crate::terminal::{DetachKeys, DEFAULT_DETACH_KEYS};
 use crate::{output, Context};
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +93,35 @@ pub enum SessionCommand {
         /// Session name.
         session: String,
     },
+    /// Attach this terminal to a session: its screen comes back as it is,
+    /// typing goes to it. The detach keys (Ctrl-] by default) leave it
+    /// running; when its process ends, banger exits with its status.
+    Attach {
+        /// VM name.
+        vm: String,
+        /// Session name.
+        session: String,
+        /// Watch without typing (the detach keys still work).
+        #[arg(long)]
+        read_only: bool,
+        /// The keys that detach: comma-separated, each `ctrl-X` or one
+        /// character, e.g. `ctrl-p,ctrl-q`.
+        #[arg(long, value_name = "KEYS", default_value = DEFAULT_DETACH_KEYS)]
+        detach_keys: DetachKeys,
+    },
+    /// A session's output: what it kept, then with -f what comes, until its process ends.
+    Logs {
+        /// VM name.
+        vm: String,
+        /// Session name.
+        session: String,
+        /// Keep following until the session's process ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of what it kept.
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+    },
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -130,6 +161,11 @@ pub async fn run(command: SessionCommand, ctx: &Context) -> anyhow::Result<ExitC
         }
         SessionCommand::Stop { vm, session, signal } => ctx.client.stop_session(&vm, &session, Some(signal)).await?,
         SessionCommand::Wait { vm, session } => return Ok(wait(ctx, &vm, &session).await),
+        SessionCommand::Attach { vm, session, read_only, detach_keys } => {
+            let status = super::attach::attach(ctx, &vm, &session, read_only, detach_keys).await?;
+            return Ok(ExitCode::from(status.clamp(0, 255) as u8));
+        }
+        SessionCommand::Logs { vm, session, follow, tail } => super::attach::logs(ctx, &vm, &session, follow, tail).await?,
         SessionCommand::Rm { vm, session } => {
             ctx.client.remove_session(&vm, &session).await?;
             if ctx.json {

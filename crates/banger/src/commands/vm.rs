@@ -1,13 +1,11 @@
 //! `banger vm create|list|show|start|stop|restart|kill|rm|set|disk|logs|stats|ports|exec`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use banger_api::{Vm, VmCreateRequest, VmSetRequest, VmmChoice};
-use banger_client::exec::{self, ExecEvent};
 use clap::{Subcommand, ValueEnum};
 use http_body_util::BodyExt;
-use tokio::io::AsyncReadExt;
 
 use crate::{output, progress, size, Context};
 
@@ -136,17 +134,9 @@ pub enum VmCommand {
         /// VM name.
         name: String,
     },
-    /// Run a command in a VM; its exit code becomes banger's.
-    Exec {
-        /// VM name.
-        name: String,
-        /// Forward stdin even when it is a terminal.
-        #[arg(short, long)]
-        interactive: bool,
-        /// The command and its arguments (everything after NAME; `--` is optional).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        command: Vec<String>,
-    },
+    /// Run a command in a VM; its exit status becomes banger's (128+N
+    /// for a command killed by signal N).
+    Exec(super::exec::ExecArgs),
 }
 
 /// Whether to wait for the operation a command starts.
@@ -248,100 +238,12 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
         }
         VmCommand::Stats { name, watch } => super::stats::stats(ctx, &name, watch).await?,
         VmCommand::Ports { name } => super::stats::ports(ctx, &name).await?,
-        VmCommand::Exec { name, interactive, command } => {
-            // The command's exit code is banger's, so banger's own failures
-            // use codes a command rarely does, as ssh does: 127 when the
-            // program could not be started, 255 for anything else.
-            let code = match exec_command(ctx, &name, interactive, command).await {
-                Ok(code) => code,
-                Err(ExecFailure::NotStarted(message)) => {
-                    eprintln!("error: {message}");
-                    127
-                }
-                Err(ExecFailure::Banger(error)) => {
-                    eprintln!("error: {error:#}");
-                    255
-                }
-            };
-            // A read of stdin still pending cannot be cancelled; exit now
-            // rather than wait for it.
-            let _ = std::io::stdout().flush();
-            std::process::exit(code);
+        VmCommand::Exec(args) => {
+            let status = super::exec::run(ctx, args).await;
+            return Ok(ExitCode::from(status.clamp(0, 255) as u8));
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Why `vm exec` did not get an exit code from the command.
-enum ExecFailure {
-    /// The agent could not start the program.
-    NotStarted(String),
-    /// banger itself failed (daemon, connection, VM state).
-    Banger(anyhow::Error),
-}
-
-impl<E: Into<anyhow::Error>> From<E> for ExecFailure {
-    fn from(error: E) -> Self {
-        ExecFailure::Banger(error.into())
-    }
-}
-
-/// Runs one command, relaying stdin, stdout and stderr, and Ctrl-C as
-/// SIGINT; returns the command's exit code (128+N for signal N).
-async fn exec_command(ctx: &Context, name: &str, interactive: bool, argv: Vec<String>) -> Result<i32, ExecFailure> {
-    let channel = ctx.client.exec_channel(name).await?;
-    let (mut reader, writer) = tokio::io::split(channel);
-    let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
-    exec::start(&mut *writer.lock().await, banger_agent_proto::ExecRequest { argv, ..Default::default() })
-        .await?;
-
-    let forward_stdin = interactive || !std::io::stdin().is_terminal();
-    let stdin_writer = std::sync::Arc::clone(&writer);
-    let stdin_task = tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; 64 * 1024];
-        if forward_stdin {
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if exec::send_stdin(&mut *stdin_writer.lock().await, buf[..n].to_vec()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        let _ = exec::send_stdin(&mut *stdin_writer.lock().await, Vec::new()).await;
-    });
-    let signal_writer = std::sync::Arc::clone(&writer);
-    let signal_task = tokio::spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            let _ = exec::send_signal(&mut *signal_writer.lock().await, 2).await;
-        }
-    });
-
-    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
-    let mut started = false;
-    let code = loop {
-        match exec::next_event(&mut reader).await? {
-            ExecEvent::Started => started = true,
-            ExecEvent::Error(message) if !started => return Err(ExecFailure::NotStarted(message)),
-            ExecEvent::Error(message) => eprintln!("banger: {message}"),
-            ExecEvent::Stdout(data) => {
-                stdout.write_all(&data)?;
-                stdout.flush()?;
-            }
-            ExecEvent::Stderr(data) => {
-                stderr.write_all(&data)?;
-                stderr.flush()?;
-            }
-            ExecEvent::Exited { code, signal } => break code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
-        }
-    };
-    stdin_task.abort();
-    signal_task.abort();
-    Ok(code.clamp(0, 255))
 }
 
 /// Waits for a VM operation (unless `--no-wait`) and says where the VM is now.

@@ -9,8 +9,10 @@ mod operations;
 mod responses;
 mod sessions;
 mod stats;
+mod streams;
 mod system;
 mod vms;
+pub(crate) mod ws;
 
 use std::sync::{Arc, OnceLock};
 
@@ -70,7 +72,6 @@ fn api() -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(vms::kill))
         .routes(routes!(vms::resize_disk))
         .routes(routes!(vms::logs))
-        .routes(routes!(vms::exec))
         .routes(routes!(stats::show))
         .routes(routes!(stats::ports))
         .routes(routes!(sessions::list, sessions::start))
@@ -78,6 +79,9 @@ fn api() -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(sessions::send))
         .routes(routes!(sessions::stop))
         .routes(routes!(sessions::wait))
+        .routes(routes!(streams::exec))
+        .routes(routes!(streams::attach))
+        .routes(routes!(streams::session_logs))
 }
 
 /// What an operation's work ends with, as the operation's result.

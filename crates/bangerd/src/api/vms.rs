@@ -1,24 +1,22 @@
-//! VM routes: create and start (operations), the lifecycle, logs, and
-//! exec (an upgraded connection speaking the agent's frame protocol).
+//! VM routes: create and start (operations), the lifecycle and logs
+//! (exec is in `streams`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use banger_api::{
     ApiError, DiskResizeRequest, ObjectKind, Operation, OperationKind, Vm, VmCreateRequest, VmSetRequest, VmState,
-    EXEC_UPGRADE,
 };
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::extract::{Json, Path, Query};
 use super::{spawn, AtShutdown};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::vm::state::Admitted;
 use crate::vm::{create, lifecycle, VmAction};
 use crate::Daemon;
@@ -242,46 +240,4 @@ async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
     let mut buf = Vec::new();
     let _ = (&mut file).take(1 << 20).read_to_end(&mut buf).await;
     buf
-}
-
-/// Runs a command in the VM. The request must ask to upgrade the
-/// connection to `banger-exec/1`; after the `101` answer both sides speak
-/// the agent's frame protocol: the client sends an `exec` control frame,
-/// then stdin frames (empty for end of input) and `signal` requests; the
-/// daemon relays stdout, stderr and finally `exited` or `error`.
-#[utoipa::path(get, path = "/v1/vms/{name}/exec", tag = "vms", params(("name" = String, Path, description = "VM name")),
-    responses((status = 101, description = "Switching to the banger-exec/1 frame protocol"), (status = 400, body = ApiError), (status = 409, body = ApiError),
-        (status = 501, body = ApiError)))]
-pub async fn exec(
-    State(daemon): State<Arc<Daemon>>,
-    Path(name): Path<String>,
-    mut request: Request,
-) -> Result<Response> {
-    let wants = request.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()) == Some(EXEC_UPGRADE);
-    if !wants {
-        return Err(Error::InvalidArgument(format!("exec needs `Connection: upgrade` and `Upgrade: {EXEC_UPGRADE}`")));
-    }
-    let agent = lifecycle::agent(&daemon, &name).await?;
-    let upgrade = hyper::upgrade::on(&mut request);
-    let relay_daemon = Arc::clone(&daemon);
-    daemon.tasks.spawn(async move {
-        let relay = async {
-            match upgrade.await {
-                Ok(upgraded) => {
-                    if let Err(e) = crate::agent::relay_exec(agent, TokioIo::new(upgraded)).await {
-                        tracing::warn!(vm = %name, error = %e, "exec relay ended with an error");
-                    }
-                }
-                Err(e) => tracing::warn!(vm = %name, error = %e, "exec upgrade failed"),
-            }
-        };
-        tokio::select! {
-            () = relay => {}
-            () = relay_daemon.shutting_down() => {}
-        }
-    });
-    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(EXEC_UPGRADE));
-    Ok(response)
 }
