@@ -4,7 +4,7 @@
 //! stats and listening ports; as the guest's init it also prepares the
 //! guest and reaps orphans.
 //!
-//! Usage: `banger-agent [--port DEVICE | --listen-unix PATH] [--sessions-dir DIR]`.
+//! Usage: `banger-agent [--port DEVICE | --listen-unix PATH] [--sessions-dir DIR] [--protocol N]`.
 //! Without a channel flag the channel is found in the guest; the flags are
 //! for testing, and for a host process standing in for a guest.
 
@@ -39,7 +39,7 @@ use crate::reaper::Reaper;
 use crate::serve::Agent;
 use crate::session::Sessions;
 
-const USAGE: &str = "usage: banger-agent [--port DEVICE | --listen-unix PATH] [--sessions-dir DIR]";
+const USAGE: &str = "usage: banger-agent [--port DEVICE | --listen-unix PATH] [--sessions-dir DIR] [--protocol N]";
 
 /// Where sessions keep their state and logs in a guest.
 const GUEST_SESSIONS_DIR: &str = "/run/banger/sessions";
@@ -60,6 +60,9 @@ enum Mode {
 struct Options {
     mode: Mode,
     sessions_dir: Option<PathBuf>,
+    /// Speak this protocol version only (tests of version negotiation
+    /// stand in for an agent of another banger with it).
+    protocol: Option<u32>,
 }
 
 impl Options {
@@ -82,7 +85,7 @@ impl Options {
 /// Init gets the kernel command line's leftover words, which need not be
 /// UTF-8: such a word is no flag of ours, so it is ignored. Paths may be anything.
 fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Options, String> {
-    let mut options = Options { mode: Mode::Discover, sessions_dir: None };
+    let mut options = Options { mode: Mode::Discover, sessions_dir: None, protocol: None };
     while let Some(arg) = args.next() {
         let Some(arg) = arg.to_str() else {
             log!("ignoring an argument that is not UTF-8: {arg:?}");
@@ -93,6 +96,10 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Options, Strin
             "--port" => options.mode = Mode::Port(value()?),
             "--listen-unix" => options.mode = Mode::ListenUnix(value()?),
             "--sessions-dir" => options.sessions_dir = Some(value()?),
+            "--protocol" => {
+                let version = args.next().and_then(|v| v.to_str()?.parse().ok());
+                options.protocol = Some(version.ok_or("--protocol needs a version number")?);
+            }
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -111,7 +118,7 @@ fn main() {
         // The kernel hands init any command-line word it does not know: never die of it.
         Err(message) if is_init => {
             log!("{message}; ignored");
-            Options { mode: Mode::Discover, sessions_dir: None }
+            Options { mode: Mode::Discover, sessions_dir: None, protocol: None }
         }
         Err(message) => {
             eprintln!("{message}\n{USAGE}");
@@ -150,7 +157,7 @@ fn keep_init_alive(is_init: bool) {
 async fn run(options: Options, is_init: bool) -> std::io::Result<()> {
     let reaper = Reaper::start()?;
     let sessions = Sessions::load(&options.sessions_dir(), reaper.clone());
-    let agent = Arc::new(Agent { reaper, is_init, sessions });
+    let agent = Arc::new(Agent { reaper, is_init, sessions, protocol: options.protocol });
     if is_init {
         tokio::spawn(power_off_on_signal());
     }

@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use banger_agent_proto::mux::{self, Mux, MuxOutput, Role};
-use banger_agent_proto::{
-    ErrorKind, Frame, FrameCodec, FrameKind, Hello, Reply, Request, CONTROL_STREAM, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
-};
+use banger_agent_proto::{ErrorKind, Frame, FrameCodec, FrameKind, Hello, Reply, Request, CONTROL_STREAM};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -35,6 +32,8 @@ pub(crate) struct Agent {
     pub(crate) is_init: bool,
     /// Sessions outlive every connection.
     pub(crate) sessions: Sessions,
+    /// The one protocol version to speak, when not this build's range.
+    pub(crate) protocol: Option<u32>,
 }
 
 /// How the channel behaves when the host goes away.
@@ -150,7 +149,10 @@ impl Host {
         self.end_generation("a new host said hello");
         self.strays = 0;
         self.taken = 0;
-        let ours = Hello::ours();
+        let mut ours = Hello::ours();
+        if let Some(only) = self.agent.protocol {
+            (ours.protocol, ours.min_protocol) = (only, Some(only));
+        }
         let switch = match ours.negotiate(&theirs) {
             Some(protocol) => {
                 let peer_window = theirs.window.unwrap_or(mux::DEFAULT_WINDOW);
@@ -165,7 +167,7 @@ impl Host {
                 Switch { answer: Frame::control(CONTROL_STREAM, &Reply::Hello(hello)), output: Some(output) }
             }
             None => {
-                let message = version_mismatch(&theirs);
+                let message = version_mismatch(&ours, &theirs);
                 log!("{message}");
                 let refusal = Reply::Error { message, kind: ErrorKind::Unsupported };
                 Switch { answer: Frame::control(CONTROL_STREAM, &refusal), output: None }
@@ -183,14 +185,14 @@ impl Host {
 }
 
 /// The refusal of a host with no version in common, naming both ranges.
-fn version_mismatch(theirs: &Hello) -> String {
+fn version_mismatch(ours: &Hello, theirs: &Hello) -> String {
     let range = |min: u32, max: u32| if min == max { format!("{max}") } else { format!("{min} to {max}") };
     let host = range(theirs.min_protocol.unwrap_or(theirs.protocol), theirs.protocol);
     format!(
         "the host speaks agent protocol {host}, this agent (banger-agent {}) speaks {}: \
          restart the VM with the banger that runs it, so it gets that banger's agent",
         env!("CARGO_PKG_VERSION"),
-        range(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+        range(ours.min_protocol.unwrap_or(ours.protocol), ours.protocol),
     )
 }
 
@@ -246,14 +248,15 @@ async fn next_frame(output: &mut Option<MuxOutput>) -> Option<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_agent_proto::PROTOCOL_VERSION;
 
     #[test]
     fn a_refused_host_is_told_both_ranges() {
         let v1 = Hello { protocol: 1, min_protocol: None, agent_version: None, features: vec![], window: None };
-        let message = version_mismatch(&v1);
+        let message = version_mismatch(&Hello::ours(), &v1);
         assert!(message.contains("the host speaks agent protocol 1,"), "{message}");
         assert!(message.contains(&format!("speaks {PROTOCOL_VERSION}")), "{message}");
         let future = Hello { protocol: 9, min_protocol: Some(7), ..Hello::ours() };
-        assert!(version_mismatch(&future).contains("protocol 7 to 9"));
+        assert!(version_mismatch(&Hello::ours(), &future).contains("protocol 7 to 9"));
     }
 }

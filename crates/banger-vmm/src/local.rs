@@ -65,6 +65,9 @@ pub enum BootFault {
     /// The agent runs normally but ignores SIGTERM, so stop must fall back
     /// to kill.
     IgnoresStop,
+    /// The agent speaks only protocol version 1, as one of an older banger
+    /// would in a VM it started.
+    SpeaksVersion1,
 }
 
 impl LocalFaults {
@@ -223,6 +226,11 @@ impl Local {
             Some(BootFault::IgnoresStop) => {
                 let mut command = sh("trap '' TERM; exec \"$0\" --listen-unix \"$1\"");
                 command.arg(&self.agent).arg(&files.socket);
+                (command, Stdio::null())
+            }
+            Some(BootFault::SpeaksVersion1) => {
+                let mut command = tokio::process::Command::new(&self.agent);
+                command.arg("--listen-unix").arg(&files.socket).args(["--protocol", "1"]);
                 (command, Stdio::null())
             }
             Some(BootFault::NeverListens) => {

@@ -198,7 +198,9 @@ async fn the_local_agent_starts_detached_answers_and_stops() {
         assert_eq!(vm.vmm.agent_endpoint(vm.run_dir()), AgentEndpoint::Unix(vm.run_dir().join("agent.sock")));
 
         let mut socket = vm.connect().await;
-        let Reply::Hello(banger_agent_proto::Hello { protocol, .. }) = hello(&mut socket).await else { panic!("not a hello") };
+        let Reply::Hello(banger_agent_proto::Hello { protocol, .. }) = hello(&mut socket).await else {
+            panic!("not a hello")
+        };
         assert_eq!(protocol, PROTOCOL_VERSION);
         eprintln!("the agent answered {:?} after start", started.elapsed());
         assert!(vm.vmm.start(&vm.spec).await.is_err(), "a second start while it runs");

@@ -46,6 +46,18 @@ pub enum AgentError {
         /// Our newest.
         newest: u32,
     },
+    /// The agent refused our hello: it speaks none of our versions.
+    #[error(
+        "the guest agent does not speak bangerd's protocol {oldest} to {newest} (it said: {said}): restart the VM to give it this banger's agent"
+    )]
+    VersionRefused {
+        /// The agent's words.
+        said: String,
+        /// Our oldest.
+        oldest: u32,
+        /// Our newest.
+        newest: u32,
+    },
     /// The connection broke.
     #[error("the connection to the guest agent closed")]
     Closed,
@@ -233,8 +245,8 @@ async fn answer_to_hello<R: AsyncRead + Unpin>(frames: &mut FramedRead<R, FrameC
         match frame.message::<Reply>() {
             Ok(Reply::Hello(hello)) => return Ok(hello),
             Ok(Reply::Error { message, .. }) => {
-                return Err(AgentError::Version {
-                    agent: format!("another version (it answered: {message})"),
+                return Err(AgentError::VersionRefused {
+                    said: message,
                     oldest: MIN_PROTOCOL_VERSION,
                     newest: PROTOCOL_VERSION,
                 })
@@ -312,7 +324,7 @@ mod tests {
         for answer in [hello_reply(PROTOCOL_VERSION + 1), hello_reply(1), v1] {
             let (_dir, endpoint) = answering(answer).await;
             let error = AgentConn::connect(&endpoint, Duration::from_secs(5)).await.err().expect("refused");
-            assert!(matches!(error, AgentError::Version { .. }), "{error}");
+            assert!(matches!(error, AgentError::Version { .. } | AgentError::VersionRefused { .. }), "{error}");
             assert!(error.to_string().contains("restart the VM"), "{error}");
         }
     }

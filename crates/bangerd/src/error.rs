@@ -291,7 +291,9 @@ impl Error {
             Error::Storage(e) => storage_code(e),
             Error::Vmm(banger_vmm::VmmError::MissingBinary { .. }) => ErrorCode::Unsupported,
             Error::Vmm(banger_vmm::VmmError::InvalidSpec(_)) => ErrorCode::InvalidArgument,
-            Error::Agent(crate::agent::AgentError::Version { .. }) => ErrorCode::Unsupported,
+            Error::Agent(
+                crate::agent::AgentError::Version { .. } | crate::agent::AgentError::VersionRefused { .. },
+            ) => ErrorCode::Unsupported,
             Error::Agent(crate::agent::AgentError::Refused { kind, .. }) => refusal_code(*kind),
             Error::Vmm(_) | Error::Agent(_) => ErrorCode::Internal,
             Error::NoSpace { .. } => ErrorCode::NoSpace,

@@ -258,6 +258,28 @@ async fn a_guest_that_dies_at_boot_fails_at_once_with_its_console() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_agent_of_an_older_protocol_gets_a_clear_error_and_the_create_rolls_back() {
+    within(|agent| async move {
+        let h = harness(&agent, |c| c.boot_timeout = Duration::from_secs(60)).await;
+        // The real agent, told to speak version 1 only: what a VM started by
+        // an older banger would run.
+        h.faults.set("old", BootFault::SpeaksVersion1);
+        let began = Instant::now();
+        let error = fail(&h.client, h.client.create_vm(&request("old")).await.unwrap()).await;
+        assert!(began.elapsed() < Duration::from_secs(10), "took {:?}", began.elapsed());
+        assert_eq!(error.code, ErrorCode::Unsupported, "{error}");
+        assert!(error.message.contains("restart the VM"), "{error}");
+        assert!(error.message.contains("speaks 1"), "the agent's version is named: {error}");
+        h.assert_gone("old", None);
+        // The same name boots with an agent of this banger's version.
+        h.faults.clear("old");
+        let vm = succeed(&h.client, h.client.create_vm(&request("old")).await.unwrap()).await;
+        assert_eq!(vm.and_then(|r| r.into_vm()).map(|v| v.state), Some(VmState::Running));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill_stop_and_forced_rm_cut_a_hung_boot_short() {
     within(|agent| async move {
         // A boot timeout far beyond the test's: only preemption ends these boots.

@@ -84,7 +84,11 @@ fn exec_request(start: ExecStart) -> Request {
 
 /// Sends `request` to VM `name`'s agent on a new stream; a refusal says
 /// whether the guest (true) or the daemon made it.
-async fn open(daemon: &Arc<Daemon>, name: &str, request: Request) -> Result<(Reply, banger_agent_proto::mux::Stream), (Error, bool)> {
+async fn open(
+    daemon: &Arc<Daemon>,
+    name: &str,
+    request: Request,
+) -> Result<(Reply, banger_agent_proto::mux::Stream), (Error, bool)> {
     if let Request::Exec(ExecRequest { argv, .. }) = &request {
         if argv.is_empty() || argv[0].is_empty() {
             return Err((Error::InvalidArgument("`argv` needs a program".into()), false));
@@ -131,7 +135,9 @@ pub async fn attach(
     };
     let request = Request::SessionAttach { name: session, size, read_only: query.read_only };
     let input = Input::Attach { read_only: query.read_only };
-    upgrade.on_upgrade(move |socket| daemon.tasks.clone().track_future(session_stream(daemon, name, request, input, socket)))
+    upgrade.on_upgrade(move |socket| {
+        daemon.tasks.clone().track_future(session_stream(daemon, name, request, input, socket))
+    })
 }
 
 /// Query of `GET /v1/vms/{name}/sessions/{session}/logs`.
@@ -176,7 +182,13 @@ pub async fn session_logs(
 }
 
 /// Attaches to a session and relays the attachment.
-async fn session_stream(daemon: Arc<Daemon>, name: String, request: Request, input: Input, socket: axum::extract::ws::WebSocket) {
+async fn session_stream(
+    daemon: Arc<Daemon>,
+    name: String,
+    request: Request,
+    input: Input,
+    socket: axum::extract::ws::WebSocket,
+) {
     let client = ws::Client::new(socket);
     let stream = match open(&daemon, &name, request).await {
         Ok((Reply::Session(info), stream)) => {

@@ -34,12 +34,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
         match WebSocketUpgrade::from_request_parts(parts, state).await {
-            Ok(upgrade) => Ok(Upgrade(
-                upgrade.max_message_size(MAX_MESSAGE_BYTES + 1).max_frame_size(MAX_MESSAGE_BYTES + 1),
-            )),
+            Ok(upgrade) => {
+                Ok(Upgrade(upgrade.max_message_size(MAX_MESSAGE_BYTES + 1).max_frame_size(MAX_MESSAGE_BYTES + 1)))
+            }
             Err(rejection) => Err(Error::InvalidArgument(format!(
                 "this route is a WebSocket (RFC 6455; see banger_api::stream): {}",
-                axum::response::IntoResponse::into_response(rejection).status().canonical_reason().unwrap_or("no upgrade")
+                axum::response::IntoResponse::into_response(rejection)
+                    .status()
+                    .canonical_reason()
+                    .unwrap_or("no upgrade")
             ))),
         }
     }
@@ -103,7 +106,6 @@ impl Client {
 }
 
 impl Tx {
-
     /// Sends a control message; false once the client is gone.
     pub async fn send(&self, message: &ServerMessage) -> bool {
         let json = serde_json::to_string(message).expect("stream messages serialize");
@@ -259,11 +261,7 @@ enum Upstream {
 
 /// Reads the client's messages and applies each before reading the next:
 /// stdin waits for the stream's credit.
-async fn upstream(
-    rx: &mut SplitStream<WebSocket>,
-    sender: &StreamSender,
-    input: Input,
-) -> Upstream {
+async fn upstream(rx: &mut SplitStream<WebSocket>, sender: &StreamSender, input: Input) -> Upstream {
     let (mut stdin_open, signals) = match input {
         Input::Exec { stdin } => (stdin, true),
         Input::Attach { read_only } => (!read_only, false),
@@ -279,7 +277,11 @@ async fn upstream(
                 // Input nobody asked for, or after its end: dropped, as a
                 // closed pipe would.
                 Some((Channel::Stdin, _)) => Ok(()),
-                _ => return Upstream::Bad(Error::InvalidArgument("a binary message must start with channel 0 (stdin)".into())),
+                _ => {
+                    return Upstream::Bad(Error::InvalidArgument(
+                        "a binary message must start with channel 0 (stdin)".into(),
+                    ))
+                }
             },
             Ok(Message::Text(text)) => match parse(text.as_str()) {
                 Err(error) => return Upstream::Bad(error),
@@ -355,7 +357,10 @@ mod tests {
                     return;
                 };
                 let stream = host.open().unwrap();
-                stream.send(&Request::Exec(banger_agent_proto::ExecRequest { argv: start.argv, ..Default::default() })).await.unwrap();
+                stream
+                    .send(&Request::Exec(banger_agent_proto::ExecRequest { argv: start.argv, ..Default::default() }))
+                    .await
+                    .unwrap();
                 client.tx.send(&ServerMessage::Started { pid: Some(1) }).await;
                 relay(client, stream, input, std::future::pending()).await;
             })
