@@ -46,6 +46,9 @@ pub struct ExecArgs {
     /// Bytes streamed per side and round.
     #[arg(long, default_value_t = 256 << 20)]
     bytes: u64,
+    /// Bytes of one last banger stream, during which bangerd's memory is watched.
+    #[arg(long, default_value_t = 1 << 30)]
+    rss_bytes: u64,
     /// Guest memory in MiB, for both guests.
     #[arg(long, default_value_t = 512)]
     memory_mib: u32,
@@ -98,6 +101,8 @@ pub struct ExecReport {
     pub ssh_stream: Throughput,
     /// banger / ssh median throughput.
     pub throughput_ratio: f64,
+    /// Bytes of the stream during which bangerd's memory was watched too.
+    pub rss_bytes: u64,
     /// bangerd's largest resident set while streaming, in MiB, and before.
     pub daemon_rss_peak_mib: f64,
     pub daemon_rss_idle_mib: f64,
@@ -159,6 +164,11 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
         let (seconds, _) = time_stream(bare.ssh(true, &stream), args.bytes, None)?;
         ssh_mb_s.push(args.bytes as f64 / seconds / 1e6);
     }
+    eprintln!("streaming {} MB through banger, watching bangerd's memory...", args.rss_bytes / 1_000_000);
+    let count = args.rss_bytes.to_string();
+    let (_, peak) =
+        time_stream(banger_exec(&["head", "-c", count.as_str(), "/dev/zero"]), args.rss_bytes, Some(daemon_pid))?;
+    peak_rss = peak_rss.max(peak);
     stack.run(&["vm", "rm", VM, "--force"])?;
     drop(bare);
 
@@ -174,6 +184,7 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
     let report = ExecReport {
         rounds: args.rounds,
         bytes: args.bytes,
+        rss_bytes: args.rss_bytes,
         latency_ratio_multiplexed: ssh_multiplexed.p50_ms / banger.p50_ms,
         latency_ratio_fresh: ssh_fresh.p50_ms / banger.p50_ms,
         throughput_ratio: banger_stream.median_mb_s / ssh_stream.median_mb_s,
