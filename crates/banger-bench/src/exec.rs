@@ -419,17 +419,23 @@ impl Drop for SshGuest {
     }
 }
 
-/// Puts the bench's public key in root's authorized_keys and lets
-/// systemd-networkd configure the NIC with DHCP, with debugfs (no mount).
+/// Puts the bench's public key in root's authorized_keys and a unit that
+/// gives the NIC QEMU's user-mode address (the image has no udev, which
+/// systemd-networkd waits for), with debugfs (no mount).
 fn prepare_rootfs(root: &Path, public_key: &Path, scratch: &Path) -> anyhow::Result<()> {
-    let network = scratch.join("10-bench.network");
-    std::fs::write(&network, "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n")?;
+    let unit = scratch.join("bench-net.service");
+    std::fs::write(
+        &unit,
+        "[Unit]\nDescription=The benchmark's user-mode NIC\nBefore=ssh.service\n\n[Service]\nType=oneshot\n\
+         ExecStart=/sbin/ip link set eth0 up\nExecStart=/sbin/ip addr add 10.0.2.15/24 dev eth0\n\
+         ExecStart=/sbin/ip route add default via 10.0.2.2\n\n[Install]\nWantedBy=multi-user.target\n",
+    )?;
     let script = format!(
         "mkdir /root/.ssh\nsif /root/.ssh mode 040700\nrm /root/.ssh/authorized_keys\nwrite {key} /root/.ssh/authorized_keys\n\
-         sif /root/.ssh/authorized_keys mode 0100600\nmkdir /etc/systemd/network\nwrite {network} /etc/systemd/network/10-bench.network\n\
-         symlink /etc/systemd/system/multi-user.target.wants/systemd-networkd.service /lib/systemd/system/systemd-networkd.service\n",
+         sif /root/.ssh/authorized_keys mode 0100600\nwrite {unit} /etc/systemd/system/bench-net.service\n\
+         symlink /etc/systemd/system/multi-user.target.wants/bench-net.service /etc/systemd/system/bench-net.service\n",
         key = public_key.display(),
-        network = network.display(),
+        unit = unit.display(),
     );
     let commands = scratch.join("debugfs.cmds");
     std::fs::write(&commands, script)?;
