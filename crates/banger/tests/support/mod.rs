@@ -85,6 +85,25 @@ impl Guest {
         child.wait_with_output().await.expect("banger runs")
     }
 
+    /// The CLI with `args`, to spawn (stderr piped, killed when dropped).
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_banger"));
+        command
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("BANGER_SOCKET")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// The CLI as a shell command line (`banger --socket ...`), for a terminal to run.
+    pub fn cli(&self) -> String {
+        format!("'{}' --socket '{}'", env!("CARGO_BIN_EXE_banger"), self.socket.display())
+    }
+
     /// Runs the CLI and asserts it succeeded; returns its stdout.
     pub async fn ok(&self, args: &[&str]) -> String {
         let out = self.banger(args).await;
