@@ -30,6 +30,7 @@ async fn body() {
     }
     let Some(g) = guest("x", 256, None).await else { return };
     exit_statuses(&g).await;
+    signals_forwarded(&g).await;
     output_stream(&g).await;
     input_stream(&g).await;
     let tmux = Tmux::new();
@@ -53,6 +54,29 @@ async fn exit_statuses(g: &Guest) {
     let gone = g.banger(&["vm", "exec", "nope", "--", "true"]).await;
     assert_eq!(code(&gone), Some(255), "{}", text(&gone.stderr));
     assert!(text(&gone.stderr).contains("nope"), "{}", text(&gone.stderr));
+}
+
+/// Without `-t`, SIGINT and SIGTERM sent to banger reach the command.
+async fn signals_forwarded(g: &Guest) {
+    for (signal, name) in [(libc::SIGINT, "INT"), (libc::SIGTERM, "TERM")] {
+        let script = format!("trap 'echo got-{name}; exit 5' {name}; echo ready; while :; do sleep 1; done");
+        let mut child =
+            g.command(&["vm", "exec", "x", "--", "sh", "-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !text(&seen).contains("ready") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the command ended before it was ready: {}", text(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::from_named_raw(signal).unwrap()).unwrap();
+        stdout.read_to_end(&mut seen).await.unwrap();
+        let status = child.wait().await.unwrap();
+        assert_eq!(text(&seen), format!("ready\ngot-{name}\n"));
+        assert_eq!(status.code(), Some(5), "SIG{name}: the command's trap ran and its exit code is banger's");
+    }
 }
 
 /// 200 MB of random bytes out of the guest: what banger writes to its
