@@ -191,6 +191,12 @@ async fn interactive_exec(g: &Guest, tmux: &Tmux) {
 /// says how to reattach and exits 0), its logs read, reattached with its
 /// screen restored, then ended with `exit 7`, attach's status.
 async fn attach_detach_and_reattach(g: &Guest, tmux: &Tmux) {
+    // No such session: the guest's refusal, as the JSON routes give it (exit 3, not found).
+    for args in [&["session", "attach", "x", "nope"][..], &["session", "logs", "x", "nope"]] {
+        let out = g.banger(args).await;
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
+    }
     g.ok(&["session", "start", "x", "--name", "sh", "--", "sh"]).await;
     let status = tmux.dir.path().join("attach-status");
     let attach = |name: &str| {
