@@ -2,6 +2,7 @@
 //! and the tests use it; so can any Rust program.
 
 mod events;
+mod files;
 pub mod stream;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 pub use events::EventStream;
+pub use files::CopyDirection;
 pub use stream::{ExecOutput, StreamEvent, StreamEvents, StreamSender};
 
 /// Why a call failed.

@@ -163,7 +163,7 @@ impl StreamEvents {
 impl Client {
     /// Opens `path` (a WebSocket route) on the daemon's socket. A route
     /// that refuses before the upgrade answers with an API error.
-    async fn websocket(&self, path: &str) -> Result<(StreamSender, StreamEvents)> {
+    pub(crate) async fn websocket(&self, path: &str) -> Result<(StreamSender, StreamEvents)> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Unreachable { socket: self.socket.clone(), source })?;

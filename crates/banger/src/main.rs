@@ -3,6 +3,7 @@
 //! touches state itself.
 
 mod commands;
+mod copy;
 mod output;
 mod progress;
 mod size;

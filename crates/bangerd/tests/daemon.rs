@@ -88,6 +88,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/vms/{name}/disk/resize"),
     ("get", "/v1/vms/{name}/logs"),
     ("get", "/v1/vms/{name}/exec"),
+    ("get", "/v1/vms/{name}/files"),
     ("get", "/v1/vms/{name}/stats"),
     ("get", "/v1/vms/{name}/ports"),
     ("get", "/v1/vms/{name}/sessions"),

@@ -2,6 +2,7 @@
 
 pub mod attach;
 pub mod completions;
+pub mod cp;
 pub mod daemon;
 pub mod doctor;
 pub mod exec;

@@ -1,4 +1,4 @@
-//! `banger vm create|list|show|start|stop|restart|kill|rm|set|disk|logs|stats|ports|exec`.
+//! `banger vm create|list|show|start|stop|restart|kill|rm|set|disk|logs|stats|ports|cp|exec`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -134,6 +134,16 @@ pub enum VmCommand {
         /// VM name.
         name: String,
     },
+    /// Copy files between the host and a VM: one of SRC and DST is
+    /// VM:/path. Trees, modes, symlinks and times are kept, owners too when
+    /// banger runs as root. Into an existing directory the copy goes
+    /// inside it; otherwise DST is its new name.
+    Cp {
+        /// What to copy: a host path, or VM:/path.
+        src: String,
+        /// Where it goes: a host path, or VM:/path.
+        dst: String,
+    },
     /// Run a command in a VM; its exit status becomes banger's (128+N
     /// for a command killed by signal N).
     Exec(super::exec::ExecArgs),
@@ -238,6 +248,7 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
         }
         VmCommand::Stats { name, watch } => super::stats::stats(ctx, &name, watch).await?,
         VmCommand::Ports { name } => super::stats::ports(ctx, &name).await?,
+        VmCommand::Cp { src, dst } => return super::cp::run(ctx, &src, &dst).await,
         VmCommand::Exec(args) => {
             let status = super::exec::run(ctx, args).await;
             return Ok(ExitCode::from(status.clamp(0, 255) as u8));

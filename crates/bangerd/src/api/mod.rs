@@ -3,6 +3,7 @@
 //! route.
 
 mod extract;
+mod files;
 mod images;
 mod kernels;
 mod operations;
@@ -72,6 +73,7 @@ fn api() -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(vms::kill))
         .routes(routes!(vms::resize_disk))
         .routes(routes!(vms::logs))
+        .routes(routes!(files::files))
         .routes(routes!(stats::show))
         .routes(routes!(stats::ports))
         .routes(routes!(sessions::list, sessions::start))

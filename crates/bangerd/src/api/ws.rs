@@ -61,8 +61,11 @@ pub enum Input {
         /// Watch only.
         read_only: bool,
     },
-    /// Output only (session logs): client messages are ignored.
+    /// Output only (session logs, a copy out): client messages are ignored.
     None,
+    /// Bytes and their end only (a copy in): the agent answers once, at
+    /// the end or when it refuses.
+    Upload,
 }
 
 /// The client's WebSocket, split in its two halves.
@@ -201,9 +204,9 @@ pub async fn relay(
                         tx.close(CLOSE_NORMAL, "").await;
                         return Ended::Done;
                     }
-                    // Output-only streams have no start to pass: their
-                    // errors (no such session) end them.
-                    Some(Reply::Error { message, kind }) if input == Input::None => {
+                    // Output-only streams and uploads have no start to
+                    // pass: their errors (no such session or path) end them.
+                    Some(Reply::Error { message, kind }) if matches!(input, Input::None | Input::Upload) => {
                         tx.refuse(ApiError { code: crate::error::refusal_code(kind), message }, true).await;
                         return Ended::Done;
                     }
@@ -241,7 +244,7 @@ pub async fn relay(
     if ended == Ended::ClientGone {
         match input {
             // Hangs the command up.
-            Input::Exec { .. } | Input::None => sender.reset("the client went away"),
+            Input::Exec { .. } | Input::None | Input::Upload => sender.reset("the client went away"),
             // A detach: the session runs on.
             Input::Attach { .. } => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), sender.close()).await;
@@ -266,8 +269,9 @@ async fn upstream(rx: &mut SplitStream<WebSocket>, sender: &StreamSender, input:
         Input::Exec { stdin } => (stdin, true),
         Input::Attach { read_only } => (!read_only, false),
         Input::None => (false, false),
+        Input::Upload => (true, false),
     };
-    let resizes = input != Input::None;
+    let resizes = matches!(input, Input::Exec { .. } | Input::Attach { .. });
     while let Some(message) = rx.next().await {
         let applied = match message {
             Ok(Message::Binary(data)) => match Channel::split(&data) {

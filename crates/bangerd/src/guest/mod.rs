@@ -1,8 +1,9 @@
 //! What the daemon asks of a running guest's agent on a client's behalf,
-//! beyond exec: sessions, stats and listening ports. Each call takes the
-//! VM's agent connection (refused while the VM is not running) and turns
-//! the agent's replies into the API's types.
+//! beyond exec: sessions, file copies, stats and listening ports. Each
+//! call takes the VM's agent connection (refused while the VM is not
+//! running) and turns the agent's replies into the API's types.
 
+pub mod copy;
 pub mod sessions;
 pub mod stats;
 
