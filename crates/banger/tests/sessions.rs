@@ -1,6 +1,7 @@
 //! Sessions, ports and stats through the built CLI, in a real guest under
 //! QEMU with a real `bangerd` process: a shell session typed into line by
-//! line, signals and exit statuses, the agent's refusals as exit codes, a
+//! line, signals and exit statuses, a wait far longer than the daemon's
+//! timeouts, the agent's refusals as exit codes, a
 //! session that outlives a `kill -9` of the daemon, a listener started in
 //! a session in `vm ports`, and `vm stats` seeing the guest burn CPU.
 
@@ -8,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{eventually, guest, json, text, Guest, TEST_TIMEOUT};
+use support::{eventually, guest_with_config, json, text, Guest, TEST_TIMEOUT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_ports_and_stats_in_a_real_guest() {
@@ -16,8 +17,11 @@ async fn sessions_ports_and_stats_in_a_real_guest() {
 }
 
 async fn body() {
-    let Some(mut g) = guest("s", 256, None).await else { return };
+    // Timeouts far shorter than a wait: they apply between requests, not to one in hand.
+    let timeouts = "[api]\nheader_timeout_secs = 2\nbody_timeout_secs = 2\nidle_timeout_secs = 2\n";
+    let Some(mut g) = guest_with_config("s", 256, None, timeouts).await else { return };
     typing_into_a_shell(&g).await;
+    a_wait_outlives_the_timeouts(&g).await;
     signals_and_refusals(&g).await;
     ports(&g).await;
     stats(&g).await;
@@ -57,6 +61,17 @@ async fn typing_into_a_shell(g: &Guest) {
     assert!(all.as_array().unwrap().iter().any(|s| s["vm"] == "s" && s["name"] == "reader"), "{all}");
     g.ok(&["session", "rm", "s", "reader"]).await;
     assert!(!g.ok(&["session", "list", "s"]).await.contains("reader"));
+}
+
+/// `wait` returns when the session ends, however long after the
+/// daemon's (2 s) header, body and idle timeouts.
+async fn a_wait_outlives_the_timeouts(g: &Guest) {
+    g.ok(&["session", "start", "s", "--name", "slow", "--", "sleep", "7"]).await;
+    let started = Instant::now();
+    let waited = g.banger(&["session", "wait", "s", "slow"]).await;
+    assert_eq!(waited.status.code(), Some(0), "{}", text(&waited.stderr));
+    assert!(started.elapsed() > Duration::from_secs(5), "waited only {:?}", started.elapsed());
+    g.ok(&["session", "rm", "s", "slow"]).await;
 }
 
 /// Stops by signal name, the 128+N convention, default names, and the

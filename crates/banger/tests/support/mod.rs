@@ -32,6 +32,11 @@ pub struct Guest {
 /// bytes if any) under a new daemon process; `None` where the host cannot
 /// (a SKIP, a failure under CI).
 pub async fn guest(name: &str, memory_mib: u32, work_disk: Option<u64>) -> Option<Guest> {
+    guest_with_config(name, memory_mib, work_disk, "").await
+}
+
+/// [`guest`] with `extra` (TOML) appended to the daemon's config.
+pub async fn guest_with_config(name: &str, memory_mib: u32, work_disk: Option<u64>, extra: &str) -> Option<Guest> {
     if !banger_testkit::require("root, to build images", banger_testkit::is_root())
         || !banger_testkit::require("qemu-system-x86_64, to boot a guest", banger_host_has("qemu-system-x86_64"))
     {
@@ -42,8 +47,8 @@ pub async fn guest(name: &str, memory_mib: u32, work_disk: Option<u64>) -> Optio
     let bangerd = tokio::task::spawn_blocking(banger_testkit::process::bangerd_binary).await.unwrap();
     let state = tempfile::tempdir().unwrap();
     kernel.install(state.path());
-    let config =
-        format!("[vms]\nagent_binary = {:?}\nvmm = \"qemu\"\nboot_timeout_secs = 120\n", agent.display().to_string());
+    let agent = agent.display().to_string();
+    let config = format!("[vms]\nagent_binary = {agent:?}\nvmm = \"qemu\"\nboot_timeout_secs = 120\n{extra}");
     let daemon = DaemonProcess::start_with_state(&bangerd, Some(state.path()), &config).await;
     let client = daemon.client.clone();
     let kernel_name = banger_testkit::shared_kernel::NAME;
