@@ -22,6 +22,7 @@ async fn body() {
     let Some(mut g) = guest_with_config("s", 256, None, timeouts).await else { return };
     typing_into_a_shell(&g).await;
     a_wait_outlives_the_timeouts(&g).await;
+    large_input(&g).await;
     signals_and_refusals(&g).await;
     ports(&g).await;
     stats(&g).await;
@@ -72,6 +73,35 @@ async fn a_wait_outlives_the_timeouts(g: &Guest) {
     assert_eq!(waited.status.code(), Some(0), "{}", text(&waited.stderr));
     assert!(started.elapsed() > Duration::from_secs(5), "waited only {:?}", started.elapsed());
     g.ok(&["session", "rm", "s", "slow"]).await;
+}
+
+/// Input past the JSON routes' 2 MiB body limit is streamed whole; past
+/// the 16 MiB of a send it is refused before anything is typed.
+async fn large_input(g: &Guest) {
+    let script = "stty raw -echo; touch /tmp/ready; exec cat > /tmp/in";
+    g.ok(&["session", "start", "s", "--name", "raw", "--", "sh", "-c", script]).await;
+    eventually(Duration::from_secs(30), "the raw terminal set", || async {
+        g.daemon.client.exec("s", &["test", "-e", "/tmp/ready"], b"").await.unwrap().code.filter(|c| *c == 0)
+    })
+    .await;
+    let line: Vec<u8> = b"0123456789abcdef".repeat(4).into_iter().chain([b'\n']).collect();
+    let input: Vec<u8> = line.iter().copied().cycle().take(3 << 20).collect();
+    let sent = g.banger_with_stdin(&["session", "send", "s", "raw", "--stdin"], Some(&input)).await;
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let size = || async { g.exec(&["stat", "-c", "%s", "/tmp/in"]).await.trim().parse::<usize>().unwrap() };
+    eventually(Duration::from_secs(60), "3 MiB typed into the session", || async {
+        (size().await == input.len()).then_some(())
+    })
+    .await;
+    let too_much = vec![b'x'; (16 << 20) + 1];
+    let refused = g.daemon.client.send_to_session("s", "raw", too_much).await.unwrap_err();
+    let error = refused.api().expect("an API error");
+    assert_eq!(error.code, banger_api::ErrorCode::TooLarge, "{error:?}");
+    assert!(error.message.contains("16 MiB"), "{error:?}");
+    assert_eq!(size().await, input.len(), "nothing of the refused input was typed");
+    g.ok(&["session", "stop", "s", "raw"]).await;
+    g.banger(&["session", "wait", "s", "raw"]).await;
+    g.ok(&["session", "rm", "s", "raw"]).await;
 }
 
 /// Stops by signal name, the 128+N convention, default names, and the
