@@ -49,9 +49,7 @@ impl Hello {
             protocol: PROTOCOL_VERSION,
             min_protocol: Some(MIN_PROTOCOL_VERSION),
             agent_version: None,
-            features: [features::TTY, features::SESSIONS, features::COPY, features::STATS]
-                .map(String::from)
-                .to_vec(),
+            features: [features::TTY, features::SESSIONS, features::COPY, features::STATS].map(String::from).to_vec(),
             window: Some(crate::mux::DEFAULT_WINDOW),
         }
     }
@@ -482,7 +480,10 @@ mod tests {
             Request::Resize(size),
             Request::Poweroff,
             Request::Ping,
-            Request::SessionStart(SessionStart { name: "s".into(), exec: ExecRequest { argv: vec!["sh".into()], ..Default::default() } }),
+            Request::SessionStart(SessionStart {
+                name: "s".into(),
+                exec: ExecRequest { argv: vec!["sh".into()], ..Default::default() },
+            }),
             Request::SessionList,
             Request::SessionAttach { name: "s".into(), size: Some(size), read_only: false },
             Request::SessionLogs { name: "s".into(), follow: true, tail: Some(10) },

@@ -294,7 +294,10 @@ impl Mux {
     /// A frame for a stream not in the table: a new stream, or one that ended.
     fn receive_unknown(&self, state: &mut State, frame: Frame) -> Option<Stream> {
         let id = frame.stream;
-        let new = frame.kind == FrameKind::Control && id > state.peer_high && !self.inner.role.opened(id) && id != CONTROL_STREAM;
+        let new = frame.kind == FrameKind::Control
+            && id > state.peer_high
+            && !self.inner.role.opened(id)
+            && id != CONTROL_STREAM;
         if !new {
             // Late frames of a stream that ended, or stream 0's: nothing to do.
             return None;
@@ -352,7 +355,11 @@ impl Mux {
                     return self.reset_both(shared, "data beyond the stream's window");
                 }
                 inbox.granted -= len;
-                inbox.events.push_back(Event::Data { kind, bytes: frame.payload, fin: frame.flags & crate::FLAG_FIN != 0 });
+                inbox.events.push_back(Event::Data {
+                    kind,
+                    bytes: frame.payload,
+                    fin: frame.flags & crate::FLAG_FIN != 0,
+                });
                 drop(inbox);
                 shared.readable.notify_waiters();
             }
@@ -597,44 +604,24 @@ impl Stream {
     /// The next event; `Ok(None)` once the other side closed the stream and
     /// everything it sent was read; an error once it was reset.
     pub async fn recv(&mut self) -> Result<Option<Event>, MuxError> {
-        let shared = &self.sender.shared;
-        loop {
-            let notified = shared.readable.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut inbox = lock(&shared.inbox);
-                if let Some(reason) = &inbox.reset {
-                    let reason = reason.clone();
-                    drop(inbox);
-                    self.finished = true;
-                    return Err(if self.sender.mux.is_gone() { self.sender.mux.gone_error() } else { MuxError::Reset(reason) });
-                }
-                if let Some(event) = inbox.events.pop_front() {
-                    match &event {
-                        Event::Control(_) => inbox.controls -= 1,
-                        Event::Data { bytes, .. } => {
-                            inbox.consumed += bytes.len() as u32;
-                            // Credit goes back in quarters of the window, not per frame.
-                            if inbox.consumed >= self.sender.mux.inner.window / 4 {
-                                let credit = std::mem::take(&mut inbox.consumed);
-                                inbox.granted += credit;
-                                drop(inbox);
-                                let payload = credit.to_be_bytes().to_vec();
-                                self.sender.mux.urgent(Frame::data(shared.id, FrameKind::Window, payload));
-                            }
-                        }
+        let (mux, id) = (self.sender.mux.clone(), self.id());
+        self.next_with(|inbox| {
+            let event = inbox.events.pop_front()?;
+            match &event {
+                Event::Control(_) => inbox.controls -= 1,
+                Event::Data { bytes, .. } => {
+                    inbox.consumed += bytes.len() as u32;
+                    // Credit goes back in quarters of the window, not per frame.
+                    if inbox.consumed >= mux.inner.window / 4 {
+                        let credit = std::mem::take(&mut inbox.consumed);
+                        inbox.granted += credit;
+                        mux.urgent(Frame::data(id, FrameKind::Window, credit.to_be_bytes().to_vec()));
                     }
-                    return Ok(Some(event));
-                }
-                if inbox.remote_closed {
-                    drop(inbox);
-                    self.finished = lock(&shared.outbox).local_closed;
-                    return Ok(None);
                 }
             }
-            notified.await;
-        }
+            Some(event)
+        })
+        .await
     }
 
     /// The next control message, passing over data queued before it (which
@@ -644,26 +631,38 @@ impl Stream {
     /// side closed the stream and no control message is left; an error
     /// once it was reset.
     pub async fn recv_control(&mut self) -> Result<Option<Bytes>, MuxError> {
-        let shared = &self.sender.shared;
+        self.next_with(|inbox| {
+            let at = inbox.events.iter().position(|e| matches!(e, Event::Control(_)))?;
+            let Some(Event::Control(json)) = inbox.events.remove(at) else { unreachable!("a control event was found") };
+            inbox.controls -= 1;
+            Some(json)
+        })
+        .await
+    }
+
+    /// Waits until `take` finds what it wants in the inbox; `Ok(None)` once
+    /// the other side closed the stream and `take` finds nothing, an error
+    /// once the stream was reset.
+    async fn next_with<T>(&mut self, mut take: impl FnMut(&mut Inbox) -> Option<T>) -> Result<Option<T>, MuxError> {
+        let shared = self.sender.shared.clone();
         loop {
             let notified = shared.readable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut inbox = lock(&shared.inbox);
-                if let Some(reason) = &inbox.reset {
-                    let reason = reason.clone();
+                if let Some(reason) = inbox.reset.clone() {
                     drop(inbox);
                     self.finished = true;
-                    return Err(if self.sender.mux.is_gone() { self.sender.mux.gone_error() } else { MuxError::Reset(reason) });
+                    let mux = &self.sender.mux;
+                    return Err(if mux.is_gone() { mux.gone_error() } else { MuxError::Reset(reason) });
                 }
-                if let Some(at) = inbox.events.iter().position(|e| matches!(e, Event::Control(_))) {
-                    if let Some(Event::Control(json)) = inbox.events.remove(at) {
-                        inbox.controls -= 1;
-                        return Ok(Some(json));
-                    }
+                if let Some(found) = take(&mut inbox) {
+                    return Ok(Some(found));
                 }
                 if inbox.remote_closed {
+                    drop(inbox);
+                    self.finished = lock(&shared.outbox).local_closed;
                     return Ok(None);
                 }
             }
