@@ -38,6 +38,10 @@ pub const DATA_CHUNK: usize = 32 * 1024 - HEADER_LEN;
 /// Control frames a stream may have waiting for its reader.
 pub const MAX_QUEUED_CONTROLS: usize = 64;
 
+/// Frames (pongs, credit, resets) that may wait ahead of the queue before
+/// pongs are no longer sent.
+const MAX_QUEUED_URGENT: usize = 4 * MAX_STREAMS;
+
 /// Streams the other side may have open at once.
 pub const MAX_STREAMS: usize = 1024;
 
@@ -268,7 +272,11 @@ impl Mux {
         }
         match frame.kind {
             FrameKind::Ping => {
-                self.urgent(Frame::data(frame.stream, FrameKind::Pong, frame.payload));
+                // A peer that pings faster than it reads gets no more
+                // pongs than this queued, not a queue without end.
+                if lock(&self.inner.urgent).len() < MAX_QUEUED_URGENT {
+                    self.urgent(Frame::data(frame.stream, FrameKind::Pong, frame.payload));
+                }
                 return None;
             }
             FrameKind::Pong => {
@@ -855,6 +863,15 @@ mod tests {
         let rtt = tokio::time::timeout(Duration::from_secs(5), host.ping()).await.unwrap().unwrap();
         assert!(rtt < Duration::from_secs(5));
         assert!(host.last_heard().elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_ping_flood_queues_a_bounded_number_of_pongs() {
+        let (guest, _out) = Mux::new(Role::Guest, 1024, 1024);
+        for _ in 0..10 * MAX_QUEUED_URGENT {
+            guest.receive(Frame::data(0, FrameKind::Ping, 1u64.to_be_bytes().to_vec()));
+        }
+        assert_eq!(lock(&guest.inner.urgent).len(), MAX_QUEUED_URGENT);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Many streams of one real guest (QEMU/TCG) at once, through the daemon's
 //! WebSocket routes: an exec whose reader stops for 10 s holds up only
-//! itself while two other execs and a session attach keep flowing.
+//! itself while two other execs and a session attach keep flowing; and
+//! `session logs -f` follows a session to its end.
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,27 @@ async fn body() {
         FLOWING_BYTES >> 20,
         STALLED_BYTES >> 20
     );
+
+    // `session logs -f` follows a session to its end and gives its status.
+    let counter = SessionStartRequest {
+        name: Some("counter".into()),
+        argv: ["sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.3; done; exit 5"].map(String::from).to_vec(),
+        ..Default::default()
+    };
+    client.start_session("m", &counter).await.unwrap();
+    let mut logs = client.session_logs("m", "counter", true, None).await.unwrap();
+    let mut text = Vec::new();
+    let status = loop {
+        match logs.next().await.unwrap() {
+            Some(StreamEvent::Stdout(bytes)) => text.extend_from_slice(&bytes),
+            Some(StreamEvent::Exited { exit_status, .. }) => break exit_status,
+            Some(_) => {}
+            None => panic!("logs -f ended before the session"),
+        }
+    };
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("line1") && text.contains("line3"), "{text:?}");
+    assert_eq!(status, 5);
     succeed(&client, client.remove_vm("m", true).await.unwrap()).await;
 }
 
