@@ -22,7 +22,11 @@ pub fn size() -> Option<TermSize> {
         termios::tcgetwinsize(std::io::stdout().as_fd()),
         termios::tcgetwinsize(std::io::stderr().as_fd()),
     ];
-    sizes.into_iter().flatten().find(|w| w.ws_row > 0 && w.ws_col > 0).map(|w| TermSize { rows: w.ws_row, cols: w.ws_col })
+    sizes
+        .into_iter()
+        .flatten()
+        .find(|w| w.ws_row > 0 && w.ws_col > 0)
+        .map(|w| TermSize { rows: w.ws_row, cols: w.ws_col })
 }
 
 /// Stdin's terminal in raw mode (no echo, no line editing, no signals

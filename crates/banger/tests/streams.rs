@@ -44,7 +44,9 @@ async fn exit_statuses(g: &Guest) {
     assert_eq!(code(&g.banger(&["vm", "exec", "x", "--", "sh", "-c", "exit 3"]).await), Some(3));
     assert_eq!(code(&g.banger(&["vm", "exec", "x", "--", "sh", "-c", "kill -TERM $$"]).await), Some(128 + 15));
     assert_eq!(code(&g.banger(&["vm", "exec", "x", "--", "sh", "-c", "kill -KILL $$"]).await), Some(128 + 9));
-    let env = g.banger(&["vm", "exec", "x", "-e", "GREETING=hi there", "-w", "/tmp", "--", "sh", "-c", "echo $GREETING; pwd"]).await;
+    let env = g
+        .banger(&["vm", "exec", "x", "-e", "GREETING=hi there", "-w", "/tmp", "--", "sh", "-c", "echo $GREETING; pwd"])
+        .await;
     assert_eq!(text(&env.stdout), "hi there\n/tmp\n", "{}", text(&env.stderr));
     // Without -i the command reads end of file at once, whatever stdin holds.
     let no_input = g.banger_with_stdin(&["vm", "exec", "x", "--", "wc", "-c"], Some(b"ignored")).await;
@@ -200,10 +202,7 @@ async fn attach_detach_and_reattach(g: &Guest, tmux: &Tmux) {
     g.ok(&["session", "start", "x", "--name", "sh", "--", "sh"]).await;
     let status = tmux.dir.path().join("attach-status");
     let attach = |name: &str| {
-        tmux.run(
-            name,
-            &format!("{} session attach x sh; echo \"exit=$?\" > {}; sleep 600", g.cli(), status.display()),
-        );
+        tmux.run(name, &format!("{} session attach x sh; echo \"exit=$?\" > {}; sleep 600", g.cli(), status.display()));
     };
     attach("attach1");
     tmux.keys("attach1", &["echo in-$((3*3))-session", "Enter"]);

@@ -26,7 +26,13 @@ pub async fn logs(ctx: &Context, name: &str, session: &str, follow: bool, tail: 
 
 /// `session attach`: returns the session's exit status when its process
 /// ended, 0 after a detach.
-pub async fn attach(ctx: &Context, name: &str, session: &str, read_only: bool, mut keys: DetachKeys) -> anyhow::Result<i32> {
+pub async fn attach(
+    ctx: &Context,
+    name: &str,
+    session: &str,
+    read_only: bool,
+    mut keys: DetachKeys,
+) -> anyhow::Result<i32> {
     let local_tty = terminal::stdin_is_terminal();
     let size = terminal::size();
     let (sender, mut events) = ctx.client.attach(name, session, size, read_only).await?;

@@ -14,15 +14,15 @@ use crate::{output, Context};
 
 pub async fn run(ctx: &Context, src: &str, dst: &str) -> anyhow::Result<ExitCode> {
     let copy = plan(src, dst)?;
-    let copied = tokio::select! {
-        copied = copy_files(ctx, &copy) => copied?,
-        // A copy cut short is undone on either side: the guest's agent
-        // removes what it wrote, and the unpacker (which banger waits for
-        // before it exits) what it staged.
-        _ = tokio::signal::ctrl_c() => {
+    // A copy cut short is undone on either side: the guest's agent removes
+    // what it wrote, and the unpacker (which banger waits for before it
+    // exits) what it staged.
+    let copied = match copy_files(ctx, &copy).await {
+        Err(e) if e.is::<Interrupted>() => {
             eprintln!("error: interrupted; nothing was copied");
             return Ok(ExitCode::from(130));
         }
+        copied => copied?,
     };
     let to = match &copy {
         Copy::In { vm, dest, .. } => format!("{vm}:{dest}"),
@@ -37,7 +37,30 @@ pub async fn run(ctx: &Context, src: &str, dst: &str) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// Ctrl-C cut the copy short.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 async fn copy_files(ctx: &Context, copy: &Copy) -> anyhow::Result<Counted> {
+    match copy {
+        // Dropping the copy in abandons its stream: the guest undoes it.
+        Copy::In { .. } => tokio::select! {
+            copied = copy_in(ctx, copy) => copied,
+            _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
+        },
+        Copy::Out { .. } => copy_out(ctx, copy).await,
+    }
+}
+
+async fn copy_in(ctx: &Context, copy: &Copy) -> anyhow::Result<Counted> {
     match copy {
         Copy::In { src, name, vm, dest } => {
             let (sender, mut events) = ctx.client.copy_stream(vm, dest, CopyDirection::In).await?;
@@ -75,6 +98,13 @@ async fn copy_files(ctx: &Context, copy: &Copy) -> anyhow::Result<Counted> {
             stream_end(&mut events).await?.with_context(context)?;
             Ok(counted)
         }
+        Copy::Out { .. } => unreachable!("copy_in copies in"),
+    }
+}
+
+async fn copy_out(ctx: &Context, copy: &Copy) -> anyhow::Result<Counted> {
+    match copy {
+        Copy::In { .. } => unreachable!("copy_out copies out"),
         Copy::Out { vm, path, target } => {
             let (_sender, mut events) = ctx.client.copy_stream(vm, path, CopyDirection::Out).await?;
             let (feed, reader) = bridge::reader();
@@ -105,8 +135,17 @@ async fn copy_files(ctx: &Context, copy: &Copy) -> anyhow::Result<Counted> {
             // The relay ends at the stream's end, at an error, or when the
             // unpacker stops taking pieces; the unpacker removes what it
             // wrote unless the stream was whole.
-            let relayed = relay.await;
+            let relayed = tokio::select! {
+                relayed = relay => relayed,
+                _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
+            };
+            // A cut-short stream (the feed gone) makes the unpacker remove
+            // what it staged: wait for it, as the process must not end first.
+            drop(feed);
             let unpacked = unpacking.await.context("the copy's unpacker")?;
+            if relayed.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+                return relayed.map(|()| unreachable!("an interruption is an error"));
+            }
             relayed.with_context(|| format!("cannot copy {vm}:{path}"))?;
             Ok(unpacked.with_context(|| format!("cannot copy {vm}:{path} to {}", target.path().display()))?)
         }

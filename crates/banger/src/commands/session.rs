@@ -165,7 +165,9 @@ pub async fn run(command: SessionCommand, ctx: &Context) -> anyhow::Result<ExitC
             let status = super::attach::attach(ctx, &vm, &session, read_only, detach_keys).await?;
             return Ok(ExitCode::from(status.clamp(0, 255) as u8));
         }
-        SessionCommand::Logs { vm, session, follow, tail } => super::attach::logs(ctx, &vm, &session, follow, tail).await?,
+        SessionCommand::Logs { vm, session, follow, tail } => {
+            super::attach::logs(ctx, &vm, &session, follow, tail).await?
+        }
         SessionCommand::Rm { vm, session } => {
             ctx.client.remove_session(&vm, &session).await?;
             if ctx.json {
