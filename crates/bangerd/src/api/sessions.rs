@@ -82,8 +82,24 @@ pub async fn send(
     if length.is_some_and(|n| n > MAX_SEND_BYTES) {
         return Err(sessions::too_large());
     }
-    let input = body.into_data_stream().map(|chunk| chunk.map_err(|e| e.to_string()));
-    sessions::send(&daemon, &name, &session, Box::pin(input)).await?;
+    let mut input = Box::pin(body.into_data_stream().map(|chunk| chunk.map_err(|e| e.to_string())));
+    let sent = sessions::send(&daemon, &name, &session, &mut input).await;
+    if sent.is_err() {
+        // Refused before the body was read (no such VM or session): read
+        // the rest, within the limit, so the client that is still sending
+        // gets the answer instead of a connection closed under it.
+        let drain = async {
+            let mut read = 0;
+            while let Some(Ok(chunk)) = input.next().await {
+                read += chunk.len() as u64;
+                if read > MAX_SEND_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    }
+    sent?;
     Ok(StatusCode::NO_CONTENT)
 }
 
