@@ -1,0 +1,5 @@
+//! Host networking for VMs, with no daemon state: the bridge and the taps
+//! (netlink), the nftables ruleset banger owns (computed by pure code,
+//! applied in one transaction), the DNS server that answers `NAME.vm`, and
+//! the systemd-resolved routing of `~vm` to it. The daemon decides what
+//! exists; this crate makes the host match.
