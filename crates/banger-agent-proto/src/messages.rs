@@ -20,6 +20,8 @@ pub mod features {
     pub const COPY: &str = "copy";
     /// Guest stats and listening sockets.
     pub const STATS: &str = "stats";
+    /// TCP connections to the guest's own ports (ssh, port forwards).
+    pub const CONNECT: &str = "connect";
 }
 
 /// A hello: the versions and features the sender speaks, and the window it
@@ -49,7 +51,9 @@ impl Hello {
             protocol: PROTOCOL_VERSION,
             min_protocol: Some(MIN_PROTOCOL_VERSION),
             agent_version: None,
-            features: [features::TTY, features::SESSIONS, features::COPY, features::STATS].map(String::from).to_vec(),
+            features: [features::TTY, features::SESSIONS, features::COPY, features::STATS, features::CONNECT]
+                .map(String::from)
+                .to_vec(),
             window: Some(crate::mux::DEFAULT_WINDOW),
         }
     }
@@ -172,6 +176,16 @@ pub enum Request {
     Stats,
     /// The guest's listening sockets; answered with `ports`.
     Ports,
+    /// Opens a TCP connection to `port` on the guest's loopback (127.0.0.1,
+    /// else ::1); answered with `connected`, then the stream carries the
+    /// connection's bytes: stdin data is written to it (a FIN shuts its
+    /// writing side), what it sends comes as stdout data (a FIN when it
+    /// shut its own). The agent closes the stream once both are shut; a
+    /// reset from either side drops the connection.
+    Connect {
+        /// The guest's port.
+        port: u16,
+    },
     /// A request this build does not know.
     #[serde(other)]
     Unknown,
@@ -298,6 +312,8 @@ pub enum Reply {
     },
     /// The request is done.
     Done,
+    /// The connection `connect` asked for is open.
+    Connected,
     /// A reply this build does not know.
     #[serde(other)]
     Unknown,
@@ -495,6 +511,7 @@ mod tests {
             Request::CopyOut { path: "/etc/hostname".into() },
             Request::Stats,
             Request::Ports,
+            Request::Connect { port: 22 },
         ];
         let replies = [
             Reply::Hello(Hello { agent_version: Some("0.1.0".into()), ..Hello::ours() }),
@@ -519,6 +536,7 @@ mod tests {
                 }],
             },
             Reply::Done,
+            Reply::Connected,
         ];
         let mut samples: Vec<String> = requests.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
         samples.extend(replies.iter().map(|r| serde_json::to_string(r).unwrap()));

@@ -9,6 +9,7 @@
 //! for testing, and for a host process standing in for a guest.
 
 mod channel;
+mod connect;
 mod copy;
 mod decoder;
 mod exec;

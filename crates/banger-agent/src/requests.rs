@@ -10,7 +10,7 @@ use banger_agent_proto::{ErrorKind, Reply, Request};
 
 use crate::log::log;
 use crate::serve::Agent;
-use crate::{copy, exec, init, ports, session, stats};
+use crate::{connect, copy, exec, init, ports, session, stats};
 
 /// Why a request failed, as the host is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +98,7 @@ pub(crate) async fn serve(mut stream: Stream, first: Option<Result<Option<Event>
             };
             answer(stream, reply).await
         }
+        Request::Connect { port } => connect::connect(stream, port).await,
         Request::Ping => answer(stream, Reply::Pong).await,
         Request::Poweroff => power_off(stream, &agent).await,
         Request::Hello(_) => answer(stream, Refusal::invalid("a hello belongs on stream 0").reply()).await,
