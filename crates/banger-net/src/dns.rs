@@ -118,26 +118,14 @@ impl DnsServer {
     pub async fn start(config: DnsConfig) -> Result<DnsServer, Error> {
         let zones = Zones::new(&config.domain, config.reverse_zone.as_deref())?;
         let (udp, tcp) = bind_pair(config.bind).await?;
-        let local_addr = udp.local_addr().map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let local_addr = udp.local_addr().map_err(|source| Error::Bind { addr: config.bind, source })?;
         let forwarder = Forwarder::new(&config.upstreams, local_addr, MAX_IN_FLIGHT);
-        let shared = Arc::new(listen::Shared {
-            zones,
-            records: config.records,
-            forwarder,
-        });
+        let shared = Arc::new(listen::Shared { zones, records: config.records, forwarder });
         let cancel = CancellationToken::new();
         let udp = tokio::spawn(listen::serve_udp(udp, shared.clone(), cancel.clone()));
         let tcp = tokio::spawn(listen::serve_tcp(tcp, shared, cancel.clone()));
         tracing::debug!(addr = %local_addr, "DNS server started");
-        Ok(DnsServer {
-            local_addr,
-            cancel,
-            udp,
-            tcp,
-        })
+        Ok(DnsServer { local_addr, cancel, udp, tcp })
     }
 
     /// The address both listeners are bound to.
@@ -173,19 +161,10 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> 
         let bound = udp.local_addr().map_err(bind_err)?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => return Ok((udp, tcp)),
-            Err(e)
-                if addr.port() == 0
-                    && e.kind() == std::io::ErrorKind::AddrInUse
-                    && attempt < BIND_ATTEMPTS =>
-            {
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < BIND_ATTEMPTS => {
                 continue
             }
-            Err(source) => {
-                return Err(Error::Bind {
-                    addr: bound,
-                    source,
-                })
-            }
+            Err(source) => return Err(Error::Bind { addr: bound, source }),
         }
     }
 }

@@ -55,10 +55,7 @@ impl Resolvectl for SystemResolvectl {
         let out = Command::new("resolvectl")
             .args(args)
             .output()
-            .map_err(|source| Error::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::Spawn { command: command.clone(), source })?;
         if out.status.success() {
             return Ok(());
         }
@@ -75,10 +72,7 @@ impl Resolvectl for SystemResolvectl {
 }
 
 fn command_line(args: &[&str]) -> String {
-    std::iter::once("resolvectl")
-        .chain(args.iter().copied())
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once("resolvectl").chain(args.iter().copied()).collect::<Vec<_>>().join(" ")
 }
 
 /// A [`Resolvectl`] that records each command line and runs nothing, for
@@ -93,11 +87,7 @@ pub struct RecordingResolvectl {
 impl RecordingResolvectl {
     /// A fake for a host where resolved runs (`running`) or not.
     pub fn new(running: bool) -> RecordingResolvectl {
-        RecordingResolvectl {
-            running,
-            failing: Vec::new(),
-            calls: Mutex::new(Vec::new()),
-        }
+        RecordingResolvectl { running, failing: Vec::new(), calls: Mutex::new(Vec::new()) }
     }
 
     /// Makes every command line starting with `prefix` fail (it is still
@@ -116,10 +106,7 @@ impl RecordingResolvectl {
 impl Resolvectl for RecordingResolvectl {
     fn run(&self, args: &[&str]) -> Result<(), Error> {
         let command = command_line(args);
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(command.clone());
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(command.clone());
         if self.failing.iter().any(|p| command.starts_with(p.as_str())) {
             return Err(Error::Failed {
                 command,
@@ -145,10 +132,7 @@ pub struct ResolvedRouting<R: Resolvectl = SystemResolvectl> {
 impl<R: Resolvectl> ResolvedRouting<R> {
     /// Routing of `domain` (`vm`, without dots) through `ctl`.
     pub fn new(ctl: R, domain: &str) -> ResolvedRouting<R> {
-        ResolvedRouting {
-            ctl,
-            domain: domain.trim_matches('.').to_owned(),
-        }
+        ResolvedRouting { ctl, domain: domain.trim_matches('.').to_owned() }
     }
 
     /// The `Resolvectl` underneath (the fake's recorded calls, in tests).
@@ -167,10 +151,7 @@ impl<R: Resolvectl> ResolvedRouting<R> {
     pub fn route(&self, link: &str, addr: Ipv4Addr) -> Result<(), Error> {
         let addr = addr.to_string();
         let routing_domain = format!("~{}", self.domain);
-        let set = self
-            .ctl
-            .run(&["dns", link, &addr])
-            .and_then(|()| self.ctl.run(&["domain", link, &routing_domain]));
+        let set = self.ctl.run(&["dns", link, &addr]).and_then(|()| self.ctl.run(&["domain", link, &routing_domain]));
         if let Err(e) = set {
             if let Err(undo) = self.revert(link) {
                 tracing::debug!(%link, error = %undo, "resolved revert after a failed route failed");
@@ -248,11 +229,7 @@ mod tests {
         assert!(matches!(&err, Error::Failed { command, .. } if command == "resolvectl domain banger0 ~vm"));
         assert_eq!(
             routing.ctl().calls(),
-            [
-                "resolvectl dns banger0 10.213.0.1",
-                "resolvectl domain banger0 ~vm",
-                "resolvectl revert banger0",
-            ]
+            ["resolvectl dns banger0 10.213.0.1", "resolvectl domain banger0 ~vm", "resolvectl revert banger0",]
         );
     }
 

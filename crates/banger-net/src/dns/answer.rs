@@ -46,11 +46,7 @@ impl Zones {
             }
             None => None,
         };
-        Ok(Zones {
-            domain_soa: soa(&domain),
-            domain,
-            reverse,
-        })
+        Ok(Zones { domain_soa: soa(&domain), domain, reverse })
     }
 }
 
@@ -58,16 +54,11 @@ fn zone_name(name: &str) -> Result<Name, Error> {
     let fqdn = format!("{}.", name.trim_end_matches('.'));
     Name::from_ascii(&fqdn)
         .map(|n| n.to_lowercase())
-        .map_err(|source| Error::ZoneName {
-            name: name.to_owned(),
-            source,
-        })
+        .map_err(|source| Error::ZoneName { name: name.to_owned(), source })
 }
 
 fn soa(zone: &Name) -> Record {
-    let rname = Name::from_ascii("hostmaster")
-        .and_then(|h| h.append_domain(zone))
-        .unwrap_or_else(|_| zone.clone());
+    let rname = Name::from_ascii("hostmaster").and_then(|h| h.append_domain(zone)).unwrap_or_else(|_| zone.clone());
     // The minimum (last field) is the negative-caching time: as short as
     // the records themselves, a VM created a second later must resolve.
     let soa = SOA::new(zone.clone(), rname, 1, 3600, 600, 86400, TTL_SECS);
@@ -200,11 +191,8 @@ fn relative_name(name: &Name, zone: &Name) -> Option<String> {
     if below == 0 {
         return None;
     }
-    let labels: Vec<String> = name
-        .iter()
-        .take(below)
-        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
-        .collect();
+    let labels: Vec<String> =
+        name.iter().take(below).map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
     Some(labels.join("."))
 }
 

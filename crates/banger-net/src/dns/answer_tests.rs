@@ -72,9 +72,7 @@ fn unknown_names_are_nxdomain_with_the_soa() {
         assert!(msg.answers.is_empty());
         let soa = &msg.authorities[0];
         assert_eq!(soa.name, Name::from_ascii("vm.").unwrap());
-        let RData::SOA(data) = &soa.data else {
-            panic!("not a SOA: {soa:?}")
-        };
+        let RData::SOA(data) = &soa.data else { panic!("not a SOA: {soa:?}") };
         assert_eq!(data.minimum, TTL_SECS);
     }
 }
@@ -135,16 +133,12 @@ fn malformed_requests() {
     let mut two = Message::query();
     two.add_query(Query::query(Name::from_ascii("a.vm.").unwrap(), RecordType::A));
     two.add_query(Query::query(Name::from_ascii("b.vm.").unwrap(), RecordType::A));
-    let Decision::Answer(msg) = decide(&zones(), &records(), &two) else {
-        panic!("two questions must be answered")
-    };
+    let Decision::Answer(msg) = decide(&zones(), &records(), &two) else { panic!("two questions must be answered") };
     assert_eq!(msg.metadata.response_code, ResponseCode::FormErr);
 
     let mut update = Message::query();
     update.metadata.op_code = OpCode::Update;
-    let Decision::Answer(msg) = decide(&zones(), &records(), &update) else {
-        panic!("an update must be answered")
-    };
+    let Decision::Answer(msg) = decide(&zones(), &records(), &update) else { panic!("an update must be answered") };
     assert_eq!(msg.metadata.response_code, ResponseCode::NotImp);
 
     let stray = Message::response(1, OpCode::Query);
@@ -170,8 +164,6 @@ fn edns_is_answered_with_edns() {
     let mut request = Message::query();
     request.add_query(Query::query(Name::from_ascii("web.vm.").unwrap(), RecordType::A));
     request.set_edns(Edns::new());
-    let Decision::Answer(msg) = decide(&zones(), &records(), &request) else {
-        panic!("expected an answer")
-    };
+    let Decision::Answer(msg) = decide(&zones(), &records(), &request) else { panic!("expected an answer") };
     assert_eq!(msg.edns.unwrap().max_payload(), EDNS_PAYLOAD);
 }

@@ -39,10 +39,7 @@ impl Forwarder {
                 !looped
             })
             .collect();
-        Forwarder {
-            upstreams,
-            permits: Arc::new(Semaphore::new(in_flight)),
-        }
+        Forwarder { upstreams, permits: Arc::new(Semaphore::new(in_flight)) }
     }
 
     /// A place among the questions in flight, or `None` when all are taken.
@@ -64,8 +61,7 @@ impl Forwarder {
 
         let mut fallback = None;
         for &upstream in &self.upstreams {
-            let Some((mut answer, truncated)) = udp_exchange(upstream, &outgoing, id, request).await
-            else {
+            let Some((mut answer, truncated)) = udp_exchange(upstream, &outgoing, id, request).await else {
                 continue;
             };
             if truncated {
@@ -110,12 +106,7 @@ fn check_answer(bytes: &[u8], id: u16, request: &Message) -> Option<bool> {
     ok.then_some(answer.metadata.truncation)
 }
 
-async fn udp_exchange(
-    upstream: SocketAddr,
-    query: &[u8],
-    id: u16,
-    request: &Message,
-) -> Option<(Vec<u8>, bool)> {
+async fn udp_exchange(upstream: SocketAddr, query: &[u8], id: u16, request: &Message) -> Option<(Vec<u8>, bool)> {
     let local: SocketAddr = match upstream {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -149,12 +140,7 @@ async fn udp_exchange(
     }
 }
 
-async fn tcp_exchange(
-    upstream: SocketAddr,
-    query: &[u8],
-    id: u16,
-    request: &Message,
-) -> Option<(Vec<u8>, bool)> {
+async fn tcp_exchange(upstream: SocketAddr, query: &[u8], id: u16, request: &Message) -> Option<(Vec<u8>, bool)> {
     let exchange = async {
         let mut stream = TcpStream::connect(upstream).await?;
         write_framed(&mut stream, query).await?;
@@ -220,11 +206,8 @@ mod tests {
     #[test]
     fn own_address_is_never_an_upstream() {
         let own: SocketAddr = "127.0.0.1:5353".parse().unwrap();
-        let ups: Vec<SocketAddr> = vec![
-            "127.0.0.1:5353".parse().unwrap(),
-            "127.0.0.53:53".parse().unwrap(),
-            "127.0.0.1:53".parse().unwrap(),
-        ];
+        let ups: Vec<SocketAddr> =
+            vec!["127.0.0.1:5353".parse().unwrap(), "127.0.0.53:53".parse().unwrap(), "127.0.0.1:53".parse().unwrap()];
         let f = Forwarder::new(&ups, own, 4);
         assert_eq!(f.upstreams, ups[1..]);
     }

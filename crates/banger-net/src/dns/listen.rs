@@ -129,11 +129,7 @@ async fn send_udp(socket: &UdpSocket, reply: &[u8], peer: SocketAddr) {
 }
 
 /// Serves TCP until `cancel`; each connection runs in its own task.
-pub(super) async fn serve_tcp(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) {
+pub(super) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
     let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     let mut tasks = JoinSet::new();
     loop {

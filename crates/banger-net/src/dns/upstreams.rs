@@ -54,10 +54,8 @@ fn parse_nameserver(addr: &str) -> Option<SocketAddr> {
 /// right: resolved sends `.vm` back to banger's server only through the
 /// `~vm` routing, and the server answers `.vm` itself, so nothing loops.
 pub fn host_upstreams() -> Result<Vec<SocketAddr>, Error> {
-    let text = std::fs::read_to_string(RESOLV_CONF).map_err(|source| Error::ResolvConf {
-        path: RESOLV_CONF.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(RESOLV_CONF)
+        .map_err(|source| Error::ResolvConf { path: RESOLV_CONF.to_owned(), source })?;
     Ok(upstreams_from_resolv_conf(&text))
 }
 
@@ -98,10 +96,7 @@ nameserver 192.0.2.1
 nameserver 192.0.2.1
 ";
         let got = upstreams_from_resolv_conf(text);
-        let want: Vec<SocketAddr> = vec![
-            "[fe80::2%3]:53".parse().unwrap(),
-            "192.0.2.1:53".parse().unwrap(),
-        ];
+        let want: Vec<SocketAddr> = vec!["[fe80::2%3]:53".parse().unwrap(), "192.0.2.1:53".parse().unwrap()];
         assert_eq!(got, want);
     }
 
