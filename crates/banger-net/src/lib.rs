@@ -3,3 +3,6 @@
 //! applied in one transaction), the DNS server that answers `NAME.vm`, and
 //! the systemd-resolved routing of `~vm` to it. The daemon decides what
 //! exists; this crate makes the host match.
+
+pub mod dns;
+pub mod resolved;
