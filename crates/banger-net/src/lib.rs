@@ -5,4 +5,9 @@
 //! exists; this crate makes the host match.
 
 pub mod dns;
+pub mod link;
+pub mod nft;
 pub mod resolved;
+pub mod subnet;
+pub mod tap;
+pub mod tap_pool;
