@@ -31,6 +31,7 @@
 
 mod error;
 mod event;
+mod forward;
 mod host;
 mod image;
 mod kernel;
@@ -46,6 +47,7 @@ mod vm;
 
 pub use error::{ApiError, ErrorCode};
 pub use event::{Event, ObjectKind};
+pub use forward::{Forward, ForwardRequest};
 pub use host::{Check, CheckStatus, DoctorReport};
 pub use image::{Image, ImageBuildRequest, ImagePruneReport, ImageRecipe, ImageRegisterRequest, ImageSource};
 pub use kernel::{
@@ -57,9 +59,7 @@ pub use session::{Session, SessionExit, SessionStartRequest, SessionState, Sessi
 pub use signal::{Signal, SignalError, MAX_SIGNAL};
 pub use stats::{GuestDisk, GuestMemory, GuestNet, GuestPort, GuestStats, VmStats, VmmStats};
 pub use time::{Timestamp, TimestampError};
-pub use vm::{
-    AgentStatus, DiskResizeRequest, DiskStrategy, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice,
-};
+pub use vm::{AgentStatus, DiskResizeRequest, DiskStrategy, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -195,6 +195,9 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         guest: bool,
     },
+    /// The guest's side of a connection (`/v1/vms/{name}/connect`) shut its
+    /// writing half: nothing more comes on channel 1.
+    StdoutEof {},
     /// A message this crate does not know: clients skip it.
     #[serde(other)]
     Unknown,

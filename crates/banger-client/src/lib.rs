@@ -8,9 +8,10 @@ pub mod stream;
 use std::path::{Path, PathBuf};
 
 use banger_api::{
-    ApiError, CatalogListing, DiskResizeRequest, DoctorReport, GuestPort, Health, Image, ImageBuildRequest,
-    ImagePruneReport, ImageRegisterRequest, Kernel, KernelImportRequest, KernelPullRequest, Operation, Session,
-    SessionExit, SessionStartRequest, SessionStopRequest, Signal, Vm, VmCreateRequest, VmSetRequest, VmStats,
+    ApiError, CatalogListing, DiskResizeRequest, DoctorReport, Forward, ForwardRequest, GuestPort, Health, Image,
+    ImageBuildRequest, ImagePruneReport, ImageRegisterRequest, Kernel, KernelImportRequest, KernelPullRequest,
+    Operation, Session, SessionExit, SessionStartRequest, SessionStopRequest, Signal, Vm, VmCreateRequest,
+    VmSetRequest, VmStats,
 };
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -228,6 +229,22 @@ impl Client {
     /// `GET /v1/vms/{name}/ports`: the guest's listening sockets.
     pub async fn vm_ports(&self, name: &str) -> Result<Vec<GuestPort>> {
         self.get(&format!("/v1/vms/{}/ports", segment(name))).await
+    }
+
+    /// `GET /v1/vms/{name}/forwards`.
+    pub async fn forwards(&self, vm: &str) -> Result<Vec<Forward>> {
+        self.get(&format!("/v1/vms/{}/forwards", segment(vm))).await
+    }
+
+    /// `POST /v1/vms/{name}/forwards`: forwards a host loopback port to a guest port.
+    pub async fn add_forward(&self, vm: &str, request: &ForwardRequest) -> Result<Forward> {
+        self.send_json(Method::POST, &format!("/v1/vms/{}/forwards", segment(vm)), Some(request)).await
+    }
+
+    /// `DELETE /v1/vms/{name}/forwards/{host_port}`.
+    pub async fn remove_forward(&self, vm: &str, host_port: u16) -> Result<()> {
+        let path = format!("/v1/vms/{}/forwards/{host_port}", segment(vm));
+        expect_success(self.request(Method::DELETE, &path, None).await?).await.map(drop)
     }
 
     /// `POST /v1/vms/{name}/sessions`: starts a session.

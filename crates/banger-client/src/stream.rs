@@ -49,6 +49,9 @@ pub enum StreamEvent {
     Stdout(Bytes),
     /// Output on stderr.
     Stderr(Bytes),
+    /// No more output comes on stdout (a connection's guest side shut its
+    /// writing half).
+    StdoutEof,
     /// A failure. Before `Started`: nothing ran, and the stream ends.
     Error {
         /// The code and message.
@@ -150,6 +153,7 @@ impl StreamEvents {
                         ServerMessage::Error { code, message, guest } => {
                             StreamEvent::Error { error: ApiError { code, message }, guest }
                         }
+                        ServerMessage::StdoutEof {} => StreamEvent::StdoutEof,
                         ServerMessage::Unknown => continue,
                     }));
                 }
@@ -169,15 +173,14 @@ impl Client {
             .map_err(|source| ClientError::Unreachable { socket: self.socket.clone(), source })?;
         let request = format!("ws://bangerd{path}").into_client_request().map_err(ClientError::WebSocket)?;
         let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES + 1));
-        let (socket, _) =
-            match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
-                Ok(answer) => answer,
-                Err(tungstenite::Error::Http(response)) => {
-                    let body = response.body().clone().unwrap_or_default();
-                    return Err(api_error(response.status(), &body));
-                }
-                Err(e) => return Err(ClientError::WebSocket(e)),
-            };
+        let (socket, _) = match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
+            Ok(answer) => answer,
+            Err(tungstenite::Error::Http(response)) => {
+                let body = response.body().clone().unwrap_or_default();
+                return Err(api_error(response.status(), &body));
+            }
+            Err(e) => return Err(ClientError::WebSocket(e)),
+        };
         let (sink, stream) = socket.split();
         Ok((StreamSender { sink: Arc::new(tokio::sync::Mutex::new(sink)) }, StreamEvents { stream }))
     }
@@ -188,6 +191,14 @@ impl Client {
         let (sender, events) = self.websocket(&format!("/v1/vms/{}/exec", segment(name))).await?;
         sender.control(&ClientMessage::Start(start)).await?;
         Ok((sender, events))
+    }
+
+    /// `GET /v1/vms/{name}/connect`: a TCP connection to `port` on the
+    /// guest's loopback. Send its bytes with `stdin` (`stdin_eof` shuts
+    /// its writing side); the guest's come as `Stdout` events, then
+    /// `StdoutEof`. Nothing listening is an error here (`not_found`).
+    pub async fn connect(&self, name: &str, port: u16) -> Result<(StreamSender, StreamEvents)> {
+        self.websocket(&format!("/v1/vms/{}/connect?port={port}", segment(name))).await
     }
 
     /// `GET /v1/vms/{name}/sessions/{session}/attach`: the session's
@@ -209,7 +220,13 @@ impl Client {
 
     /// `GET /v1/vms/{name}/sessions/{session}/logs`: the session's output
     /// (its last `tail` lines first), live too with `follow`.
-    pub async fn session_logs(&self, name: &str, session: &str, follow: bool, tail: Option<u64>) -> Result<StreamEvents> {
+    pub async fn session_logs(
+        &self,
+        name: &str,
+        session: &str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> Result<StreamEvents> {
         let mut path = format!("/v1/vms/{}/sessions/{}/logs?follow={follow}", segment(name), segment(session));
         if let Some(tail) = tail {
             path.push_str(&format!("&tail={tail}"));
@@ -238,7 +255,7 @@ impl Client {
                     StreamEvent::Stdout(data) => output.stdout.extend_from_slice(&data),
                     StreamEvent::Stderr(data) => output.stderr.extend_from_slice(&data),
                     StreamEvent::Error { error, .. } if !started => return Err(ClientError::Api(error)),
-                    StreamEvent::Error { .. } => {}
+                    StreamEvent::Error { .. } | StreamEvent::StdoutEof => {}
                     StreamEvent::Exited { code, signal, .. } => {
                         output.code = code;
                         output.signal = signal;

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod debian;
 pub mod guest;
 pub mod http;
+pub mod local;
 pub mod loopfs;
 pub mod prereq;
 pub mod process;
@@ -21,6 +22,7 @@ pub mod vms;
 
 pub use daemon::TestDaemon;
 pub use http::{Canned, HttpServer};
+pub use local::local_daemon;
 pub use prereq::{in_ci, is_root, require, with_timeout, with_timeout_blocking};
 pub use process::DaemonProcess;
 pub use shared_kernel::{debian_kernel, SharedKernel};

@@ -184,6 +184,17 @@ fn restore_sigpipe() {
     }
 }
 
+/// Ends banger's standard output for whoever reads it (a connection's
+/// end, passed on): `/dev/null` takes its place, so a late write is lost
+/// rather than an error.
+pub fn close_stdout() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
+}
+
 /// The socket from the config file, else the default.
 fn default_socket() -> PathBuf {
     let config =

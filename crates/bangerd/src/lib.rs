@@ -49,6 +49,8 @@ pub struct Daemon {
     pub images: image::ImageStore,
     /// VM locks and live agent connections.
     pub vms: vm::VmManager,
+    /// The listeners of port forwards.
+    pub forwards: guest::forward::Forwards,
     /// What the host can do, probed at start.
     pub caps: banger_host::Capabilities,
     /// The space the database gives up when the state filesystem is full.
@@ -175,6 +177,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         kernels,
         images,
         vms: vm::VmManager::default(),
+        forwards: guest::forward::Forwards::default(),
         caps,
         reserve,
         http,

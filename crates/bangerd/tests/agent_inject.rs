@@ -139,30 +139,8 @@ async fn older_image_body() {
     daemon.stop().await;
 }
 
-/// A daemon on the test driver with a kernel nothing boots (`k`) and the
-/// tiny image; `None` (a SKIP, or a failure under CI) when not root.
 async fn local_daemon(agent: &Path) -> Option<TestDaemon> {
-    if !banger_testkit::require("root, to build images", banger_testkit::is_root()) {
-        return None;
-    }
-    let daemon = TestDaemon::start_with(|c| {
-        c.agent_binary = Some(agent.to_owned());
-        c.test_driver = Some(Local::new(agent));
-        c.boot_timeout = Duration::from_secs(5);
-    })
-    .await;
-    let vmlinux = daemon.root.path().join("vmlinux");
-    std::fs::write(&vmlinux, banger_testkit::bundles::fake_vmlinux("agent-inject")).unwrap();
-    let import = KernelImportRequest {
-        name: "k".into(),
-        path: vmlinux.display().to_string(),
-        kind: None,
-        modules_dir: None,
-        force: false,
-    };
-    succeed(&daemon.client, daemon.client.import_kernel(&import).await.unwrap()).await;
-    succeed(&daemon.client, daemon.client.build_image(&tiny_image("tiny", "k")).await.unwrap()).await;
-    Some(daemon)
+    banger_testkit::local_daemon(agent, |_| {}).await
 }
 
 fn register(name: &str, rootfs: &Path, init: Option<&str>) -> ImageRegisterRequest {

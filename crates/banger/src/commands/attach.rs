@@ -18,7 +18,7 @@ pub async fn logs(ctx: &Context, name: &str, session: &str, follow: bool, tail: 
                 stdout.flush().await?;
             }
             StreamEvent::Error { error, .. } => return Err(ClientError::Api(error).into()),
-            StreamEvent::Started { .. } | StreamEvent::Exited { .. } => {}
+            StreamEvent::Started { .. } | StreamEvent::Exited { .. } | StreamEvent::StdoutEof => {}
         }
     }
     Ok(())
@@ -75,7 +75,7 @@ pub async fn attach(
                 }
                 Some(StreamEvent::Exited { exit_status, .. }) => return anyhow::Ok(Some(exit_status)),
                 Some(StreamEvent::Error { error, .. }) => eprint!("banger: {}\r\n", error.message),
-                Some(StreamEvent::Started { .. }) => {}
+                Some(StreamEvent::Started { .. } | StreamEvent::StdoutEof) => {}
                 None => return Ok(None),
             }
         }

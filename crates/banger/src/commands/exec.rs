@@ -139,7 +139,7 @@ pub async fn relay_output(events: &mut StreamEvents) -> Result<i32, ExecFailure>
             Some(StreamEvent::Exited { exit_status, .. }) => return Ok(exit_status.clamp(0, 255)),
             // The command runs on (a signal it could not be sent, say).
             Some(StreamEvent::Error { error, .. }) => eprintln!("banger: {}", error.message),
-            Some(StreamEvent::Started { .. }) => {}
+            Some(StreamEvent::Started { .. } | StreamEvent::StdoutEof) => {}
             None => return Err(anyhow::anyhow!("the exec stream closed before the command ended").into()),
         }
     }
@@ -147,7 +147,7 @@ pub async fn relay_output(events: &mut StreamEvents) -> Result<i32, ExecFailure>
 
 /// Sends stdin until its end, then says so; each read waits for the
 /// last to be taken, so input of any size flows at the guest's pace.
-async fn pump_stdin(sender: StreamSender) {
+pub async fn pump_stdin(sender: StreamSender) {
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

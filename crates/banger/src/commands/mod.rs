@@ -9,6 +9,7 @@ pub mod exec;
 pub mod image;
 pub mod kernel;
 pub mod operation;
+pub mod ports;
 pub mod session;
 pub mod stats;
 pub mod vm;

@@ -118,10 +118,25 @@ pub async fn ports(ctx: &Context, vm: &str) -> anyhow::Result<()> {
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = ports
         .into_iter()
-        .map(|p| vec![p.protocol, p.address, p.port.to_string(), dash(p.pid.map(|p| p.to_string())), dash(p.process)])
+        .map(|p| {
+            let reach = reach(vm, &p.address, p.port);
+            vec![p.protocol, reach, p.address, dash(p.pid.map(|p| p.to_string())), dash(p.process)]
+        })
         .collect();
-    output::table(&["PROTO", "ADDRESS", "PORT", "PID", "PROCESS"], &rows);
+    output::table(&["PROTO", "PORT", "ADDRESS", "PID", "PROCESS"], &rows);
     Ok(())
+}
+
+/// How a listener is reached: `NAME.vm:PORT` over the network, or only
+/// from inside the guest (and through `vm forward`) when it listens on
+/// loopback.
+fn reach(vm: &str, address: &str, port: u16) -> String {
+    let loopback = address.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+    if loopback {
+        format!("{port} (guest loopback)")
+    } else {
+        format!("{vm}.vm:{port}")
+    }
 }
 
 #[cfg(test)]

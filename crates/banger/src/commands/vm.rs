@@ -134,6 +134,33 @@ pub enum VmCommand {
         /// VM name.
         name: String,
     },
+    /// Carry one TCP connection to a port on the guest's loopback over
+    /// stdin and stdout, through banger (no guest network needed): what
+    /// ssh's ProxyCommand uses.
+    Connect {
+        /// VM name (`NAME.vm` is taken too).
+        name: String,
+        /// The guest port.
+        port: u16,
+    },
+    /// Forward a port of the host's loopback to a guest port, through
+    /// banger: `banger vm forward dev 8080` makes 127.0.0.1:8080 reach
+    /// port 8080 in dev; `18080:8080` picks the host port. Forwards last
+    /// until removed or until the VM is.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["spec", "list", "rm"])))]
+    Forward {
+        /// VM name.
+        name: String,
+        /// [HOST_PORT:]GUEST_PORT.
+        #[arg(value_parser = super::ports::parse_spec)]
+        spec: Option<banger_api::ForwardRequest>,
+        /// List the VM's forwards.
+        #[arg(long)]
+        list: bool,
+        /// Remove the forward of this host port.
+        #[arg(long, value_name = "HOST_PORT")]
+        rm: Option<u16>,
+    },
     /// Copy files between the host and a VM: one of SRC and DST is
     /// VM:/path. Trees, modes, symlinks and times are kept, owners too when
     /// banger runs as root. Into an existing directory the copy goes
@@ -248,6 +275,17 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
         }
         VmCommand::Stats { name, watch } => super::stats::stats(ctx, &name, watch).await?,
         VmCommand::Ports { name } => super::stats::ports(ctx, &name).await?,
+        VmCommand::Connect { name, port } => return super::ports::connect(ctx, &name, port).await,
+        VmCommand::Forward { name, spec, list, rm } => {
+            use super::ports::ForwardAction;
+            let action = match (spec, list, rm) {
+                (Some(spec), _, _) => ForwardAction::Add(spec),
+                (None, true, _) => ForwardAction::List,
+                (None, false, Some(port)) => ForwardAction::Remove(port),
+                (None, false, None) => unreachable!("clap requires one of them"),
+            };
+            super::ports::forward(ctx, &name, action).await?
+        }
         VmCommand::Cp { src, dst } => return super::cp::run(ctx, &src, &dst).await,
         VmCommand::Exec(args) => {
             let status = super::exec::run(ctx, args).await;

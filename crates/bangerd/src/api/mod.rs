@@ -7,6 +7,7 @@ mod files;
 mod images;
 mod kernels;
 mod operations;
+mod ports;
 mod responses;
 mod sessions;
 mod stats;
@@ -84,6 +85,9 @@ fn api() -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(streams::exec))
         .routes(routes!(streams::attach))
         .routes(routes!(streams::session_logs))
+        .routes(routes!(ports::connect))
+        .routes(routes!(ports::list, ports::add))
+        .routes(routes!(ports::remove))
 }
 
 /// What an operation's work ends with, as the operation's result.

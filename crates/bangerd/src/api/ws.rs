@@ -66,6 +66,8 @@ pub enum Input {
     /// Bytes and their end only (a copy in): the agent answers once, at
     /// the end or when it refuses.
     Upload,
+    /// A TCP connection: bytes and their end both ways.
+    Tunnel,
 }
 
 /// The client's WebSocket, split in its two halves.
@@ -187,11 +189,19 @@ pub async fn relay(
                 }
             };
             let delivered = match event {
-                Event::Data { kind: FrameKind::Stdout, bytes, .. } if !bytes.is_empty() => {
-                    tx.send_bytes(Channel::Stdout, &bytes).await
+                Event::Data { kind: FrameKind::Stdout, bytes, fin } if !bytes.is_empty() => {
+                    let sent = tx.send_bytes(Channel::Stdout, &bytes).await;
+                    if sent && fin && input == Input::Tunnel {
+                        tx.send(&ServerMessage::StdoutEof {}).await
+                    } else {
+                        sent
+                    }
                 }
                 Event::Data { kind: FrameKind::Stderr, bytes, .. } if !bytes.is_empty() => {
                     tx.send_bytes(Channel::Stderr, &bytes).await
+                }
+                Event::Data { kind: FrameKind::Stdout, fin: true, .. } if input == Input::Tunnel => {
+                    tx.send(&ServerMessage::StdoutEof {}).await
                 }
                 Event::Data { .. } => true,
                 event @ Event::Control(_) => match event.message::<Reply>() {
@@ -206,7 +216,9 @@ pub async fn relay(
                     }
                     // Output-only streams and uploads have no start to
                     // pass: their errors (no such session or path) end them.
-                    Some(Reply::Error { message, kind }) if matches!(input, Input::None | Input::Upload) => {
+                    Some(Reply::Error { message, kind })
+                        if matches!(input, Input::None | Input::Upload | Input::Tunnel) =>
+                    {
                         tx.refuse(ApiError { code: crate::error::refusal_code(kind), message }, true).await;
                         return Ended::Done;
                     }
@@ -244,7 +256,7 @@ pub async fn relay(
     if ended == Ended::ClientGone {
         match input {
             // Hangs the command up.
-            Input::Exec { .. } | Input::None | Input::Upload => sender.reset("the client went away"),
+            Input::Exec { .. } | Input::None | Input::Upload | Input::Tunnel => sender.reset("the client went away"),
             // A detach: the session runs on.
             Input::Attach { .. } => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), sender.close()).await;
@@ -269,7 +281,7 @@ async fn upstream(rx: &mut SplitStream<WebSocket>, sender: &StreamSender, input:
         Input::Exec { stdin } => (stdin, true),
         Input::Attach { read_only } => (!read_only, false),
         Input::None => (false, false),
-        Input::Upload => (true, false),
+        Input::Upload | Input::Tunnel => (true, false),
     };
     let resizes = matches!(input, Input::Exec { .. } | Input::Attach { .. });
     while let Some(message) = rx.next().await {

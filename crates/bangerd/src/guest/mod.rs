@@ -3,7 +3,9 @@
 //! call takes the VM's agent connection (refused while the VM is not
 //! running) and turns the agent's replies into the API's types.
 
+pub mod connect;
 pub mod copy;
+pub mod forward;
 pub mod sessions;
 pub mod stats;
 

@@ -1,6 +1,6 @@
 //! The per-VM ledger: everything a VM holds (its directories, disks and
-//! booted VMMs; next its taps, addresses, rules, DNS records, forwards and
-//! sessions) is an entry in the state store, recorded before the thing is
+//! booted VMMs, its port forwards; next its taps, addresses, rules and DNS
+//! records) is an entry in the state store, recorded before the thing is
 //! made. Every release path (stop, rm, a failed create, the supervisor,
 //! adoption at start) walks the ledger here, newest entry first, and an
 //! entry is forgotten only once what it names is gone.
@@ -38,13 +38,20 @@ pub enum Resource {
         /// driver has started it (its pid file may name it meanwhile).
         process: Option<VmmProcess>,
     },
+    /// A host loopback port forwarded to a guest port.
+    Forward {
+        /// The host port.
+        host_port: u16,
+        /// The guest port.
+        guest_port: u16,
+    },
 }
 
 impl Resource {
     /// How long the VM holds it.
     pub fn lifetime(&self) -> Lifetime {
         match self {
-            Resource::Dir { .. } | Resource::Disk { .. } => Lifetime::Vm,
+            Resource::Dir { .. } | Resource::Disk { .. } | Resource::Forward { .. } => Lifetime::Vm,
             Resource::Vmm { .. } => Lifetime::Boot,
         }
     }
@@ -127,6 +134,10 @@ async fn release_one(daemon: &Arc<Daemon>, record: &VmRecord, resource: &Resourc
             let (driver, run_dir) = (driver.clone(), run_dir.clone());
             blocking(move || driver.release(&run_dir).map_err(Error::io("cannot release the VMM files in", &run_dir)))
                 .await
+        }
+        Resource::Forward { host_port, .. } => {
+            daemon.forwards.close(*host_port);
+            Ok(())
         }
         Resource::Disk { path } => {
             let path = path.clone();

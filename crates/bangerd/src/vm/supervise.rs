@@ -149,7 +149,9 @@ async fn reconcile(daemon: &Arc<Daemon>, mut record: VmRecord, guard: VmGuard) -
         tracing::warn!(vm = %record.name, "removing a VM whose create was cut short");
         return lifecycle::forget(daemon, record).await;
     }
-    adopt(daemon, record, guard).await
+    let name = record.name.clone();
+    adopt(daemon, record, guard).await?;
+    crate::guest::forward::resume(daemon, &name).await
 }
 
 async fn adopt(daemon: &Arc<Daemon>, mut record: VmRecord, guard: VmGuard) -> Result<()> {
