@@ -39,6 +39,7 @@ mod open_enum;
 mod operation;
 mod session;
 mod signal;
+mod ssh;
 mod stats;
 pub mod stream;
 mod text_form;
@@ -57,6 +58,7 @@ pub use kernel::{
 pub use operation::{Operation, OperationKind, OperationResult, OperationState, Progress};
 pub use session::{Session, SessionExit, SessionStartRequest, SessionState, SessionStopRequest};
 pub use signal::{Signal, SignalError, MAX_SIGNAL};
+pub use ssh::{SshInfo, SshKeyRequest, SshKnownHost};
 pub use stats::{GuestDisk, GuestMemory, GuestNet, GuestPort, GuestStats, VmStats, VmmStats};
 pub use time::{Timestamp, TimestampError};
 pub use vm::{AgentStatus, DiskResizeRequest, DiskStrategy, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice};

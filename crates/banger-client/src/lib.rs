@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use banger_api::{
     ApiError, CatalogListing, DiskResizeRequest, DoctorReport, Forward, ForwardRequest, GuestPort, Health, Image,
     ImageBuildRequest, ImagePruneReport, ImageRegisterRequest, Kernel, KernelImportRequest, KernelPullRequest,
-    Operation, Session, SessionExit, SessionStartRequest, SessionStopRequest, Signal, Vm, VmCreateRequest,
-    VmSetRequest, VmStats,
+    Operation, Session, SessionExit, SessionStartRequest, SessionStopRequest, Signal, SshInfo, SshKeyRequest, Vm,
+    VmCreateRequest, VmSetRequest, VmStats,
 };
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -229,6 +229,18 @@ impl Client {
     /// `GET /v1/vms/{name}/ports`: the guest's listening sockets.
     pub async fn vm_ports(&self, name: &str) -> Result<Vec<GuestPort>> {
         self.get(&format!("/v1/vms/{}/ports", segment(name))).await
+    }
+
+    /// `GET /v1/ssh`: banger's key pair and the VMs' host keys.
+    pub async fn ssh_info(&self) -> Result<SshInfo> {
+        self.get("/v1/ssh").await
+    }
+
+    /// `POST /v1/ssh/authorized-keys`: lets `public_key` into the VMs from their next boot.
+    pub async fn register_ssh_key(&self, public_key: &str) -> Result<()> {
+        let body = serde_json::to_vec(&SshKeyRequest { public_key: public_key.to_owned() })
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        expect_success(self.request(Method::POST, "/v1/ssh/authorized-keys", Some(body)).await?).await.map(drop)
     }
 
     /// `GET /v1/vms/{name}/forwards`.

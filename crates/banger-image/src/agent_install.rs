@@ -102,7 +102,7 @@ pub(crate) fn parse_superblock(bytes: &[u8]) -> Option<Superblock> {
 
 /// Whether debugfs can be handed `path` inside a double-quoted word: no
 /// quotes, backslashes or control characters (a newline would end the command).
-fn quotable(path: &str) -> bool {
+pub(crate) fn quotable(path: &str) -> bool {
     !path.chars().any(|c| c == '"' || c == '\\' || c.is_control())
 }
 
@@ -277,7 +277,7 @@ pub(crate) fn locate_agent_with(cmds: &dyn HostCommands, disk: &Path, init: &str
 
 /// Checks the disk is ext2/3/4, replays its journal if the kernel would,
 /// and returns the debugfs command that writes to it.
-fn open_for_writing(cmds: &dyn HostCommands, disk: &Path) -> Result<HostCommand, AgentInstallError> {
+pub(crate) fn open_for_writing(cmds: &dyn HostCommands, disk: &Path) -> Result<HostCommand, AgentInstallError> {
     require_tool(cmds, "debugfs")?;
     let superblock = read_superblock(disk)?.ok_or_else(|| AgentInstallError::NotExt4(disk.to_owned()))?;
     if superblock.needs_recovery {
@@ -289,13 +289,13 @@ fn open_for_writing(cmds: &dyn HostCommands, disk: &Path) -> Result<HostCommand,
 }
 
 /// `debugfs [-w] -f - DISK`, with no pager for `stat`.
-fn debugfs(disk: &Path, write: bool) -> HostCommand {
+pub(crate) fn debugfs(disk: &Path, write: bool) -> HostCommand {
     let cmd = HostCommand::new("debugfs");
     let cmd = if write { cmd.arg("-w") } else { cmd };
     cmd.args(["-f", "-"]).arg(disk).env("DEBUGFS_PAGER", "__none__")
 }
 
-fn require_tool(cmds: &dyn HostCommands, tool: &'static str) -> Result<(), AgentInstallError> {
+pub(crate) fn require_tool(cmds: &dyn HostCommands, tool: &'static str) -> Result<(), AgentInstallError> {
     cmds.find_tool(tool).map(drop).ok_or(AgentInstallError::MissingTool { tool })
 }
 

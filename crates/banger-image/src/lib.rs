@@ -8,6 +8,7 @@
 mod agent_install;
 mod elf;
 mod error;
+mod guest_files;
 mod host;
 mod layout;
 mod recipe;
@@ -22,6 +23,7 @@ use banger_host::{HostCommands, SystemCommands};
 pub use agent_install::{agent_candidates, install_agent, locate_agent, AgentInstallError};
 pub use elf::{file_linkage, Linkage};
 pub use error::ImageError;
+pub use guest_files::{guest_directory_exists, install_files, GuestFile};
 pub use seed::{ensure_seed, seed_file, seed_path, SeedFile};
 
 /// File name of the root filesystem inside an image directory.

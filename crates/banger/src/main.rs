@@ -44,6 +44,9 @@ enum Command {
     /// Guest sessions: commands under a terminal that outlive their clients.
     #[command(subcommand)]
     Session(commands::session::SessionCommand),
+    /// SSH to NAME.vm through banger, with no prompt: banger's ssh config.
+    #[command(subcommand, name = "ssh-config")]
+    SshConfig(commands::ssh::SshConfigCommand),
     /// Check what this host can run and how to fix what it cannot.
     Doctor,
     /// Long-running work the daemon is doing or has done.
@@ -107,6 +110,7 @@ async fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => commands::image::run(cmd, ctx).await,
         Command::Vm(cmd) => commands::vm::run(cmd, ctx).await,
         Command::Session(cmd) => commands::session::run(cmd, ctx).await,
+        Command::SshConfig(cmd) => commands::ssh::run(cmd, ctx).await,
         Command::Doctor => commands::doctor::run(ctx).await,
         Command::Operation(cmd) => commands::operation::run(cmd, ctx).await,
         Command::Daemon(cmd) => commands::daemon::run(cmd, ctx).await,

@@ -18,6 +18,7 @@ pub mod permissions;
 pub mod server;
 mod socket;
 pub mod space;
+pub mod ssh;
 pub mod staging;
 pub mod vm;
 
@@ -51,6 +52,8 @@ pub struct Daemon {
     pub vms: vm::VmManager,
     /// The listeners of port forwards.
     pub forwards: guest::forward::Forwards,
+    /// banger's SSH keys.
+    pub ssh: ssh::SshKeys,
     /// What the host can do, probed at start.
     pub caps: banger_host::Capabilities,
     /// The space the database gives up when the state filesystem is full.
@@ -168,6 +171,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         .read_timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| error::Error::Internal(format!("http client: {e}")))?;
+    let ssh = ssh::SshKeys::new(state_dir);
     let (stop, shutdown) = watch::channel(false);
     let daemon = Daemon {
         config,
@@ -178,6 +182,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         images,
         vms: vm::VmManager::default(),
         forwards: guest::forward::Forwards::default(),
+        ssh,
         caps,
         reserve,
         http,

@@ -11,5 +11,6 @@ pub mod kernel;
 pub mod operation;
 pub mod ports;
 pub mod session;
+pub mod ssh;
 pub mod stats;
 pub mod vm;

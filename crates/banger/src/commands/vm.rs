@@ -134,6 +134,15 @@ pub enum VmCommand {
         /// VM name.
         name: String,
     },
+    /// SSH into a VM through banger (its image needs sshd, as debian has):
+    /// `ssh NAME.vm` with banger's config, no prompt.
+    Ssh {
+        /// VM name.
+        name: String,
+        /// A command to run instead of a login shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Carry one TCP connection to a port on the guest's loopback over
     /// stdin and stdout, through banger (no guest network needed): what
     /// ssh's ProxyCommand uses.
@@ -275,6 +284,7 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
         }
         VmCommand::Stats { name, watch } => super::stats::stats(ctx, &name, watch).await?,
         VmCommand::Ports { name } => super::stats::ports(ctx, &name).await?,
+        VmCommand::Ssh { name, command } => return super::ssh::vm_ssh(ctx, &name, &command).await,
         VmCommand::Connect { name, port } => return super::ports::connect(ctx, &name, port).await,
         VmCommand::Forward { name, spec, list, rm } => {
             use super::ports::ForwardAction;

@@ -10,6 +10,7 @@ mod operations;
 mod ports;
 mod responses;
 mod sessions;
+mod ssh;
 mod stats;
 mod streams;
 mod system;
@@ -88,6 +89,8 @@ fn api() -> OpenApiRouter<Arc<Daemon>> {
         .routes(routes!(ports::connect))
         .routes(routes!(ports::list, ports::add))
         .routes(routes!(ports::remove))
+        .routes(routes!(ssh::info))
+        .routes(routes!(ssh::register))
 }
 
 /// What an operation's work ends with, as the operation's result.
