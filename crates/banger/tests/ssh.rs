@@ -42,8 +42,7 @@ fn ssh_args<'a>(config: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
 }
 
 async fn body() {
-    let boot = "[vms]\nboot_timeout_secs = 300\n";
-    let Some(g) = guest_with_config("tiny", 256, None, boot).await else { return };
+    let Some(g) = guest_with_config("tiny", 256, None, "").await else { return };
     let home = tempfile::tempdir().unwrap();
     let banger = |args: Vec<String>| {
         let mut all = vec!["--socket".to_owned(), g.socket.display().to_string()];

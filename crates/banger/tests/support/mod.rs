@@ -48,7 +48,7 @@ pub async fn guest_with_config(name: &str, memory_mib: u32, work_disk: Option<u6
     let state = tempfile::tempdir().unwrap();
     kernel.install(state.path());
     let agent = agent.display().to_string();
-    let config = format!("[vms]\nagent_binary = {agent:?}\nvmm = \"qemu\"\nboot_timeout_secs = 120\n{extra}");
+    let config = format!("[vms]\nagent_binary = {agent:?}\nvmm = \"qemu\"\nboot_timeout_secs = 300\n{extra}");
     let daemon = DaemonProcess::start_with_state(&bangerd, Some(state.path()), &config).await;
     let client = daemon.client.clone();
     let kernel_name = banger_testkit::shared_kernel::NAME;
