@@ -80,10 +80,11 @@ async fn open(port: u16) -> Result<TcpStream, Refusal> {
     if port == 0 {
         return Err(Refusal::invalid("port 0 is not a port to connect to"));
     }
-    let mut last = None;
+    let (mut refused, mut last) = (None, None);
     for address in [SocketAddr::from((Ipv4Addr::LOCALHOST, port)), SocketAddr::from((Ipv6Addr::LOCALHOST, port))] {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
             Ok(Ok(socket)) => return Ok(socket),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused = refused.or(Some(e)),
             Ok(Err(e)) => last = Some(e),
             Err(_) => {
                 return Err(Refusal::new(
@@ -93,7 +94,8 @@ async fn open(port: u16) -> Result<TcpStream, Refusal> {
             }
         }
     }
-    let error = last.expect("two addresses were tried");
+    // IPv4's refusal says more than a guest without IPv6 saying so.
+    let error = refused.or(last).expect("two addresses were tried");
     Err(match error.kind() {
         std::io::ErrorKind::ConnectionRefused => {
             Refusal::not_found(format!("nothing listens on port {port} in the guest (connection refused)"))

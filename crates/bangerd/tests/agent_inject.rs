@@ -11,13 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use banger_api::{
-    ErrorCode, ImageRegisterRequest, KernelImportRequest, OperationState, VmCreateRequest, VmState, VmmChoice,
-};
+use banger_api::{ErrorCode, ImageRegisterRequest, OperationState, VmCreateRequest, VmState, VmmChoice};
 use banger_client::Client;
 use banger_testkit::requests::{finished, succeed, tiny_image, vm};
 use banger_testkit::TestDaemon;
-use banger_vmm::local::Local;
 
 /// A test that boots a real guest, preparation included (the first test
 /// of a run may build the static agent and import the kernel).

@@ -99,7 +99,7 @@ async fn body() {
     for (i, answer) in many.into_iter().enumerate() {
         assert_eq!(answer.unwrap(), format!("CLIENT {i}"));
     }
-    assert_eq!(client.forwards("dev").await.unwrap(), [expected.clone()]);
+    assert_eq!(client.forwards("dev").await.unwrap(), std::slice::from_ref(&expected));
 
     // Refusals: the same host port again, a port another program holds, no such VM.
     assert_eq!(api_code(client.add_forward("dev", &request).await.unwrap_err()), ErrorCode::Conflict);
@@ -107,7 +107,7 @@ async fn body() {
     let taken_port = taken.local_addr().unwrap().port();
     let in_use = client.add_forward("dev", &ForwardRequest { guest_port, host_port: Some(taken_port) }).await;
     assert_eq!(api_code(in_use.unwrap_err()), ErrorCode::Conflict);
-    assert_eq!(client.forwards("dev").await.unwrap(), [expected.clone()], "a refused forward is not kept");
+    assert_eq!(client.forwards("dev").await.unwrap(), std::slice::from_ref(&expected), "a refused forward is not kept");
     assert_eq!(api_code(client.add_forward("nope", &request).await.unwrap_err()), ErrorCode::NotFound);
 
     // Removed, and made again.
