@@ -64,6 +64,7 @@ impl BareGuest {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
             disks: vec![DiskSpec { path: root, read_only: false }],
+            nics: Vec::new(),
         };
         let args = Qemu { binary: self.qemu.clone(), kvm: false, vsock_cid: None }.args(&spec);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

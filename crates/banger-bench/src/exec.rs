@@ -346,6 +346,7 @@ impl SshGuest {
             cpus: CPUS,
             memory_mib,
             disks: vec![DiskSpec { path: root, read_only: false }],
+            nics: Vec::new(),
         };
         let qemu_bin = PathBuf::from("qemu-system-x86_64");
         let mut args = Qemu { binary: qemu_bin.clone(), kvm: false, vsock_cid: None }.args(&spec);

@@ -67,6 +67,19 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Disks, root first.
     pub disks: Vec<DiskSpec>,
+    /// Network interfaces, in order (the guest's `eth0` first); none for
+    /// a VM without networking.
+    pub nics: Vec<NicSpec>,
+}
+
+/// A guest network interface backed by a host TAP device the daemon made
+/// (and attached to its bridge) before the boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    /// The host TAP device's name.
+    pub tap: String,
+    /// The guest interface's MAC address.
+    pub mac: [u8; 6],
 }
 
 /// How the host reaches the guest agent.

@@ -368,6 +368,7 @@ mod tests {
                 DiskSpec { path: PathBuf::from("/d/root.ext4"), read_only: false },
                 DiskSpec { path: PathBuf::from("/d/seed,1.ext4"), read_only: true },
             ],
+            nics: Vec::new(),
         }
     }
 

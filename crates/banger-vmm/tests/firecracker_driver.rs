@@ -144,6 +144,7 @@ fn vm(dir: &Path) -> VmSpec {
             DiskSpec { path: dir.join("root.ext4"), read_only: false },
             DiskSpec { path: dir.join("seed.ext4"), read_only: true },
         ],
+        nics: Vec::new(),
     }
 }
 

@@ -119,6 +119,7 @@ fn vm(dir: &Path, name: &str, end: GuestEnd) -> VmSpec {
         cpus: 1,
         memory_mib: 128,
         disks,
+        nics: Vec::new(),
     }
 }
 

@@ -25,6 +25,7 @@ fn representative_spec() -> VmSpec {
             DiskSpec { path: "/var/lib/banger/vms/web-1/work.ext4".into(), read_only: false },
             DiskSpec { path: "/var/lib/banger/images/tools.ext4".into(), read_only: true },
         ],
+        nics: Vec::new(),
     }
 }
 

@@ -126,6 +126,7 @@ impl LocalVm {
             cpus: 1,
             memory_mib: 64,
             disks: Vec::new(),
+            nics: Vec::new(),
         };
         let local = Local::new(banger_testkit::guest::agent_binary());
         LocalVm { _dir: dir, spec, vmm: Vmm::Local(local.clone()), local }

@@ -82,6 +82,7 @@ impl TestVm {
             cpus: 1,
             memory_mib: 512,
             disks: vec![DiskSpec { path: root, read_only: false }],
+            nics: Vec::new(),
         };
         Some(Self { _dir: dir, spec, vmm: Vmm::Qemu(Qemu { binary, kvm: false, vsock_cid: None }) })
     }
@@ -221,6 +222,7 @@ fn unbootable(dir: &Path, kernel: PathBuf) -> VmSpec {
         cpus: 1,
         memory_mib: 128,
         disks: Vec::new(),
+        nics: Vec::new(),
     }
 }
 

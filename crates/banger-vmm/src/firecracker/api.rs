@@ -327,6 +327,7 @@ mod tests {
             cpus: 1,
             memory_mib: 256,
             disks: vec![DiskSpec { path: "/d/root.ext4".into(), read_only: false }],
+            nics: Vec::new(),
         }
     }
 

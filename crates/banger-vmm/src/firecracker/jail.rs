@@ -230,6 +230,7 @@ mod tests {
                 DiskSpec { path: "/d/root.ext4".into(), read_only: false },
                 DiskSpec { path: "/d/tools.img".into(), read_only: true },
             ],
+            nics: Vec::new(),
         }
     }
 

@@ -150,7 +150,11 @@ fn serve(daemon: &Arc<Daemon>, vm: &str, listener: TcpListener, host_port: u16, 
             let (d, vm) = (Arc::clone(&d), vm.clone());
             d.tasks.clone().spawn(async move {
                 match connect::open(&d, &vm, guest_port).await {
-                    Ok(stream) => connect::pipe(socket, stream).await,
+                    // The daemon stopping ends it (its stream is reset).
+                    Ok(stream) => tokio::select! {
+                        () = connect::pipe(socket, stream) => {}
+                        () = d.shutting_down() => {}
+                    },
                     // The client sees its connection closed, as with no listener.
                     Err(e) => tracing::debug!(vm = %vm, host_port, guest_port, error = %e, "a forwarded connection is refused"),
                 }

@@ -142,6 +142,7 @@ fn spec(daemon: &Daemon, record: &VmRecord, kernel: std::path::PathBuf, initrd: 
         cpus: record.cpus,
         memory_mib: record.memory_mib,
         disks,
+        nics: Vec::new(),
     }
 }
 
