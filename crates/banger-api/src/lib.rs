@@ -61,7 +61,10 @@ pub use signal::{Signal, SignalError, MAX_SIGNAL};
 pub use ssh::{SshInfo, SshKeyRequest, SshKnownHost};
 pub use stats::{GuestDisk, GuestMemory, GuestNet, GuestPort, GuestStats, VmStats, VmmStats};
 pub use time::{Timestamp, TimestampError};
-pub use vm::{AgentStatus, DiskResizeRequest, DiskStrategy, Vm, VmCreateRequest, VmSetRequest, VmState, VmmChoice};
+pub use vm::{
+    AgentStatus, DiskResizeRequest, DiskStrategy, NetworkMode, Vm, VmCreateRequest, VmNetwork, VmSetRequest, VmState,
+    VmmChoice,
+};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -120,8 +120,38 @@ pub struct Vm {
     /// state: `io-error` when a disk write failed).
     #[serde(default)]
     pub pause_reason: Option<String>,
+    /// Its network interface; absent for a VM made with `network: none`.
+    #[serde(default)]
+    pub network: Option<VmNetwork>,
     /// When it was created.
     pub created_at: Timestamp,
+}
+
+/// A VM's network interface on banger's bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmNetwork {
+    /// Its IPv4 address.
+    pub address: String,
+    /// The subnet's prefix length.
+    pub prefix: u8,
+    /// Its gateway and DNS server (the bridge's address).
+    pub gateway: String,
+    /// Its MAC address.
+    pub mac: String,
+    /// Its name in banger's DNS (`NAME.vm`).
+    pub dns_name: String,
+}
+
+/// How a new VM is networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// A NIC on banger's bridge, with an address, NAT to the outside and a
+    /// `NAME.vm` name (unless the daemon's networking is off).
+    #[default]
+    Nat,
+    /// No NIC: only the agent channel (exec, ssh and forwards through banger).
+    None,
 }
 
 /// Body of `POST /v1/vms`.
@@ -160,6 +190,9 @@ pub struct VmCreateRequest {
     /// Make the VM but do not boot it.
     #[serde(default)]
     pub no_start: bool,
+    /// `nat` (the default) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMode>,
 }
 
 /// Body of `PATCH /v1/vms/{name}` (stopped VMs only).

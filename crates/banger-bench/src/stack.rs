@@ -55,7 +55,8 @@ impl Stack {
         let run_dir = dir.join("run");
         let config = dir.join("bangerd.toml");
         let text = format!(
-            "run_dir = {}\n\n[vms]\nvmm = \"qemu\"\nagent_binary = {}\n",
+            // The bare side has no NIC either.
+            "run_dir = {}\n\n[vms]\nvmm = \"qemu\"\nagent_binary = {}\n\n[network]\nenabled = false\n",
             toml_string(&run_dir),
             toml_string(&inputs.agent)
         );

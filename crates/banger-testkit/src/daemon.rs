@@ -48,6 +48,10 @@ impl TestDaemon {
         let root = tempfile::tempdir().expect("temp dir");
         let mut config = Config::new(root.path().join("state"), root.path().join("bangerd.sock"));
         config.run_dir = root.path().join("run");
+        // Tests run in the machine's own network namespace, which must
+        // never get a bridge, routes or NAT: networking only where a test
+        // turns it on inside a namespace of its own.
+        config.network.enabled = false;
         let catalog = root.path().join("catalog.json");
         config.catalogs.push(catalog.display().to_string());
         adjust(&mut config);

@@ -50,8 +50,12 @@ impl DaemonProcess {
         let path = |name: &str| root.path().join(name).display().to_string();
         let state = state_dir.map_or_else(|| path("state"), |dir| dir.display().to_string());
         let file = root.path().join("config.toml");
+        // Tests run in the machine's own network namespace, which must
+        // never get a bridge, routes or NAT: networking is off unless the
+        // test's config has a `[network]` table (inside its own namespace).
+        let network = if config.contains("[network]") { "" } else { "[network]\nenabled = false\n" };
         let text = format!(
-            "socket = {:?}\nstate_dir = {:?}\nrun_dir = {:?}\n{config}",
+            "socket = {:?}\nstate_dir = {:?}\nrun_dir = {:?}\n{config}\n{network}",
             path("bangerd.sock"),
             state,
             path("run")

@@ -36,6 +36,7 @@ pub fn vm(name: &str, image: &str) -> VmCreateRequest {
         work_disk_bytes: None,
         vmm: None,
         no_start: false,
+        network: None,
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Config {
     pub test_driver: Option<banger_vmm::local::Local>,
     /// For tests: make `vm create` fail right after this step.
     pub fail_create_after: Option<crate::vm::create::CreateStep>,
+    /// VM networking (`[network]`).
+    pub network: crate::net::Settings,
 }
 
 impl Config {
@@ -74,11 +76,16 @@ impl Config {
             api: crate::server::Limits::default(),
             test_driver: None,
             fail_create_after: None,
+            network: crate::net::Settings::default(),
         }
     }
 
-    /// Applies a parsed config file over this configuration.
-    pub fn apply_file(&mut self, file: ConfigFile) {
+    /// Applies a parsed config file over this configuration; a value out
+    /// of its range is an error naming it.
+    pub fn apply_file(&mut self, file: ConfigFile) -> Result<(), ConfigError> {
+        if let Some(network) = file.network {
+            self.network.apply(network).map_err(ConfigError::Invalid)?;
+        }
         if let Some(socket) = file.socket {
             self.socket = socket;
         }
@@ -132,6 +139,7 @@ impl Config {
                 self.busybox = busybox;
             }
         }
+        Ok(())
     }
 }
 
@@ -152,6 +160,8 @@ pub struct ConfigFile {
     pub vms: Option<VmsSection>,
     /// `[api]` settings.
     pub api: Option<ApiSection>,
+    /// `[network]` settings.
+    pub network: Option<crate::net::settings::NetworkSection>,
 }
 
 /// The `[api]` table: limits on API connections. Zero is refused: a cap
@@ -230,6 +240,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A value is out of its range.
+    #[error("{0}")]
+    Invalid(String),
     /// The file is not valid TOML of the expected shape.
     #[error("invalid config file {path}")]
     Parse {
@@ -262,7 +275,7 @@ mod tests {
         )
         .unwrap();
         let mut config = Config::new("/var/lib/banger", "/run/banger/bangerd.sock");
-        config.apply_file(file);
+        config.apply_file(file).unwrap();
         assert_eq!(config.state_dir, Path::new("/srv/banger"));
         assert_eq!(config.catalogs, ["http://x/c.json"]);
         assert_eq!(config.max_bundle_bytes, 10);
@@ -276,7 +289,7 @@ mod tests {
         assert_ne!(config.jail_identity.gid, 0);
         let file: ConfigFile =
             toml::from_str("[vms]\njailer = \"/usr/bin/jailer\"\njailer_uid = 990\njailer_gid = 991\n").unwrap();
-        config.apply_file(file);
+        config.apply_file(file).unwrap();
         assert_eq!(config.jailer.as_deref(), Some(Path::new("/usr/bin/jailer")));
         assert_eq!((config.jail_identity.uid, config.jail_identity.gid), (990, 991));
     }
@@ -301,7 +314,7 @@ mod tests {
         )
         .unwrap();
         let mut config = Config::new("/var/lib/banger", "/run/banger/bangerd.sock");
-        config.apply_file(file);
+        config.apply_file(file).unwrap();
         let secs = std::time::Duration::from_secs;
         assert_eq!(
             config.api,

@@ -13,6 +13,7 @@ pub mod guest;
 pub mod image;
 pub mod kernel;
 pub mod limits;
+pub mod net;
 pub mod operations;
 pub mod permissions;
 pub mod server;
@@ -54,6 +55,8 @@ pub struct Daemon {
     pub forwards: guest::forward::Forwards,
     /// banger's SSH keys.
     pub ssh: ssh::SshKeys,
+    /// The host's side of VM networking.
+    pub net: net::HostNetwork,
     /// What the host can do, probed at start.
     pub caps: banger_host::Capabilities,
     /// The space the database gives up when the state filesystem is full.
@@ -172,6 +175,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         .build()
         .map_err(|e| error::Error::Internal(format!("http client: {e}")))?;
     let ssh = ssh::SshKeys::new(state_dir);
+    let net = net::HostNetwork::new(config.network.clone(), config.run_dir.clone());
     let (stop, shutdown) = watch::channel(false);
     let daemon = Daemon {
         config,
@@ -183,6 +187,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         vms: vm::VmManager::default(),
         forwards: guest::forward::Forwards::default(),
         ssh,
+        net,
         caps,
         reserve,
         http,
@@ -233,6 +238,10 @@ impl Prepared {
         daemon.tasks.close();
         daemon.tasks.wait().await;
         daemon.vms.drop_all_agents();
+        if daemon.config.network.enabled {
+            let vms_run = vm::lifecycle::networked_vm_runs(&daemon).unwrap_or(true);
+            daemon.net.shutdown(vms_run).await;
+        }
         daemon.state_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
         result
     }

@@ -43,8 +43,8 @@ fn main() -> anyhow::Result<()> {
     match &args.config {
         // A file named on purpose must exist; the default one may not.
         Some(path) if !path.exists() => anyhow::bail!("config file {} does not exist", path.display()),
-        Some(path) => config.apply_file(config::read_file(path)?),
-        None => config.apply_file(config::read_file(std::path::Path::new(banger_api::DEFAULT_CONFIG))?),
+        Some(path) => config.apply_file(config::read_file(path)?)?,
+        None => config.apply_file(config::read_file(std::path::Path::new(banger_api::DEFAULT_CONFIG))?)?,
     }
     if let Some(socket) = args.socket {
         config.socket = socket;

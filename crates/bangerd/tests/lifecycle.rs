@@ -74,6 +74,7 @@ fn request(name: &str) -> VmCreateRequest {
         work_disk_bytes: Some(1 << 20),
         vmm: None,
         no_start: false,
+        network: None,
     }
 }
 

@@ -72,6 +72,7 @@ fn create_request(name: &str) -> VmCreateRequest {
         work_disk_bytes: None,
         vmm: None,
         no_start: false,
+        network: None,
     }
 }
 

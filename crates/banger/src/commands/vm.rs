@@ -47,6 +47,10 @@ pub enum VmCommand {
         /// Make it, but do not boot it.
         #[arg(long)]
         no_start: bool,
+        /// `nat` (a NIC on banger's bridge, NAT out, a NAME.vm name) or
+        /// `none` (no NIC: exec, ssh and forwards still work through banger).
+        #[arg(long, value_enum)]
+        network: Option<NetworkArg>,
         #[command(flatten)]
         wait: Wait,
     },
@@ -185,6 +189,15 @@ pub enum VmCommand {
     Exec(super::exec::ExecArgs),
 }
 
+/// `--network`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NetworkArg {
+    /// A NIC on banger's bridge.
+    Nat,
+    /// No NIC.
+    None,
+}
+
 /// Whether to wait for the operation a command starts.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Wait {
@@ -208,7 +221,7 @@ pub enum DiskCommand {
 
 pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     match command {
-        VmCommand::Create { name, image, kernel, cpus, memory, disk_size, work_disk, vmm, no_start, wait } => {
+        VmCommand::Create { name, image, kernel, cpus, memory, disk_size, work_disk, vmm, no_start, network, wait } => {
             let request = VmCreateRequest {
                 name,
                 image,
@@ -222,6 +235,10 @@ pub async fn run(command: VmCommand, ctx: &Context) -> anyhow::Result<ExitCode> 
                     VmmArg::Qemu => VmmChoice::Qemu,
                 }),
                 no_start,
+                network: network.map(|n| match n {
+                    NetworkArg::Nat => banger_api::NetworkMode::Nat,
+                    NetworkArg::None => banger_api::NetworkMode::None,
+                }),
             };
             let op = ctx.client.create_vm(&request).await?;
             finish(ctx, &op, wait).await?;
@@ -350,6 +367,12 @@ fn show(ctx: &Context, v: &Vm) -> anyhow::Result<()> {
     if let Some(work) = v.work_disk_bytes {
         println!("work disk: {} at /work", output::size(work));
     }
+    match &v.network {
+        Some(n) => {
+            println!("network:   {}/{} ({}), gateway {}, mac {}", n.address, n.prefix, n.dns_name, n.gateway, n.mac)
+        }
+        None => println!("network:   none"),
+    }
     if let Some(pid) = v.pid {
         println!("pid:       {pid}");
     }
@@ -401,6 +424,7 @@ mod tests {
             agent,
             agent_version: None,
             pause_reason: pause_reason.map(Into::into),
+            network: None,
             created_at: std::time::UNIX_EPOCH.into(),
         }
     }

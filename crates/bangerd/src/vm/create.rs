@@ -79,6 +79,7 @@ fn new_record(daemon: &Daemon, request: &VmCreateRequest, image: &banger_api::Im
         in_ledger: true,
         pause_reason: None,
         agent_path: super::agent_inject::image_agent_path(image),
+        network: None,
     }
 }
 
@@ -133,6 +134,9 @@ async fn create_steps(
     record.kernel = kernel.name;
     failpoint(daemon, CreateStep::Kernel)?;
 
+    if daemon.config.network.enabled && request.network != Some(banger_api::NetworkMode::None) {
+        give_address(daemon, record)?;
+    }
     op.step("clone disk");
     let (dir, run_dir) = (daemon.vm_dir(&record.name), daemon.vm_run_dir(&record.name));
     daemon.hold(&record.name, &Resource::Dir { path: dir.clone() })?;
@@ -169,6 +173,19 @@ async fn create_steps(
     failpoint(daemon, CreateStep::Boot)?;
     record.creating = false;
     daemon.save_vm(record)
+}
+
+/// Gives the VM its address on the bridge, in its ledger and its record,
+/// and its name in the DNS server.
+fn give_address(daemon: &Daemon, record: &mut VmRecord) -> Result<()> {
+    let _allocating = daemon.net.lock_allocation();
+    let taken = daemon.vm_records()?.iter().filter_map(|r| r.network.map(|n| n.address)).collect();
+    let network = daemon.net.allocate(&taken)?;
+    daemon.hold(&record.name, &Resource::Address { address: network.address })?;
+    record.network = Some(network);
+    daemon.save_vm(record)?;
+    daemon.net.names.set(&record.name, network.address);
+    Ok(())
 }
 
 /// Fails the create here if a test asked for it.

@@ -38,6 +38,16 @@ pub enum Resource {
         /// driver has started it (its pid file may name it meanwhile).
         process: Option<VmmProcess>,
     },
+    /// The VM's address on banger's bridge (and its name in DNS).
+    Address {
+        /// The address.
+        address: std::net::Ipv4Addr,
+    },
+    /// A tap attached to banger's bridge for a boot.
+    Tap {
+        /// The tap's name.
+        name: String,
+    },
     /// A host loopback port forwarded to a guest port.
     Forward {
         /// The host port.
@@ -51,8 +61,10 @@ impl Resource {
     /// How long the VM holds it.
     pub fn lifetime(&self) -> Lifetime {
         match self {
-            Resource::Dir { .. } | Resource::Disk { .. } | Resource::Forward { .. } => Lifetime::Vm,
-            Resource::Vmm { .. } => Lifetime::Boot,
+            Resource::Dir { .. } | Resource::Disk { .. } | Resource::Forward { .. } | Resource::Address { .. } => {
+                Lifetime::Vm
+            }
+            Resource::Vmm { .. } | Resource::Tap { .. } => Lifetime::Boot,
         }
     }
 }
@@ -135,6 +147,11 @@ async fn release_one(daemon: &Arc<Daemon>, record: &VmRecord, resource: &Resourc
             blocking(move || driver.release(&run_dir).map_err(Error::io("cannot release the VMM files in", &run_dir)))
                 .await
         }
+        Resource::Address { .. } => {
+            daemon.net.names.remove(&record.name);
+            Ok(())
+        }
+        Resource::Tap { name } => daemon.net.give_back(name).await,
         Resource::Forward { host_port, .. } => {
             daemon.forwards.close(*host_port);
             Ok(())

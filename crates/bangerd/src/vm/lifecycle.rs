@@ -83,8 +83,28 @@ pub async fn boot(
     if let Some(op) = op {
         op.step("boot");
     }
+    let mut spec = spec;
+    if record.network.is_some() && daemon.config.network.enabled {
+        // Brought up by the first networked VM's boot (a failure here
+        // holds nothing yet).
+        daemon.net.ensure_up().await?;
+    }
     record.state = VmState::Starting;
     daemon.save_vm(record)?;
+    if let Some(network) = record.network.filter(|_| daemon.config.network.enabled) {
+        // A tap taken but not yet entered is reclaimed by the next start.
+        let tap = match daemon.net.take_tap().await {
+            Ok(tap) => tap,
+            Err(e) => {
+                let _ = stopped(daemon, record).await;
+                return Err(e);
+            }
+        };
+        daemon.hold(&name, &Resource::Tap { name: tap.clone() })?;
+        spec.nics.push(banger_vmm::NicSpec { tap, mac: network.mac() });
+        spec.cmdline.push(' ');
+        spec.cmdline.push_str(&network.kernel_arg());
+    }
     let entry = daemon.hold(&name, &Resource::Vmm { run_dir: run_dir.clone(), process: None })?;
     // Starting is short and bounded (the drivers time out their own
     // waits), so it is not cut short: its process must be known to be released.
@@ -186,7 +206,20 @@ pub async fn stopped(daemon: &Arc<Daemon>, record: &mut VmRecord) -> Result<()> 
     ledger::release(daemon, record, Scope::Boot).await?;
     record.state = VmState::Stopped;
     record.pause_reason = None;
-    daemon.save_vm(record)
+    daemon.save_vm(record)?;
+    if record.network.is_some() {
+        daemon.net.settle(networked_vm_runs(daemon)?).await;
+    }
+    Ok(())
+}
+
+/// Whether a VM with networking is running, booting or paused (so the
+/// host network must stay).
+pub fn networked_vm_runs(daemon: &Daemon) -> Result<bool> {
+    Ok(daemon
+        .vm_records()?
+        .iter()
+        .any(|r| r.network.is_some() && matches!(r.state, VmState::Running | VmState::Starting | VmState::Paused)))
 }
 
 /// Starts a stopped VM (an operation's work).

@@ -57,6 +57,32 @@ pub struct VmRecord {
     /// image's, or a row older than this field: found at the next boot).
     #[serde(default)]
     pub agent_path: Option<String>,
+    /// Its address on banger's bridge; `None` for a VM without networking.
+    #[serde(default)]
+    pub network: Option<RecordNetwork>,
+}
+
+/// A VM's place on banger's bridge, allocated at create and kept until rm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordNetwork {
+    /// Its address.
+    pub address: std::net::Ipv4Addr,
+    /// The subnet's prefix length when it was allocated.
+    pub prefix: u8,
+    /// The bridge's address: its gateway and DNS server.
+    pub gateway: std::net::Ipv4Addr,
+}
+
+impl RecordNetwork {
+    /// Its MAC address, which follows from its address.
+    pub fn mac(&self) -> [u8; 6] {
+        banger_net::subnet::mac_for(self.address)
+    }
+
+    /// The kernel command line's `banger.net=` value the guest's agent reads.
+    pub fn kernel_arg(&self) -> String {
+        format!("banger.net={}/{},{},{}", self.address, self.prefix, self.gateway, self.gateway)
+    }
 }
 
 /// What the daemon knows of a VM beyond its row.
@@ -87,6 +113,13 @@ impl VmRecord {
             agent: live.agent.filter(|_| self.state == VmState::Running),
             agent_version: self.agent_version.clone(),
             pause_reason: self.pause_reason.clone().filter(|_| self.state == VmState::Paused),
+            network: self.network.map(|n| banger_api::VmNetwork {
+                address: n.address.to_string(),
+                prefix: n.prefix,
+                gateway: n.gateway.to_string(),
+                mac: banger_net::subnet::format_mac(&n.mac()),
+                dns_name: format!("{}.vm", self.name),
+            }),
             // Written by `now_rfc3339`; only a hand-edited row fails, and
             // it shows as the epoch rather than hiding the VM.
             created_at: self.created_at.parse().unwrap_or(std::time::UNIX_EPOCH.into()),

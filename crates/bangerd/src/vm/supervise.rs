@@ -130,6 +130,11 @@ pub async fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
         adoptions.push((record, guard));
     }
     remove_orphans(daemon)?;
+    for (record, _) in &adoptions {
+        if let Some(network) = record.network {
+            daemon.net.names.set(&record.name, network.address);
+        }
+    }
     for (record, guard) in adoptions {
         let name = record.name.clone();
         // One VM that cannot be reconciled must not keep the daemon from
@@ -138,7 +143,29 @@ pub async fn adopt_all(daemon: &Arc<Daemon>) -> Result<()> {
             tracing::error!(vm = %name, error = %e, "cannot reconcile the VM at start");
         }
     }
+    reconcile_network(daemon).await;
     Ok(())
+}
+
+/// The host network after the VMs are reconciled: taps no ledger holds are
+/// deleted, and what networked VMs that run need is rebuilt (or a crash's
+/// leftovers removed when none runs).
+async fn reconcile_network(daemon: &Arc<Daemon>) {
+    if !daemon.config.network.enabled {
+        return;
+    }
+    let mut in_use = std::collections::HashSet::new();
+    for record in daemon.vm_records().unwrap_or_default() {
+        for (_, resource) in daemon.db.resources(&record.name).unwrap_or_default() {
+            if let Resource::Tap { name } = resource {
+                in_use.insert(name);
+            }
+        }
+    }
+    let running = lifecycle::networked_vm_runs(daemon).unwrap_or(true);
+    if let Err(e) = daemon.net.reconcile(&in_use, running).await {
+        tracing::error!(error = %e, "cannot reconcile the host network at start");
+    }
 }
 
 async fn reconcile(daemon: &Arc<Daemon>, mut record: VmRecord, guard: VmGuard) -> Result<()> {
