@@ -100,6 +100,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/vms/{name}/sessions/{session}/wait"),
     ("get", "/v1/vms/{name}/sessions/{session}/attach"),
     ("get", "/v1/vms/{name}/sessions/{session}/logs"),
+    ("get", "/v1/vms/{name}/connect"),
+    ("get", "/v1/vms/{name}/forwards"),
+    ("post", "/v1/vms/{name}/forwards"),
+    ("delete", "/v1/vms/{name}/forwards/{host_port}"),
+    ("get", "/v1/ssh"),
+    ("post", "/v1/ssh/authorized-keys"),
 ];
 
 #[tokio::test]
