@@ -29,6 +29,7 @@ pub async fn doctor(State(daemon): State<Arc<Daemon>>) -> Result<Json<DoctorRepo
         let capabilities = banger_host::Capabilities::probe(&config.state_dir);
         let mut checks = banger_host::checks(&capabilities, config.vmm);
         checks.push(crate::image::agent_binary::search(&config).check());
+        checks.push(crate::net::doctor_check(&config.network));
         checks
     })
     .await

@@ -334,3 +334,31 @@ impl HostNetwork {
         self.state.lock().await.up.as_ref().map(|up| up.netlink.clone())
     }
 }
+
+/// The `banger doctor` check of VM networking: off, or on with how the
+/// host resolves `NAME.vm` (through systemd-resolved, or what to set up).
+pub fn doctor_check(settings: &Settings) -> banger_api::Check {
+    use banger_api::{Check, CheckStatus};
+    let name = "vm_network".to_owned();
+    if !settings.enabled {
+        let detail = "VM networking is off ([network] enabled = false): VMs get no NIC; exec, ssh and \
+                      forwards still work through banger"
+            .to_owned();
+        return Check { name, status: CheckStatus::Pass, detail, fix: None };
+    }
+    let dns = settings.subnet.host_address();
+    let detail = format!(
+        "VMs get addresses in {} on bridge {}, NAT out through nftables, and NAME.vm names from the DNS \
+         server at {dns} (made when the first VM with networking boots)",
+        settings.subnet, settings.bridge
+    );
+    let resolved = ResolvedRouting::new(banger_net::resolved::SystemResolvectl, "vm");
+    if !settings.dns || resolved.available() {
+        return Check { name, status: CheckStatus::Pass, detail, fix: None };
+    }
+    let fix = format!(
+        "{} (Guests resolve NAME.vm either way, and `ssh NAME.vm` goes through banger.)",
+        banger_net::resolved::without_resolved_advice(dns).trim_end().replace('\n', " ")
+    );
+    Check { name, status: CheckStatus::Warn, detail, fix: Some(fix) }
+}
