@@ -41,7 +41,7 @@ impl NetConfig {
     /// `Ok(None)` when there is none, `Err` with the reason when its value
     /// is malformed.
     pub(crate) fn from_cmdline(cmdline: &str) -> Result<Option<NetConfig>, String> {
-        let Some(value) = cmdline.split_ascii_whitespace().filter_map(|w| w.strip_prefix(PARAM)).last() else {
+        let Some(value) = cmdline.split_ascii_whitespace().rev().find_map(|w| w.strip_prefix(PARAM)) else {
             return Ok(None);
         };
         NetConfig::parse(value).map(Some).map_err(|why| format!("{PARAM}{value}: {why}"))
@@ -53,7 +53,8 @@ impl NetConfig {
         let [cidr, gateway, dns] = fields[..] else {
             return Err("not ADDR/PREFIX,GATEWAY,DNS".into());
         };
-        let ip = |s: &str, what: &str| s.parse::<Ipv4Addr>().map_err(|_| format!("{what} {s:?} is not an IPv4 address"));
+        let ip =
+            |s: &str, what: &str| s.parse::<Ipv4Addr>().map_err(|_| format!("{what} {s:?} is not an IPv4 address"));
         let (address, prefix) = cidr.split_once('/').ok_or("the address has no /PREFIX")?;
         let address = ip(address, "address")?;
         let prefix = prefix.parse::<u8>().ok().filter(|p| (1..=32).contains(p)).ok_or("the prefix is not 1 to 32")?;
@@ -193,11 +194,17 @@ mod tests {
     #[test]
     fn banger_net_comes_from_the_command_line() {
         let cmdline = "root=/dev/vda rw banger.hostname=web banger.net=10.213.0.5/24,10.213.0.1,10.213.0.1 quiet\n";
-        assert_eq!(NetConfig::from_cmdline(cmdline), Ok(Some(config([10, 213, 0, 5], 24, [10, 213, 0, 1], [10, 213, 0, 1]))));
+        assert_eq!(
+            NetConfig::from_cmdline(cmdline),
+            Ok(Some(config([10, 213, 0, 5], 24, [10, 213, 0, 1], [10, 213, 0, 1])))
+        );
         assert_eq!(NetConfig::from_cmdline("root=/dev/vda banger.network=x"), Ok(None));
         assert_eq!(NetConfig::from_cmdline(""), Ok(None));
         let twice = "banger.net=bad banger.net=192.168.7.9/30,192.168.7.10,1.1.1.1";
-        assert_eq!(NetConfig::from_cmdline(twice), Ok(Some(config([192, 168, 7, 9], 30, [192, 168, 7, 10], [1, 1, 1, 1]))));
+        assert_eq!(
+            NetConfig::from_cmdline(twice),
+            Ok(Some(config([192, 168, 7, 9], 30, [192, 168, 7, 10], [1, 1, 1, 1])))
+        );
     }
 
     #[test]
@@ -246,7 +253,7 @@ mod tests {
     /// second namespace, stands for the host's tap.
     #[test]
     fn configure_sets_up_the_interface_in_a_real_namespace() {
-        if !banger_netns::require("configure_sets_up_the_interface_in_a_real_namespace", &["ip", "ping"]) {
+        if !banger_netns::require("configure_sets_up_the_interface_in_a_real_namespace", &["ip", "busybox"]) {
             return;
         }
         let guest = banger_netns::Netns::new("agent-guest").unwrap();
@@ -286,7 +293,7 @@ mod tests {
         // The other end reaches the configured address.
         host.addr("vhost", "10.213.0.1/24").unwrap();
         host.up("vhost").unwrap();
-        let ping = host.command("ping").args(["-c", "1", "-W", "5", "10.213.0.2"]).output().unwrap();
+        let ping = host.command("busybox").args(["ping", "-c", "1", "-W", "5", "10.213.0.2"]).output().unwrap();
         assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
     }
 

@@ -4,7 +4,8 @@
 //! last resort. Under KVM it uses `microvm` with virtio-mmio devices; under
 //! TCG `pc` with virtio-pci, because `microvm` hangs in timer set-up there.
 //! The agent is reached over vsock when the VM has a context id (the host
-//! has vhost-vsock), else over a virtio-serial port.
+//! has vhost-vsock), else over a virtio-serial port. Each NIC is a tap
+//! netdev (the daemon's tap, opened by name) behind a virtio-net device.
 
 mod qmp;
 
