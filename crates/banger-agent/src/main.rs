@@ -2,7 +2,8 @@
 //! host over a virtio-serial port or vsock (no guest networking needed):
 //! commands, terminal sessions that outlive every connection, file copies,
 //! stats and listening ports; as the guest's init it also prepares the
-//! guest and reaps orphans.
+//! guest and reaps orphans. In a guest (as init or under systemd) it first
+//! configures the network the kernel command line gives (`banger.net=`).
 //!
 //! Usage: `banger-agent [--port DEVICE | --listen-unix PATH] [--sessions-dir DIR] [--protocol N]`.
 //! Without a channel flag the channel is found in the guest; the flags are
@@ -15,6 +16,8 @@ mod decoder;
 mod exec;
 mod init;
 mod log;
+mod net;
+mod netlink;
 mod output;
 mod ports;
 mod pty;
@@ -128,6 +131,11 @@ fn main() {
     };
     if is_init {
         init::setup();
+    }
+    // Only in a guest: an agent on a unix socket is a host process (the
+    // test driver), whose network is the host's.
+    if is_init || !matches!(options.mode, Mode::ListenUnix(_)) {
+        net::setup_from_cmdline();
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -75,7 +75,18 @@ fn import_real_debian_cloud_kernel() {
     for needed in ["init", "bin/busybox"] {
         assert!(names.contains(&needed), "{needed} missing from {names:?}");
     }
-    for module in ["virtio_blk", "virtio_pci", "virtio_console", "virtio_mmio", "vmw_vsock_virtio_transport"] {
+    // virtio_net with its dependencies (net_failover, failover), which
+    // only its `.modinfo` names.
+    for module in [
+        "virtio_blk",
+        "virtio_pci",
+        "virtio_console",
+        "virtio_mmio",
+        "vmw_vsock_virtio_transport",
+        "virtio_net",
+        "net_failover",
+        "failover",
+    ] {
         let path = format!("lib/modules/{module}.ko");
         assert!(names.contains(&path.as_str()), "{path} missing from {names:?}");
     }

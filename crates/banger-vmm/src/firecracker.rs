@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::process::Child;
 
-pub use api::{boot_args, requests, requests_with_paths, ActionType, ApiPaths, ApiRequest, RunFiles};
+pub use api::{boot_args, requests, requests_with_paths, ActionType, ApiPaths, ApiRequest, NetworkInterface, RunFiles};
 pub use command::JailIdentity;
 
 use crate::process::{detach, remove_if_present, write_pid_file, VmmProcess, KILL_TIMEOUT};

@@ -82,6 +82,41 @@ pub struct NicSpec {
     pub mac: [u8; 6],
 }
 
+impl NicSpec {
+    /// The MAC as `02:00:00:00:00:01`, the form QEMU's `mac=` and
+    /// Firecracker's `guest_mac` take.
+    pub fn mac_address(&self) -> String {
+        self.mac.map(|b| format!("{b:02x}")).join(":")
+    }
+
+    /// Rejects what would fail later inside the VMM, less clearly: a name
+    /// the kernel cannot give an interface (1 to 15 bytes, no `/`, `:` or
+    /// whitespace), and a multicast MAC.
+    fn check(&self) -> Result<(), VmmError> {
+        let tap = &self.tap;
+        let bad_char = |c: char| c == '/' || c == ':' || c.is_whitespace();
+        if tap.is_empty() || tap.len() > 15 || tap.chars().any(bad_char) || tap == "." || tap == ".." {
+            return Err(VmmError::InvalidSpec(format!("{tap:?} is not a network interface name")));
+        }
+        if self.mac[0] & 1 == 1 {
+            return Err(VmmError::InvalidSpec(format!("{} is a multicast MAC address", self.mac_address())));
+        }
+        Ok(())
+    }
+}
+
+/// Checks every NIC of `spec` ([`NicSpec::check`]), and that no tap is
+/// given twice.
+pub(crate) fn check_nics(spec: &VmSpec) -> Result<(), VmmError> {
+    for (i, nic) in spec.nics.iter().enumerate() {
+        nic.check()?;
+        if spec.nics[..i].iter().any(|other| other.tap == nic.tap) {
+            return Err(VmmError::InvalidSpec(format!("tap {} is given twice", nic.tap)));
+        }
+    }
+    Ok(())
+}
+
 /// How the host reaches the guest agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEndpoint {

@@ -4,7 +4,11 @@
 //! `<run_dir>/console.log`. The daemon's whole lifecycle (start, agent
 //! handshake, stop, kill, adoption after a restart) runs against it in
 //! milliseconds. Faults set per VM name ([`LocalFaults`]) make it boot the
-//! ways a real guest fails. It touches nothing of the host but the run dir.
+//! ways a real guest fails. It touches nothing of the host but the run dir:
+//! the spec's `nics` are ignored (the agent shares the host's network, and
+//! it configures a network only from a guest's kernel command line, never
+//! as a host process on a unix socket), so a VM with networking runs here
+//! too, without a network of its own.
 
 use std::collections::HashMap;
 use std::io;

@@ -4,7 +4,8 @@
 //! last resort. Under KVM it uses `microvm` with virtio-mmio devices; under
 //! TCG `pc` with virtio-pci, because `microvm` hangs in timer set-up there.
 //! The agent is reached over vsock when the VM has a context id (the host
-//! has vhost-vsock), else over a virtio-serial port.
+//! has vhost-vsock), else over a virtio-serial port. Each NIC is a tap
+//! netdev (the daemon's tap, opened by name) behind a virtio-net device.
 
 mod qmp;
 
@@ -112,6 +113,14 @@ impl Qemu {
             let readonly = if disk.read_only { ",readonly=on" } else { "" };
             let drive = format!("file={},if=none,id=disk{i},format=raw{readonly}", escape_path(&disk.path));
             push(&["-drive", &drive, "-device", &format!("virtio-blk-{bus},drive=disk{i}")]);
+        }
+
+        // No `vhost=on`: the host may have no vhost-net, and QEMU's
+        // default (vhost off) moves packets in its own thread.
+        for (i, nic) in spec.nics.iter().enumerate() {
+            let netdev = format!("tap,id=net{i},ifname={},script=no,downscript=no", escape(&nic.tap));
+            let device = format!("virtio-net-{bus},netdev=net{i},mac={}", nic.mac_address());
+            push(&["-netdev", &netdev, "-device", &device]);
         }
 
         match self.vsock_cid {
@@ -327,7 +336,7 @@ fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
     if spec.run_dir.to_str().is_none() {
         return invalid(format!("run directory {} is not UTF-8", spec.run_dir.display()));
     }
-    Ok(())
+    crate::check_nics(spec)
 }
 
 /// Rejects context ids a guest cannot have: 0 to 2 are the hypervisor, the
@@ -353,7 +362,7 @@ fn escape_path(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DiskSpec;
+    use crate::{DiskSpec, NicSpec};
 
     fn spec() -> VmSpec {
         VmSpec {
@@ -415,6 +424,64 @@ mod tests {
         ));
         assert!(line.contains("-device virtio-serial-device -chardev socket,id=agent"), "{line}");
         assert!(!line.contains("-pci") && !line.contains("tcg"), "{line}");
+    }
+
+    fn with_nics() -> VmSpec {
+        let nics = vec![
+            NicSpec { tap: "tap-dev0".into(), mac: [0x02, 0, 0x0a, 0xd5, 0, 0x05] },
+            NicSpec { tap: "tap,odd".into(), mac: [0x02, 0xff, 0, 0, 0, 0x10] },
+        ];
+        VmSpec { nics, ..spec() }
+    }
+
+    #[test]
+    fn each_nic_is_a_tap_netdev_and_a_virtio_net_device() {
+        for (kvm, device) in [(false, "virtio-net-pci"), (true, "virtio-net-device")] {
+            let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm, vsock_cid: None };
+            let line = joined(&qemu, &with_nics());
+            assert!(
+                line.contains(&format!(
+                    "-netdev tap,id=net0,ifname=tap-dev0,script=no,downscript=no \
+                     -device {device},netdev=net0,mac=02:00:0a:d5:00:05 \
+                     -netdev tap,id=net1,ifname=tap,,odd,script=no,downscript=no \
+                     -device {device},netdev=net1,mac=02:ff:00:00:00:10"
+                )),
+                "{line}"
+            );
+            // QEMU's default: packets go through QEMU, not the host's vhost-net.
+            assert!(!line.contains("vhost=") && !line.contains("-nic"), "{line}");
+            for part in COMMON {
+                assert!(line.contains(part), "missing {part:?} in {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_nics_no_network_devices() {
+        let qemu = Qemu { binary: "qemu-system-x86_64".into(), kvm: false, vsock_cid: None };
+        let line = joined(&qemu, &spec());
+        assert!(!line.contains("-netdev") && !line.contains("virtio-net"), "{line}");
+    }
+
+    #[test]
+    fn bad_nics_are_refused_before_qemu_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, "k").unwrap();
+        let base = VmSpec { run_dir: dir.path().to_path_buf(), kernel, initrd: None, disks: Vec::new(), ..spec() };
+        let nic = |tap: &str, mac: [u8; 6]| NicSpec { tap: tap.into(), mac };
+        let good = nic("tap0", [2, 0, 0, 0, 0, 1]);
+        assert!(check_spec(&VmSpec { nics: vec![good.clone()], ..base.clone() }).is_ok());
+        for (nics, says) in [
+            (vec![nic("", [2, 0, 0, 0, 0, 1])], "not a network interface name"),
+            (vec![nic("a-name-too-long-x", [2, 0, 0, 0, 0, 1])], "not a network interface name"),
+            (vec![nic("tap/0", [2, 0, 0, 0, 0, 1])], "not a network interface name"),
+            (vec![nic("tap0", [3, 0, 0, 0, 0, 1])], "03:00:00:00:00:01 is a multicast MAC address"),
+            (vec![good.clone(), nic("tap0", [2, 0, 0, 0, 0, 2])], "tap tap0 is given twice"),
+        ] {
+            let err = check_spec(&VmSpec { nics, ..base.clone() }).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

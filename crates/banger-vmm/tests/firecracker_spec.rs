@@ -7,7 +7,7 @@ mod firecracker_openapi;
 use std::path::PathBuf;
 
 use banger_vmm::firecracker::{requests, ActionType, ApiRequest};
-use banger_vmm::{DiskSpec, VmSpec};
+use banger_vmm::{DiskSpec, NicSpec, VmSpec};
 use firecracker_openapi::OpenApi;
 use serde_json::json;
 
@@ -25,7 +25,10 @@ fn representative_spec() -> VmSpec {
             DiskSpec { path: "/var/lib/banger/vms/web-1/work.ext4".into(), read_only: false },
             DiskSpec { path: "/var/lib/banger/images/tools.ext4".into(), read_only: true },
         ],
-        nics: Vec::new(),
+        nics: vec![
+            NicSpec { tap: "tap-web-1".into(), mac: [0x02, 0x42, 0x0a, 0xd5, 0x00, 0x05] },
+            NicSpec { tap: "tap-web-1b".into(), mac: [0x02, 0x42, 0x0a, 0xd5, 0x00, 0x06] },
+        ],
     }
 }
 
@@ -58,6 +61,8 @@ fn requests_are_sent_in_boot_order() {
             "PUT /drives/rootfs",
             "PUT /drives/disk1",
             "PUT /drives/disk2",
+            "PUT /network-interfaces/eth0",
+            "PUT /network-interfaces/eth1",
             "PUT /vsock",
             "PUT /actions",
         ]
@@ -93,8 +98,10 @@ fn request_bodies_carry_the_spec() {
         bodies[5],
         json!({"drive_id": "disk2", "path_on_host": "/var/lib/banger/images/tools.ext4", "is_root_device": false, "is_read_only": true})
     );
-    assert_eq!(bodies[6], json!({"guest_cid": 3, "uds_path": "/run/banger/vms/web-1/vsock.sock"}));
-    assert_eq!(bodies[7], json!({"action_type": "InstanceStart"}));
+    assert_eq!(bodies[6], json!({"iface_id": "eth0", "host_dev_name": "tap-web-1", "guest_mac": "02:42:0a:d5:00:05"}));
+    assert_eq!(bodies[7]["guest_mac"], "02:42:0a:d5:00:06");
+    assert_eq!(bodies[8], json!({"guest_cid": 3, "uds_path": "/run/banger/vms/web-1/vsock.sock"}));
+    assert_eq!(bodies[9], json!({"action_type": "InstanceStart"}));
 }
 
 #[test]
@@ -120,6 +127,16 @@ fn validator_accepts_a_valid_body() {
     let api = OpenApi::load();
     let drive = json!({"drive_id": "rootfs", "path_on_host": "/a", "is_root_device": true, "cache_type": "Unsafe"});
     assert_eq!(api.validate_request("PUT", "/drives/rootfs", Some(&drive)), Ok(()));
+}
+
+#[test]
+fn validator_rejects_a_network_interface_without_its_tap() {
+    let api = OpenApi::load();
+    let body = json!({"iface_id": "eth0", "guest_mac": "02:00:00:00:00:01"});
+    let error = api.validate_request("PUT", "/network-interfaces/eth0", Some(&body)).unwrap_err();
+    assert!(error.contains("host_dev_name"), "{error}");
+    let body = json!({"iface_id": "eth0", "host_dev_name": "tap0", "mac": "02:00:00:00:00:01"});
+    assert!(api.validate_request("PUT", "/network-interfaces/eth0", Some(&body)).is_err());
 }
 
 #[test]

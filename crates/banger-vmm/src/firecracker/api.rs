@@ -66,6 +66,19 @@ pub struct Drive {
     pub is_read_only: bool,
 }
 
+/// `PUT /network-interfaces/{iface_id}` (a virtio-net device backed by a
+/// host tap).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// The interface's id, also in the path.
+    pub iface_id: String,
+    /// The host tap device's name.
+    pub host_dev_name: String,
+    /// The guest's MAC, `02:00:00:00:00:01`.
+    pub guest_mac: String,
+}
+
 /// `PUT /vsock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +120,8 @@ pub enum ApiRequest {
     BootSource(BootSource),
     /// `PUT /drives/{drive_id}`.
     Drive(Drive),
+    /// `PUT /network-interfaces/{iface_id}`.
+    NetworkInterface(NetworkInterface),
     /// `PUT /vsock`.
     Vsock(Vsock),
     /// `PUT /actions`.
@@ -131,6 +146,7 @@ impl ApiRequest {
             ApiRequest::MachineConfig(_) => "/machine-config".into(),
             ApiRequest::BootSource(_) => "/boot-source".into(),
             ApiRequest::Drive(drive) => format!("/drives/{}", drive.drive_id),
+            ApiRequest::NetworkInterface(nic) => format!("/network-interfaces/{}", nic.iface_id),
             ApiRequest::Vsock(_) => "/vsock".into(),
             ApiRequest::Action(_) => "/actions".into(),
         }
@@ -143,6 +159,7 @@ impl ApiRequest {
             ApiRequest::MachineConfig(b) => serde_json::to_value(b),
             ApiRequest::BootSource(b) => serde_json::to_value(b),
             ApiRequest::Drive(b) => serde_json::to_value(b),
+            ApiRequest::NetworkInterface(b) => serde_json::to_value(b),
             ApiRequest::Vsock(b) => serde_json::to_value(b),
             ApiRequest::Action(b) => serde_json::to_value(b),
         };
@@ -244,6 +261,7 @@ pub fn requests_with_paths(spec: &VmSpec, paths: &ApiPaths) -> Result<Vec<ApiReq
     if spec.memory_mib == 0 {
         return Err(VmmError::InvalidSpec("the VM needs some memory".into()));
     }
+    crate::check_nics(spec)?;
     if paths.disks.len() != spec.disks.len() {
         return Err(VmmError::InvalidSpec(format!("{} disk paths for {} disks", paths.disks.len(), spec.disks.len())));
     }
@@ -269,6 +287,15 @@ pub fn requests_with_paths(spec: &VmSpec, paths: &ApiPaths) -> Result<Vec<ApiReq
             path_on_host: utf8(path)?,
             is_root_device: index == 0 && !names_root,
             is_read_only: disk.read_only,
+        }));
+    }
+    // The tap is the host's name: a jailed Firecracker opens it through
+    // /dev/net/tun, which the jailer makes inside the chroot.
+    for (index, nic) in spec.nics.iter().enumerate() {
+        requests.push(ApiRequest::NetworkInterface(NetworkInterface {
+            iface_id: iface_id(index),
+            host_dev_name: nic.tap.clone(),
+            guest_mac: nic.mac_address(),
         }));
     }
     requests.push(ApiRequest::Vsock(Vsock { guest_cid: GUEST_CID, uds_path: utf8(&paths.vsock)? }));
@@ -303,6 +330,12 @@ pub fn drive_id(index: usize) -> String {
         0 => "rootfs".into(),
         n => format!("disk{n}"),
     }
+}
+
+/// `eth0`, `eth1`...: the id of the guest's `index`th interface (only
+/// Firecracker's; the guest names its interfaces itself).
+pub fn iface_id(index: usize) -> String {
+    format!("eth{index}")
 }
 
 /// Firecracker's API takes paths as JSON strings.
@@ -396,6 +429,31 @@ mod tests {
             let err = requests(&VmSpec { cpus, ..spec() }).unwrap_err();
             assert!(matches!(err, VmmError::InvalidSpec(_)), "{err}");
         }
+    }
+
+    #[test]
+    fn each_nic_is_a_network_interface_before_the_start() {
+        let nics = vec![
+            crate::NicSpec { tap: "tap-a".into(), mac: [0x02, 0, 0, 0, 0, 0x0a] },
+            crate::NicSpec { tap: "tap-b".into(), mac: [0x02, 0, 0, 0, 0, 0xfb] },
+        ];
+        let requests = requests(&VmSpec { nics, ..spec() }).unwrap();
+        let paths: Vec<String> = requests.iter().map(ApiRequest::path).collect();
+        let eth0 = paths.iter().position(|p| p == "/network-interfaces/eth0").expect("eth0");
+        assert_eq!(paths[eth0 + 1], "/network-interfaces/eth1");
+        assert_eq!(paths.last().unwrap(), "/actions");
+        assert_eq!(
+            requests[eth0 + 1].body(),
+            serde_json::json!({"iface_id": "eth1", "host_dev_name": "tap-b", "guest_mac": "02:00:00:00:00:fb"})
+        );
+        let none = super::requests(&spec()).unwrap();
+        assert!(!none.iter().any(|r| matches!(r, ApiRequest::NetworkInterface(_))));
+    }
+
+    #[test]
+    fn a_bad_nic_is_refused() {
+        let nics = vec![crate::NicSpec { tap: "a name".into(), mac: [0x02, 0, 0, 0, 0, 1] }];
+        assert!(matches!(requests(&VmSpec { nics, ..spec() }), Err(VmmError::InvalidSpec(_))));
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! Read-only files (the kernel, shared images) are never chowned: they are
 //! linked when the jailed uid may read them, and copied (the copy chowned)
 //! when it may not.
+//!
+//! Taps need nothing in the jail: Firecracker opens each of the VM's taps
+//! by name through the `/dev/net/tun` the jailer makes in the chroot, and
+//! the daemon creates the tap owned by the jailed uid so that open is
+//! allowed.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
