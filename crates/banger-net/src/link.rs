@@ -63,6 +63,11 @@ impl Netlink {
     /// Makes bridge `name` exist, with exactly `host_addr/prefix` as its IPv4
     /// address, and up. Changes nothing when that already holds; other IPv4
     /// addresses on it are removed (IPv6 ones are left alone).
+    ///
+    /// Its MAC is set to [`mac_for`](crate::subnet::mac_for)`(host_addr)`:
+    /// left alone, a bridge takes the lowest MAC of its ports, so it would
+    /// change as taps come and go (and after a daemon restart), and guests
+    /// would keep sending to the gateway's old MAC from their ARP caches.
     pub async fn ensure_bridge(&self, name: &str, host_addr: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
         let link = match self.get(name).await? {
             Some(link) => link,
@@ -97,6 +102,11 @@ impl Netlink {
                 .execute()
                 .await
                 .map_err(request("set the address of", name))?;
+        }
+        let mac = crate::subnet::mac_for(host_addr).to_vec();
+        let has_mac = link.attributes.iter().any(|a| matches!(a, LinkAttribute::Address(m) if *m == mac));
+        if !has_mac {
+            self.set(LinkUnspec::new_with_index(index).address(mac).build(), "set the MAC of", name).await?;
         }
         if !link.header.flags.contains(LinkFlags::Up) {
             self.set(LinkUnspec::new_with_index(index).up().build(), "bring up", name).await?;

@@ -95,13 +95,15 @@ impl HostNetwork {
     /// Makes the host ready for a networked VM (idempotent): the subnet is
     /// checked against the host's routes, then the bridge, forwarding, the
     /// ruleset, the DNS server, resolved's routing and the tap pool are made.
-    /// A failure undoes what this call made.
-    pub async fn ensure_up(&self) -> Result<()> {
+    /// A failure undoes what this call made. `in_use` are the taps VMs'
+    /// ledgers hold: the pool never hands them out, and deletes every other
+    /// banger tap it finds.
+    pub async fn ensure_up(&self, in_use: &HashSet<String>) -> Result<()> {
         let mut state = self.state.lock().await;
         if state.up.is_some() {
             return Ok(());
         }
-        let made = self.bring_up().await;
+        let made = self.bring_up(in_use).await;
         match made {
             Ok(up) => {
                 state.up = Some(up);
@@ -114,7 +116,7 @@ impl HostNetwork {
         }
     }
 
-    async fn bring_up(&self) -> Result<Up> {
+    async fn bring_up(&self, in_use: &HashSet<String>) -> Result<Up> {
         let s = &self.settings;
         let netlink = Netlink::new().map_err(|e| failed("netlink")(e.to_string()))?;
         let route =
@@ -144,6 +146,10 @@ impl HostNetwork {
         };
         let resolved = s.dns && self.route_resolved().await;
         let pool = TapPool::new(NetlinkTaps::new(netlink.clone(), None), s.tap_pool);
+        let reclaimed = pool.reclaim(in_use).await.map_err(|e| failed("taps")(e.to_string()))?;
+        if !reclaimed.is_empty() {
+            tracing::info!(?reclaimed, "taps no VM holds were deleted");
+        }
         pool.fill().await.map_err(|e| failed("taps")(e.to_string()))?;
         tracing::info!(bridge = %s.bridge, subnet = %s.subnet, resolved, "host network up");
         Ok(Up { netlink, pool, dns, resolved })
@@ -221,18 +227,19 @@ impl HostNetwork {
     /// crash's leftovers (tables, bridge) go when no networked VM runs, and
     /// everything is rebuilt when one does.
     pub async fn reconcile(&self, in_use: &HashSet<String>, running: bool) -> Result<()> {
+        if running {
+            return self.ensure_up(in_use).await;
+        }
         let netlink = Netlink::new().map_err(|e| failed("netlink")(e.to_string()))?;
-        let taps = NetlinkTaps::new(netlink, None);
-        let reclaimed = TapPool::new(taps, 0).reclaim(in_use).await.map_err(|e| failed("taps")(e.to_string()))?;
+        let reclaimed = TapPool::new(NetlinkTaps::new(netlink, None), 0)
+            .reclaim(in_use)
+            .await
+            .map_err(|e| failed("taps")(e.to_string()))?;
         if !reclaimed.is_empty() {
             tracing::info!(?reclaimed, "taps no VM holds were deleted");
         }
-        if running {
-            self.ensure_up().await
-        } else {
-            self.tear_down(None, true).await;
-            Ok(())
-        }
+        self.tear_down(None, true).await;
+        Ok(())
     }
 
     /// At clean shutdown: the ruleset, the DNS server and resolved's routing

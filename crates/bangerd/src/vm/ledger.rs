@@ -103,6 +103,19 @@ impl Daemon {
         self.db.record_resource(vm, resource)
     }
 
+    /// The taps every VM's ledger holds.
+    pub fn taps_in_use(&self) -> Result<std::collections::HashSet<String>> {
+        let mut taps = std::collections::HashSet::new();
+        for record in self.vm_records()? {
+            for (_, resource) in self.db.resources(&record.name)? {
+                if let Resource::Tap { name } = resource {
+                    taps.insert(name);
+                }
+            }
+        }
+        Ok(taps)
+    }
+
     /// The VMM process the VM's newest boot started, if that process still runs.
     pub fn running_vmm(&self, vm: &str) -> Result<Option<VmmProcess>> {
         Ok(self.db.resources(vm)?.into_iter().rev().find_map(|(_, r)| match r {

@@ -87,7 +87,7 @@ pub async fn boot(
     if record.network.is_some() && daemon.config.network.enabled {
         // Brought up by the first networked VM's boot (a failure here
         // holds nothing yet).
-        daemon.net.ensure_up().await?;
+        daemon.net.ensure_up(&daemon.taps_in_use()?).await?;
     }
     record.state = VmState::Starting;
     daemon.save_vm(record)?;
@@ -313,6 +313,9 @@ pub async fn forget(daemon: &Arc<Daemon>, record: VmRecord) -> Result<()> {
     ledger::release(daemon, &record, Scope::All).await?;
     daemon.db.delete_object(ObjectTable::Vms, &record.name)?;
     daemon.vms.forget(&record.name);
+    if record.network.is_some() {
+        daemon.net.settle(networked_vm_runs(daemon)?).await;
+    }
     daemon.events.publish(banger_api::Event::Deleted { kind: banger_api::ObjectKind::Vm, name: record.name });
     if record.work_disk_bytes.is_some() {
         // Its seed may have no other user now; a seed that cannot go is

@@ -154,14 +154,7 @@ async fn reconcile_network(daemon: &Arc<Daemon>) {
     if !daemon.config.network.enabled {
         return;
     }
-    let mut in_use = std::collections::HashSet::new();
-    for record in daemon.vm_records().unwrap_or_default() {
-        for (_, resource) in daemon.db.resources(&record.name).unwrap_or_default() {
-            if let Resource::Tap { name } = resource {
-                in_use.insert(name);
-            }
-        }
-    }
+    let in_use = daemon.taps_in_use().unwrap_or_default();
     let running = lifecycle::networked_vm_runs(daemon).unwrap_or(true);
     if let Err(e) = daemon.net.reconcile(&in_use, running).await {
         tracing::error!(error = %e, "cannot reconcile the host network at start");
