@@ -55,7 +55,7 @@ struct State {
 /// What is made while networked VMs run.
 struct Up {
     netlink: Netlink,
-    pool: TapPool<NetlinkTaps>,
+    pool: Arc<TapPool<NetlinkTaps>>,
     dns: Option<DnsServer>,
     resolved: bool,
 }
@@ -152,7 +152,7 @@ impl HostNetwork {
         }
         pool.fill().await.map_err(|e| failed("taps")(e.to_string()))?;
         tracing::info!(bridge = %s.bridge, subnet = %s.subnet, resolved, "host network up");
-        Ok(Up { netlink, pool, dns, resolved })
+        Ok(Up { netlink, pool: Arc::new(pool), dns, resolved })
     }
 
     /// The ruleset the settings ask for.
@@ -192,9 +192,13 @@ impl HostNetwork {
         let state = self.state.lock().await;
         let up = state.up.as_ref().ok_or_else(|| Error::Internal("the host network is not up".into()))?;
         let tap = up.pool.take(&self.settings.bridge).await.map_err(|e| failed("tap")(e.to_string()))?;
-        if let Err(e) = up.pool.fill().await {
-            tracing::warn!(error = %e, "cannot top up the tap pool");
-        }
+        // Topped up off the boot's path: the next boot finds a tap ready.
+        let pool = Arc::clone(&up.pool);
+        tokio::spawn(async move {
+            if let Err(e) = pool.fill().await {
+                tracing::warn!(error = %e, "cannot top up the tap pool");
+            }
+        });
         Ok(tap)
     }
 

@@ -4,7 +4,7 @@
 //! a boot gives way to a kill, a stop or a forced rm; a stop to a kill.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use banger_api::{Vm, VmSetRequest, VmState};
 use banger_vmm::{DiskSpec, VmSpec, VmmProcess};
@@ -84,11 +84,13 @@ pub async fn boot(
         op.step("boot");
     }
     let mut spec = spec;
-    if record.network.is_some() && daemon.config.network.enabled {
+    let networking = Instant::now();
+    if record.network.is_some() && daemon.config.network.enabled && !daemon.net.is_up().await {
         // Brought up by the first networked VM's boot (a failure here
         // holds nothing yet).
         daemon.net.ensure_up(&daemon.taps_in_use()?).await?;
     }
+    let host_network_ms = networking.elapsed().as_secs_f64() * 1e3;
     record.state = VmState::Starting;
     daemon.save_vm(record)?;
     if let Some(network) = record.network.filter(|_| daemon.config.network.enabled) {
@@ -101,6 +103,8 @@ pub async fn boot(
             }
         };
         daemon.hold(&name, &Resource::Tap { name: tap.clone() })?;
+        let tap_ms = networking.elapsed().as_secs_f64() * 1e3 - host_network_ms;
+        tracing::debug!(vm = %name, %tap, host_network_ms, tap_ms, "network ready");
         spec.nics.push(banger_vmm::NicSpec { tap, mac: network.mac() });
         spec.cmdline.push(' ');
         spec.cmdline.push_str(&network.kernel_arg());
