@@ -121,7 +121,7 @@ pub struct Vm {
     #[serde(default)]
     pub pause_reason: Option<String>,
     /// Its network interface; absent for a VM made with `network: none`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<VmNetwork>,
     /// When it was created.
     pub created_at: Timestamp,
