@@ -142,6 +142,27 @@ async fn body() {
     let (code, got) = exec(&daemon, "a", &http_get(address.trim(), 9000)).await;
     assert_eq!((code, got.trim()), (Some(0), "from-b"), "{got}");
 
+    // A forward makes b's server answer on the host's loopback (in the daemon's namespace).
+    let forward = banger_api::ForwardRequest { guest_port: 9000, host_port: Some(18080) };
+    client.add_forward("b", &forward).await.unwrap();
+    let through_forward = host.run(|| {
+        let mut stream = TcpStream::connect("127.0.0.1:18080")?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        std::io::Result::Ok(answer)
+    });
+    assert!(through_forward.as_ref().is_ok_and(|a| a.ends_with("from-b\n")), "{through_forward:?}");
+
+    // A VM without a NIC: no interface in the guest, exec as ever.
+    let offline = banger_api::VmCreateRequest { network: Some(banger_api::NetworkMode::None), ..vm("c", "tiny") };
+    succeed(&client, client.create_vm(&offline).await.unwrap()).await;
+    assert_eq!(client.vm("c").await.unwrap().network, None);
+    let (code, links) = exec(&daemon, "c", "busybox ip -o link").await;
+    assert_eq!(code, Some(0));
+    assert!(links.contains("lo:") && !links.contains("eth0"), "{links}");
+    succeed(&client, client.remove_vm("c", true).await.unwrap()).await;
+
     // The host's own ports: only the allowed one.
     for port in [8081, 8082] {
         let listener = host.run(|| TcpListener::bind(("10.213.0.1", port))).unwrap();
@@ -166,6 +187,7 @@ async fn body() {
 
     // A kill -9 and a restart: the running VM is adopted and its network rebuilt.
     succeed(&client, client.remove_vm("b", true).await.unwrap()).await;
+    assert!(host.run(|| TcpStream::connect("127.0.0.1:18080")).is_err(), "b's forward went with it");
     daemon.kill();
     daemon.restart().await;
     let client = daemon.client.clone();
