@@ -175,7 +175,12 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
         .build()
         .map_err(|e| error::Error::Internal(format!("http client: {e}")))?;
     let ssh = ssh::SshKeys::new(state_dir);
-    let net = net::HostNetwork::new(config.network.clone(), config.run_dir.clone());
+    // A jailed Firecracker opens its tap as the jail's uid.
+    let tap_owner = config
+        .jailer
+        .as_ref()
+        .map(|_| banger_net::tap::TapOwner { uid: config.jail_identity.uid, gid: config.jail_identity.gid });
+    let net = net::HostNetwork::new(config.network.clone(), config.run_dir.clone(), tap_owner);
     let (stop, shutdown) = watch::channel(false);
     let daemon = Daemon {
         config,

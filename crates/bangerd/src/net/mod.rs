@@ -18,8 +18,8 @@ use banger_net::dns::{DnsConfig, DnsServer};
 use banger_net::link::Netlink;
 use banger_net::nft::{self, Ruleset};
 use banger_net::resolved::ResolvedRouting;
-use banger_net::tap::NetlinkTaps;
 use banger_net::tap::TAP_PREFIX;
+use banger_net::tap::{NetlinkTaps, TapOwner};
 use banger_net::tap_pool::TapPool;
 
 pub use names::VmNames;
@@ -42,6 +42,8 @@ pub struct HostNetwork {
     pub names: Arc<VmNames>,
     /// Where what must survive a crash is noted (the forwarding switch's value before banger).
     run_dir: PathBuf,
+    /// Who may open the taps besides root: the jailed Firecracker's uid.
+    tap_owner: Option<TapOwner>,
     state: tokio::sync::Mutex<State>,
     /// Held from choosing a new VM's address to saving its record.
     allocating: std::sync::Mutex<()>,
@@ -65,12 +67,14 @@ fn failed(what: &str) -> impl FnOnce(String) -> Error + '_ {
 }
 
 impl HostNetwork {
-    /// The host network for `settings`; nothing is changed yet.
-    pub fn new(settings: Settings, run_dir: PathBuf) -> HostNetwork {
+    /// The host network for `settings`; nothing is changed yet. Taps get
+    /// `tap_owner` (a jailed Firecracker's uid and gid) when given.
+    pub fn new(settings: Settings, run_dir: PathBuf, tap_owner: Option<TapOwner>) -> HostNetwork {
         HostNetwork {
             settings,
             names: Arc::new(VmNames::default()),
             run_dir,
+            tap_owner,
             state: Default::default(),
             allocating: std::sync::Mutex::new(()),
         }
@@ -145,7 +149,7 @@ impl HostNetwork {
             None
         };
         let resolved = s.dns && self.route_resolved().await;
-        let pool = TapPool::new(NetlinkTaps::new(netlink.clone(), None), s.tap_pool);
+        let pool = TapPool::new(NetlinkTaps::new(netlink.clone(), self.tap_owner), s.tap_pool);
         let reclaimed = pool.reclaim(in_use).await.map_err(|e| failed("taps")(e.to_string()))?;
         if !reclaimed.is_empty() {
             tracing::info!(?reclaimed, "taps no VM holds were deleted");
