@@ -281,6 +281,7 @@ async fn doctor_reports_every_check() {
         "resolved",
         "disk",
         "agent",
+        "vm_network",
         "space_reserve",
     ];
     assert_eq!(names, want);
