@@ -79,28 +79,36 @@ pub async fn send(
         ));
     }
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut input = Box::pin(body.into_data_stream().map(|chunk| chunk.map_err(|e| e.to_string())));
     if length.is_some_and(|n| n > MAX_SEND_BYTES) {
+        drain(&mut input).await;
         return Err(sessions::too_large());
     }
-    let mut input = Box::pin(body.into_data_stream().map(|chunk| chunk.map_err(|e| e.to_string())));
     let sent = sessions::send(&daemon, &name, &session, &mut input).await;
     if sent.is_err() {
-        // Refused before the body was read (no such VM or session): read
-        // the rest, within the limit, so the client that is still sending
-        // gets the answer instead of a connection closed under it.
-        let drain = async {
-            let mut read = 0;
-            while let Some(Ok(chunk)) = input.next().await {
-                read += chunk.len() as u64;
-                if read > MAX_SEND_BYTES {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+        drain(&mut input).await;
     }
     sent?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reads what is left of a refused body (at most twice the limit, for at
+/// most 5 s), so a client that is still sending gets the answer rather than
+/// a connection reset under it by the unread bytes.
+async fn drain<S>(input: &mut S)
+where
+    S: futures::Stream<Item = std::result::Result<bytes::Bytes, String>> + Unpin,
+{
+    let drain = async {
+        let mut read = 0;
+        while let Some(Ok(chunk)) = input.next().await {
+            read += chunk.len() as u64;
+            if read > 2 * MAX_SEND_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
 }
 
 /// Signals the session's process group (`TERM` unless the body names another).
