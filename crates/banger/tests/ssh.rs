@@ -92,6 +92,36 @@ async fn body() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hello\n");
 
+    // A forward through the CLI: the guest's sshd greets on the host's loopback.
+    let cli = |args: &[&str]| {
+        let mut all: Vec<String> = banger(Vec::new());
+        all.extend(args.iter().map(|a| a.to_string()));
+        all
+    };
+    for (args, wanted) in [
+        (cli(&["vm", "forward", "dev", "18022:22"]), "127.0.0.1:18022 -> dev.vm:22"),
+        (cli(&["vm", "forward", "dev", "--list"]), "127.0.0.1:18022"),
+    ] {
+        let out =
+            run(home.path(), env!("CARGO_BIN_EXE_banger"), &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert!(
+            out.status.success() && text(&out.stdout).contains(wanted),
+            "{args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    let mut greeting = [0u8; 8];
+    let mut socket = tokio::net::TcpStream::connect("127.0.0.1:18022").await.unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut socket, &mut greeting).await.unwrap();
+    assert_eq!(&greeting, b"SSH-2.0-");
+    drop(socket);
+    let args = cli(&["vm", "forward", "dev", "--rm", "18022"]);
+    let out =
+        run(home.path(), env!("CARGO_BIN_EXE_banger"), &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(tokio::net::TcpStream::connect("127.0.0.1:18022").await.is_err(), "the forward is gone");
+
     // A guest whose host key is not the one banger made is refused.
     let swap = "rm -f /etc/ssh/banger_host_ed25519_key* && \
         ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/banger_host_ed25519_key && systemctl restart ssh";
